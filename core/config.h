@@ -1,0 +1,91 @@
+// Experiment configuration: one YAML file per experiment, sections model/data/optim/train/
+// checkpoint/log. Every key is declared exactly once (config.cpp's schema table) with its type,
+// default, allowed range and help text; precedence is default < YAML file < command line
+// (`section.key=value`). Unknown keys, wrong types and out-of-range values throw kiln::Error
+// naming the file, line, key and the nearest valid key.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+struct ModelConfig {
+  int n_layer = 4;
+  int n_head = 4;
+  int n_embd = 256;
+  int context = 256;          // number of learned positions (HF n_positions)
+  int vocab_size = 0;         // 0: take it from the tokenizer named in data.tokenizer
+  int vocab_multiple = 64;    // the embedding is padded to a multiple of this
+  std::string norm = "pre";   // pre | post (LayerNorm placement)
+  std::string matmul = "f32"; // f32 | bf16 (bf16 inputs, fp32 accumulate, fp32 master weights)
+  float init_std = 0.02f;
+  int attention_block = 64;   // query/key tile of the attention kernel
+};
+
+struct DataConfig {
+  std::string train;          // shard file, folder or glob of token shards for training
+  std::string val;            // the same for validation ("" = no validation)
+  std::string tokenizer = "byte";
+};
+
+struct OptimConfig {
+  float lr = 6e-4f;
+  float min_lr_ratio = 0.1f;  // cosine decays to lr * min_lr_ratio
+  int warmup_steps = 100;
+  std::string schedule = "cosine";  // cosine | constant
+  float beta1 = 0.9f;
+  float beta2 = 0.95f;
+  float eps = 1e-8f;
+  float weight_decay = 0.1f;  // applied to matmul weights only
+  float grad_clip = 1.0f;     // global-norm clip; 0 disables
+};
+
+struct TrainConfig {
+  int micro_batch = 8;
+  int seq_len = 256;
+  int grad_accum = 1;
+  int max_steps = 1000;
+  std::uint64_t seed = 1337;
+  int eval_every = 100;       // 0 disables periodic validation
+  int eval_batches = 10;
+  std::string run_dir = "runs/default";
+  int threads = 0;            // 0: all cores
+  std::string stage = "pretrain";
+};
+
+struct CheckpointConfig {
+  int every = 500;            // 0: only at the end
+  int keep = 3;               // newest checkpoints kept; 0 keeps all
+};
+
+struct LogConfig {
+  int every = 1;
+  std::string progress = "auto";  // auto | on | off (auto: on when stdout is a terminal)
+  double peak_flops = 2.28e11;    // for MFU; default: measured fp32 FMA peak of 2 Zen4 cores
+};
+
+struct ExperimentConfig {
+  ModelConfig model;
+  DataConfig data;
+  OptimConfig optim;
+  TrainConfig train;
+  CheckpointConfig checkpoint;
+  LogConfig log;
+  std::string source;  // the YAML file this came from ("" when built in code)
+};
+
+// Reads a YAML file and applies `section.key=value` overrides; validates everything.
+ExperimentConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// The same from YAML text; `name` stands in for the file name in error messages.
+ExperimentConfig parse_config(const std::string& yaml_text, const std::string& name,
+                              const std::vector<std::string>& overrides = {});
+// Applies overrides to an existing config (used when resuming: saved config < command line).
+void apply_overrides(ExperimentConfig& config, const std::vector<std::string>& overrides);
+// The fully resolved config as YAML, every key present; parse_config(to_yaml(c)) == c.
+std::string to_yaml(const ExperimentConfig& config);
+// Every key with type, default and help, for `kiln train --help-config`.
+std::string config_reference();
+
+}  // namespace kiln

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs kiln's Debian packages. Idempotent: does nothing when everything is present.
+# KILN_WITH_TORCH=1 also installs PyTorch (Debian's python3-torch), used by the parity
+# fixture generator and the benchmark's reference, not by the build or the tests.
+set -euo pipefail
+pkgs=(cmake g++ make pkg-config libyaml-cpp-dev libdnnl-dev nlohmann-json3-dev
+      libgtest-dev libbenchmark-dev fortunes openmpi-bin libopenmpi-dev python3)
+if [ "${KILN_WITH_TORCH:-0}" = 1 ]; then pkgs+=(python3-torch python3-numpy); fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+echo "kiln: installing ${missing[*]}"
+sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
