@@ -1,0 +1,374 @@
+// GPT forward and backward, layer by layer. Shapes: B batch, T sequence, C width, NH heads,
+// N = B*T rows, Vp padded vocabulary. Every buffer's shape is given where it is made.
+#include "core/model/gpt.h"
+
+#include <cmath>
+
+#include "core/rng.h"
+
+namespace kiln {
+
+GptShape GptShape::from_config(const ModelConfig& config, int vocab_size) {
+  GptShape s;
+  s.n_layer = config.n_layer;
+  s.n_head = config.n_head;
+  s.n_embd = config.n_embd;
+  s.context = config.context;
+  s.vocab = config.vocab_size > 0 ? config.vocab_size : vocab_size;
+  KILN_CHECK(s.vocab > 0, "model.vocab_size is 0 and no tokenizer gave a vocabulary size");
+  KILN_CHECK(s.vocab >= vocab_size, "model.vocab_size=", s.vocab,
+             " is smaller than the tokenizer's vocabulary (", vocab_size,
+             "); set it to 0 to use the tokenizer's");
+  s.padded_vocab = (s.vocab + config.vocab_multiple - 1) / config.vocab_multiple * config.vocab_multiple;
+  s.post_norm = config.norm == "post";
+  s.bf16_matmul = config.matmul == "bf16";
+  s.attention_block = config.attention_block;
+  KILN_CHECK(s.n_embd % s.n_head == 0, "model.n_embd=", s.n_embd, " is not divisible by model.n_head=",
+             s.n_head, "; choose n_embd as a multiple of n_head");
+  return s;
+}
+
+std::int64_t GptShape::num_params() const {
+  const std::int64_t c = n_embd;
+  const std::int64_t per_layer = 12 * c * c + 13 * c;
+  return static_cast<std::int64_t>(padded_vocab) * c + static_cast<std::int64_t>(context) * c +
+         n_layer * per_layer + (post_norm ? 0 : 2 * c);
+}
+
+double GptShape::flops_per_token(int seq_len) const {
+  const double c = n_embd;
+  const double matmul_params = n_layer * 12.0 * c * c + static_cast<double>(vocab) * c;
+  return 6.0 * matmul_params + 12.0 * n_layer * c * seq_len;
+}
+
+std::int64_t Batch::loss_tokens() const {
+  if (mask.empty()) return static_cast<std::int64_t>(batch) * seq_len;
+  std::int64_t n = 0;
+  for (auto m : mask) n += m != 0;
+  return n;
+}
+
+Gpt::Gpt(const GptShape& shape, Device device)
+    : shape_(shape), device_(device), kernels_(&kernels_for(device)) {
+  KILN_CHECK(shape.n_layer >= 1 && shape.n_head >= 1 && shape.n_embd >= 1 && shape.context >= 1,
+             "model shape must have at least one layer, head, channel and position");
+  KILN_CHECK(shape.n_embd % shape.n_head == 0, "model.n_embd=", shape.n_embd,
+             " is not divisible by model.n_head=", shape.n_head);
+  build_parameters();
+}
+
+void Gpt::build_parameters() {
+  const std::int64_t c = shape_.n_embd;
+  struct Spec {
+    std::string name;
+    Shape shape;
+    bool decay;
+    float init_std, init_value;
+  };
+  const float residual_std = 1.0f / std::sqrt(2.0f * shape_.n_layer);  // times init std
+  std::vector<Spec> specs = {{"transformer.wte.weight", {shape_.padded_vocab, c}, false, 1, 0},
+                             {"transformer.wpe.weight", {shape_.context, c}, false, 1, 0}};
+  for (int l = 0; l < shape_.n_layer; ++l) {
+    const std::string p = "transformer.h." + std::to_string(l) + ".";
+    specs.push_back({p + "ln_1.weight", {c}, false, 0, 1});
+    specs.push_back({p + "ln_1.bias", {c}, false, 0, 0});
+    specs.push_back({p + "attn.c_attn.weight", {c, 3 * c}, true, 1, 0});
+    specs.push_back({p + "attn.c_attn.bias", {3 * c}, false, 0, 0});
+    specs.push_back({p + "attn.c_proj.weight", {c, c}, true, residual_std, 0});
+    specs.push_back({p + "attn.c_proj.bias", {c}, false, 0, 0});
+    specs.push_back({p + "ln_2.weight", {c}, false, 0, 1});
+    specs.push_back({p + "ln_2.bias", {c}, false, 0, 0});
+    specs.push_back({p + "mlp.c_fc.weight", {c, 4 * c}, true, 1, 0});
+    specs.push_back({p + "mlp.c_fc.bias", {4 * c}, false, 0, 0});
+    specs.push_back({p + "mlp.c_proj.weight", {4 * c, c}, true, residual_std, 0});
+    specs.push_back({p + "mlp.c_proj.bias", {c}, false, 0, 0});
+  }
+  if (!shape_.post_norm) {
+    specs.push_back({"transformer.ln_f.weight", {c}, false, 0, 1});
+    specs.push_back({"transformer.ln_f.bias", {c}, false, 0, 0});
+  }
+  std::int64_t total = 0;
+  for (const auto& s : specs) total += shape_numel(s.shape);
+  KILN_ASSERT(total == shape_.num_params());
+  param_buffer_ = Tensor::zeros({total}, DType::f32, device_);
+  grad_buffer_ = Tensor::zeros({total}, DType::f32, device_);
+  std::int64_t offset = 0;
+  for (const auto& s : specs) {
+    param_index_[s.name] = params_.size();
+    params_.push_back({s.name, param_buffer_.view(offset, s.shape), grad_buffer_.view(offset, s.shape),
+                       s.decay, s.init_std, s.init_value});
+    offset += shape_numel(s.shape);
+  }
+  // Per-layer views, in the order of the specs above.
+  for (auto* table : {&layer_params_, &layer_grads_}) {
+    const bool grads = table == &layer_grads_;
+    for (int l = 0; l < shape_.n_layer; ++l) {
+      auto get = [&](const char* suffix) {
+        const Parameter& p = params_[param_index_.at("transformer.h." + std::to_string(l) + "." + suffix)];
+        return grads ? p.grad : p.value;
+      };
+      table->push_back({get("ln_1.weight"), get("ln_1.bias"), get("attn.c_attn.weight"),
+                        get("attn.c_attn.bias"), get("attn.c_proj.weight"), get("attn.c_proj.bias"),
+                        get("ln_2.weight"), get("ln_2.bias"), get("mlp.c_fc.weight"),
+                        get("mlp.c_fc.bias"), get("mlp.c_proj.weight"), get("mlp.c_proj.bias")});
+    }
+  }
+}
+
+const Parameter& Gpt::parameter(const std::string& name) const {
+  auto it = param_index_.find(name);
+  KILN_CHECK(it != param_index_.end(), "the model has no parameter named '", name, "'");
+  return params_[it->second];
+}
+
+void Gpt::init_weights(std::uint64_t seed, float std) {
+  for (std::size_t p = 0; p < params_.size(); ++p) {
+    Parameter& param = params_[p];
+    float* w = param.value.f32();
+    std::int64_t n = param.value.numel();
+    if (param.init_std == 0.0f) {
+      for (std::int64_t i = 0; i < n; ++i) w[i] = param.init_value;
+      continue;
+    }
+    // Padded vocabulary rows stay zero: they are never a target and get no gradient.
+    if (param.name == "transformer.wte.weight") {
+      param.value.zero_();
+      n = static_cast<std::int64_t>(shape_.vocab) * shape_.n_embd;
+    }
+    const Rng rng(seed, p);
+    const float s = std * param.init_std;
+#pragma omp parallel for schedule(static)
+    for (std::int64_t i = 0; i < n; ++i) w[i] = s * rng.normal(static_cast<std::uint64_t>(i));
+  }
+}
+
+void Gpt::ensure_activations(int batch, int seq_len) {
+  if (batch == act_batch_ && seq_len == act_seq_) return;
+  const std::int64_t n = static_cast<std::int64_t>(batch) * seq_len, c = shape_.n_embd;
+  const std::int64_t nh = shape_.n_head, vp = shape_.padded_vocab;
+  // The activation table: every buffer and its shape, laid out in one arena.
+  std::vector<std::pair<Tensor*, Shape>> table;
+  acts_.assign(shape_.n_layer, LayerActs{});
+  for (auto& a : acts_) {
+    table.insert(table.end(), {{&a.ln1, {n, c}}, {&a.ln1_mean, {n}}, {&a.ln1_rstd, {n}},
+                               {&a.qkv, {n, 3 * c}}, {&a.atty, {n, c}}, {&a.lse, {batch, nh, seq_len}},
+                               {&a.res2, {n, c}}, {&a.ln2, {n, c}}, {&a.ln2_mean, {n}},
+                               {&a.ln2_rstd, {n}}, {&a.fch, {n, 4 * c}}, {&a.fch_gelu, {n, 4 * c}},
+                               {&a.res3, {n, c}}});
+  }
+  table.insert(table.end(), {{&encoded_, {n, c}}, {&lnf_, {n, c}}, {&lnf_mean_, {n}},
+                             {&lnf_rstd_, {n}}, {&logits_, {batch, seq_len, vp}},
+                             {&losses_, {batch, seq_len}}, {&scratch_, {n, c}}, {&dres_, {n, c}},
+                             {&dtmp_, {n, c}}, {&dtmp2_, {n, c}}, {&dqkv_, {n, 3 * c}},
+                             {&dfch_, {n, 4 * c}}});
+  std::int64_t total = 0;
+  for (auto& [tensor, shape] : table) total += (shape_numel(shape) + 15) / 16 * 16;  // 64-byte aligned
+  arena_ = Tensor();  // free the old arena before making the new one
+  arena_ = Tensor::empty({total}, DType::f32, device_);
+  std::int64_t offset = 0;
+  for (auto& [tensor, shape] : table) {
+    *tensor = arena_.view(offset, shape);
+    offset += (shape_numel(shape) + 15) / 16 * 16;
+  }
+  positions_.resize(n);
+  for (std::int64_t i = 0; i < n; ++i) positions_[i] = static_cast<std::int32_t>(i % seq_len);
+  layout_ = dense_causal_layout(seq_len, shape_.attention_block);
+  act_batch_ = batch;
+  act_seq_ = seq_len;
+}
+
+void Gpt::check_batch(const Batch& batch) const {
+  const std::size_t n = static_cast<std::size_t>(batch.batch) * batch.seq_len;
+  KILN_CHECK(batch.batch >= 1 && batch.seq_len >= 1, "empty batch (", batch.batch, " x ",
+             batch.seq_len, ")");
+  KILN_CHECK(batch.seq_len <= shape_.context, "sequence length ", batch.seq_len,
+             " exceeds model.context=", shape_.context, "; lower train.seq_len or raise model.context");
+  KILN_CHECK(batch.inputs.size() == n && batch.targets.size() == n, "batch holds ",
+             batch.inputs.size(), " inputs and ", batch.targets.size(), " targets, expected ", n);
+  KILN_CHECK(batch.positions.empty() || batch.positions.size() == n, "batch.positions has ",
+             batch.positions.size(), " entries, expected ", n);
+  KILN_CHECK(batch.mask.empty() || batch.mask.size() == n, "batch.mask has ", batch.mask.size(),
+             " entries, expected ", n);
+  for (std::size_t i = 0; i < n; ++i) {
+    KILN_CHECK(batch.inputs[i] >= 0 && batch.inputs[i] < shape_.vocab && batch.targets[i] >= 0 &&
+                   batch.targets[i] < shape_.vocab,
+               "token id ", batch.inputs[i] < 0 || batch.inputs[i] >= shape_.vocab ? batch.inputs[i] : batch.targets[i],
+               " at batch position ", i, " is outside the model's vocabulary of ", shape_.vocab,
+               "; was the data tokenized with another tokenizer?");
+    if (!batch.positions.empty())
+      KILN_CHECK(batch.positions[i] >= 0 && batch.positions[i] < shape_.context, "position ",
+                 batch.positions[i], " is outside model.context=", shape_.context);
+  }
+}
+
+void Gpt::matmul(float* c, const float* a, const float* b, std::int64_t m, std::int64_t n,
+                 std::int64_t k, bool trans_a, bool trans_b, float beta) const {
+  if (shape_.bf16_matmul)
+    kernels_->matmul_bf16(c, a, b, m, n, k, trans_a, trans_b, beta);
+  else
+    kernels_->matmul(c, a, b, m, n, k, trans_a, trans_b, 1.0f, beta);
+}
+
+const float* Gpt::block_output(int l) const {
+  if (l < 0) return encoded_.f32();
+  return shape_.post_norm ? acts_[l].ln2.f32() : acts_[l].res3.f32();
+}
+
+void Gpt::block_forward_pre(int l, const float* in) {
+  const KernelTable& k = *kernels_;
+  const LayerParams& p = layer_params_[l];
+  LayerActs& a = acts_[l];
+  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
+  const bool bf16 = shape_.bf16_matmul;
+  k.layernorm_forward(a.ln1.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), in, p.ln1_w.f32(), p.ln1_b.f32(), n, c);
+  k.linear_forward(a.qkv.f32(), a.ln1.f32(), p.qkv_w.f32(), p.qkv_b.f32(), n, c, 3 * c, bf16);
+  k.attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), act_batch_, act_seq_, c, shape_.n_head, layout_.view());
+  k.linear_forward(scratch_.f32(), a.atty.f32(), p.proj_w.f32(), p.proj_b.f32(), n, c, c, bf16);
+  k.add(a.res2.f32(), in, scratch_.f32(), n * c);
+  k.layernorm_forward(a.ln2.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), a.res2.f32(), p.ln2_w.f32(), p.ln2_b.f32(), n, c);
+  k.linear_forward(a.fch.f32(), a.ln2.f32(), p.fc_w.f32(), p.fc_b.f32(), n, c, 4 * c, bf16);
+  k.gelu_forward(a.fch_gelu.f32(), a.fch.f32(), n * 4 * c);
+  k.linear_forward(scratch_.f32(), a.fch_gelu.f32(), p.fcproj_w.f32(), p.fcproj_b.f32(), n, 4 * c, c, bf16);
+  k.add(a.res3.f32(), a.res2.f32(), scratch_.f32(), n * c);
+}
+
+void Gpt::block_forward_post(int l, const float* in) {
+  const KernelTable& k = *kernels_;
+  const LayerParams& p = layer_params_[l];
+  LayerActs& a = acts_[l];
+  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
+  const bool bf16 = shape_.bf16_matmul;
+  k.linear_forward(a.qkv.f32(), in, p.qkv_w.f32(), p.qkv_b.f32(), n, c, 3 * c, bf16);
+  k.attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), act_batch_, act_seq_, c, shape_.n_head, layout_.view());
+  k.linear_forward(scratch_.f32(), a.atty.f32(), p.proj_w.f32(), p.proj_b.f32(), n, c, c, bf16);
+  k.add(a.res2.f32(), in, scratch_.f32(), n * c);
+  k.layernorm_forward(a.ln1.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), a.res2.f32(), p.ln1_w.f32(), p.ln1_b.f32(), n, c);
+  k.linear_forward(a.fch.f32(), a.ln1.f32(), p.fc_w.f32(), p.fc_b.f32(), n, c, 4 * c, bf16);
+  k.gelu_forward(a.fch_gelu.f32(), a.fch.f32(), n * 4 * c);
+  k.linear_forward(scratch_.f32(), a.fch_gelu.f32(), p.fcproj_w.f32(), p.fcproj_b.f32(), n, 4 * c, c, bf16);
+  k.add(a.res3.f32(), a.ln1.f32(), scratch_.f32(), n * c);
+  k.layernorm_forward(a.ln2.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), a.res3.f32(), p.ln2_w.f32(), p.ln2_b.f32(), n, c);
+}
+
+void Gpt::run_forward(const Batch& batch) {
+  check_batch(batch);
+  ensure_activations(batch.batch, batch.seq_len);
+  const KernelTable& k = *kernels_;
+  const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len, c = shape_.n_embd;
+  const std::int32_t* positions = batch.positions.empty() ? positions_.data() : batch.positions.data();
+  const Parameter& wte = params_[param_index_.at("transformer.wte.weight")];
+  const Parameter& wpe = params_[param_index_.at("transformer.wpe.weight")];
+  k.embedding_forward(encoded_.f32(), batch.inputs.data(), positions, wte.value.f32(), wpe.value.f32(), n, c);
+  for (int l = 0; l < shape_.n_layer; ++l) {
+    if (shape_.post_norm)
+      block_forward_post(l, block_output(l - 1));
+    else
+      block_forward_pre(l, block_output(l - 1));
+  }
+  const float* final_in = block_output(shape_.n_layer - 1);
+  if (!shape_.post_norm) {
+    const Parameter& w = params_[param_index_.at("transformer.ln_f.weight")];
+    const Parameter& b = params_[param_index_.at("transformer.ln_f.bias")];
+    k.layernorm_forward(lnf_.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), final_in, w.value.f32(), b.value.f32(), n, c);
+    final_in = lnf_.f32();
+  }
+  // logits (N, Vp) = x (N, C) @ wte^T (C, Vp)
+  matmul(logits_.f32(), final_in, wte.value.f32(), n, shape_.padded_vocab, c, false, true, 0.0f);
+}
+
+double Gpt::forward(const Batch& batch) {
+  run_forward(batch);
+  const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len;
+  kernels_->softmax_cross_entropy(losses_.f32(), logits_.f32(), batch.targets.data(),
+                                  batch.mask.empty() ? nullptr : batch.mask.data(), n,
+                                  shape_.vocab, shape_.padded_vocab, 0.0f);
+  double sum = 0.0;
+  for (std::int64_t i = 0; i < n; ++i) sum += losses_.f32()[i];
+  return sum;
+}
+
+double Gpt::forward_backward(const Batch& batch, float loss_scale) {
+  KILN_CHECK(loss_scale > 0.0f, "forward_backward needs a positive loss scale, got ", loss_scale);
+  run_forward(batch);
+  const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len;
+  // Fused: losses, and dlogits written over the logits.
+  kernels_->softmax_cross_entropy(losses_.f32(), logits_.f32(), batch.targets.data(),
+                                  batch.mask.empty() ? nullptr : batch.mask.data(), n,
+                                  shape_.vocab, shape_.padded_vocab, loss_scale);
+  double sum = 0.0;
+  for (std::int64_t i = 0; i < n; ++i) sum += losses_.f32()[i];
+  run_backward(batch);
+  return sum;
+}
+
+void Gpt::block_backward_pre(int l, const float* in, float* dres) {
+  const KernelTable& k = *kernels_;
+  const LayerParams& p = layer_params_[l];
+  LayerParams& g = layer_grads_[l];
+  const LayerActs& a = acts_[l];
+  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
+  const bool bf16 = shape_.bf16_matmul;
+  // dres: gradient of the block output res3 = res2 + MLP(LN2(res2)).
+  k.linear_backward(dfch_.f32(), g.fcproj_w.f32(), g.fcproj_b.f32(), dres, a.fch_gelu.f32(), p.fcproj_w.f32(), n, 4 * c, c, bf16);
+  k.gelu_backward(dfch_.f32(), a.fch.f32(), dfch_.f32(), n * 4 * c);
+  k.linear_backward(dtmp_.f32(), g.fc_w.f32(), g.fc_b.f32(), dfch_.f32(), a.ln2.f32(), p.fc_w.f32(), n, c, 4 * c, bf16);
+  k.layernorm_backward(dres, g.ln2_w.f32(), g.ln2_b.f32(), dtmp_.f32(), a.res2.f32(), p.ln2_w.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), n, c);
+  // dres: gradient of res2 = in + Attn(LN1(in)).
+  k.linear_backward(dtmp_.f32(), g.proj_w.f32(), g.proj_b.f32(), dres, a.atty.f32(), p.proj_w.f32(), n, c, c, bf16);
+  k.attention_backward(dqkv_.f32(), dtmp_.f32(), a.qkv.f32(), a.atty.f32(), a.lse.f32(), act_batch_, act_seq_, c, shape_.n_head, layout_.view());
+  k.linear_backward(dtmp2_.f32(), g.qkv_w.f32(), g.qkv_b.f32(), dqkv_.f32(), a.ln1.f32(), p.qkv_w.f32(), n, c, 3 * c, bf16);
+  k.layernorm_backward(dres, g.ln1_w.f32(), g.ln1_b.f32(), dtmp2_.f32(), in, p.ln1_w.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), n, c);
+}
+
+void Gpt::block_backward_post(int l, const float* in, float* dres) {
+  const KernelTable& k = *kernels_;
+  const LayerParams& p = layer_params_[l];
+  LayerParams& g = layer_grads_[l];
+  const LayerActs& a = acts_[l];
+  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
+  const bool bf16 = shape_.bf16_matmul;
+  // dres: gradient of the block output LN2(res3), res3 = ln1 + MLP(ln1), ln1 = LN1(res2).
+  dtmp_.zero_();
+  k.layernorm_backward(dtmp_.f32(), g.ln2_w.f32(), g.ln2_b.f32(), dres, a.res3.f32(), p.ln2_w.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), n, c);
+  k.linear_backward(dfch_.f32(), g.fcproj_w.f32(), g.fcproj_b.f32(), dtmp_.f32(), a.fch_gelu.f32(), p.fcproj_w.f32(), n, 4 * c, c, bf16);
+  k.gelu_backward(dfch_.f32(), a.fch.f32(), dfch_.f32(), n * 4 * c);
+  k.linear_backward(dtmp2_.f32(), g.fc_w.f32(), g.fc_b.f32(), dfch_.f32(), a.ln1.f32(), p.fc_w.f32(), n, c, 4 * c, bf16);
+  k.accumulate(dtmp2_.f32(), dtmp_.f32(), n * c);  // d ln1 through both paths
+  std::fill(dres, dres + n * c, 0.0f);
+  k.layernorm_backward(dres, g.ln1_w.f32(), g.ln1_b.f32(), dtmp2_.f32(), a.res2.f32(), p.ln1_w.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), n, c);
+  // dres: gradient of res2 = in + Attn(in).
+  k.linear_backward(dtmp_.f32(), g.proj_w.f32(), g.proj_b.f32(), dres, a.atty.f32(), p.proj_w.f32(), n, c, c, bf16);
+  k.attention_backward(dqkv_.f32(), dtmp_.f32(), a.qkv.f32(), a.atty.f32(), a.lse.f32(), act_batch_, act_seq_, c, shape_.n_head, layout_.view());
+  k.linear_backward(dtmp2_.f32(), g.qkv_w.f32(), g.qkv_b.f32(), dqkv_.f32(), in, p.qkv_w.f32(), n, c, 3 * c, bf16);
+  k.accumulate(dres, dtmp2_.f32(), n * c);
+}
+
+void Gpt::run_backward(const Batch& batch) {
+  const KernelTable& k = *kernels_;
+  const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len, c = shape_.n_embd;
+  Parameter& wte = params_[param_index_.at("transformer.wte.weight")];
+  Parameter& wpe = params_[param_index_.at("transformer.wpe.weight")];
+  const float* final_in = shape_.post_norm ? block_output(shape_.n_layer - 1) : lnf_.f32();
+  float* dres = dres_.f32();
+  // logits = x @ wte^T: dx (N, C) = dlogits @ wte, dwte (Vp, C) += dlogits^T @ x.
+  float* dx = shape_.post_norm ? dres : dtmp_.f32();
+  matmul(dx, logits_.f32(), wte.value.f32(), n, c, shape_.padded_vocab, false, false, 0.0f);
+  matmul(wte.grad.f32(), logits_.f32(), final_in, shape_.padded_vocab, c, n, true, false, 1.0f);
+  if (!shape_.post_norm) {
+    Parameter& w = params_[param_index_.at("transformer.ln_f.weight")];
+    Parameter& b = params_[param_index_.at("transformer.ln_f.bias")];
+    dres_.zero_();
+    k.layernorm_backward(dres, w.grad.f32(), b.grad.f32(), dx, block_output(shape_.n_layer - 1),
+                         w.value.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), n, c);
+  }
+  for (int l = shape_.n_layer - 1; l >= 0; --l) {
+    if (shape_.post_norm)
+      block_backward_post(l, block_output(l - 1), dres);
+    else
+      block_backward_pre(l, block_output(l - 1), dres);
+  }
+  const std::int32_t* positions = batch.positions.empty() ? positions_.data() : batch.positions.data();
+  k.embedding_backward(wte.grad.f32(), wpe.grad.f32(), dres, batch.inputs.data(), positions, n, c);
+}
+
+}  // namespace kiln

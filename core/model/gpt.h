@@ -1,0 +1,140 @@
+// A GPT decoder (GPT-2/GPT-3 shape) with explicit forward and backward passes, no autograd tape.
+//
+//   x = wte[tokens] + wpe[positions]                         (B, T, C)
+//   pre-LN block:  x = x + Attn(LN1(x));  x = x + MLP(LN2(x))
+//   post-LN block: x = LN1(x + Attn(x));  x = LN2(x + MLP(x))  (no final LN)
+//   logits = LN_f(x) @ wte^T                                   (B, T, Vp), head tied to wte
+//
+// All parameters live in one fp32 buffer (and their gradients in another), exposed as views
+// named as in Hugging Face's GPT2LMHeadModel. Activations live in one arena sized for (B, T) by
+// a single table (activation_table in gpt.cpp).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "core/kernel_table.h"
+#include "core/model/attention_layout.h"
+#include "core/tensor.h"
+
+namespace kiln {
+
+struct GptShape {
+  int n_layer = 0;
+  int n_head = 0;
+  int n_embd = 0;
+  int context = 0;       // learned positions
+  int vocab = 0;         // real vocabulary
+  int padded_vocab = 0;  // vocab rounded up to a multiple of vocab_multiple
+  bool post_norm = false;
+  bool bf16_matmul = false;
+  int attention_block = 64;
+
+  static GptShape from_config(const ModelConfig& config, int vocab_size);
+  std::int64_t num_params() const;
+  // Training FLOPs per token: 6 * (matmul params incl. the tied head) + 12 * L * C * T (PaLM).
+  double flops_per_token(int seq_len) const;
+};
+
+struct Parameter {
+  std::string name;  // Hugging Face GPT-2 name, e.g. "transformer.h.0.attn.c_attn.weight"
+  Tensor value;      // view into the parameter buffer
+  Tensor grad;       // view into the gradient buffer
+  bool decay;        // AdamW weight decay applies (matmul weights only)
+  float init_std;    // 0 with init_value: constant initialisation
+  float init_value;
+};
+
+// One micro-batch. positions may be empty (then 0..T-1 in every row); mask may be empty (then
+// every token counts in the loss).
+struct Batch {
+  int batch = 0;
+  int seq_len = 0;
+  std::vector<std::int32_t> inputs;     // (B*T)
+  std::vector<std::int32_t> targets;    // (B*T)
+  std::vector<std::int32_t> positions;  // (B*T) or empty
+  std::vector<std::uint8_t> mask;       // (B*T) or empty
+  std::int64_t loss_tokens() const;     // tokens that count in the loss
+};
+
+class Gpt {
+ public:
+  Gpt(const GptShape& shape, Device device = Device::cpu);
+
+  const GptShape& shape() const { return shape_; }
+  std::vector<Parameter>& parameters() { return params_; }
+  const std::vector<Parameter>& parameters() const { return params_; }
+  const Parameter& parameter(const std::string& name) const;
+  Tensor& parameter_buffer() { return param_buffer_; }
+  Tensor& gradient_buffer() { return grad_buffer_; }
+
+  // GPT-2 initialisation from a seed: N(0, 0.02) weights and embeddings, residual projections
+  // scaled by 1/sqrt(2 * n_layer), zero biases, unit LayerNorm gains, zero padded vocab rows.
+  // Element i of parameter p is drawn from Rng(seed, p).normal(i): thread-count independent.
+  void init_weights(std::uint64_t seed, float std = 0.02f);
+
+  // Forward only: returns the sum of per-token losses over counted tokens; logits() then holds
+  // the logits (B, T, Vp).
+  double forward(const Batch& batch);
+  // Forward, fused cross-entropy and backward; gradients are ACCUMULATED into the gradient
+  // buffer with loss scaled by loss_scale (1 / tokens in the whole step). Returns the
+  // unscaled sum of per-token losses.
+  double forward_backward(const Batch& batch, float loss_scale);
+  void zero_grad() { grad_buffer_.zero_(); }
+
+  const Tensor& logits() const { return logits_; }   // (B, T, Vp) after forward()
+  const Tensor& losses() const { return losses_; }   // (B, T)
+
+ private:
+  // Views of one block's parameters (and, in LayerGrads, of their gradients).
+  struct LayerParams {
+    Tensor ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b;
+  };
+  // One block's saved activations; shapes with N = B*T rows.
+  struct LayerActs {
+    Tensor ln1, ln1_mean, ln1_rstd;  // (N, C), (N), (N)
+    Tensor qkv;                      // (N, 3C)
+    Tensor atty;                     // (N, C)
+    Tensor lse;                      // (B, NH, T)
+    Tensor res2;                     // (N, C) residual after attention (post-LN: before LN1)
+    Tensor ln2, ln2_mean, ln2_rstd;  // (N, C), (N), (N)
+    Tensor fch, fch_gelu;            // (N, 4C)
+    Tensor res3;                     // (N, C) residual after MLP (post-LN: before LN2)
+  };
+
+  void build_parameters();
+  void ensure_activations(int batch, int seq_len);
+  void check_batch(const Batch& batch) const;
+  void run_forward(const Batch& batch);
+  void run_backward(const Batch& batch);
+  void block_forward_pre(int l, const float* in);
+  void block_forward_post(int l, const float* in);
+  void block_backward_pre(int l, const float* in, float* dres);
+  void block_backward_post(int l, const float* in, float* dres);
+  const float* block_output(int l) const;
+  // c (m, n) = op(a) op(b) (+ beta c) in fp32 or bf16 as the model is configured.
+  void matmul(float* c, const float* a, const float* b, std::int64_t m, std::int64_t n,
+              std::int64_t k, bool trans_a, bool trans_b, float beta) const;
+
+  GptShape shape_;
+  Device device_;
+  const KernelTable* kernels_;
+  std::vector<Parameter> params_;
+  std::map<std::string, std::size_t> param_index_;
+  Tensor param_buffer_, grad_buffer_;
+  std::vector<LayerParams> layer_params_, layer_grads_;
+
+  // Activations for the current (batch, seq_len), all views into one arena.
+  int act_batch_ = 0, act_seq_ = 0;
+  Tensor arena_;
+  std::vector<LayerActs> acts_;
+  Tensor encoded_, lnf_, lnf_mean_, lnf_rstd_, logits_, losses_;
+  Tensor scratch_, dres_, dtmp_, dtmp2_, dqkv_, dfch_;  // (N, C) x4, (N, 3C), (N, 4C)
+  std::vector<std::int32_t> positions_;
+  BlockLayout layout_;
+};
+
+}  // namespace kiln

@@ -1,0 +1,235 @@
+// Gradient and reference checks of every CPU kernel: finite differences for backward passes,
+// a naive double-precision attention for the tiled one.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "core/model/attention_layout.h"
+#include "grad_check.h"
+#include "kernels/attention.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/embedding.h"
+#include "kernels/gelu.h"
+#include "kernels/layernorm.h"
+#include "kernels/matmul.h"
+#include "kernels/optimizer.h"
+
+using kiln::testing::dot;
+using kiln::testing::expect_gradient;
+using kiln::testing::random_vector;
+
+TEST(Kernels, MatmulMatchesNaiveForAllTransposes) {
+  const int m = 7, n = 5, k = 9;
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      auto a = random_vector(m * k, 1), b = random_vector(k * n, 2);
+      std::vector<float> c(m * n, 1.0f);
+      kiln::cpu::matmul(c.data(), a.data(), b.data(), m, n, k, ta, tb, 1.0f, 0.5f);
+      for (int i = 0; i < m; ++i)
+        for (int j = 0; j < n; ++j) {
+          double ref = 0.5;
+          for (int p = 0; p < k; ++p)
+            ref += static_cast<double>(ta ? a[p * m + i] : a[i * k + p]) * (tb ? b[j * k + p] : b[p * n + j]);
+          EXPECT_NEAR(c[i * n + j], ref, 1e-4) << "ta=" << ta << " tb=" << tb;
+        }
+    }
+  }
+}
+
+TEST(Kernels, Bf16MatmulIsCloseToFp32) {
+  const int m = 33, n = 17, k = 65;
+  auto a = random_vector(m * k, 3), b = random_vector(k * n, 4);
+  std::vector<float> c32(m * n), c16(m * n);
+  kiln::cpu::matmul(c32.data(), a.data(), b.data(), m, n, k, false, true);
+  kiln::cpu::matmul_bf16(c16.data(), a.data(), b.data(), m, n, k, false, true);
+  for (int i = 0; i < m * n; ++i) EXPECT_NEAR(c16[i], c32[i], 0.05 + 0.02 * std::abs(c32[i]));
+}
+
+TEST(Kernels, LinearGradients) {
+  const int rows = 6, in = 5, out = 4;
+  auto x = random_vector(rows * in, 5), w = random_vector(in * out, 6), b = random_vector(out, 7);
+  auto weights = random_vector(rows * out, 8);
+  auto f = [&] {
+    std::vector<float> y(rows * out);
+    kiln::cpu::linear_forward(y.data(), x.data(), w.data(), b.data(), rows, in, out, false);
+    return dot(y, weights);
+  };
+  std::vector<float> dx(rows * in), dw(in * out, 0.0f), db(out, 0.0f);
+  kiln::cpu::linear_backward(dx.data(), dw.data(), db.data(), weights.data(), x.data(), w.data(), rows, in, out, false);
+  expect_gradient("dx", x, dx, f);
+  expect_gradient("dw", w, dw, f);
+  expect_gradient("db", b, db, f);
+}
+
+TEST(Kernels, LayerNormGradients) {
+  const int rows = 5, c = 11;
+  auto x = random_vector(rows * c, 9, 2.0f), g = random_vector(c, 10), b = random_vector(c, 11);
+  auto weights = random_vector(rows * c, 12);
+  std::vector<float> y(rows * c), mean(rows), rstd(rows);
+  auto f = [&] {
+    kiln::cpu::layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), g.data(), b.data(), rows, c);
+    return dot(y, weights);
+  };
+  f();
+  for (int r = 0; r < rows; ++r) {  // normalised rows have mean 0 and unit variance before gamma
+    double m = 0;
+    for (int i = 0; i < c; ++i) m += x[r * c + i];
+    EXPECT_NEAR(mean[r], m / c, 1e-5);
+  }
+  std::vector<float> dx(rows * c, 0.0f), dg(c, 0.0f), db(c, 0.0f);
+  kiln::cpu::layernorm_backward(dx.data(), dg.data(), db.data(), weights.data(), x.data(), g.data(), mean.data(), rstd.data(), rows, c);
+  expect_gradient("dx", x, dx, f, 1e-2f, 5e-3, 3e-2);
+  expect_gradient("dgamma", g, dg, f);
+  expect_gradient("dbeta", b, db, f);
+}
+
+TEST(Kernels, GeluMatchesFormulaAndGradient) {
+  auto x = random_vector(257, 13, 3.0f), weights = random_vector(257, 14);
+  std::vector<float> y(x.size());
+  kiln::cpu::gelu_forward(y.data(), x.data(), x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double v = x[i];
+    const double ref = 0.5 * v * (1 + std::tanh(std::sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
+    EXPECT_NEAR(y[i], ref, 1e-5 + 1e-5 * std::abs(ref));
+  }
+  auto f = [&] {
+    kiln::cpu::gelu_forward(y.data(), x.data(), x.size());
+    return dot(y, weights);
+  };
+  std::vector<float> dx(x.size());
+  kiln::cpu::gelu_backward(dx.data(), x.data(), weights.data(), x.size());
+  expect_gradient("dx", x, dx, f, 1e-2f, 2e-3, 1e-2);
+}
+
+TEST(Kernels, CrossEntropyWithMaskAndPaddedVocab) {
+  const int n = 6, vocab = 13, padded = 16;
+  auto logits = random_vector(n * padded, 15, 2.0f);
+  for (int i = 0; i < n; ++i)
+    for (int j = vocab; j < padded; ++j) logits[i * padded + j] = 50.0f;  // must be ignored
+  std::vector<std::int32_t> targets = {0, 3, 12, 7, 7, 1};
+  std::vector<std::uint8_t> mask = {1, 0, 1, 1, 0, 1};
+  std::vector<float> losses(n);
+  auto f = [&] {
+    auto copy = logits;
+    kiln::cpu::softmax_cross_entropy(losses.data(), copy.data(), targets.data(), mask.data(), n, vocab, padded, 0.0f);
+    double s = 0;
+    for (float l : losses) s += l;
+    return s * 0.25;
+  };
+  f();
+  for (int i = 0; i < n; ++i) {
+    if (!mask[i]) {
+      EXPECT_EQ(losses[i], 0.0f);
+      continue;
+    }
+    double z = 0;
+    for (int j = 0; j < vocab; ++j) z += std::exp(static_cast<double>(logits[i * padded + j]));
+    EXPECT_NEAR(losses[i], std::log(z) - logits[i * padded + targets[i]], 1e-5);
+  }
+  auto grad = logits;
+  kiln::cpu::softmax_cross_entropy(losses.data(), grad.data(), targets.data(), mask.data(), n, vocab, padded, 0.25f);
+  for (int i = 0; i < n; ++i)
+    for (int j = vocab; j < padded; ++j) EXPECT_EQ(grad[i * padded + j], 0.0f);
+  expect_gradient("dlogits", logits, grad, f, 1e-2f, 1e-3, 2e-2);
+}
+
+TEST(Kernels, EmbeddingGradients) {
+  const int n = 7, c = 40, vocab = 5, positions = 4;
+  std::vector<std::int32_t> tokens = {0, 3, 3, 1, 4, 0, 3}, pos = {0, 1, 2, 3, 0, 1, 2};
+  auto wte = random_vector(vocab * c, 16), wpe = random_vector(positions * c, 17);
+  auto weights = random_vector(n * c, 18);
+  auto f = [&] {
+    std::vector<float> y(n * c);
+    kiln::cpu::embedding_forward(y.data(), tokens.data(), pos.data(), wte.data(), wpe.data(), n, c);
+    return dot(y, weights);
+  };
+  std::vector<float> dwte(vocab * c, 0.0f), dwpe(positions * c, 0.0f);
+  kiln::cpu::embedding_backward(dwte.data(), dwpe.data(), weights.data(), tokens.data(), pos.data(), n, c);
+  expect_gradient("dwte", wte, dwte, f);
+  expect_gradient("dwpe", wpe, dwpe, f);
+}
+
+namespace {
+
+// Naive causal attention in double: out (b, t, c), for one (b, h) at a time.
+std::vector<double> naive_attention(const std::vector<float>& qkv, int b, int t, int c, int nh) {
+  const int hd = c / nh;
+  std::vector<double> out(static_cast<std::size_t>(b) * t * c, 0.0);
+  for (int bi = 0; bi < b; ++bi)
+    for (int h = 0; h < nh; ++h)
+      for (int i = 0; i < t; ++i) {
+        std::vector<double> s(i + 1);
+        double m = -1e300;
+        for (int j = 0; j <= i; ++j) {
+          double acc = 0;
+          for (int d = 0; d < hd; ++d)
+            acc += static_cast<double>(qkv[(bi * t + i) * 3 * c + h * hd + d]) * qkv[(bi * t + j) * 3 * c + c + h * hd + d];
+          s[j] = acc / std::sqrt(static_cast<double>(hd));
+          m = std::max(m, s[j]);
+        }
+        double z = 0;
+        for (auto& v : s) z += (v = std::exp(v - m));
+        for (int j = 0; j <= i; ++j)
+          for (int d = 0; d < hd; ++d)
+            out[(bi * t + i) * c + h * hd + d] += s[j] / z * qkv[(bi * t + j) * 3 * c + 2 * c + h * hd + d];
+      }
+  return out;
+}
+
+void check_attention(int b, int t, int c, int nh, int block, bool grads) {
+  SCOPED_TRACE(::testing::Message() << "b=" << b << " t=" << t << " c=" << c << " nh=" << nh << " block=" << block);
+  auto qkv = random_vector(static_cast<std::size_t>(b) * t * 3 * c, 19);
+  const kiln::BlockLayout layout = kiln::dense_causal_layout(t, block);
+  std::vector<float> out(static_cast<std::size_t>(b) * t * c), lse(static_cast<std::size_t>(b) * nh * t);
+  kiln::cpu::attention_forward(out.data(), lse.data(), qkv.data(), b, t, c, nh, layout.view());
+  const auto ref = naive_attention(qkv, b, t, c, nh);
+  for (std::size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], 2e-5) << i;
+  if (!grads) return;
+  auto weights = random_vector(out.size(), 20);
+  auto f = [&] {
+    kiln::cpu::attention_forward(out.data(), lse.data(), qkv.data(), b, t, c, nh, layout.view());
+    return dot(out, weights);
+  };
+  f();
+  std::vector<float> dqkv(qkv.size());
+  kiln::cpu::attention_backward(dqkv.data(), weights.data(), qkv.data(), out.data(), lse.data(), b, t, c, nh, layout.view());
+  expect_gradient("dqkv", qkv, dqkv, f, 1e-2f, 2e-3, 2e-2, 3);
+}
+
+}  // namespace
+
+TEST(Kernels, AttentionForwardMatchesNaive) {
+  check_attention(2, 64, 128, 2, 64, false);    // hd 64, full blocks
+  check_attention(1, 100, 256, 2, 32, false);   // hd 128, partial last block
+  check_attention(2, 37, 24, 3, 16, false);     // generic head size 8
+  check_attention(1, 200, 128, 1, 128, false);  // hd 128, block 128
+}
+
+TEST(Kernels, AttentionGradients) {
+  check_attention(1, 21, 16, 2, 16, true);   // two blocks, partial
+  check_attention(2, 33, 64, 1, 16, true);   // hd 64 path, three blocks
+}
+
+TEST(Kernels, AdamWMatchesReferenceFormula) {
+  auto p = random_vector(10, 21), g = random_vector(10, 22);
+  std::vector<float> m(10, 0.1f), v(10, 0.2f);
+  auto p0 = p, m0 = m, v0 = v;
+  kiln::AdamWStep s{1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, 3};
+  kiln::cpu::adamw_update(p.data(), g.data(), m.data(), v.data(), 10, s);
+  for (int i = 0; i < 10; ++i) {
+    const double gi = g[i] * 0.5;
+    const double mi = 0.9 * m0[i] + 0.1 * gi, vi = 0.95 * v0[i] + 0.05 * gi * gi;
+    const double bc1 = 1 - std::pow(0.9, 3), bc2 = 1 - std::pow(0.95, 3);
+    const double ref = p0[i] * (1 - 1e-2 * 0.1) - 1e-2 / bc1 * mi / (std::sqrt(vi) / std::sqrt(bc2) + 1e-8);
+    EXPECT_NEAR(p[i], ref, 1e-6);
+    EXPECT_NEAR(m[i], mi, 1e-7);
+    EXPECT_NEAR(v[i], vi, 1e-7);
+  }
+}
+
+TEST(Kernels, SumSquaresIsExactForSmallIntegers) {
+  std::vector<float> x(200001, 2.0f);
+  EXPECT_EQ(kiln::cpu::sum_squares(x.data(), x.size()), 800004.0);
+}
