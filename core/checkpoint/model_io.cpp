@@ -1,0 +1,62 @@
+// Safetensors save and load of model weights and optimizer moments.
+#include "core/checkpoint/model_io.h"
+
+#include "core/checkpoint/safetensors.h"
+
+namespace kiln {
+
+namespace {
+// The parameter as it is stored: wte without its padded rows.
+Tensor stored_view(const Gpt& model, const Parameter& p, const Tensor& t) {
+  if (p.name != "transformer.wte.weight") return t;
+  return t.view(0, {model.shape().vocab, model.shape().n_embd});
+}
+
+Tensor moment_view(const Gpt& model, const Parameter& p, Tensor& moments) {
+  const std::int64_t offset = p.value.f32() - model.parameters().front().value.f32();
+  return moments.view(offset, p.value.shape());
+}
+}  // namespace
+
+void save_model(const Gpt& model, const std::string& path,
+                const std::map<std::string, std::string>& metadata) {
+  std::vector<NamedTensor> tensors;
+  for (const Parameter& p : model.parameters()) tensors.push_back({p.name, stored_view(model, p, p.value)});
+  std::map<std::string, std::string> meta = metadata;
+  meta["format"] = "pt";  // what transformers expects to find
+  write_safetensors(path, tensors, meta);
+}
+
+void load_model(Gpt& model, const std::string& path) {
+  const SafetensorsFile file(path);
+  for (Parameter& p : model.parameters()) {
+    KILN_CHECK(file.contains(p.name), path, ": has no tensor '", p.name,
+               "'; the checkpoint belongs to a model of another shape or kind (compare its config.yaml)");
+    Tensor view = stored_view(model, p, p.value);
+    file.load_into(p.name, view);
+  }
+}
+
+void save_optimizer(const Gpt& model, AdamW& optimizer, const std::string& path) {
+  std::vector<NamedTensor> tensors;
+  for (const Parameter& p : model.parameters()) {
+    tensors.push_back({p.name + ".exp_avg", moment_view(model, p, optimizer.exp_avg())});
+    tensors.push_back({p.name + ".exp_avg_sq", moment_view(model, p, optimizer.exp_avg_sq())});
+  }
+  write_safetensors(path, tensors, {{"optimizer", "adamw"}, {"steps", std::to_string(optimizer.steps())}});
+}
+
+void load_optimizer(const Gpt& model, AdamW& optimizer, const std::string& path) {
+  const SafetensorsFile file(path);
+  for (const Parameter& p : model.parameters()) {
+    Tensor m = moment_view(model, p, optimizer.exp_avg());
+    Tensor v = moment_view(model, p, optimizer.exp_avg_sq());
+    file.load_into(p.name + ".exp_avg", m);
+    file.load_into(p.name + ".exp_avg_sq", v);
+  }
+  auto it = file.metadata().find("steps");
+  KILN_CHECK(it != file.metadata().end(), path, ": no 'steps' in the metadata; not a kiln optimizer file");
+  optimizer.set_steps(std::stoll(it->second));
+}
+
+}  // namespace kiln

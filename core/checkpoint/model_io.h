@@ -1,0 +1,23 @@
+// Model and optimizer tensors <-> safetensors files. Weights use Hugging Face GPT-2 names and
+// shapes (wte holds the real vocabulary rows only, without kiln's padding), so
+// transformers' GPT2LMHeadModel and the safetensors library read them as they are.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "core/model/gpt.h"
+#include "core/optim/adamw.h"
+
+namespace kiln {
+
+void save_model(const Gpt& model, const std::string& path,
+                const std::map<std::string, std::string>& metadata = {});
+// Loads every parameter by name; errors name the file, the tensor and the shapes that differ.
+void load_model(Gpt& model, const std::string& path);
+
+// AdamW moments as "<param name>.exp_avg" / ".exp_avg_sq" (padded shapes, as trained).
+void save_optimizer(const Gpt& model, AdamW& optimizer, const std::string& path);
+void load_optimizer(const Gpt& model, AdamW& optimizer, const std::string& path);
+
+}  // namespace kiln
