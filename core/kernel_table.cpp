@@ -7,7 +7,7 @@ namespace {
 const KernelTable kCpuKernels{
     cpu::matmul,           cpu::matmul_bf16,        cpu::linear_forward,     cpu::linear_backward,
     cpu::layernorm_forward, cpu::layernorm_backward, cpu::gelu_forward,
-    cpu::gelu_backward,    cpu::attention_forward,  cpu::attention_backward,
+    cpu::gelu_backward,    cpu::attention_forward,  cpu::attention_backward, cpu::attention_decode,
     cpu::softmax_cross_entropy, cpu::embedding_forward, cpu::embedding_backward,
     cpu::add,              cpu::accumulate,         cpu::adamw_update,
     cpu::sum_squares,

@@ -28,6 +28,7 @@ struct KernelTable {
   decltype(&cpu::gelu_backward) gelu_backward;
   decltype(&cpu::attention_forward) attention_forward;
   decltype(&cpu::attention_backward) attention_backward;
+  decltype(&cpu::attention_decode) attention_decode;
   decltype(&cpu::softmax_cross_entropy) softmax_cross_entropy;
   decltype(&cpu::embedding_forward) embedding_forward;
   decltype(&cpu::embedding_backward) embedding_backward;

@@ -34,4 +34,9 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                         const float* lse, std::int64_t b, std::int64_t t, std::int64_t c,
                         std::int64_t nh, const BlockLayoutView& layout);
 
+// One new query per head against a cache of n keys and values (autoregressive decoding).
+// q (c), k_cache and v_cache (n, c) with heads concatenated, out (c).
+void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
+                      std::int64_t n, std::int64_t c, std::int64_t nh);
+
 }  // namespace kiln::cpu

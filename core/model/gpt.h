@@ -69,6 +69,7 @@ class Gpt {
   const std::vector<Parameter>& parameters() const { return params_; }
   const Parameter& parameter(const std::string& name) const;
   Tensor& parameter_buffer() { return param_buffer_; }
+  const Tensor& parameter_buffer() const { return param_buffer_; }
   Tensor& gradient_buffer() { return grad_buffer_; }
 
   // GPT-2 initialisation from a seed: N(0, 0.02) weights and embeddings, residual projections

@@ -281,4 +281,29 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
   });
 }
 
+void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
+                      std::int64_t n, std::int64_t c, std::int64_t nh) {
+  const std::int64_t hd = c / nh;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+#pragma omp parallel for schedule(static)
+  for (std::int64_t h = 0; h < nh; ++h) {
+    std::vector<float> p(n);
+    float m = -INFINITY;
+    for (std::int64_t j = 0; j < n; ++j) {
+      float s = 0.0f;
+      for (std::int64_t d = 0; d < hd; ++d) s += q[h * hd + d] * k_cache[j * c + h * hd + d];
+      p[j] = s * scale;
+      m = std::max(m, p[j]);
+    }
+    float sum = 0.0f;
+    for (std::int64_t j = 0; j < n; ++j) sum += (p[j] = fast_exp(p[j] - m));
+    float* o = out + h * hd;
+    for (std::int64_t d = 0; d < hd; ++d) o[d] = 0.0f;
+    for (std::int64_t j = 0; j < n; ++j) {
+      const float w = p[j] / sum;
+      for (std::int64_t d = 0; d < hd; ++d) o[d] += w * v_cache[j * c + h * hd + d];
+    }
+  }
+}
+
 }  // namespace kiln::cpu

@@ -1,0 +1,777 @@
+// Experiment configuration: the schema table, YAML parsing, command-line overrides, validation,
+// the resolved-config writer and the key reference.
+// Every key is declared once, in the *_keys() functions below: a dotted name bound to a member of
+// ExperimentConfig, with its allowed values and help text; its default is whatever the struct in
+// config.h says. parse_config, apply_overrides, to_yaml and config_reference all walk that one
+// table, so a key added there is parsed, checked, saved and documented with no other edit.
+#include "core/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <concepts>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <variant>
+
+#include "core/error.h"
+
+namespace kiln {
+namespace {
+
+// ---- The allowed values of every string enum: the one place that lists them. ----
+const std::vector<std::string> kNormChoices = {"pre", "post"};
+const std::vector<std::string> kMatmulChoices = {"f32", "bf16"};
+const std::vector<std::string> kScheduleChoices = {"cosine", "constant"};
+const std::vector<std::string> kProgressChoices = {"auto", "on", "off"};
+const std::vector<std::string> kStageChoices = {"pretrain"};
+const std::vector<std::string> kTokenizerChoices = {"byte"};
+
+// ---- Schema types ----
+
+// Where a key's value lives inside one ExperimentConfig; the alternative held is the key's type.
+using Slot = std::variant<int*, std::uint64_t*, float*, double*, std::string*>;
+const char* const kTypeNames[] = {"int", "uint64", "float", "double", "string"};
+
+// The values a key accepts: numeric bounds (each open or closed), enum choices, non-empty.
+// Built by the helpers below: at_least(1) is [1, inf), above(0).up_to(10) is (0, 10].
+struct Limits {
+  std::optional<double> min, max;
+  bool min_open = false, max_open = false;  // open: the bound itself is not allowed
+  std::vector<std::string> choices;         // non-empty: the key is a string enum
+  bool non_empty = false;                   // a string that must not be ""
+
+  Limits up_to(double hi, bool open = false) const {
+    Limits l = *this;
+    l.max = hi;
+    l.max_open = open;
+    return l;
+  }
+  Limits below(double hi) const { return up_to(hi, true); }
+};
+
+Limits at_least(double lo, bool open = false) {
+  Limits l;
+  l.min = lo;
+  l.min_open = open;
+  return l;
+}
+Limits above(double lo) { return at_least(lo, true); }
+Limits between(double lo, double hi) { return at_least(lo).up_to(hi); }
+Limits one_of(const std::vector<std::string>& choices) {
+  Limits l;
+  l.choices = choices;
+  return l;
+}
+Limits not_empty() {
+  Limits l;
+  l.non_empty = true;
+  return l;
+}
+
+struct Key {
+  std::string section;  // "model"
+  std::string name;     // "n_layer"
+  std::string dotted;   // "model.n_layer"
+  Limits limits;
+  std::string help;
+  std::function<Slot(ExperimentConfig&)> slot;
+};
+
+struct Section {
+  std::string name;
+  std::string help;
+};
+
+struct Schema {
+  std::vector<Section> sections;
+  std::vector<Key> keys;
+};
+
+// Declares the keys of one section: binds "section.name" to config.*part.*member.
+template <class Part>
+class SectionBuilder {
+ public:
+  SectionBuilder(Schema& schema, const char* name, Part ExperimentConfig::*part, const char* help)
+      : schema_(schema), name_(name), part_(part) {
+    schema_.sections.push_back({name, help});
+  }
+
+  template <class T>
+  SectionBuilder& key(const char* name, T Part::*member, Limits limits, const char* help) {
+    Part ExperimentConfig::*part = part_;
+    schema_.keys.push_back(
+        {name_, name, name_ + "." + name, std::move(limits), help,
+         [part, member](ExperimentConfig& c) -> Slot { return &((c.*part).*member); }});
+    return *this;
+  }
+
+ private:
+  Schema& schema_;
+  std::string name_;
+  Part ExperimentConfig::*part_;
+};
+
+// ---- The schema: every key of config.h, in file order. ----
+
+void model_keys(Schema& s) {
+  SectionBuilder<ModelConfig>(s, "model", &ExperimentConfig::model, "network shape and numerics")
+      .key("n_layer", &ModelConfig::n_layer, between(1, 1024), "number of transformer blocks")
+      .key("n_head", &ModelConfig::n_head, between(1, 1024), "attention heads per block")
+      .key("n_embd", &ModelConfig::n_embd, between(1, 65536), "width of the residual stream")
+      .key("context", &ModelConfig::context, between(1, 1 << 20),
+           "number of learned positions (longest sequence the model can read)")
+      .key("vocab_size", &ModelConfig::vocab_size, at_least(0),
+           "0: take it from data.tokenizer (byte: 257)")
+      .key("vocab_multiple", &ModelConfig::vocab_multiple, between(1, 65536),
+           "the embedding is padded to a multiple of this")
+      .key("norm", &ModelConfig::norm, one_of(kNormChoices), "LayerNorm placement")
+      .key("matmul", &ModelConfig::matmul, one_of(kMatmulChoices),
+           "matmul inputs (bf16: fp32 accumulate and fp32 master weights)")
+      .key("init_std", &ModelConfig::init_std, above(0), "std of the normal weight init")
+      .key("attention_block", &ModelConfig::attention_block, between(1, 1024),
+           "query/key tile of the attention kernel");
+}
+
+void data_keys(Schema& s) {
+  SectionBuilder<DataConfig>(s, "data", &ExperimentConfig::data, "token shards and tokenizer")
+      .key("train", &DataConfig::train, Limits(), "training shards: a shard file, folder or glob")
+      .key("val", &DataConfig::val, Limits(), "validation shards, the same way (\"\": none)")
+      .key("tokenizer", &DataConfig::tokenizer, one_of(kTokenizerChoices),
+           "tokenizer the shards were written with");
+}
+
+void optim_keys(Schema& s) {
+  SectionBuilder<OptimConfig>(s, "optim", &ExperimentConfig::optim, "AdamW and the LR schedule")
+      .key("lr", &OptimConfig::lr, above(0).up_to(10), "peak learning rate")
+      .key("min_lr_ratio", &OptimConfig::min_lr_ratio, between(0, 1),
+           "cosine decays to lr * min_lr_ratio")
+      .key("warmup_steps", &OptimConfig::warmup_steps, at_least(0),
+           "linear warmup from 0 to lr over this many steps")
+      .key("schedule", &OptimConfig::schedule, one_of(kScheduleChoices),
+           "learning-rate schedule after warmup")
+      .key("beta1", &OptimConfig::beta1, at_least(0).below(1), "AdamW first-moment decay")
+      .key("beta2", &OptimConfig::beta2, at_least(0).below(1), "AdamW second-moment decay")
+      .key("eps", &OptimConfig::eps, above(0), "AdamW denominator epsilon")
+      .key("weight_decay", &OptimConfig::weight_decay, at_least(0),
+           "decoupled weight decay, matmul weights only")
+      .key("grad_clip", &OptimConfig::grad_clip, at_least(0), "global-norm clip; 0 disables");
+}
+
+void train_keys(Schema& s) {
+  SectionBuilder<TrainConfig>(s, "train", &ExperimentConfig::train, "the training loop")
+      .key("micro_batch", &TrainConfig::micro_batch, at_least(1),
+           "sequences per forward/backward pass")
+      .key("seq_len", &TrainConfig::seq_len, at_least(1),
+           "tokens per training sequence (<= model.context)")
+      .key("grad_accum", &TrainConfig::grad_accum, at_least(1),
+           "micro-batches accumulated per optimizer step")
+      .key("max_steps", &TrainConfig::max_steps, at_least(1), "optimizer steps to train")
+      .key("seed", &TrainConfig::seed, Limits(), "seed of weight init and data order")
+      .key("eval_every", &TrainConfig::eval_every, at_least(0),
+           "steps between validations; 0 disables")
+      .key("eval_batches", &TrainConfig::eval_batches, at_least(1), "micro-batches per validation")
+      .key("run_dir", &TrainConfig::run_dir, not_empty(),
+           "folder for checkpoints, logs and the resolved config.yaml")
+      .key("threads", &TrainConfig::threads, at_least(0), "CPU threads; 0: all cores")
+      .key("stage", &TrainConfig::stage, one_of(kStageChoices), "what the loop trains");
+}
+
+void checkpoint_keys(Schema& s) {
+  SectionBuilder<CheckpointConfig>(s, "checkpoint", &ExperimentConfig::checkpoint,
+                                   "when to save and how many to keep")
+      .key("every", &CheckpointConfig::every, at_least(0),
+           "steps between checkpoints; 0: only at the end")
+      .key("keep", &CheckpointConfig::keep, at_least(0), "newest checkpoints kept; 0 keeps all");
+}
+
+void log_keys(Schema& s) {
+  SectionBuilder<LogConfig>(s, "log", &ExperimentConfig::log, "progress output")
+      .key("every", &LogConfig::every, at_least(1), "steps between log lines")
+      .key("progress", &LogConfig::progress, one_of(kProgressChoices),
+           "progress bar (auto: on when stdout is a terminal)")
+      .key("peak_flops", &LogConfig::peak_flops, above(0), "peak FLOP/s of the hardware, for MFU");
+}
+
+const Schema& schema() {
+  static const Schema table = [] {
+    Schema s;
+    model_keys(s);
+    data_keys(s);
+    optim_keys(s);
+    train_keys(s);
+    checkpoint_keys(s);
+    log_keys(s);
+    return s;
+  }();
+  return table;
+}
+
+const ExperimentConfig& defaults() {
+  static const ExperimentConfig config;
+  return config;
+}
+
+// Read-only access through the same binding (the slot is only read, never written).
+Slot read_slot(const Key& key, const ExperimentConfig& config) {
+  return key.slot(const_cast<ExperimentConfig&>(config));
+}
+
+std::string type_name(const Key& key) {
+  if (!key.limits.choices.empty()) return "enum";
+  return kTypeNames[read_slot(key, defaults()).index()];
+}
+
+const Key* find_key(const std::string& dotted) {
+  for (const Key& key : schema().keys)
+    if (key.dotted == dotted) return &key;
+  return nullptr;
+}
+
+// ---- Text helpers ----
+
+std::string join(const std::vector<std::string>& parts, const std::string& separator) {
+  std::string out;
+  for (std::size_t i = 0; i < parts.size(); ++i) out += (i ? separator : "") + parts[i];
+  return out;
+}
+
+std::vector<std::string> section_names() {
+  std::vector<std::string> names;
+  for (const Section& section : schema().sections) names.push_back(section.name);
+  return names;
+}
+
+std::size_t levenshtein(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      std::size_t above_cell = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above_cell;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string nearest(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  std::size_t best_distance = std::numeric_limits<std::size_t>::max();
+  for (const std::string& candidate : candidates) {
+    std::size_t distance = levenshtein(word, candidate);
+    if (distance < best_distance) best = candidate, best_distance = distance;
+  }
+  return best;
+}
+
+// The valid key a mistyped dotted key most likely meant: the same name in another section
+// (model.lr -> optim.lr), else the nearest by edit distance among all keys.
+std::string suggest_key(const std::string& dotted) {
+  const std::string leaf = dotted.substr(dotted.find('.') + 1);
+  std::vector<std::string> all;
+  for (const Key& key : schema().keys) {
+    if (key.name == leaf) return key.dotted;
+    all.push_back(key.dotted);
+  }
+  return nearest(dotted, all);
+}
+
+std::string unknown_key_message(const std::string& dotted) {
+  return "unknown key '" + dotted + "'; did you mean '" + suggest_key(dotted) + "'?";
+}
+
+std::string unknown_section_message(const std::string& name) {
+  for (const Key& key : schema().keys)
+    if (key.name == name)
+      return "unknown section '" + name + "'; '" + name + "' is a key of section '" + key.section +
+             "': write it under '" + key.section + ":' (" + key.dotted + ")";
+  return "unknown section '" + name + "'; did you mean '" + nearest(name, section_names()) +
+         "'? (sections: " + join(section_names(), ", ") + ")";
+}
+
+template <class Number>
+std::string shortest(Number value) {
+  char buffer[64];
+  auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
+  return std::string(buffer, result.ptr);
+}
+
+// A YAML double-quoted string that reads back as exactly `text`.
+std::string quote(const std::string& text) {
+  std::string out = "\"";
+  for (char c : text) {
+    auto byte = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (byte < 0x20 || byte == 0x7f) {
+      char escape[8];
+      std::snprintf(escape, sizeof(escape), "\\x%02x", byte);
+      out += escape;
+    } else {
+      out += c;
+    }
+  }
+  return out + "\"";
+}
+
+std::string format_value(int value) { return std::to_string(value); }
+std::string format_value(std::uint64_t value) { return std::to_string(value); }
+std::string format_value(float value) { return shortest(value); }
+std::string format_value(double value) { return shortest(value); }
+std::string format_value(const std::string& value) { return quote(value); }
+
+std::string format_slot(const Slot& slot) {
+  return std::visit([](auto* value) { return format_value(*value); }, slot);
+}
+
+// "x.yaml:7" for a node of the file, "x.yaml" when yaml-cpp has no position.
+std::string at(const std::string& name, const YAML::Mark& mark) {
+  return mark.line >= 0 ? name + ":" + std::to_string(mark.line + 1) : name;
+}
+
+[[noreturn]] void fail(const std::string& where, const std::string& what) {
+  throw Error(where + ": " + what);
+}
+
+// ---- Allowed values ----
+
+std::string number_text(double value) { return shortest(value); }
+
+// "[1, 1024]", "> 0", "pre|post": the allowed values, for the reference table.
+std::string describe_allowed(const Key& key) {
+  const Limits& l = key.limits;
+  if (!l.choices.empty()) return join(l.choices, "|");
+  if (l.min && l.max)
+    return std::string(l.min_open ? "(" : "[") + number_text(*l.min) + ", " + number_text(*l.max) +
+           (l.max_open ? ")" : "]");
+  if (l.min) return std::string(l.min_open ? "> " : ">= ") + number_text(*l.min);
+  if (l.max) return std::string(l.max_open ? "< " : "<= ") + number_text(*l.max);
+  return l.non_empty ? "non-empty" : "any";
+}
+
+// Throws unless value lies in the key's bounds and in [type_min, type_max] (the C++ type's).
+void check_number(const Key& key, double value, const std::string& text, const std::string& where,
+                  double type_min = -HUGE_VAL, double type_max = HUGE_VAL) {
+  const Limits& l = key.limits;
+  bool ok = !(l.min && (l.min_open ? value <= *l.min : value < *l.min)) &&
+            !(l.max && (l.max_open ? value >= *l.max : value > *l.max)) && value >= type_min &&
+            value <= type_max;
+  if (ok) return;
+  std::vector<std::string> rules;
+  double low = l.min ? std::max(*l.min, type_min) : type_min;
+  double high = l.max ? std::min(*l.max, type_max) : type_max;
+  if (std::isfinite(low) && (l.min || value < low))
+    rules.push_back(std::string(l.min_open && low == *l.min ? "> " : ">= ") + number_text(low));
+  if (std::isfinite(high) && (l.max || value > high))
+    rules.push_back(std::string(l.max_open && high == *l.max ? "< " : "<= ") + number_text(high));
+  fail(where, key.dotted + ": " + text + " is out of range; it must be " + join(rules, " and "));
+}
+
+void check_string(const Key& key, const std::string& value, const std::string& where) {
+  const Limits& l = key.limits;
+  if (!l.choices.empty() &&
+      std::find(l.choices.begin(), l.choices.end(), value) == l.choices.end()) {
+    std::string hint = l.choices.size() > 1 && levenshtein(value, nearest(value, l.choices)) <= 2
+                           ? "; did you mean '" + nearest(value, l.choices) + "'?"
+                           : "";
+    fail(where, key.dotted + ": '" + value + "' is not a valid choice; use one of " +
+                    join(l.choices, ", ") + hint);
+  }
+  if (l.non_empty && value.empty())
+    fail(where, key.dotted + ": must not be empty; give it a value, e.g. " + key.dotted + "=" +
+                    format_slot(read_slot(key, defaults())));
+}
+
+// ---- Reading one value (from a YAML node or a command-line override) ----
+
+struct RawValue {
+  enum class Kind { kPlain, kQuoted, kNull, kMap, kList };
+  Kind kind;
+  std::string text;
+};
+
+RawValue raw_from_node(const YAML::Node& node) {
+  if (node.IsNull()) return {RawValue::Kind::kNull, ""};
+  if (node.IsMap()) return {RawValue::Kind::kMap, ""};
+  if (node.IsSequence()) return {RawValue::Kind::kList, ""};
+  // yaml-cpp tags quoted scalars "!" and plain ones "?".
+  return {node.Tag() == "!" ? RawValue::Kind::kQuoted : RawValue::Kind::kPlain, node.Scalar()};
+}
+
+std::string describe(const RawValue& raw) {
+  using Kind = RawValue::Kind;
+  if (raw.kind == Kind::kNull) return "nothing";
+  if (raw.kind == Kind::kMap) return "a map";
+  if (raw.kind == Kind::kList) return "a list";
+  return raw.kind == Kind::kQuoted ? "the string \"" + raw.text + "\"" : "'" + raw.text + "'";
+}
+
+// What a number key says about a value it cannot read: "'four'", "the string "4" (numbers ...)".
+std::string describe_as_number(const RawValue& raw) {
+  return describe(raw) +
+         (raw.kind == RawValue::Kind::kQuoted ? "; write numbers without quotes" : "");
+}
+
+std::string without_plus(const std::string& text) {
+  return text.size() > 1 && text[0] == '+' ? text.substr(1) : text;
+}
+
+// Parses all of `text` as a Number; std::errc::result_out_of_range when it does not fit.
+template <class Number>
+std::errc parse_all(const std::string& text, Number& out) {
+  const std::string t = without_plus(text);
+  auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), out);
+  if (ec == std::errc() && end != t.data() + t.size()) return std::errc::invalid_argument;
+  return t.empty() ? std::errc::invalid_argument : ec;
+}
+
+// The message for text that is not an integer; points out 1e3 and 3.0, which YAML reads as floats.
+std::string not_an_integer(const Key& key, const RawValue& raw, const char* what) {
+  double value = 0;
+  std::string message = key.dotted + ": expected " + what + ", got " + describe_as_number(raw);
+  bool float_form = raw.text.find_first_of(".eE") != std::string::npos;
+  if (raw.kind == RawValue::Kind::kPlain && float_form &&
+      parse_all(raw.text, value) == std::errc() && std::isfinite(value) &&
+      value == std::floor(value) && std::fabs(value) < 1e18)
+    message += "; integer keys take no decimal point or exponent: write " +
+               std::to_string(static_cast<long long>(value));
+  return message;
+}
+
+void parse_into(int& out, const Key& key, const RawValue& raw, const std::string& where) {
+  long long value = 0;
+  std::errc ec =
+      raw.kind == RawValue::Kind::kPlain ? parse_all(raw.text, value) : std::errc::invalid_argument;
+  if (ec == std::errc::invalid_argument) fail(where, not_an_integer(key, raw, "an integer"));
+  double as_double =
+      ec == std::errc() ? static_cast<double>(value) : (raw.text[0] == '-' ? -HUGE_VAL : HUGE_VAL);
+  check_number(key, as_double, raw.text, where, std::numeric_limits<int>::min(),
+               std::numeric_limits<int>::max());
+  out = static_cast<int>(value);
+}
+
+void parse_into(std::uint64_t& out, const Key& key, const RawValue& raw, const std::string& where) {
+  std::uint64_t value = 0;
+  std::errc ec = raw.kind == RawValue::Kind::kPlain && !raw.text.starts_with("-")
+                     ? parse_all(raw.text, value)
+                     : std::errc::invalid_argument;
+  if (ec == std::errc::invalid_argument)
+    fail(where, not_an_integer(key, raw, "a non-negative integer"));
+  if (ec != std::errc())
+    fail(where, key.dotted + ": " + raw.text + " is out of range; it must be <= " +
+                    std::to_string(std::numeric_limits<std::uint64_t>::max()));
+  check_number(key, static_cast<double>(value), raw.text, where);
+  out = value;
+}
+
+template <std::floating_point Real>
+void parse_into(Real& out, const Key& key, const RawValue& raw, const std::string& where) {
+  Real value = 0;
+  std::errc ec =
+      raw.kind == RawValue::Kind::kPlain ? parse_all(raw.text, value) : std::errc::invalid_argument;
+  if (ec == std::errc::invalid_argument)
+    fail(where, key.dotted + ": expected a number, got " + describe_as_number(raw));
+  if (ec != std::errc())
+    fail(where, key.dotted + ": " + raw.text + " is too large or too small for a " +
+                    (sizeof(Real) == 4 ? "32-bit float (about 1e-38 to 3e38)"
+                                       : "64-bit float (about 1e-308 to 1e308)"));
+  if (!std::isfinite(value))
+    fail(where, key.dotted + ": expected a finite number, got '" + raw.text + "'");
+  check_number(key, static_cast<double>(value), raw.text, where);
+  out = value;
+}
+
+void parse_into(std::string& out, const Key& key, const RawValue& raw, const std::string& where) {
+  if (raw.kind == RawValue::Kind::kMap || raw.kind == RawValue::Kind::kList)
+    fail(where, key.dotted + ": expected a string, got " + describe(raw));
+  check_string(key, raw.text, where);  // a null value reads as ""
+  out = raw.text;
+}
+
+void assign(const Key& key, ExperimentConfig& config, const RawValue& raw,
+            const std::string& where) {
+  std::visit([&](auto* target) { parse_into(*target, key, raw, where); }, key.slot(config));
+}
+
+// ---- Where each key's value came from, for cross-field messages ----
+
+// dotted key -> "x.yaml:7" or "command line: 'k=v'"; keys not in the map have the fallback origin.
+struct Origins {
+  std::string fallback;  // "default", or the saved config's path when resuming
+  std::map<std::string, std::string> by_key;
+
+  std::string of(const std::string& dotted) const {
+    auto it = by_key.find(dotted);
+    return it == by_key.end() ? fallback : it->second;
+  }
+};
+
+// ---- The YAML file ----
+
+void read_section(const YAML::Node& name_node, const YAML::Node& body, const std::string& name,
+                  ExperimentConfig& config, Origins& origins) {
+  const std::string section = name_node.Scalar();
+  if (body.IsNull()) return;  // "model:" with nothing under it
+  if (!body.IsMap())
+    fail(at(name, body.Mark()), "section '" + section + "' must be a map of keys ('" + section +
+                                    ":' then indented 'key: value' lines), got " +
+                                    describe(raw_from_node(body)));
+  std::map<std::string, int> first_line;
+  for (const auto& entry : body) {
+    const YAML::Node& key_node = entry.first;
+    const YAML::Node& value = entry.second;
+    const std::string here = at(name, key_node.Mark());
+    if (!key_node.IsScalar())
+      fail(here, "expected a key name in section '" + section + "', got " +
+                     describe(raw_from_node(key_node)));
+    const std::string dotted = section + "." + key_node.Scalar();
+    const Key* key = find_key(dotted);
+    if (key == nullptr) fail(here, unknown_key_message(dotted));
+    auto [seen, inserted] = first_line.emplace(dotted, key_node.Mark().line + 1);
+    if (!inserted)
+      fail(here, dotted + " is given twice (first at line " + std::to_string(seen->second) +
+                     "); keep one");
+    // A null value's mark points past it, so errors about it name the key's line.
+    const std::string where = value.IsNull() ? here : at(name, value.Mark());
+    assign(*key, config, raw_from_node(value), where);
+    origins.by_key[dotted] = where;
+  }
+}
+
+void read_yaml(const std::string& text, const std::string& name, ExperimentConfig& config,
+               Origins& origins) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    fail(at(name, e.mark),
+         "YAML syntax error: " + e.msg + " (indent with spaces, not tabs, and write 'key: value')");
+  }
+  if (root.IsNull()) return;  // an empty file: all defaults
+  if (!root.IsMap())
+    fail(at(name, root.Mark()), "expected a map of sections (" + join(section_names(), ", ") +
+                                    "), got " + describe(raw_from_node(root)));
+  std::map<std::string, int> first_line;
+  for (const auto& entry : root) {
+    const std::string here = at(name, entry.first.Mark());
+    if (!entry.first.IsScalar())
+      fail(here, "expected a section name (" + join(section_names(), ", ") + "), got " +
+                     describe(raw_from_node(entry.first)));
+    const std::string section = entry.first.Scalar();
+    if (std::ranges::count(section_names(), section) == 0)
+      fail(here, unknown_section_message(section));
+    auto [seen, inserted] = first_line.emplace(section, entry.first.Mark().line + 1);
+    if (!inserted)
+      fail(here, "section '" + section + "' is given twice (first at line " +
+                     std::to_string(seen->second) + "); merge the two");
+    read_section(entry.first, entry.second, name, config, origins);
+  }
+}
+
+// ---- Command-line overrides ----
+
+std::string trim(const std::string& text) {
+  const char* space = " \t\r\n";
+  std::size_t begin = text.find_first_not_of(space);
+  if (begin == std::string::npos) return "";
+  return text.substr(begin, text.find_last_not_of(space) - begin + 1);
+}
+
+// The value of `key=value`. String keys take the text as written unless it is quoted (so that
+// globs like *.bin need no quoting); other keys read it as a YAML scalar.
+RawValue raw_from_override(const Key& key, const std::string& value, const std::string& where) {
+  if (value.empty()) return {RawValue::Kind::kNull, ""};
+  bool is_string = std::holds_alternative<std::string*>(read_slot(key, defaults()));
+  bool quoted = value.front() == '"' || value.front() == '\'';
+  if (is_string && !quoted) return {RawValue::Kind::kPlain, value};
+  try {
+    return raw_from_node(YAML::Load(value));  // a quoted number is reported as a string
+  } catch (const YAML::Exception& e) {
+    fail(where, key.dotted + ": cannot read '" + value + "' as a YAML value: " + e.msg);
+  }
+}
+
+void apply_override(ExperimentConfig& config, const std::string& text, Origins& origins) {
+  const std::string where = "command line: '" + text + "'";
+  const std::string form = "expected the form section.key=value, e.g. optim.lr=3e-4";
+  std::size_t equals = text.find('=');
+  if (equals == std::string::npos) fail(where, form);
+  const std::string dotted = trim(text.substr(0, equals));
+  if (dotted.empty()) fail(where, form);
+  const Key* key = find_key(dotted);
+  if (key == nullptr && dotted.find('.') == std::string::npos)
+    fail(where, "'" + dotted + "' names no section; " + form + "; did you mean '" +
+                    suggest_key("." + dotted) + "'?");
+  if (key == nullptr) fail(where, unknown_key_message(dotted));
+  const std::string value = trim(text.substr(equals + 1));
+  assign(*key, config, raw_from_override(*key, value, where), where);
+  origins.by_key[dotted] = where;
+}
+
+// ---- Validation of the whole config ----
+
+// Every key against its own limits again: catches bad values set in code before apply_overrides.
+void validate_keys(const ExperimentConfig& config, const Origins& origins) {
+  for (const Key& key : schema().keys) {
+    const std::string where = origins.of(key.dotted);
+    std::visit(
+        [&](auto* value) {
+          using T = std::remove_cvref_t<decltype(*value)>;
+          if constexpr (std::is_same_v<T, std::string>) {
+            check_string(key, *value, where);
+          } else {
+            if constexpr (std::is_floating_point_v<T>)
+              if (!std::isfinite(*value))
+                fail(where, key.dotted + ": " + format_value(*value) + " is not a finite number");
+            check_number(key, static_cast<double>(*value), format_value(*value), where);
+          }
+        },
+        read_slot(key, config));
+  }
+}
+
+// The key bound to one field of `config` (found by address, so rules below never spell a key).
+const Key& key_at(const ExperimentConfig& config, const void* field) {
+  for (const Key& key : schema().keys)
+    if (std::visit([&](auto* value) { return static_cast<const void*>(value) == field; },
+                   read_slot(key, config)))
+      return key;
+  KILN_ASSERT(!"every field of ExperimentConfig is in the schema");
+  throw Error("unreachable");
+}
+
+// Rules across keys. Each message shows both keys with their values and where each was set, and
+// starts with where the first of them was set in the file or on the command line.
+void validate_cross(const ExperimentConfig& c, const Origins& origins, const std::string& name) {
+  auto key = [&](const int& field) { return key_at(c, &field).dotted; };
+  auto show = [&](const int& field) {
+    return key(field) + "=" + std::to_string(field) + " (" + origins.of(key(field)) + ")";
+  };
+  auto where = [&](const int& a, const int& b) {
+    for (const std::string& dotted : {key(a), key(b)})
+      if (origins.by_key.count(dotted)) return origins.of(dotted);
+    return name;
+  };
+  const int &width = c.model.n_embd, &heads = c.model.n_head;
+  if (width % heads != 0) {
+    int lower = width / heads * heads;
+    fail(where(width, heads),
+         message(show(width), " is not divisible by ", show(heads),
+                 "; the heads split the width equally: set ", key(width), " to a multiple of ",
+                 heads, " (e.g. ", lower > 0 ? std::to_string(lower) + " or " : "", lower + heads,
+                 ") or ", key(heads), " to a divisor of ", width));
+  }
+  const int &seq_len = c.train.seq_len, &context = c.model.context;
+  if (seq_len > context)
+    fail(where(seq_len, context), message(show(seq_len), " is longer than ", show(context),
+                                          ", the number of learned positions: set ", key(seq_len),
+                                          " <= ", context, " or ", key(context), " >= ", seq_len));
+}
+
+void validate(const ExperimentConfig& config, const Origins& origins, const std::string& name) {
+  validate_keys(config, origins);
+  validate_cross(config, origins, name);
+}
+
+}  // namespace
+
+// ---- Public interface ----
+
+ExperimentConfig parse_config(const std::string& yaml_text, const std::string& name,
+                              const std::vector<std::string>& overrides) {
+  ExperimentConfig config;
+  Origins origins{"default", {}};
+  read_yaml(yaml_text, name, config, origins);
+  for (const std::string& text : overrides) apply_override(config, text, origins);
+  validate(config, origins, name);
+  return config;
+}
+
+void apply_overrides(ExperimentConfig& config, const std::vector<std::string>& overrides) {
+  const std::string name = config.source.empty() ? "config" : config.source;
+  Origins origins{name, {}};
+  ExperimentConfig updated = config;  // all or nothing: config is untouched on error
+  for (const std::string& text : overrides) apply_override(updated, text, origins);
+  validate(updated, origins, name);
+  config = updated;
+}
+
+ExperimentConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::error_code error;
+  KILN_CHECK(std::filesystem::exists(path, error), "config file '", path,
+             "' does not exist; check the path (the shipped configs are in configs/, e.g. ",
+             "configs/quickstart.yaml)");
+  KILN_CHECK(std::filesystem::is_regular_file(path, error), "config path '", path,
+             "' is not a file; pass a YAML file such as configs/quickstart.yaml");
+  std::ifstream in(path, std::ios::binary);
+  KILN_CHECK(in.good(), "cannot open config file '", path, "': ", std::strerror(errno),
+             "; check its permissions");
+  std::ostringstream text;
+  text << in.rdbuf();
+  ExperimentConfig config = parse_config(text.str(), path, overrides);
+  config.source = path;
+  return config;
+}
+
+std::string to_yaml(const ExperimentConfig& config) {
+  std::string source = config.source;
+  std::replace(source.begin(), source.end(), '\n', ' ');
+  std::string out =
+      "# kiln resolved config: defaults < YAML file < command line. Every key is listed;\n"
+      "# `kiln train --help-config` describes them.\n";
+  if (!source.empty()) out += "# source: " + source + "\n";
+  for (const Section& section : schema().sections) {
+    std::vector<std::pair<std::string, const Key*>> lines;
+    std::size_t width = 0;
+    for (const Key& key : schema().keys) {
+      if (key.section != section.name) continue;
+      lines.emplace_back("  " + key.name + ": " + format_slot(read_slot(key, config)), &key);
+      width = std::max(width, lines.back().first.size());
+    }
+    out += "\n" + section.name + ":  # " + section.help + "\n";
+    for (const auto& [line, key] : lines)
+      out += line + std::string(width - line.size() + 2, ' ') + "# " + key->help + "\n";
+  }
+  return out;
+}
+
+std::string config_reference() {
+  const std::vector<std::string> header = {"key", "type", "default", "allowed", "help"};
+  std::vector<std::vector<std::string>> rows = {header};
+  for (const Key& key : schema().keys)
+    rows.push_back({key.dotted, type_name(key), format_slot(read_slot(key, defaults())),
+                    describe_allowed(key), key.help});
+  std::vector<std::size_t> width(header.size());
+  for (const auto& row : rows)
+    for (std::size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  std::string out =
+      "Config keys (precedence: default < YAML file < command line "
+      "section.key=value)\n\n";
+  std::string section;
+  for (std::size_t r = 0; r < rows.size(); ++r) {
+    if (r > 0 && schema().keys[r - 1].section != section) {  // a blank line before each section
+      section = schema().keys[r - 1].section;
+      out += "\n";
+    }
+    for (std::size_t i = 0; i + 1 < rows[r].size(); ++i)
+      out += rows[r][i] + std::string(width[i] - rows[r][i].size() + 2, ' ');
+    out += rows[r].back() + "\n";
+  }
+  return out;
+}
+
+}  // namespace kiln

@@ -1,0 +1,75 @@
+// kiln train / tokenize / sample / config.
+#include "launch/commands.h"
+
+#include <cstdio>
+
+#include "core/checkpoint/model_io.h"
+#include "core/checkpoint/run_dir.h"
+#include "core/data/tokenizer.h"
+#include "trainers/trainer.h"
+
+namespace kiln::cli {
+
+int train(const TrainArgs& args) {
+  ExperimentConfig config = load_config(args.config, args.overrides);
+  TrainOptions options;
+  options.resume = args.resume;
+  options.init_from = args.init_from;
+  options.stop_after = args.stop_after;
+  Trainer trainer(std::move(config), options);
+  const TrainResult result = trainer.run();
+  if (result.steps_run == 0) {
+    std::printf("nothing to do: the run is already at step %lld of train.max_steps\n",
+                static_cast<long long>(result.last_step));
+    return 0;
+  }
+  std::printf("done: %lld steps, final loss %.4f", static_cast<long long>(result.steps_run), result.losses.back());
+  if (result.last_val_loss) std::printf(", validation loss %.4f", *result.last_val_loss);
+  std::printf(", %.0f tok/s, MFU %.1f%%\n", result.tokens_per_s, 100.0 * result.mfu);
+  return 0;
+}
+
+int tokenize(const TokenizeOptions& options) {
+  const TokenizeReport report = tokenize_corpus(options);
+  std::printf("tokenized %llu documents: %llu train tokens, %llu validation tokens -> %s\n",
+              static_cast<unsigned long long>(report.documents),
+              static_cast<unsigned long long>(report.train_tokens),
+              static_cast<unsigned long long>(report.val_tokens), options.out_dir.c_str());
+  for (const auto& shard : report.shards) std::printf("  %s\n", shard.c_str());
+  return 0;
+}
+
+int sample(const SampleArgs& args) {
+  const std::string dir = resolve_checkpoint(args.checkpoint);
+  const ExperimentConfig config = checkpoint_config(dir);
+  const auto tokenizer = make_tokenizer(config.data.tokenizer);
+  Gpt model(GptShape::from_config(config.model, tokenizer->vocab_size()));
+  load_model(model, dir + "/model.safetensors");
+  std::vector<std::int32_t> prompt;
+  for (auto id : tokenizer->encode(args.prompt)) prompt.push_back(static_cast<std::int32_t>(id));
+  if (prompt.empty()) prompt.push_back(static_cast<std::int32_t>(tokenizer->eot()));
+  std::printf("%s", args.prompt.c_str());
+  std::fflush(stdout);
+  // Print as tokens arrive; the byte tokenizer may split a UTF-8 character across tokens, so
+  // bytes are written raw and the terminal reassembles them.
+  Generator generator(model);
+  generator.generate(prompt, args.sample, static_cast<std::int32_t>(tokenizer->eot()),
+                     [&](std::int32_t id) {
+                       const std::string piece = tokenizer->decode({static_cast<std::uint32_t>(id)});
+                       std::fwrite(piece.data(), 1, piece.size(), stdout);
+                       std::fflush(stdout);
+                     });
+  std::printf("\n");
+  return 0;
+}
+
+int show_config(const std::string& config, const std::vector<std::string>& overrides) {
+  if (config.empty()) {
+    std::printf("%s", config_reference().c_str());
+    return 0;
+  }
+  std::printf("%s", to_yaml(load_config(config, overrides)).c_str());
+  return 0;
+}
+
+}  // namespace kiln::cli

@@ -1,0 +1,35 @@
+// The kiln subcommands. Each takes parsed options, does its work through the libraries and
+// throws kiln::Error on failure; main.cpp turns errors into exit codes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/data/tokenize.h"
+#include "core/model/generate.h"
+
+namespace kiln::cli {
+
+struct TrainArgs {
+  std::string config;
+  std::vector<std::string> overrides;
+  std::string resume;  // "" fresh, "auto" newest in run_dir, or a path
+  std::string init_from;
+  std::int64_t stop_after = 0;
+};
+int train(const TrainArgs& args);
+
+int tokenize(const TokenizeOptions& options);
+
+struct SampleArgs {
+  std::string checkpoint;
+  std::string prompt;
+  SampleOptions sample;
+};
+int sample(const SampleArgs& args);
+
+// Prints the resolved config (file + overrides), or the key reference when config is "".
+int show_config(const std::string& config, const std::vector<std::string>& overrides);
+
+}  // namespace kiln::cli

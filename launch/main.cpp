@@ -1,0 +1,95 @@
+// kiln: the command line. Parses arguments (CLI11), calls one subcommand, and is the only place
+// where an error becomes an exit code: 1 for kiln::Error (bad input, with a message naming the
+// fix), 2 for usage errors, 3 for anything unexpected.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <exception>
+
+#include "core/error.h"
+#include "launch/commands.h"
+
+namespace {
+
+constexpr const char* kExamples = R"(
+Examples:
+  kiln tokenize --input /usr/share/games/fortunes --separator % --out data/fortunes
+  kiln train configs/quickstart.yaml
+  kiln train configs/quickstart.yaml optim.lr=1e-3 model.n_layer=6
+  kiln train configs/quickstart.yaml --resume          # continue from the newest checkpoint
+  kiln sample --checkpoint runs/quickstart --prompt "The meaning of life" --top-k 40
+  kiln config configs/quickstart.yaml train.max_steps=50   # print the resolved config
+  kiln config                                              # every config key with its help
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kiln: train GPT-style language models (pretraining on CPU; see docs/)"};
+  app.footer(kExamples);
+  app.require_subcommand(1);
+
+  kiln::cli::TrainArgs train_args;
+  auto* train = app.add_subcommand("train", "Train a model from a YAML experiment config");
+  train->add_option("config", train_args.config, "Experiment YAML (configs/*.yaml)")->required();
+  train->add_option("overrides", train_args.overrides, "Overrides: section.key=value ...");
+  train->add_option("--resume", train_args.resume,
+                    "Resume from the newest checkpoint in train.run_dir, or from PATH")
+      ->expected(0, 1)
+      ->default_str("auto");
+  train->add_option("--init-from", train_args.init_from, "Initial weights (a model.safetensors)");
+  train->add_option("--stop-after", train_args.stop_after,
+                    "Stop after this step (as if interrupted), keeping the schedule of max_steps");
+  train->footer(kExamples);
+
+  kiln::TokenizeOptions tok;
+  auto* tokenize = app.add_subcommand("tokenize", "Turn text files into token shards");
+  tokenize->add_option("--input", tok.inputs, "Text files or folders")->required();
+  tokenize->add_option("--out", tok.out_dir, "Output folder for train_*.bin, val_*.bin, manifest.json")->required();
+  tokenize->add_option("--tokenizer", tok.tokenizer, "Tokenizer name")->capture_default_str();
+  tokenize->add_option("--separator", tok.separator, "A line equal to this separates documents (fortunes: %)");
+  tokenize->add_option("--val-fraction", tok.val_fraction, "Fraction of documents for validation")->capture_default_str();
+  tokenize->add_option("--seed", tok.seed, "Seed of the train/validation split")->capture_default_str();
+
+  kiln::cli::SampleArgs sample_args;
+  auto* sample = app.add_subcommand("sample", "Generate text from a checkpoint");
+  sample->add_option("--checkpoint", sample_args.checkpoint, "Checkpoint folder or run dir")->required();
+  sample->add_option("--prompt", sample_args.prompt, "Text to continue");
+  sample->add_option("--max-tokens", sample_args.sample.max_tokens, "Tokens to generate")->capture_default_str();
+  sample->add_option("--temperature", sample_args.sample.temperature, "Softmax temperature; 0 = greedy")->capture_default_str();
+  sample->add_option("--top-k", sample_args.sample.top_k, "Keep the k most likely tokens; 0 = all")->capture_default_str();
+  sample->add_option("--top-p", sample_args.sample.top_p, "Nucleus sampling mass")->capture_default_str();
+  sample->add_option("--seed", sample_args.sample.seed, "Sampling seed")->capture_default_str();
+  bool no_stop = false;
+  sample->add_flag("--no-stop", no_stop, "Do not stop at end-of-text");
+
+  std::string config_path;
+  std::vector<std::string> config_overrides;
+  auto* config = app.add_subcommand("config", "Print a resolved config, or every key with no file");
+  config->add_option("config", config_path, "Experiment YAML");
+  config->add_option("overrides", config_overrides, "Overrides: section.key=value ...");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  try {
+    if (*train) return kiln::cli::train(train_args);
+    if (*tokenize) return kiln::cli::tokenize(tok);
+    if (*sample) {
+      sample_args.sample.stop_at_eot = !no_stop;
+      return kiln::cli::sample(sample_args);
+    }
+    if (*config) return kiln::cli::show_config(config_path, config_overrides);
+  } catch (const kiln::Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "\nkiln: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "\nkiln: unexpected error: %s\n", e.what());
+    return 3;
+  }
+  return 0;
+}

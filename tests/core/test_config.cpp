@@ -1,0 +1,357 @@
+// Tests of the experiment config: defaults, precedence default < file < command line, every
+// kind of error message (each must name the file, line, key and fix), cross-field checks, the
+// to_yaml round trip, and that the shipped configs/*.yaml parse.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "core/error.h"
+
+namespace kiln {
+namespace {
+
+const std::string kFile = "configs/x.yaml";
+
+// Runs `action`, which must throw kiln::Error, and returns the message.
+std::string error_of(const std::function<void()>& action) {
+  try {
+    action();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a kiln::Error, none was thrown";
+  return "";
+}
+
+std::string parse_error(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
+  return error_of([&] { parse_config(yaml, kFile, overrides); });
+}
+
+void expect_contains(const std::string& message, const std::vector<std::string>& parts) {
+  for (const std::string& part : parts)
+    EXPECT_NE(message.find(part), std::string::npos)
+        << "message: " << message << "\nlacks: " << part;
+}
+
+// Field by field, independent of the schema table in config.cpp.
+void expect_same(const ExperimentConfig& a, const ExperimentConfig& b) {
+  EXPECT_EQ(a.model.n_layer, b.model.n_layer);
+  EXPECT_EQ(a.model.n_head, b.model.n_head);
+  EXPECT_EQ(a.model.n_embd, b.model.n_embd);
+  EXPECT_EQ(a.model.context, b.model.context);
+  EXPECT_EQ(a.model.vocab_size, b.model.vocab_size);
+  EXPECT_EQ(a.model.vocab_multiple, b.model.vocab_multiple);
+  EXPECT_EQ(a.model.norm, b.model.norm);
+  EXPECT_EQ(a.model.matmul, b.model.matmul);
+  EXPECT_EQ(a.model.init_std, b.model.init_std);
+  EXPECT_EQ(a.model.attention_block, b.model.attention_block);
+  EXPECT_EQ(a.data.train, b.data.train);
+  EXPECT_EQ(a.data.val, b.data.val);
+  EXPECT_EQ(a.data.tokenizer, b.data.tokenizer);
+  EXPECT_EQ(a.optim.lr, b.optim.lr);
+  EXPECT_EQ(a.optim.min_lr_ratio, b.optim.min_lr_ratio);
+  EXPECT_EQ(a.optim.warmup_steps, b.optim.warmup_steps);
+  EXPECT_EQ(a.optim.schedule, b.optim.schedule);
+  EXPECT_EQ(a.optim.beta1, b.optim.beta1);
+  EXPECT_EQ(a.optim.beta2, b.optim.beta2);
+  EXPECT_EQ(a.optim.eps, b.optim.eps);
+  EXPECT_EQ(a.optim.weight_decay, b.optim.weight_decay);
+  EXPECT_EQ(a.optim.grad_clip, b.optim.grad_clip);
+  EXPECT_EQ(a.train.micro_batch, b.train.micro_batch);
+  EXPECT_EQ(a.train.seq_len, b.train.seq_len);
+  EXPECT_EQ(a.train.grad_accum, b.train.grad_accum);
+  EXPECT_EQ(a.train.max_steps, b.train.max_steps);
+  EXPECT_EQ(a.train.seed, b.train.seed);
+  EXPECT_EQ(a.train.eval_every, b.train.eval_every);
+  EXPECT_EQ(a.train.eval_batches, b.train.eval_batches);
+  EXPECT_EQ(a.train.run_dir, b.train.run_dir);
+  EXPECT_EQ(a.train.threads, b.train.threads);
+  EXPECT_EQ(a.train.stage, b.train.stage);
+  EXPECT_EQ(a.checkpoint.every, b.checkpoint.every);
+  EXPECT_EQ(a.checkpoint.keep, b.checkpoint.keep);
+  EXPECT_EQ(a.log.every, b.log.every);
+  EXPECT_EQ(a.log.progress, b.log.progress);
+  EXPECT_EQ(a.log.peak_flops, b.log.peak_flops);
+}
+
+TEST(Config, EmptyFileGivesDefaults) {
+  expect_same(parse_config("", kFile), ExperimentConfig());
+  expect_same(parse_config("# only a comment\n", kFile), ExperimentConfig());
+  expect_same(parse_config("model:\n", kFile), ExperimentConfig());
+  EXPECT_EQ(parse_config("", kFile).source, "");
+}
+
+TEST(Config, FileValueReplacesDefault) {
+  ExperimentConfig c = parse_config(
+      "model:\n  n_layer: 6\n  norm: post\noptim:\n  lr: 3e-4\n  grad_clip: 0\n"
+      "data:\n  train: data/a_*.bin\ntrain:\n  seed: 18446744073709551615\n",
+      kFile);
+  EXPECT_EQ(c.model.n_layer, 6);
+  EXPECT_EQ(c.model.norm, "post");
+  EXPECT_EQ(c.optim.lr, 3e-4f);
+  EXPECT_EQ(c.optim.grad_clip, 0.0f);  // a float key accepts an integer
+  EXPECT_EQ(c.data.train, "data/a_*.bin");
+  EXPECT_EQ(c.train.seed, std::numeric_limits<std::uint64_t>::max());
+  EXPECT_EQ(c.model.n_head, ExperimentConfig().model.n_head);  // untouched keys keep defaults
+}
+
+TEST(Config, CommandLineBeatsFile) {
+  ExperimentConfig c = parse_config("model:\n  n_layer: 6\noptim:\n  lr: 3e-4\n", kFile,
+                                    {"model.n_layer=8", "optim.lr = 1e-3", "model.n_layer=2"});
+  EXPECT_EQ(c.model.n_layer, 2);  // the last override of a key wins
+  EXPECT_EQ(c.optim.lr, 1e-3f);
+}
+
+TEST(Config, OverrideStringsKeepGlobsAndQuotes) {
+  ExperimentConfig c = parse_config(
+      "", kFile, {"data.train=*.bin", "data.val=", "train.run_dir='runs/a b'", "log.progress=on"});
+  EXPECT_EQ(c.data.train, "*.bin");
+  EXPECT_EQ(c.data.val, "");
+  EXPECT_EQ(c.train.run_dir, "runs/a b");
+  EXPECT_EQ(c.log.progress, "on");  // a string, not YAML 1.1's boolean
+}
+
+TEST(Config, UnknownKeySuggestsNearest) {
+  std::string m = parse_error("model:\n  n_head: 4\n  n_layers: 6\n");
+  EXPECT_EQ(m, "configs/x.yaml:3: unknown key 'model.n_layers'; did you mean 'model.n_layer'?");
+  // A key in the wrong section points to the section that has it.
+  expect_contains(parse_error("model:\n  lr: 1e-3\n"),
+                  {"configs/x.yaml:2", "'model.lr'", "did you mean 'optim.lr'?"});
+}
+
+TEST(Config, UnknownSectionSuggestsNearest) {
+  expect_contains(parse_error("model:\n  n_head: 4\noptimizer:\n  lr: 1e-3\n"),
+                  {"configs/x.yaml:3", "unknown section 'optimizer'", "did you mean 'optim'?"});
+  expect_contains(parse_error("n_layer: 4\n"),
+                  {"configs/x.yaml:1", "'n_layer'", "under 'model:'", "model.n_layer"});
+}
+
+TEST(Config, WrongTypeNamesKeyAndValue) {
+  EXPECT_EQ(parse_error("model:\n  n_layer: 4\n  n_head: four\n"),
+            "configs/x.yaml:3: model.n_head: expected an integer, got 'four'");
+  expect_contains(parse_error("optim:\n  lr: fast\n"),
+                  {"configs/x.yaml:2", "optim.lr", "expected a number", "'fast'"});
+  expect_contains(parse_error("model:\n  n_head: \"4\"\n"),
+                  {"configs/x.yaml:2", "model.n_head", "without quotes"});
+  expect_contains(parse_error("model:\n  n_head: [4]\n"),
+                  {"configs/x.yaml:2", "model.n_head", "a list"});
+  expect_contains(parse_error("train:\n  seed: -1\n"),
+                  {"configs/x.yaml:2", "train.seed", "non-negative integer"});
+  expect_contains(parse_error("model: 4\n"), {"configs/x.yaml:1", "section 'model' must be a map"});
+  expect_contains(parse_error("- model\n"), {"configs/x.yaml:1", "expected a map of sections"});
+}
+
+TEST(Config, IntegerGivenAsFloatIsRejected) {
+  expect_contains(
+      parse_error("train:\n  max_steps: 1e3\n"),
+      {"configs/x.yaml:2", "train.max_steps", "expected an integer", "'1e3'", "write 1000"});
+  expect_contains(parse_error("model:\n\n  n_layer: 3.0\n"),
+                  {"configs/x.yaml:3", "model.n_layer", "'3.0'", "write 3"});
+}
+
+TEST(Config, OutOfRangeSaysTheRange) {
+  EXPECT_EQ(parse_error("model:\n  n_head: 4\n\n\noptim:\n  lr: -1\n"),
+            "configs/x.yaml:6: optim.lr: -1 is out of range; it must be > 0 and <= 10");
+  expect_contains(parse_error("model:\n  n_layer: 2000\n"),
+                  {"configs/x.yaml:2", "model.n_layer", "2000", ">= 1 and <= 1024"});
+  expect_contains(parse_error("optim:\n  beta2: 1\n"),
+                  {"configs/x.yaml:2", "optim.beta2", ">= 0 and < 1"});
+  expect_contains(parse_error("train:\n  micro_batch: 99999999999\n"),
+                  {"configs/x.yaml:2", "train.micro_batch", "<= 2147483647"});
+  expect_contains(parse_error("optim:\n  eps: 0\n"), {"optim.eps", "> 0"});
+  expect_contains(parse_error("optim:\n  lr: .nan\n"), {"optim.lr", "'.nan'"});
+}
+
+TEST(Config, EnumNotInChoices) {
+  EXPECT_EQ(parse_error("model:\n  norm: psot\n"),
+            "configs/x.yaml:2: model.norm: 'psot' is not a valid choice; use one of pre, post; "
+            "did you mean 'post'?");
+  expect_contains(parse_error("data:\n  tokenizer: gpt2\n"),
+                  {"configs/x.yaml:2", "data.tokenizer", "'gpt2'", "byte"});
+  expect_contains(parse_error("", {"optim.schedule=linear"}),
+                  {"command line: 'optim.schedule=linear'", "cosine, constant"});
+}
+
+TEST(Config, KeyGivenTwiceIsRejected) {
+  expect_contains(parse_error("model:\n  n_layer: 4\n  n_layer: 6\n"),
+                  {"configs/x.yaml:3", "model.n_layer", "twice", "line 2"});
+  expect_contains(parse_error("model:\n  n_layer: 4\nmodel:\n  n_head: 4\n"),
+                  {"configs/x.yaml:3", "section 'model'", "twice"});
+}
+
+TEST(Config, YamlSyntaxErrorNamesLine) {
+  expect_contains(parse_error("model:\n  n_layer: 4\n n_head: 4\n"),
+                  {"configs/x.yaml:3", "YAML syntax error"});
+}
+
+TEST(Config, BadOverrideFormSaysTheForm) {
+  EXPECT_EQ(parse_error("", {"model.n_layer"}),
+            "command line: 'model.n_layer': expected the form section.key=value, e.g. "
+            "optim.lr=3e-4");
+  expect_contains(parse_error("", {"=4"}), {"section.key=value"});
+  expect_contains(parse_error("", {"n_layer=4"}),
+                  {"command line: 'n_layer=4'", "section.key=value", "'model.n_layer'"});
+}
+
+TEST(Config, OverrideErrorsNameTheOverride) {
+  EXPECT_EQ(parse_error("", {"model.n_layrs=6"}),
+            "command line: 'model.n_layrs=6': unknown key 'model.n_layrs'; did you mean "
+            "'model.n_layer'?");
+  expect_contains(parse_error("", {"model.n_head=four"}),
+                  {"command line: 'model.n_head=four'", "model.n_head", "expected an integer"});
+  expect_contains(parse_error("", {"optim.lr=0"}),
+                  {"command line: 'optim.lr=0'", "optim.lr", "out of range"});
+}
+
+TEST(Config, HeadsMustDivideWidth) {
+  std::string m = parse_error("model:\n  n_layer: 2\n  n_head: 3\n  n_embd: 128\n");
+  expect_contains(m, {"configs/x.yaml:3", "model.n_embd=128", "model.n_head=3",
+                      "(configs/x.yaml:4)", "126 or 129"});
+  expect_contains(parse_error("", {"model.n_head=5"}),
+                  {"command line: 'model.n_head=5'", "model.n_embd=256 (default)", "n_head=5"});
+}
+
+TEST(Config, SeqLenMustFitContext) {
+  expect_contains(parse_error("model:\n  context: 128\ntrain:\n  seq_len: 256\n"),
+                  {"configs/x.yaml:4", "train.seq_len=256", "model.context=128",
+                   "train.seq_len <= 128", "model.context >= 256"});
+}
+
+TEST(Config, CrossFieldChecksRunAfterOverrides) {
+  // The file alone is inconsistent; the command line repairs it.
+  ExperimentConfig c = parse_config("model:\n  context: 128\n", kFile, {"train.seq_len=128"});
+  EXPECT_EQ(c.train.seq_len, 128);
+  // Warmup longer than training is allowed.
+  EXPECT_NO_THROW(parse_config("optim:\n  warmup_steps: 5000\ntrain:\n  max_steps: 10\n", kFile));
+}
+
+TEST(Config, ApplyOverridesValidatesAndLeavesConfigOnError) {
+  ExperimentConfig c;
+  apply_overrides(c, {"model.n_layer=8", "train.run_dir=runs/x"});
+  EXPECT_EQ(c.model.n_layer, 8);
+  EXPECT_EQ(c.train.run_dir, "runs/x");
+  expect_contains(error_of([&] {
+                    apply_overrides(c, {"model.n_layer=9", "model.n_head=7"});
+                  }),
+                  {"model.n_head=7", "not divisible"});
+  EXPECT_EQ(c.model.n_layer, 8);  // untouched by the failed call
+  c.model.norm = "sideways";      // a bad value set in code is caught too
+  expect_contains(error_of([&] { apply_overrides(c, {}); }), {"model.norm", "'sideways'"});
+}
+
+TEST(Config, ToYamlRoundTripsNonDefaultConfig) {
+  ExperimentConfig c;
+  c.model.n_layer = 7;
+  c.model.n_head = 3;
+  c.model.n_embd = 96;
+  c.model.context = 333;
+  c.model.vocab_size = 300;
+  c.model.norm = "post";
+  c.model.matmul = "bf16";
+  c.model.init_std = 0.0123456789f;
+  c.data.train = "data/x \"quoted\" \\ back\tslash #hash: colon é/*.bin";
+  c.data.val = "";
+  c.optim.lr = 1.0f / 3.0f;
+  c.optim.min_lr_ratio = 0.0f;
+  c.optim.schedule = "constant";
+  c.optim.beta2 = 0.999f;
+  c.optim.eps = 1e-38f;
+  c.optim.weight_decay = 0.1f + 0.2f;
+  c.train.seq_len = 300;
+  c.train.seed = std::numeric_limits<std::uint64_t>::max();
+  c.train.run_dir = "runs/'single' and spaces ";
+  c.train.threads = 2;
+  c.checkpoint.keep = 0;
+  c.log.progress = "off";
+  c.log.peak_flops = 1.0 / 3.0 * 1e12;
+  std::string yaml = to_yaml(c);
+  ExperimentConfig back = parse_config(yaml, "resolved.yaml");
+  expect_same(back, c);
+  EXPECT_EQ(to_yaml(back), yaml);
+}
+
+TEST(Config, ToYamlListsEveryKeyWithHelp) {
+  ExperimentConfig c;
+  c.source = "configs/quickstart.yaml";
+  std::string yaml = to_yaml(c);
+  expect_contains(yaml,
+                  {"# source: configs/quickstart.yaml", "\nmodel:", "\nlog:", "  n_layer: 4",
+                   "# number of transformer blocks", "  seed: 1337", "  peak_flops: 2.28e+11"});
+  expect_same(parse_config(yaml, "resolved.yaml"), c);
+}
+
+TEST(Config, ReferenceListsEveryKey) {
+  std::string ref = config_reference();
+  expect_contains(ref, {"model.n_layer", "[1, 1024]", "model.norm", "pre|post", "optim.lr",
+                        "(0, 10]", "optim.beta2", "[0, 1)", "train.seed", "uint64",
+                        "log.peak_flops", "double", "checkpoint.keep", "data.tokenizer"});
+  // Every key of the resolved YAML is in the reference.
+  std::string yaml = to_yaml(ExperimentConfig());
+  std::string section;
+  int keys = 0;
+  for (std::size_t pos = 0, end; pos < yaml.size(); pos = end + 1) {
+    end = yaml.find('\n', pos);
+    std::string line = yaml.substr(pos, end - pos);
+    if (line.empty() || line[0] == '#') continue;
+    std::string name = line.substr(0, line.find(':'));
+    if (line[0] != ' ') {
+      section = name;
+      continue;
+    }
+    ++keys;
+    EXPECT_NE(ref.find(section + "." + name.substr(2)), std::string::npos) << line;
+  }
+  EXPECT_EQ(keys, 37);  // every field of config.h (source aside)
+}
+
+TEST(Config, LoadMissingFileNamesPath) {
+  expect_contains(error_of([] { load_config("configs/no_such_file.yaml"); }),
+                  {"configs/no_such_file.yaml", "does not exist"});
+}
+
+TEST(Config, LoadSetsSourceAndNamesFileInErrors) {
+  std::string path = testing::TempDir() + "kiln_test_config.yaml";
+  std::ofstream(path) << "model:\n  n_layer: 2\n";
+  ExperimentConfig c = load_config(path, {"model.n_head=2"});
+  EXPECT_EQ(c.source, path);
+  EXPECT_EQ(c.model.n_layer, 2);
+  EXPECT_EQ(c.model.n_head, 2);
+  std::ofstream(path) << "model:\n  n_layer: two\n";
+  expect_contains(error_of([&] { load_config(path); }), {path + ":2", "model.n_layer"});
+  std::filesystem::remove(path);
+}
+
+TEST(Config, ShippedQuickstartParses) {
+  ExperimentConfig c = load_config(std::string(KILN_SOURCE_DIR) + "/configs/quickstart.yaml");
+  EXPECT_EQ(c.model.n_layer, 4);
+  EXPECT_EQ(c.model.n_embd % c.model.n_head, 0);
+  EXPECT_EQ(c.train.seq_len, 128);
+  EXPECT_EQ(c.train.max_steps, 600);
+  EXPECT_EQ(c.optim.lr, 2e-3f);
+  EXPECT_EQ(c.data.tokenizer, "byte");
+  EXPECT_EQ(c.data.train, "data/fortunes/train_*.bin");
+  EXPECT_EQ(c.train.run_dir, "runs/quickstart");
+  expect_same(parse_config(to_yaml(c), "resolved.yaml"), c);
+}
+
+TEST(Config, ShippedGpt2SmallParses) {
+  ExperimentConfig c = load_config(std::string(KILN_SOURCE_DIR) + "/configs/gpt2-124m.yaml");
+  EXPECT_EQ(c.model.n_layer, 12);
+  EXPECT_EQ(c.model.n_head, 12);
+  EXPECT_EQ(c.model.n_embd, 768);
+  EXPECT_EQ(c.model.context, 1024);
+  EXPECT_EQ(c.model.vocab_multiple, 128);
+  EXPECT_EQ(c.train.grad_accum, 8);
+  EXPECT_EQ(c.optim.beta2, 0.95f);
+  EXPECT_EQ(c.train.run_dir, "runs/gpt2-124m");
+}
+
+}  // namespace
+}  // namespace kiln

@@ -1,0 +1,88 @@
+// Console and metrics.jsonl output of a training run.
+#include "trainers/metrics.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "core/checkpoint/atomic_file.h"
+#include "core/error.h"
+
+namespace kiln {
+
+MetricsLog::MetricsLog(const std::string& run_dir, bool console, bool progress_bar,
+                       std::int64_t max_steps, int log_every, std::int64_t resume_step)
+    : console_(console),
+      progress_bar_(console && progress_bar), max_steps_(max_steps), log_every_(log_every) {
+  const std::string path = run_dir + "/metrics.jsonl";
+  if (resume_step > 0) {
+    // Keep only what the checkpoint we resume from had seen.
+    std::ifstream in(path);
+    std::string line, kept;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      auto record = nlohmann::json::parse(line, nullptr, false);
+      if (!record.is_discarded() && record.value("step", std::int64_t{0}) <= resume_step) kept += line + "\n";
+    }
+    write_file_atomic(path, kept);
+  }
+  file_ = std::fopen(path.c_str(), resume_step > 0 ? "a" : "w");
+  KILN_CHECK(file_ != nullptr, "cannot open ", path, " for writing: ", std::strerror(errno));
+}
+
+MetricsLog::~MetricsLog() {
+  clear_bar();
+  if (file_) std::fclose(file_);
+}
+
+void MetricsLog::append(const nlohmann::json& record) {
+  const std::string line = record.dump() + "\n";
+  std::fwrite(line.data(), 1, line.size(), file_);
+  std::fflush(file_);
+}
+
+void MetricsLog::clear_bar() {
+  if (bar_shown_) std::printf("\r\033[K");
+  bar_shown_ = false;
+}
+
+void MetricsLog::step(const StepRecord& r) {
+  append({{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
+          {"tokens_per_s", r.tokens_per_s}, {"mfu", r.mfu}, {"step_s", r.step_seconds},
+          {"tokens", r.tokens}});
+  if (!console_) return;
+  if (r.step % log_every_ == 0 || r.step == max_steps_ || r.step == 1) {
+    clear_bar();
+    std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad norm %.3f | %8.0f tok/s | MFU %5.1f%%\n",
+                static_cast<long long>(r.step), static_cast<long long>(max_steps_), r.loss, r.lr,
+                r.grad_norm, r.tokens_per_s, 100.0 * r.mfu);
+  }
+  if (progress_bar_ && r.step < max_steps_) {
+    constexpr int kWidth = 30;
+    const int filled = static_cast<int>(kWidth * r.step / max_steps_);
+    const double eta = r.step_seconds * (max_steps_ - r.step);
+    std::printf("\r[%s%s] %lld/%lld  eta %.0fs", std::string(filled, '#').c_str(),
+                std::string(kWidth - filled, '.').c_str(), static_cast<long long>(r.step),
+                static_cast<long long>(max_steps_), eta);
+    bar_shown_ = true;
+  }
+  std::fflush(stdout);
+}
+
+void MetricsLog::validation(std::int64_t step, double val_loss) {
+  append({{"step", step}, {"val_loss", val_loss}});
+  if (!console_) return;
+  clear_bar();
+  std::printf("step %6lld | validation loss %.4f\n", static_cast<long long>(step), val_loss);
+  std::fflush(stdout);
+}
+
+void MetricsLog::note(const std::string& text) {
+  if (!console_) return;
+  clear_bar();
+  std::printf("%s\n", text.c_str());
+  std::fflush(stdout);
+}
+
+}  // namespace kiln

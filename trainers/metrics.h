@@ -1,0 +1,50 @@
+// Training output: one console line per logged step (a progress bar in between when stdout is
+// a terminal) and every value appended to <run_dir>/metrics.jsonl, one JSON object per line.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace kiln {
+
+struct StepRecord {
+  std::int64_t step = 0;
+  double loss = 0.0;
+  double lr = 0.0;
+  double grad_norm = 0.0;
+  double tokens_per_s = 0.0;
+  double mfu = 0.0;           // model FLOPs utilisation, 0..1
+  double step_seconds = 0.0;
+  std::int64_t tokens = 0;    // tokens processed so far in the run
+};
+
+class MetricsLog {
+ public:
+  // resume_step > 0 drops records of later steps left in metrics.jsonl by an interrupted run.
+  // console=false writes metrics.jsonl only.
+  MetricsLog(const std::string& run_dir, bool console, bool progress_bar, std::int64_t max_steps,
+             int log_every, std::int64_t resume_step);
+  ~MetricsLog();
+  MetricsLog(const MetricsLog&) = delete;
+  MetricsLog& operator=(const MetricsLog&) = delete;
+
+  void step(const StepRecord& record);
+  void validation(std::int64_t step, double val_loss);
+  void note(const std::string& text);  // a console line (not in the jsonl)
+
+ private:
+  void append(const nlohmann::json& record);
+  void clear_bar();
+
+  std::FILE* file_ = nullptr;
+  bool console_;
+  bool progress_bar_;
+  bool bar_shown_ = false;
+  std::int64_t max_steps_;
+  int log_every_;
+};
+
+}  // namespace kiln

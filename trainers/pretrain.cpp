@@ -1,0 +1,82 @@
+// Pretraining stage and the stage factory.
+#include "trainers/pretrain.h"
+
+#include "core/error.h"
+
+namespace kiln {
+
+std::unique_ptr<Stage> make_stage(const ExperimentConfig& config) {
+  KILN_CHECK(config.train.stage == "pretrain", "train.stage=", config.train.stage,
+             " is not available in this version of kiln; use pretrain");
+  return std::make_unique<PretrainStage>(config);
+}
+
+PretrainStage::PretrainStage(const ExperimentConfig& config)
+    : grad_accum_(config.train.grad_accum),
+      eval_batches_(config.train.eval_batches),
+      train_([&] {
+        KILN_CHECK(!config.data.train.empty(),
+                   "data.train is empty; point it at token shards made by `kiln tokenize`");
+        return TokenLoader(config.data.train, config.train.micro_batch, config.train.seq_len,
+                           config.train.seed);
+      }()) {
+  if (!config.data.val.empty())
+    val_.emplace(config.data.val, config.train.micro_batch, config.train.seq_len, config.train.seed);
+  if (val_)
+    KILN_CHECK(val_->vocab_size() == train_.vocab_size(), "data.val shards have vocabulary ",
+               val_->vocab_size(), " but data.train shards have ", train_.vocab_size(),
+               "; tokenize both with the same tokenizer");
+  micro_.assign(grad_accum_, empty_batch());
+}
+
+Batch PretrainStage::empty_batch() const {
+  Batch b;
+  b.batch = train_.batch();
+  b.seq_len = train_.seq_len();
+  const std::size_t n = static_cast<std::size_t>(b.batch) * b.seq_len;
+  b.inputs.resize(n);
+  b.targets.resize(n);
+  return b;
+}
+
+StepLoss PretrainStage::accumulate_gradients(Gpt& model) {
+  StepLoss step;
+  for (Batch& b : micro_) {
+    train_.next_batch(b.inputs.data(), b.targets.data());
+    step.tokens += b.loss_tokens();
+    step.processed += static_cast<std::int64_t>(b.batch) * b.seq_len;
+  }
+  const float scale = 1.0f / static_cast<float>(step.tokens);
+  for (const Batch& b : micro_) step.loss_sum += model.forward_backward(b, scale);
+  return step;
+}
+
+std::optional<double> PretrainStage::validation_loss(Gpt& model) {
+  if (!val_) return std::nullopt;
+  Batch b = empty_batch();
+  double sum = 0.0;
+  std::int64_t tokens = 0;
+  for (int i = 0; i < eval_batches_; ++i) {
+    val_->batch_at(i, b.inputs.data(), b.targets.data());
+    sum += model.forward(b);
+    tokens += b.loss_tokens();
+  }
+  return sum / tokens;
+}
+
+nlohmann::json PretrainStage::state() const { return {{"train_position", train_.position()}}; }
+
+void PretrainStage::restore(const nlohmann::json& state) {
+  KILN_CHECK(state.contains("train_position"),
+             "trainer_state.json has no stage.train_position; it was not written by a pretrain run");
+  train_.set_position(state.at("train_position").get<std::uint64_t>());
+}
+
+std::string PretrainStage::describe() const {
+  std::string s = message("train: ", train_.shards().size(), " shard(s), ", train_.num_tokens(),
+                          " tokens, vocab ", train_.vocab_size());
+  if (val_) s += message("; validation: ", val_->num_tokens(), " tokens");
+  return s;
+}
+
+}  // namespace kiln

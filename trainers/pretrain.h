@@ -1,0 +1,33 @@
+// Pretraining: next-token prediction on random windows of token shards.
+#pragma once
+
+#include <optional>
+
+#include "core/data/loader.h"
+#include "trainers/stage.h"
+
+namespace kiln {
+
+class PretrainStage : public Stage {
+ public:
+  explicit PretrainStage(const ExperimentConfig& config);
+
+  std::string name() const override { return "pretrain"; }
+  int vocab_size() const override { return train_.vocab_size(); }
+  StepLoss accumulate_gradients(Gpt& model) override;
+  std::optional<double> validation_loss(Gpt& model) override;
+  nlohmann::json state() const override;
+  void restore(const nlohmann::json& state) override;
+  std::string describe() const override;
+
+ private:
+  Batch empty_batch() const;
+
+  int grad_accum_;
+  int eval_batches_;
+  TokenLoader train_;
+  std::optional<TokenLoader> val_;
+  std::vector<Batch> micro_;  // reused micro-batch buffers
+};
+
+}  // namespace kiln

@@ -1,0 +1,65 @@
+// The one training loop. For each optimizer step: learning rate from the schedule, zeroed
+// gradients, the stage's gradient accumulation, global-norm clipping and AdamW, a logged record,
+// and on their cadences validation and an atomic checkpoint. Resuming restores the model, the
+// optimizer moments, the step and the stage's data position, and continues bit-identically
+// (same thread count, same build).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/config.h"
+#include "core/model/gpt.h"
+#include "core/optim/adamw.h"
+#include "trainers/stage.h"
+
+namespace kiln {
+
+struct TrainOptions {
+  // "" starts fresh; "auto" resumes from the newest checkpoint in train.run_dir (fresh start if
+  // there is none); anything else is a checkpoint folder or a run dir to resume from.
+  std::string resume;
+  // Stop (as if interrupted) after this step; 0 runs to train.max_steps.
+  std::int64_t stop_after = 0;
+  // Initial weights from a safetensors file instead of random initialisation.
+  std::string init_from;
+  bool quiet = false;  // no console output (tests)
+};
+
+struct TrainResult {
+  std::int64_t steps_run = 0;
+  std::int64_t last_step = 0;
+  std::vector<double> losses;           // training loss of each step run
+  std::optional<double> last_val_loss;
+  double tokens_per_s = 0.0;            // mean over the steps run, first step excluded if >1
+  double mfu = 0.0;
+};
+
+class Trainer {
+ public:
+  Trainer(ExperimentConfig config, TrainOptions options);
+  ~Trainer();
+  TrainResult run();
+
+  Gpt& model() { return *model_; }
+
+ private:
+  void start_or_resume();
+  void save_checkpoint(std::int64_t step);
+
+  ExperimentConfig config_;
+  TrainOptions options_;
+  std::unique_ptr<Stage> stage_;
+  std::unique_ptr<Gpt> model_;
+  std::unique_ptr<AdamW> optimizer_;
+  std::int64_t start_step_ = 0;
+  std::int64_t tokens_seen_ = 0;
+};
+
+// Reads the resolved config saved in a checkpoint folder.
+ExperimentConfig checkpoint_config(const std::string& checkpoint_dir);
+
+}  // namespace kiln
