@@ -1,0 +1,130 @@
+// The kiln command line as a user meets it: exit codes, error messages that name the file,
+// line and fix, and the tokenize -> train -> resume -> sample path.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct CliRun {
+  int code;
+  std::string output;  // stdout and stderr together
+};
+
+CliRun kiln(const std::string& args) {
+  const std::string command = std::string(KILN_BINARY) + " " + args + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  CliRun run{-1, ""};
+  if (!pipe) return run;
+  char buffer[4096];
+  std::size_t n;
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) run.output.append(buffer, n);
+  const int status = pclose(pipe);
+  run.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return run;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("kiln_cli_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ / "corpus");
+    std::ofstream text(dir_ / "corpus" / "tiny.txt");
+    for (int i = 0; i < 300; ++i)
+      text << "the cat sat on the mat number " << i % 7 << ".\n%\nthe dog ran to the log.\n%\n";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string write(const std::string& name, const std::string& body) const {
+    const fs::path path = dir_ / name;
+    std::ofstream(path) << body;
+    return path.string();
+  }
+
+  std::string tiny_config() const {
+    return write("tiny.yaml", "model:\n  n_layer: 2\n  n_head: 2\n  n_embd: 32\n  context: 64\n"
+                              "  attention_block: 16\n"
+                              "data:\n  train: \"" + (dir_ / "data" / "train_*.bin").string() + "\"\n"
+                              "  val: \"" + (dir_ / "data" / "val_*.bin").string() + "\"\n"
+                              "optim:\n  lr: 1e-2\n  warmup_steps: 5\n"
+                              "train:\n  micro_batch: 4\n  seq_len: 64\n  max_steps: 30\n"
+                              "  eval_every: 15\n  eval_batches: 2\n  threads: 1\n"
+                              "  run_dir: \"" + (dir_ / "run").string() + "\"\n"
+                              "checkpoint:\n  every: 10\n  keep: 2\n");
+  }
+
+  fs::path dir_;
+};
+
+}  // namespace
+
+TEST_F(CliTest, UnknownKeyNamesFileLineAndSuggestion) {
+  const auto cfg = write("bad.yaml", "model:\n  n_layer: 2\n  n_layers: 3\n");
+  const CliRun r = kiln("train " + cfg);
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("bad.yaml:3"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("did you mean 'model.n_layer'"), std::string::npos) << r.output;
+}
+
+TEST_F(CliTest, BadOverrideAndMissingFileAreErrors) {
+  const CliRun missing = kiln("train " + (dir_ / "nope.yaml").string());
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_NE(missing.output.find("nope.yaml"), std::string::npos) << missing.output;
+  const CliRun bad = kiln("train " + tiny_config() + " optim.lr=-1");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.output.find("optim.lr"), std::string::npos) << bad.output;
+}
+
+TEST_F(CliTest, UsageErrorsExitWithTwo) {
+  EXPECT_EQ(kiln("frobnicate").code, 2);
+  EXPECT_EQ(kiln("sample").code, 2);  // --checkpoint is required
+  const CliRun help = kiln("--help");
+  EXPECT_EQ(help.code, 0);
+  EXPECT_NE(help.output.find("kiln train configs/quickstart.yaml"), std::string::npos);
+}
+
+TEST_F(CliTest, CorruptShardIsAClearError) {
+  fs::create_directories(dir_ / "data");
+  write("data/train_000.bin", "this is not a shard at all, just text that is long enough.....");
+  const CliRun r = kiln("train " + tiny_config());
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_NE(r.output.find("train_000.bin"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("kiln tokenize"), std::string::npos) << r.output;
+}
+
+TEST_F(CliTest, TokenizeTrainResumeSample) {
+  const CliRun tok = kiln("tokenize --input " + (dir_ / "corpus").string() + " --separator % --out " +
+                       (dir_ / "data").string());
+  ASSERT_EQ(tok.code, 0) << tok.output;
+  const std::string cfg = tiny_config();
+  const CliRun part = kiln("train " + cfg + " --stop-after 20");
+  ASSERT_EQ(part.code, 0) << part.output;
+  EXPECT_NE(part.output.find("MFU"), std::string::npos) << part.output;
+  const CliRun rest = kiln("train " + cfg + " --resume");
+  ASSERT_EQ(rest.code, 0) << rest.output;
+  EXPECT_NE(rest.output.find("resumed from"), std::string::npos) << rest.output;
+  EXPECT_NE(rest.output.find("step     30/30"), std::string::npos) << rest.output;
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "config.yaml"));
+  EXPECT_FALSE(fs::exists(dir_ / "run" / "checkpoints" / "step_00000010"));  // keep: 2
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "checkpoints" / "step_00000030"));
+  const CliRun again = kiln("train " + cfg + " --resume");
+  EXPECT_EQ(again.code, 0);
+  EXPECT_NE(again.output.find("nothing to do"), std::string::npos) << again.output;
+  const CliRun sample = kiln("sample --checkpoint " + (dir_ / "run").string() +
+                          " --prompt 'the ' --max-tokens 20 --seed 3 --no-stop");
+  ASSERT_EQ(sample.code, 0) << sample.output;
+  EXPECT_GE(sample.output.size(), 20u) << sample.output;
+  // The same seed gives the same text.
+  EXPECT_EQ(sample.output, kiln("sample --checkpoint " + (dir_ / "run").string() +
+                                " --prompt 'the ' --max-tokens 20 --seed 3 --no-stop").output);
+}
