@@ -21,6 +21,21 @@ constexpr int kTrainerStateVersion = 1;
 void say(bool quiet, const std::string& line) {
   if (!quiet) std::printf("%s\n", line.c_str());
 }
+
+// A checkpoint resumes only into the model it was trained as.
+void check_same_model(const ModelConfig& saved, const ModelConfig& now, const std::string& checkpoint) {
+  auto same = [&](const char* key, const auto& a, const auto& b) {
+    KILN_CHECK(a == b, "checkpoint ", checkpoint, " was trained with model.", key, "=", a,
+               " but the config says ", b, "; resume with the model section it was trained with");
+  };
+  same("n_layer", saved.n_layer, now.n_layer);
+  same("n_head", saved.n_head, now.n_head);
+  same("n_embd", saved.n_embd, now.n_embd);
+  same("context", saved.context, now.context);
+  same("vocab_size", saved.vocab_size, now.vocab_size);
+  same("vocab_multiple", saved.vocab_multiple, now.vocab_multiple);
+  same("norm", saved.norm, now.norm);
+}
 }  // namespace
 
 ExperimentConfig checkpoint_config(const std::string& checkpoint_dir) {
@@ -52,6 +67,7 @@ void Trainer::start_or_resume() {
     }
     return;
   }
+  check_same_model(checkpoint_config(*checkpoint).model, config_.model, *checkpoint);
   load_model(*model_, *checkpoint + "/model.safetensors");
   load_optimizer(*model_, *optimizer_, *checkpoint + "/optimizer.safetensors");
   const std::string state_path = *checkpoint + "/trainer_state.json";

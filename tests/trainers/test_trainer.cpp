@@ -180,3 +180,19 @@ TEST_F(TrainerTest, MissingDataNamesThePatternAndTheFix) {
     EXPECT_NE(what.find("kiln tokenize"), std::string::npos) << what;
   }
 }
+
+TEST_F(TrainerTest, ResumeIntoAnotherModelShapeNamesTheKey) {
+  kiln::ExperimentConfig c = config("shape");
+  c.train.max_steps = 10;
+  kiln::Trainer(c, quiet()).run();
+  c.model.n_embd = 64;
+  c.train.max_steps = 20;
+  kiln::TrainOptions again = quiet();
+  again.resume = "auto";
+  try {
+    kiln::Trainer(c, again).run();
+    FAIL() << "expected an error";
+  } catch (const kiln::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.n_embd=32 but the config says 64"), std::string::npos) << e.what();
+  }
+}
