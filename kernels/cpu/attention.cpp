@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -23,116 +24,178 @@ struct Dims {
   }
 };
 
-// s (nq, BK) = q (nq, hd) . kt (hd, BK), kt zero-padded beyond nk.
+// Sixteen floats as one value (GCC vector extension): accumulators declared with it stay in
+// vector registers, which plain float arrays do not. The compiler lowers it to whatever vector
+// width the target has, so nothing here requires AVX-512.
+typedef float Vec16 __attribute__((vector_size(64)));
+
+inline Vec16 load16(const float* p) {
+  Vec16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof v); }
+
+// s (nq, BK) = q (nq, hd) . kt[:, 0:BK], where kt is (hd, ld) and zero beyond the real keys.
+// Two query rows at a time share each load of kt: 2 x BK/16 accumulators in registers.
 template <int BK, int HD>
-inline void scores(float* s, const float* q, const float* kt, int nq, int hd_runtime) {
+inline void scores(float* s, const float* q, const float* kt, std::int64_t ld, int nq,
+                   int hd_runtime) {
+  static_assert(BK % 16 == 0);
+  constexpr int kVecs = BK / 16;
   const int hd = HD > 0 ? HD : hd_runtime;
-  for (int i = 0; i < nq; ++i) {
-    float acc[BK] = {};
+  int i = 0;
+  for (; i + 1 < nq; i += 2) {
+    Vec16 a0[kVecs] = {}, a1[kVecs] = {};
+    const float* q0 = q + i * hd;
+    const float* q1 = q0 + hd;
     for (int d = 0; d < hd; ++d) {
-      const float qv = q[i * hd + d];
-#pragma omp simd
-      for (int j = 0; j < BK; ++j) acc[j] += qv * kt[d * BK + j];
+      const float* k = kt + d * ld;
+#pragma GCC unroll 8
+      for (int v = 0; v < kVecs; ++v) {
+        const Vec16 kv = load16(k + 16 * v);
+        a0[v] += q0[d] * kv;
+        a1[v] += q1[d] * kv;
+      }
     }
-    for (int j = 0; j < BK; ++j) s[i * BK + j] = acc[j];
+#pragma GCC unroll 8
+    for (int v = 0; v < kVecs; ++v) {
+      store16(s + i * BK + 16 * v, a0[v]);
+      store16(s + (i + 1) * BK + 16 * v, a1[v]);
+    }
+  }
+  if (i < nq) {
+    Vec16 a0[kVecs] = {};
+    for (int d = 0; d < hd; ++d) {
+#pragma GCC unroll 8
+      for (int v = 0; v < kVecs; ++v) a0[v] += q[i * hd + d] * load16(kt + d * ld + 16 * v);
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < kVecs; ++v) store16(s + i * BK + 16 * v, a0[v]);
   }
 }
 
-// Copies rows pos0..pos0+n of one head's part into dst (n, hd), or transposed into (hd, BK).
-template <int BK>
-void load_rows(float* dst, const Dims& dm, const float* qkv, std::int64_t bi, int part,
-               std::int64_t h, std::int64_t pos0, int n, bool transpose, float scale = 1.0f) {
-  const int hd = static_cast<int>(dm.hd);
-  if (transpose) {
-    std::fill(dst, dst + hd * BK, 0.0f);
-    for (int j = 0; j < n; ++j) {
-      const float* src = dm.head(qkv, bi, part, h, pos0 + j);
-      for (int d = 0; d < hd; ++d) dst[d * BK + j] = src[d] * scale;
+// dst (hd) = dst * keep + sum_{j < n} coef[j * stride] * rows[j * hd + 0:hd]. With a constant HD
+// the accumulators stay in registers for the whole sum; two sets halve the dependency chains.
+template <int HD>
+inline void accumulate_rows(float* dst, float keep, const float* coef, int stride,
+                            const float* rows, int n, int hd_runtime) {
+  if constexpr (HD > 0) {
+    static_assert(HD % 16 == 0);
+    constexpr int kVecs = HD / 16;
+    Vec16 a[kVecs], b[kVecs] = {};
+#pragma GCC unroll 8
+    for (int v = 0; v < kVecs; ++v) a[v] = load16(dst + 16 * v) * keep;
+    int j = 0;
+    for (; j + 1 < n; j += 2) {
+      const float c0 = coef[j * stride], c1 = coef[(j + 1) * stride];
+      const float* r0 = rows + j * HD;
+#pragma GCC unroll 8
+      for (int v = 0; v < kVecs; ++v) {
+        a[v] += c0 * load16(r0 + 16 * v);
+        b[v] += c1 * load16(r0 + HD + 16 * v);
+      }
     }
+    if (j < n) {
+      const float c0 = coef[j * stride];
+#pragma GCC unroll 8
+      for (int v = 0; v < kVecs; ++v) a[v] += c0 * load16(rows + j * HD + 16 * v);
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < kVecs; ++v) store16(dst + 16 * v, a[v] + b[v]);
   } else {
+    for (int d = 0; d < hd_runtime; ++d) dst[d] *= keep;
     for (int j = 0; j < n; ++j) {
-      const float* src = dm.head(qkv, bi, part, h, pos0 + j);
-      for (int d = 0; d < hd; ++d) dst[j * hd + d] = src[d] * scale;
+      const float c = coef[j * stride];
+      for (int d = 0; d < hd_runtime; ++d) dst[d] += c * rows[j * hd_runtime + d];
     }
   }
 }
 
+// One head's q, k or v for the whole sequence, copied contiguous and zero-padded to t_pad rows:
+// (t_pad, hd), or transposed (hd, t_pad).
+void gather_head(float* dst, const Dims& dm, const float* src_qkv, std::int64_t bi, int part,
+                 std::int64_t h, std::int64_t t_pad, bool transpose, float scale = 1.0f) {
+  const std::int64_t hd = dm.hd;
+  std::fill(dst, dst + t_pad * hd, 0.0f);
+  for (std::int64_t pos = 0; pos < dm.t; ++pos) {
+    const float* src = dm.head(src_qkv, bi, part, h, pos);
+    if (transpose)
+      for (std::int64_t d = 0; d < hd; ++d) dst[d * t_pad + pos] = src[d] * scale;
+    else
+      for (std::int64_t d = 0; d < hd; ++d) dst[pos * hd + d] = src[d] * scale;
+  }
+}
+
+// Forward for one (batch, head): every query block row of the layout.
 template <int BK, int HD>
-void forward_tile_row(float* out, float* lse, const float* qkv, const Dims& dm, std::int64_t bi,
-                      std::int64_t h, int qb, const BlockLayoutView& layout,
-                      std::vector<float>& scratch) {
+void forward_head(float* out, float* lse, const float* qkv, const Dims& dm, std::int64_t bi,
+                  std::int64_t h, const BlockLayoutView& layout, std::vector<float>& scratch) {
   const int hd = HD > 0 ? HD : static_cast<int>(dm.hd);
-  const std::int64_t q0 = static_cast<std::int64_t>(qb) * BK;
-  const int nq = static_cast<int>(std::min<std::int64_t>(BK, dm.t - q0));
-  scratch.resize(static_cast<std::size_t>(4 * BK * hd + BK * BK + 2 * BK));
-  float* q = scratch.data();         // (BK, hd), pre-scaled by 1/sqrt(hd)
-  float* kt = q + BK * hd;           // (hd, BK)
-  float* v = kt + BK * hd;           // (BK, hd)
-  float* acc = v + BK * hd;          // (BK, hd)
-  float* s = acc + BK * hd;          // (BK, BK)
-  float* row_max = s + BK * BK;      // (BK)
-  float* row_sum = row_max + BK;     // (BK)
+  const std::int64_t t_pad = static_cast<std::int64_t>(layout.num_blocks) * BK;
+  scratch.resize(static_cast<std::size_t>(3 * t_pad * hd + BK * hd + BK * BK + 2 * BK));
+  float* q_all = scratch.data();          // (t_pad, hd), scaled by 1/sqrt(hd)
+  float* kt_all = q_all + t_pad * hd;     // (hd, t_pad)
+  float* v_all = kt_all + t_pad * hd;     // (t_pad, hd)
+  float* acc = v_all + t_pad * hd;        // (BK, hd)
+  float* s = acc + BK * hd;               // (BK, BK)
+  float* row_max = s + BK * BK;           // (BK)
+  float* row_sum = row_max + BK;          // (BK)
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  load_rows<BK>(q, dm, qkv, bi, 0, h, q0, nq, false, scale);
-  std::fill(acc, acc + BK * hd, 0.0f);
-  std::fill(row_max, row_max + BK, -INFINITY);
-  std::fill(row_sum, row_sum + BK, 0.0f);
-  for (int idx = layout.row_ptr[qb]; idx < layout.row_ptr[qb + 1]; ++idx) {
-    const std::int64_t k0 = static_cast<std::int64_t>(layout.cols[idx]) * BK;
-    const int nk = static_cast<int>(std::min<std::int64_t>(BK, dm.t - k0));
-    load_rows<BK>(kt, dm, qkv, bi, 1, h, k0, nk, true);
-    load_rows<BK>(v, dm, qkv, bi, 2, h, k0, nk, false);
-    scores<BK, HD>(s, q, kt, nq, hd);
-    for (int i = 0; i < nq; ++i) {
-      float* si = s + i * BK;
-      // Keys allowed for this query: index < nk and position <= query position.
-      const int limit = static_cast<int>(std::min<std::int64_t>(nk, q0 + i - k0 + 1));
-      if (limit <= 0) continue;
-      float m = row_max[i];
-      for (int j = 0; j < limit; ++j) m = std::max(m, si[j]);
-      const float correction = fast_exp(row_max[i] - m);
-      float sum = 0.0f;
+  gather_head(q_all, dm, qkv, bi, 0, h, t_pad, false, scale);
+  gather_head(kt_all, dm, qkv, bi, 1, h, t_pad, true);
+  gather_head(v_all, dm, qkv, bi, 2, h, t_pad, false);
+  for (int qb = 0; qb < layout.num_blocks; ++qb) {
+    const std::int64_t q0 = static_cast<std::int64_t>(qb) * BK;
+    const int nq = static_cast<int>(std::min<std::int64_t>(BK, dm.t - q0));
+    std::fill(acc, acc + BK * hd, 0.0f);
+    std::fill(row_max, row_max + BK, -INFINITY);
+    std::fill(row_sum, row_sum + BK, 0.0f);
+    for (int idx = layout.row_ptr[qb]; idx < layout.row_ptr[qb + 1]; ++idx) {
+      const std::int64_t k0 = static_cast<std::int64_t>(layout.cols[idx]) * BK;
+      const int nk = static_cast<int>(std::min<std::int64_t>(BK, dm.t - k0));
+      scores<BK, HD>(s, q_all + q0 * hd, kt_all + k0, t_pad, nq, hd);
+      for (int i = 0; i < nq; ++i) {
+        float* si = s + i * BK;
+        // Keys allowed for this query: index < nk and position <= query position.
+        const int limit = static_cast<int>(std::min<std::int64_t>(nk, q0 + i - k0 + 1));
+        if (limit <= 0) continue;
+        float m = row_max[i];
+#pragma omp simd reduction(max : m)
+        for (int j = 0; j < BK; ++j) m = std::max(m, j < limit ? si[j] : -INFINITY);
+        const float correction = fast_exp(row_max[i] - m);
+        float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-      for (int j = 0; j < BK; ++j) {
-        const float p = j < limit ? fast_exp(si[j] - m) : 0.0f;
-        si[j] = p;
-        sum += p;
-      }
-      row_sum[i] = row_sum[i] * correction + sum;
-      row_max[i] = m;
-      float* ai = acc + i * hd;
-      for (int d = 0; d < hd; ++d) ai[d] *= correction;
-      for (int j = 0; j < limit; ++j) {
-        const float p = si[j];
-        const float* vj = v + j * hd;
-#pragma omp simd
-        for (int d = 0; d < hd; ++d) ai[d] += p * vj[d];
+        for (int j = 0; j < BK; ++j) {
+          const float p = j < limit ? fast_exp(si[j] - m) : 0.0f;
+          si[j] = p;
+          sum += p;
+        }
+        row_sum[i] = row_sum[i] * correction + sum;
+        row_max[i] = m;
+        accumulate_rows<HD>(acc + i * hd, correction, si, 1, v_all + k0 * hd, limit, hd);
       }
     }
-  }
-  for (int i = 0; i < nq; ++i) {
-    float* o = out + (bi * dm.t + q0 + i) * dm.c + h * hd;
-    const float inv = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f;
-    for (int d = 0; d < hd; ++d) o[d] = acc[i * hd + d] * inv;
-    lse[(bi * dm.nh + h) * dm.t + q0 + i] =
-        row_sum[i] > 0.0f ? row_max[i] + std::log(row_sum[i]) : INFINITY;
+    for (int i = 0; i < nq; ++i) {
+      float* o = out + (bi * dm.t + q0 + i) * dm.c + h * hd;
+      const float inv = row_sum[i] > 0.0f ? 1.0f / row_sum[i] : 0.0f;
+      for (int d = 0; d < hd; ++d) o[d] = acc[i * hd + d] * inv;
+      lse[(bi * dm.nh + h) * dm.t + q0 + i] =
+          row_sum[i] > 0.0f ? row_max[i] + std::log(row_sum[i]) : INFINITY;
+    }
   }
 }
 
 template <int BK, int HD>
 void forward_impl(float* out, float* lse, const float* qkv, const Dims& dm,
                   const BlockLayoutView& layout) {
-  const std::int64_t tasks = dm.b * dm.nh * layout.num_blocks;
+  const std::int64_t tasks = dm.b * dm.nh;
 #pragma omp parallel
   {
     std::vector<float> scratch;
 #pragma omp for schedule(dynamic, 1)
-    for (std::int64_t task = 0; task < tasks; ++task) {
-      // Longest rows (last query blocks) first for better balance.
-      const int qb = layout.num_blocks - 1 - static_cast<int>(task % layout.num_blocks);
-      const std::int64_t bh = task / layout.num_blocks;
-      forward_tile_row<BK, HD>(out, lse, qkv, dm, bh / dm.nh, bh % dm.nh, qb, layout, scratch);
-    }
+    for (std::int64_t task = 0; task < tasks; ++task)
+      forward_head<BK, HD>(out, lse, qkv, dm, task / dm.nh, task % dm.nh, layout, scratch);
   }
 }
 
@@ -143,74 +206,63 @@ void backward_head(float* dqkv, const float* dout, const float* qkv, const float
                    const float* lse, const Dims& dm, std::int64_t bi, std::int64_t h,
                    const BlockLayoutView& layout, std::vector<float>& scratch) {
   const int hd = HD > 0 ? HD : static_cast<int>(dm.hd);
-  const std::int64_t t = dm.t;
-  scratch.assign(static_cast<std::size_t>(2 * t * hd + 6 * BK * hd + 3 * BK * BK + 2 * BK), 0.0f);
-  float* dk_all = scratch.data();    // (t, hd)
-  float* dv_all = dk_all + t * hd;   // (t, hd)
-  float* q = dv_all + t * hd;        // (BK, hd) scaled
-  float* dq = q + BK * hd;           // (BK, hd)
-  float* d_o = dq + BK * hd;         // (BK, hd)
-  float* kt = d_o + BK * hd;         // (hd, BK)
-  float* vt = kt + BK * hd;          // (hd, BK)
-  float* k = vt + BK * hd;           // (BK, hd)
-  float* p = k + BK * hd;            // (BK, BK)
-  float* dp = p + BK * BK;           // (BK, BK)
-  float* ds = dp + BK * BK;          // (BK, BK)
-  float* delta = ds + BK * BK;       // (BK) rowsum(dout * out)
-  float* row_lse = delta + BK;       // (BK)
+  const std::int64_t t = dm.t, t_pad = static_cast<std::int64_t>(layout.num_blocks) * BK;
+  scratch.assign(static_cast<std::size_t>(7 * t_pad * hd + BK * hd + 3 * BK * BK + 2 * t_pad), 0.0f);
+  float* q_all = scratch.data();         // (t_pad, hd) scaled
+  float* k_all = q_all + t_pad * hd;     // (t_pad, hd)
+  float* kt_all = k_all + t_pad * hd;    // (hd, t_pad)
+  float* vt_all = kt_all + t_pad * hd;   // (hd, t_pad)
+  float* do_all = vt_all + t_pad * hd;   // (t_pad, hd)
+  float* dk_all = do_all + t_pad * hd;   // (t_pad, hd)
+  float* dv_all = dk_all + t_pad * hd;   // (t_pad, hd)
+  float* dq = dv_all + t_pad * hd;       // (BK, hd)
+  float* p = dq + BK * hd;               // (BK, BK)
+  float* dp = p + BK * BK;               // (BK, BK)
+  float* ds = dp + BK * BK;              // (BK, BK)
+  float* delta = ds + BK * BK;           // (t_pad) rowsum(dout * out)
+  float* row_lse = delta + t_pad;        // (t_pad)
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  gather_head(q_all, dm, qkv, bi, 0, h, t_pad, false, scale);
+  gather_head(k_all, dm, qkv, bi, 1, h, t_pad, false);
+  gather_head(kt_all, dm, qkv, bi, 1, h, t_pad, true);
+  gather_head(vt_all, dm, qkv, bi, 2, h, t_pad, true);
+  for (std::int64_t pos = 0; pos < t; ++pos) {
+    const std::int64_t row = (bi * t + pos) * dm.c + h * hd;
+    float dsum = 0.0f;
+    for (int d = 0; d < hd; ++d) {
+      do_all[pos * hd + d] = dout[row + d];
+      dsum += dout[row + d] * out[row + d];
+    }
+    delta[pos] = dsum;
+    row_lse[pos] = lse[(bi * dm.nh + h) * t + pos];
+  }
   for (int qb = 0; qb < layout.num_blocks; ++qb) {
     const std::int64_t q0 = static_cast<std::int64_t>(qb) * BK;
     const int nq = static_cast<int>(std::min<std::int64_t>(BK, t - q0));
-    load_rows<BK>(q, dm, qkv, bi, 0, h, q0, nq, false, scale);
+    const float* q = q_all + q0 * hd;
+    const float* d_o = do_all + q0 * hd;
     std::fill(dq, dq + BK * hd, 0.0f);
-    for (int i = 0; i < nq; ++i) {
-      const std::int64_t row = (bi * t + q0 + i) * dm.c + h * hd;
-      float dsum = 0.0f;
-      for (int d = 0; d < hd; ++d) {
-        d_o[i * hd + d] = dout[row + d];
-        dsum += dout[row + d] * out[row + d];
-      }
-      delta[i] = dsum;
-      row_lse[i] = lse[(bi * dm.nh + h) * t + q0 + i];
-    }
     for (int idx = layout.row_ptr[qb]; idx < layout.row_ptr[qb + 1]; ++idx) {
       const std::int64_t k0 = static_cast<std::int64_t>(layout.cols[idx]) * BK;
       const int nk = static_cast<int>(std::min<std::int64_t>(BK, t - k0));
-      load_rows<BK>(kt, dm, qkv, bi, 1, h, k0, nk, true);
-      load_rows<BK>(vt, dm, qkv, bi, 2, h, k0, nk, true);
-      load_rows<BK>(k, dm, qkv, bi, 1, h, k0, nk, false);
-      scores<BK, HD>(p, q, kt, nq, hd);     // scaled scores
-      scores<BK, HD>(dp, d_o, vt, nq, hd);  // dP = dO V^T
+      scores<BK, HD>(p, q, kt_all + k0, t_pad, nq, hd);     // scaled scores
+      scores<BK, HD>(dp, d_o, vt_all + k0, t_pad, nq, hd);  // dP = dO V^T
       for (int i = 0; i < nq; ++i) {
         const int limit = static_cast<int>(std::min<std::int64_t>(nk, q0 + i - k0 + 1));
+        const float li = row_lse[q0 + i], di = delta[q0 + i];
 #pragma omp simd
         for (int j = 0; j < BK; ++j) {
-          const float pij = j < limit ? fast_exp(p[i * BK + j] - row_lse[i]) : 0.0f;
+          const float pij = j < limit ? fast_exp(p[i * BK + j] - li) : 0.0f;
           p[i * BK + j] = pij;
-          ds[i * BK + j] = pij * (dp[i * BK + j] - delta[i]);
+          ds[i * BK + j] = pij * (dp[i * BK + j] - di);
         }
       }
       for (int j = 0; j < nk; ++j) {
-        float* dvj = dv_all + (k0 + j) * hd;
-        float* dkj = dk_all + (k0 + j) * hd;
-        for (int i = 0; i < nq; ++i) {
-          const float pij = p[i * BK + j], dsij = ds[i * BK + j];
-#pragma omp simd
-          for (int d = 0; d < hd; ++d) {
-            dvj[d] += pij * d_o[i * hd + d];
-            dkj[d] += dsij * q[i * hd + d];
-          }
-        }
+        accumulate_rows<HD>(dv_all + (k0 + j) * hd, 1.0f, p + j, BK, d_o, nq, hd);
+        accumulate_rows<HD>(dk_all + (k0 + j) * hd, 1.0f, ds + j, BK, q, nq, hd);
       }
-      for (int i = 0; i < nq; ++i) {
-        float* dqi = dq + i * hd;
-        for (int j = 0; j < nk; ++j) {
-          const float dsij = ds[i * BK + j];
-#pragma omp simd
-          for (int d = 0; d < hd; ++d) dqi[d] += dsij * k[j * hd + d];
-        }
-      }
+      for (int i = 0; i < nq; ++i)
+        accumulate_rows<HD>(dq + i * hd, 1.0f, ds + i * BK, 1, k_all + k0 * hd, nk, hd);
     }
     for (int i = 0; i < nq; ++i) {
       float* dst = dqkv + (bi * t + q0 + i) * 3 * dm.c + h * hd;
