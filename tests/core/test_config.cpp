@@ -332,9 +332,7 @@ TEST(Config, ShippedQuickstartParses) {
   ExperimentConfig c = load_config(std::string(KILN_SOURCE_DIR) + "/configs/quickstart.yaml");
   EXPECT_EQ(c.model.n_layer, 4);
   EXPECT_EQ(c.model.n_embd % c.model.n_head, 0);
-  EXPECT_EQ(c.train.seq_len, 128);
-  EXPECT_EQ(c.train.max_steps, 600);
-  EXPECT_EQ(c.optim.lr, 2e-3f);
+  EXPECT_LE(c.train.seq_len, c.model.context);
   EXPECT_EQ(c.data.tokenizer, "byte");
   EXPECT_EQ(c.data.train, "data/fortunes/train_*.bin");
   EXPECT_EQ(c.train.run_dir, "runs/quickstart");
