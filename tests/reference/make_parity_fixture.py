@@ -1,24 +1,31 @@
 """Writes the parity fixture that tests/core/test_parity.cpp checks kiln against.
 
-For each LayerNorm placement (pre, post) it writes tests/data/parity/<norm>/:
-  model.safetensors     a tiny GPT (2 layers, 2 heads, width 32, context 48, vocab 61) in
-                        Hugging Face names; kiln pads wte to 64 rows in memory
+For each LayerNorm placement (pre, post) it has kiln itself train a tiny GPT (2 layers, 2 heads,
+width 32, context 48, byte vocabulary of 257) for 20 steps from a wide initialisation
+(model.init_std 0.1, so every path carries signal), takes the checkpoint kiln wrote, and writes
+tests/data/parity/<norm>/:
+  model.safetensors     that kiln checkpoint's weights, byte for byte (Hugging Face names; kiln
+                        pads wte to 320 rows in memory)
   fixture.json          the shape and one batch (B=2, T=40): inputs, targets, a loss mask
                         with zeros in it
   expected.safetensors  from gpt_torch.py (explicit-math path):
-                          logits (2, 40, 61), loss (1), grad.<param name> (wte (61, 32))
+                          logits (2, 40, 257), loss (1), grad.<param name> (wte (257, 32))
                         computed in float64 (stored rounded to F32), and the same computed in
                         float32 under the prefix "f32." (the error an fp32 implementation
                         makes on this problem, for judging kiln's)
 
-Weights are seeded normals with more spread than GPT-2's initialisation (non-zero biases, LN
-gains around 1) so that every path carries signal. Deterministic; run it with Debian's torch:
-    /usr/bin/python3 tests/reference/make_parity_fixture.py
+Deterministic for a given kiln build; run it with Debian's torch, from the repository root,
+after building kiln:
+    /usr/bin/python3 tests/reference/make_parity_fixture.py [--kiln build/kiln]
 """
 
+import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -33,20 +40,31 @@ BATCH, SEQ, CONTEXT = 2, 40, 48
 SEED = 20240611
 
 
-def make_weights(config, rng):
-    weights = {}
-    for name, shape in gpt_torch.parameter_shapes(config).items():
-        if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
-            w = 1.0 + 0.1 * rng.standard_normal(shape)
-        elif name.endswith("bias"):
-            w = 0.05 * rng.standard_normal(shape)
-        elif name.endswith("mlp.c_proj.weight"):
-            w = 0.05 * rng.standard_normal(shape)
-        else:
-            w = 0.1 * rng.standard_normal(shape)
-        # Weights are defined by their float32 values: that is what kiln loads.
-        weights[name] = w.astype(np.float32)
-    return weights
+WORDS = "the cat sat on a mat dog ran to log and then slept under old red tree".split()
+
+
+def kiln_checkpoint(kiln, norm, seed, workdir):
+    """Trains the tiny model with kiln for 20 steps; returns the checkpoint folder kiln wrote."""
+    rng = np.random.default_rng(seed)
+    with open(os.path.join(workdir, "corpus.txt"), "w") as f:
+        f.write("\n%\n".join(" ".join(rng.choice(WORDS, size=12)) for _ in range(400)))
+    data = os.path.join(workdir, "data")
+    subprocess.run([kiln, "tokenize", "--input", os.path.join(workdir, "corpus.txt"),
+                    "--separator", "%", "--out", data, "--val-fraction", "0"],
+                   check=True, stdout=subprocess.DEVNULL)
+    config = os.path.join(workdir, "tiny.yaml")
+    run_dir = os.path.join(workdir, "run")
+    with open(config, "w") as f:
+        f.write(f"""model: {{n_layer: 2, n_head: 2, n_embd: 32, context: {CONTEXT}, norm: {norm},
+        attention_block: 16, init_std: 0.1}}
+data: {{train: "{data}/train_*.bin", val: ""}}
+optim: {{lr: 1e-2, warmup_steps: 0, schedule: constant}}
+train: {{micro_batch: 4, seq_len: {SEQ}, max_steps: 20, eval_every: 0, threads: 1,
+        seed: {seed}, run_dir: "{run_dir}"}}
+checkpoint: {{every: 0}}
+""")
+    subprocess.run([kiln, "train", config], check=True, stdout=subprocess.DEVNULL)
+    return os.path.join(run_dir, "checkpoints", "step_00000020")
 
 
 def make_batch(config, rng):
@@ -77,11 +95,18 @@ def max_rel_gap(a, b):
     return worst
 
 
-def write_variant(root, norm, seed):
-    config = gpt_torch.GptConfig(n_layer=2, n_head=2, n_embd=32, context=CONTEXT, vocab=61,
+def write_variant(root, norm, seed, kiln):
+    config = gpt_torch.GptConfig(n_layer=2, n_head=2, n_embd=32, context=CONTEXT, vocab=257,
                                  post_norm=norm == "post")
     rng = np.random.default_rng(seed)
-    weights = make_weights(config, rng)
+    with tempfile.TemporaryDirectory() as workdir:
+        checkpoint = kiln_checkpoint(kiln, norm, seed, workdir)
+        weights, _ = gpt_torch.read_safetensors(os.path.join(checkpoint, "model.safetensors"))
+        folder = os.path.join(root, norm)
+        os.makedirs(folder, exist_ok=True)
+        shutil.copyfile(os.path.join(checkpoint, "model.safetensors"),
+                        os.path.join(folder, "model.safetensors"))
+    assert set(weights) == set(gpt_torch.parameter_shapes(config)), "unexpected tensor names"
     batch = make_batch(config, rng)
     f64 = reference(config, weights, batch, torch.float64)
     f32 = reference(config, weights, batch, torch.float32)
@@ -90,10 +115,6 @@ def write_variant(root, norm, seed):
     gap = max_rel_gap(f64, fused)
     assert gap < 1e-10, f"{norm}: explicit and fused reference paths differ by {gap}"
 
-    folder = os.path.join(root, norm)
-    os.makedirs(folder, exist_ok=True)
-    gpt_torch.write_safetensors(os.path.join(folder, "model.safetensors"), weights,
-                                {"format": "pt"})
     expected = dict(f64)
     expected.update({"f32." + k: v for k, v in f32.items()})
     gpt_torch.write_safetensors(os.path.join(folder, "expected.safetensors"), expected,
@@ -116,11 +137,15 @@ def write_variant(root, norm, seed):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--kiln", default="build/kiln", help="the kiln binary that trains the weights")
+    args = parser.parse_args()
+    kiln = os.path.abspath(args.kiln)
     torch.manual_seed(0)
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "parity")
     root = os.path.normpath(root)
-    write_variant(root, "pre", SEED)
-    write_variant(root, "post", SEED + 1)
+    write_variant(root, "pre", SEED, kiln)
+    write_variant(root, "post", SEED + 1, kiln)
     print("wrote", root)
 
 
