@@ -16,6 +16,7 @@ namespace kiln {
 
 using BlockLayoutView = cpu::BlockLayoutView;
 using AdamWStep = cpu::AdamWStep;
+using AdamWSegment = cpu::AdamWSegment;
 
 struct KernelTable {
   decltype(&cpu::matmul) matmul;

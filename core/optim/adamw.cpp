@@ -20,7 +20,19 @@ AdamW::AdamW(const OptimConfig& config, Gpt& model)
       model_(model),
       kernels_(&kernels_for(model.parameter_buffer().device())),
       exp_avg_(Tensor::zeros(model.parameter_buffer().shape(), DType::f32, model.parameter_buffer().device())),
-      exp_avg_sq_(Tensor::zeros(model.parameter_buffer().shape(), DType::f32, model.parameter_buffer().device())) {}
+      exp_avg_sq_(Tensor::zeros(model.parameter_buffer().shape(), DType::f32, model.parameter_buffer().device())) {
+  // Consecutive parameters with the same weight decay form one segment.
+  const float* base = model.parameter_buffer().f32();
+  for (const Parameter& p : model.parameters()) {
+    const float wd = p.decay ? config.weight_decay : 0.0f;
+    const std::int64_t offset = p.value.f32() - base;
+    if (!segments_.empty() && segments_.back().weight_decay == wd &&
+        segments_.back().offset + segments_.back().size == offset)
+      segments_.back().size += p.value.numel();
+    else
+      segments_.push_back({offset, p.value.numel(), wd});
+  }
+}
 
 AdamW::StepStats AdamW::step(float lr) {
   Tensor& grads = model_.gradient_buffer();
@@ -31,15 +43,9 @@ AdamW::StepStats AdamW::step(float lr) {
   if (config_.grad_clip > 0.0f && norm > config_.grad_clip)
     scale = static_cast<float>(config_.grad_clip / (norm + 1e-6));
   ++steps_;
-  float* m = exp_avg_.f32();
-  float* v = exp_avg_sq_.f32();
-  const float* base = model_.parameter_buffer().f32();
-  for (Parameter& p : model_.parameters()) {
-    const std::int64_t offset = p.value.f32() - base;
-    const AdamWStep s{lr, config_.beta1, config_.beta2, config_.eps,
-                      p.decay ? config_.weight_decay : 0.0f, scale, steps_};
-    kernels_->adamw_update(p.value.f32(), p.grad.f32(), m + offset, v + offset, p.value.numel(), s);
-  }
+  const AdamWStep s{lr, config_.beta1, config_.beta2, config_.eps, scale, steps_};
+  kernels_->adamw_update(model_.parameter_buffer().f32(), grads.f32(), exp_avg_.f32(),
+                         exp_avg_sq_.f32(), segments_.data(), static_cast<int>(segments_.size()), s);
   return {norm, scale};
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/config.h"
 #include "core/model/gpt.h"
@@ -35,6 +36,7 @@ class AdamW {
   Gpt& model_;
   const KernelTable* kernels_;
   Tensor exp_avg_, exp_avg_sq_;
+  std::vector<AdamWSegment> segments_;  // runs of parameters with one weight decay
   std::int64_t steps_ = 0;
 };
 

@@ -216,13 +216,16 @@ TEST(Kernels, AdamWMatchesReferenceFormula) {
   auto p = random_vector(10, 21), g = random_vector(10, 22);
   std::vector<float> m(10, 0.1f), v(10, 0.2f);
   auto p0 = p, m0 = m, v0 = v;
-  kiln::AdamWStep s{1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, 3};
-  kiln::cpu::adamw_update(p.data(), g.data(), m.data(), v.data(), 10, s);
+  kiln::AdamWStep s{1e-2f, 0.9f, 0.95f, 1e-8f, 0.5f, 3};
+  // Elements 0..5 decay, 6..9 do not.
+  const kiln::AdamWSegment segments[] = {{0, 6, 0.1f}, {6, 4, 0.0f}};
+  kiln::cpu::adamw_update(p.data(), g.data(), m.data(), v.data(), segments, 2, s);
   for (int i = 0; i < 10; ++i) {
+    const double wd = i < 6 ? 0.1 : 0.0;
     const double gi = g[i] * 0.5;
     const double mi = 0.9 * m0[i] + 0.1 * gi, vi = 0.95 * v0[i] + 0.05 * gi * gi;
     const double bc1 = 1 - std::pow(0.9, 3), bc2 = 1 - std::pow(0.95, 3);
-    const double ref = p0[i] * (1 - 1e-2 * 0.1) - 1e-2 / bc1 * mi / (std::sqrt(vi) / std::sqrt(bc2) + 1e-8);
+    const double ref = p0[i] * (1 - 1e-2 * wd) - 1e-2 / bc1 * mi / (std::sqrt(vi) / std::sqrt(bc2) + 1e-8);
     EXPECT_NEAR(p[i], ref, 1e-6);
     EXPECT_NEAR(m[i], mi, 1e-7);
     EXPECT_NEAR(v[i], vi, 1e-7);
