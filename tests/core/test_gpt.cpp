@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/model/generate.h"
 #include "core/model/gpt.h"
 #include "core/rng.h"
 
@@ -127,4 +128,49 @@ TEST(Gpt, RejectsTokensOutsideTheVocabulary) {
   } catch (const kiln::Error& e) {
     EXPECT_NE(std::string(e.what()).find("token id 40"), std::string::npos) << e.what();
   }
+}
+
+// The KV-cached decoder must produce, position by position, the logits of a full forward pass.
+void check_generator_matches_forward(bool post_norm) {
+  kiln::Gpt model(tiny_shape(post_norm));
+  model.init_weights(21, 0.3f);
+  kiln::Batch batch = tiny_batch(1, 20, 37, false);
+  batch.positions.clear();
+  model.forward(batch);
+  const float* full = model.logits().f32();
+  kiln::Generator generator(model);
+  for (int t = 0; t < 20; ++t) {
+    const float* step = generator.step(batch.inputs[t]);
+    for (int v = 0; v < 37; ++v)
+      ASSERT_NEAR(step[v], full[t * 64 + v], 1e-4 + 1e-4 * std::abs(full[t * 64 + v]))
+          << "position " << t << " token " << v;
+  }
+}
+
+TEST(Generator, PreLnCacheMatchesFullForward) { check_generator_matches_forward(false); }
+TEST(Generator, PostLnCacheMatchesFullForward) { check_generator_matches_forward(true); }
+
+TEST(Generator, SamplingIsSeededAndTopKOneIsGreedy) {
+  kiln::Gpt model(tiny_shape(false));
+  model.init_weights(3, 0.3f);
+  kiln::Generator generator(model);
+  const std::vector<std::int32_t> prompt = {1, 2, 3};
+  kiln::SampleOptions options;
+  options.max_tokens = 30;  // longer than the 24-position context: the cache slides
+  options.stop_at_eot = false;
+  options.seed = 9;
+  const auto a = generator.generate(prompt, options, 36);
+  const auto b = generator.generate(prompt, options, 36);
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(a.size(), 30u);
+  options.seed = 10;
+  EXPECT_NE(generator.generate(prompt, options, 36), a);
+  options.top_k = 1;
+  kiln::SampleOptions greedy = options;
+  greedy.temperature = 0.0f;
+  EXPECT_EQ(generator.generate(prompt, options, 36), generator.generate(prompt, greedy, 36));
+  // A tiny nucleus keeps only the most likely token: greedy again.
+  options.top_k = 0;
+  options.top_p = 1e-6f;
+  EXPECT_EQ(generator.generate(prompt, options, 36), generator.generate(prompt, greedy, 36));
 }
