@@ -66,6 +66,14 @@ struct LogConfig {
   double peak_flops = 2.28e11;    // for MFU; default: measured fp32 FMA peak of 2 Zen4 cores
 };
 
+struct ParallelConfig {
+  int tp = 1;                 // tensor-parallel ranks; data-parallel ranks = world / tp
+  int zero = 0;               // 1: shard AdamW state over data-parallel ranks (ZeRO-1)
+  double bucket_mb = 8.0;     // gradient all-reduce bucket size, MiB
+  double timeout_s = 300.0;   // a collective that takes longer aborts the job
+  int rank_logs = 0;          // 1: every rank writes <run_dir>/rank_<r>.log
+};
+
 struct ExperimentConfig {
   ModelConfig model;
   DataConfig data;
@@ -73,6 +81,7 @@ struct ExperimentConfig {
   TrainConfig train;
   CheckpointConfig checkpoint;
   LogConfig log;
+  ParallelConfig parallel;
   std::string source;  // the YAML file this came from ("" when built in code)
 };
 

@@ -1,0 +1,129 @@
+// The config schema's contents: every key of config.h, in file order. Adding a key here (and
+// its field in config.h) is all it takes for it to be parsed, checked, saved and documented.
+#include "core/config_schema.h"
+
+namespace kiln::config_schema {
+namespace {
+
+// ---- The allowed values of every string enum: the one place that lists them. ----
+const std::vector<std::string> kNormChoices = {"pre", "post"};
+const std::vector<std::string> kMatmulChoices = {"f32", "bf16"};
+const std::vector<std::string> kScheduleChoices = {"cosine", "constant"};
+const std::vector<std::string> kProgressChoices = {"auto", "on", "off"};
+const std::vector<std::string> kStageChoices = {"pretrain"};
+const std::vector<std::string> kTokenizerChoices = {"byte"};
+
+// ---- The schema: every key of config.h, in file order. ----
+
+void model_keys(Schema& s) {
+  SectionBuilder<ModelConfig>(s, "model", &ExperimentConfig::model, "network shape and numerics")
+      .key("n_layer", &ModelConfig::n_layer, between(1, 1024), "number of transformer blocks")
+      .key("n_head", &ModelConfig::n_head, between(1, 1024), "attention heads per block")
+      .key("n_embd", &ModelConfig::n_embd, between(1, 65536), "width of the residual stream")
+      .key("context", &ModelConfig::context, between(1, 1 << 20),
+           "number of learned positions (longest sequence the model can read)")
+      .key("vocab_size", &ModelConfig::vocab_size, at_least(0),
+           "0: take it from data.tokenizer (byte: 257)")
+      .key("vocab_multiple", &ModelConfig::vocab_multiple, between(1, 65536),
+           "the embedding is padded to a multiple of this")
+      .key("norm", &ModelConfig::norm, one_of(kNormChoices), "LayerNorm placement")
+      .key("matmul", &ModelConfig::matmul, one_of(kMatmulChoices),
+           "matmul inputs (bf16: fp32 accumulate and fp32 master weights)")
+      .key("init_std", &ModelConfig::init_std, above(0), "std of the normal weight init")
+      .key("attention_block", &ModelConfig::attention_block, between(1, 1024),
+           "query/key tile of the attention kernel");
+}
+
+void data_keys(Schema& s) {
+  SectionBuilder<DataConfig>(s, "data", &ExperimentConfig::data, "token shards and tokenizer")
+      .key("train", &DataConfig::train, Limits(), "training shards: a shard file, folder or glob")
+      .key("val", &DataConfig::val, Limits(), "validation shards, the same way (\"\": none)")
+      .key("tokenizer", &DataConfig::tokenizer, one_of(kTokenizerChoices),
+           "tokenizer the shards were written with");
+}
+
+void optim_keys(Schema& s) {
+  SectionBuilder<OptimConfig>(s, "optim", &ExperimentConfig::optim, "AdamW and the LR schedule")
+      .key("lr", &OptimConfig::lr, above(0).up_to(10), "peak learning rate")
+      .key("min_lr_ratio", &OptimConfig::min_lr_ratio, between(0, 1),
+           "cosine decays to lr * min_lr_ratio")
+      .key("warmup_steps", &OptimConfig::warmup_steps, at_least(0),
+           "linear warmup from 0 to lr over this many steps")
+      .key("schedule", &OptimConfig::schedule, one_of(kScheduleChoices),
+           "learning-rate schedule after warmup")
+      .key("beta1", &OptimConfig::beta1, at_least(0).below(1), "AdamW first-moment decay")
+      .key("beta2", &OptimConfig::beta2, at_least(0).below(1), "AdamW second-moment decay")
+      .key("eps", &OptimConfig::eps, above(0), "AdamW denominator epsilon")
+      .key("weight_decay", &OptimConfig::weight_decay, at_least(0),
+           "decoupled weight decay, matmul weights only")
+      .key("grad_clip", &OptimConfig::grad_clip, at_least(0), "global-norm clip; 0 disables");
+}
+
+void train_keys(Schema& s) {
+  SectionBuilder<TrainConfig>(s, "train", &ExperimentConfig::train, "the training loop")
+      .key("micro_batch", &TrainConfig::micro_batch, at_least(1),
+           "sequences per forward/backward pass")
+      .key("seq_len", &TrainConfig::seq_len, at_least(1),
+           "tokens per training sequence (<= model.context)")
+      .key("grad_accum", &TrainConfig::grad_accum, at_least(1),
+           "micro-batches accumulated per optimizer step")
+      .key("max_steps", &TrainConfig::max_steps, at_least(1), "optimizer steps to train")
+      .key("seed", &TrainConfig::seed, Limits(), "seed of weight init and data order")
+      .key("eval_every", &TrainConfig::eval_every, at_least(0),
+           "steps between validations; 0 disables")
+      .key("eval_batches", &TrainConfig::eval_batches, at_least(1), "micro-batches per validation")
+      .key("run_dir", &TrainConfig::run_dir, not_empty(),
+           "folder for checkpoints, logs and the resolved config.yaml")
+      .key("threads", &TrainConfig::threads, at_least(0), "CPU threads; 0: all cores")
+      .key("stage", &TrainConfig::stage, one_of(kStageChoices), "what the loop trains");
+}
+
+void checkpoint_keys(Schema& s) {
+  SectionBuilder<CheckpointConfig>(s, "checkpoint", &ExperimentConfig::checkpoint,
+                                   "when to save and how many to keep")
+      .key("every", &CheckpointConfig::every, at_least(0),
+           "steps between checkpoints; 0: only at the end")
+      .key("keep", &CheckpointConfig::keep, at_least(0), "newest checkpoints kept; 0 keeps all");
+}
+
+void log_keys(Schema& s) {
+  SectionBuilder<LogConfig>(s, "log", &ExperimentConfig::log, "progress output")
+      .key("every", &LogConfig::every, at_least(1), "steps between log lines")
+      .key("progress", &LogConfig::progress, one_of(kProgressChoices),
+           "progress bar (auto: on when stdout is a terminal)")
+      .key("peak_flops", &LogConfig::peak_flops, above(0), "peak FLOP/s of the hardware, for MFU");
+}
+
+void parallel_keys(Schema& s) {
+  SectionBuilder<ParallelConfig>(s, "parallel", &ExperimentConfig::parallel,
+                                 "data and tensor parallelism (docs/parallel.md)")
+      .key("tp", &ParallelConfig::tp, between(1, 1024),
+           "tensor-parallel ranks; data-parallel ranks = world size / tp")
+      .key("zero", &ParallelConfig::zero, between(0, 1),
+           "1: shard AdamW state over data-parallel ranks (ZeRO-1)")
+      .key("bucket_mb", &ParallelConfig::bucket_mb, above(0),
+           "gradient all-reduce bucket size in MiB")
+      .key("timeout_s", &ParallelConfig::timeout_s, above(0),
+           "seconds a collective may take before the job is aborted")
+      .key("rank_logs", &ParallelConfig::rank_logs, between(0, 1),
+           "1: every rank also writes run_dir/rank_<r>.log");
+}
+
+}  // namespace
+
+const Schema& schema() {
+  static const Schema table = [] {
+    Schema s;
+    model_keys(s);
+    data_keys(s);
+    optim_keys(s);
+    train_keys(s);
+    checkpoint_keys(s);
+    log_keys(s);
+    parallel_keys(s);
+    return s;
+  }();
+  return table;
+}
+
+}  // namespace kiln::config_schema
