@@ -6,6 +6,7 @@
 #include "core/checkpoint/model_io.h"
 #include "core/checkpoint/run_dir.h"
 #include "core/data/tokenizer.h"
+#include "parallel/layout.h"
 #include "trainers/trainer.h"
 
 namespace kiln::cli {
@@ -16,8 +17,11 @@ int train(const TrainArgs& args) {
   options.resume = args.resume;
   options.init_from = args.init_from;
   options.stop_after = args.stop_after;
-  Trainer trainer(std::move(config), options);
+  ParallelContext parallel =
+      make_parallel_context(make_world_communicator(config.parallel.timeout_s, true), config);
+  Trainer trainer(std::move(config), options, parallel);
   const TrainResult result = trainer.run();
+  if (!parallel.is_main()) return 0;
   if (result.steps_run == 0) {
     std::printf("nothing to do: the run is already at step %lld of train.max_steps\n",
                 static_cast<long long>(result.last_step));

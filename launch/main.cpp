@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "launch/commands.h"
+#include "parallel/communicator.h"
 
 namespace {
 
@@ -21,6 +22,16 @@ Examples:
   kiln config configs/quickstart.yaml train.max_steps=50   # print the resolved config
   kiln config                                              # every config key with its help
 )";
+
+// Reports a fatal error. Under mpirun the other ranks may be waiting in a collective for this
+// one, so the whole job is ended (MPI_Abort) rather than left to hang.
+int fail(int code, const char* kind, const char* what) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "\nkiln: %s: %s\n", kind, what);
+  std::fflush(stderr);
+  kiln::abort_all_ranks(code);
+  return code;
+}
 
 }  // namespace
 
@@ -74,22 +85,20 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
+  int code = 0;
   try {
-    if (*train) return kiln::cli::train(train_args);
-    if (*tokenize) return kiln::cli::tokenize(tok);
+    if (*train) code = kiln::cli::train(train_args);
+    if (*tokenize) code = kiln::cli::tokenize(tok);
     if (*sample) {
       sample_args.sample.stop_at_eot = !no_stop;
-      return kiln::cli::sample(sample_args);
+      code = kiln::cli::sample(sample_args);
     }
-    if (*config) return kiln::cli::show_config(config_path, config_overrides);
+    if (*config) code = kiln::cli::show_config(config_path, config_overrides);
   } catch (const kiln::Error& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "\nkiln: error: %s\n", e.what());
-    return 1;
+    code = fail(1, "error", e.what());
   } catch (const std::exception& e) {
-    std::fflush(stdout);
-    std::fprintf(stderr, "\nkiln: unexpected error: %s\n", e.what());
-    return 3;
+    code = fail(3, "unexpected error", e.what());
   }
-  return 0;
+  kiln::finalize_communication();
+  return code;
 }

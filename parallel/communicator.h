@@ -71,6 +71,9 @@ class Communicator {
 // `timeout_s` bounds every wait. Logs its choice on rank 0.
 std::unique_ptr<Communicator> make_world_communicator(double timeout_s, bool log);
 
+// A communicator of one rank (no MPI), e.g. for a reference run inside a distributed test.
+std::unique_ptr<Communicator> make_single_communicator(const std::string& label);
+
 // True when the launcher (mpirun, srun) started this process as one of several ranks.
 bool launched_with_several_ranks();
 

@@ -117,7 +117,9 @@ class MpiCommunicator : public Communicator {
         counts[r] = static_cast<int>(c.size());
         displs[r] = static_cast<int>(c.begin);
       }
-      mpi_check(MPI_Allgatherv(input, counts[rank_], MPI_FLOAT, output, counts.data(), displs.data(),
+      // The own chunk may already sit in place inside output (ZeRO-1 parameters).
+      const void* send = input == output + displs[rank_] ? MPI_IN_PLACE : input;
+      mpi_check(MPI_Allgatherv(send, counts[rank_], MPI_FLOAT, output, counts.data(), displs.data(),
                                MPI_FLOAT, comm_), "Allgatherv");
     });
   }
@@ -245,6 +247,10 @@ class SingleCommunicator : public Communicator {
 };
 
 }  // namespace
+
+std::unique_ptr<Communicator> make_single_communicator(const std::string& label) {
+  return std::make_unique<SingleCommunicator>(label);
+}
 
 bool launched_with_several_ranks() {
   for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"}) {

@@ -11,11 +11,10 @@
 
 namespace kiln {
 
-MetricsLog::MetricsLog(const std::string& run_dir, bool console, bool progress_bar,
+MetricsLog::MetricsLog(const std::string& path, bool console, bool progress_bar,
                        std::int64_t max_steps, int log_every, std::int64_t resume_step)
     : console_(console),
       progress_bar_(console && progress_bar), max_steps_(max_steps), log_every_(log_every) {
-  const std::string path = run_dir + "/metrics.jsonl";
   if (resume_step > 0) {
     // Keep only what the checkpoint we resume from had seen.
     std::ifstream in(path);

@@ -1,5 +1,6 @@
 // Training output: one console line per logged step (a progress bar in between when stdout is
-// a terminal) and every value appended to <run_dir>/metrics.jsonl, one JSON object per line.
+// a terminal) and every value appended to <run_dir>/metrics.jsonl, one JSON object per line
+// (per-rank files rank_<r>.jsonl on request).
 #pragma once
 
 #include <cstdint>
@@ -23,9 +24,9 @@ struct StepRecord {
 
 class MetricsLog {
  public:
-  // resume_step > 0 drops records of later steps left in metrics.jsonl by an interrupted run.
-  // console=false writes metrics.jsonl only.
-  MetricsLog(const std::string& run_dir, bool console, bool progress_bar, std::int64_t max_steps,
+  // Appends to `path` (a run's metrics.jsonl); resume_step > 0 first drops records of later
+  // steps left by an interrupted run. console=false writes the file only.
+  MetricsLog(const std::string& path, bool console, bool progress_bar, std::int64_t max_steps,
              int log_every, std::int64_t resume_step);
   ~MetricsLog();
   MetricsLog(const MetricsLog&) = delete;

@@ -5,13 +5,13 @@
 
 namespace kiln {
 
-std::unique_ptr<Stage> make_stage(const ExperimentConfig& config) {
+std::unique_ptr<Stage> make_stage(const ExperimentConfig& config, int replica, int replicas) {
   KILN_CHECK(config.train.stage == "pretrain", "train.stage=", config.train.stage,
              " is not available in this version of kiln; use pretrain");
-  return std::make_unique<PretrainStage>(config);
+  return std::make_unique<PretrainStage>(config, replica, replicas);
 }
 
-PretrainStage::PretrainStage(const ExperimentConfig& config)
+PretrainStage::PretrainStage(const ExperimentConfig& config, int replica, int replicas)
     : grad_accum_(config.train.grad_accum),
       eval_batches_(config.train.eval_batches),
       train_([&] {
@@ -26,6 +26,7 @@ PretrainStage::PretrainStage(const ExperimentConfig& config)
     KILN_CHECK(val_->vocab_size() == train_.vocab_size(), "data.val shards have vocabulary ",
                val_->vocab_size(), " but data.train shards have ", train_.vocab_size(),
                "; tokenize both with the same tokenizer");
+  train_.set_partition(replica, replicas);
   micro_.assign(grad_accum_, empty_batch());
 }
 
@@ -39,29 +40,32 @@ Batch PretrainStage::empty_batch() const {
   return b;
 }
 
-StepLoss PretrainStage::accumulate_gradients(Gpt& model) {
+StepLoss PretrainStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
   StepLoss step;
   for (Batch& b : micro_) {
     train_.next_batch(b.inputs.data(), b.targets.data());
     step.tokens += b.loss_tokens();
     step.processed += static_cast<std::int64_t>(b.batch) * b.seq_len;
   }
-  const float scale = 1.0f / static_cast<float>(step.tokens);
-  for (const Batch& b : micro_) step.loss_sum += model.forward_backward(b, scale);
+  // The mean over every token of the step, on every replica.
+  const float scale = static_cast<float>(1.0 / ctx.sum_over_replicas(static_cast<double>(step.tokens)));
+  for (std::size_t i = 0; i < micro_.size(); ++i) {
+    if (i + 1 == micro_.size()) ctx.before_last_backward();
+    step.loss_sum += model.forward_backward(micro_[i], scale);
+  }
   return step;
 }
 
-std::optional<double> PretrainStage::validation_loss(Gpt& model) {
+std::optional<double> PretrainStage::validation_loss(Gpt& model, StepContext& ctx) {
   if (!val_) return std::nullopt;
   Batch b = empty_batch();
-  double sum = 0.0;
-  std::int64_t tokens = 0;
-  for (int i = 0; i < eval_batches_; ++i) {
+  double sum = 0.0, tokens = 0.0;
+  for (int i = ctx.replica; i < eval_batches_; i += ctx.replicas) {
     val_->batch_at(i, b.inputs.data(), b.targets.data());
     sum += model.forward(b);
-    tokens += b.loss_tokens();
+    tokens += static_cast<double>(b.loss_tokens());
   }
-  return sum / tokens;
+  return ctx.sum_over_replicas(sum) / ctx.sum_over_replicas(tokens);
 }
 
 nlohmann::json PretrainStage::state() const { return {{"train_position", train_.position()}}; }

@@ -10,12 +10,12 @@ namespace kiln {
 
 class PretrainStage : public Stage {
  public:
-  explicit PretrainStage(const ExperimentConfig& config);
+  PretrainStage(const ExperimentConfig& config, int replica, int replicas);
 
   std::string name() const override { return "pretrain"; }
   int vocab_size() const override { return train_.vocab_size(); }
-  StepLoss accumulate_gradients(Gpt& model) override;
-  std::optional<double> validation_loss(Gpt& model) override;
+  StepLoss accumulate_gradients(Gpt& model, StepContext& ctx) override;
+  std::optional<double> validation_loss(Gpt& model, StepContext& ctx) override;
   nlohmann::json state() const override;
   void restore(const nlohmann::json& state) override;
   std::string describe() const override;

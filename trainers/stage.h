@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,6 +23,18 @@ struct StepLoss {
   std::int64_t processed = 0;  // tokens run through the model (for throughput)
 };
 
+// What the trainer lends a stage for one step: the data-parallel plumbing, behind two calls, so
+// a stage never deals with communicators. With one replica both are trivial.
+struct StepContext {
+  int replica = 0;   // this data-parallel rank
+  int replicas = 1;  // data-parallel ranks
+  // The sum of a value over all replicas (token counts, losses).
+  std::function<double(double)> sum_over_replicas = [](double v) { return v; };
+  // Call right before the step's last backward pass: its gradients are then summed over the
+  // replicas while backward runs. Earlier passes of the step only accumulate locally.
+  std::function<void()> before_last_backward = [] {};
+};
+
 class Stage {
  public:
   virtual ~Stage() = default;
@@ -29,10 +42,12 @@ class Stage {
   // The vocabulary size the stage's data was tokenized with (sizes the model).
   virtual int vocab_size() const = 0;
   // Adds to the model's (zeroed) gradients the gradient of this optimizer step's loss, averaged
-  // over all tokens that count in the step (all micro-batches together).
-  virtual StepLoss accumulate_gradients(Gpt& model) = 0;
-  // Mean validation loss, or nullopt when the stage has no validation data.
-  virtual std::optional<double> validation_loss(Gpt& model) = 0;
+  // over all tokens that count in the step (all micro-batches of all replicas together).
+  // Returns this replica's share of the loss and tokens.
+  virtual StepLoss accumulate_gradients(Gpt& model, StepContext& ctx) = 0;
+  // Mean validation loss over all replicas (each evaluates its share), or nullopt when the
+  // stage has no validation data.
+  virtual std::optional<double> validation_loss(Gpt& model, StepContext& ctx) = 0;
   // What the stage needs to continue exactly where it stopped (data positions, ...).
   virtual nlohmann::json state() const = 0;
   virtual void restore(const nlohmann::json& state) = 0;
@@ -40,7 +55,8 @@ class Stage {
   virtual std::string describe() const = 0;
 };
 
-// The stage named by train.stage.
-std::unique_ptr<Stage> make_stage(const ExperimentConfig& config);
+// The stage named by train.stage, reading replica `replica` of `replicas` disjoint slices of the
+// data.
+std::unique_ptr<Stage> make_stage(const ExperimentConfig& config, int replica, int replicas);
 
 }  // namespace kiln

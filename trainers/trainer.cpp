@@ -1,12 +1,16 @@
-// The training loop, run directory and checkpoint contents.
+// The training loop, run directory and checkpoint contents, on one process or as one rank of a
+// data-parallel job.
 #include "trainers/trainer.h"
 
 #include <omp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <thread>
 
 #include "core/checkpoint/atomic_file.h"
 #include "core/checkpoint/model_io.h"
@@ -17,10 +21,6 @@ namespace kiln {
 
 namespace {
 constexpr int kTrainerStateVersion = 1;
-
-void say(bool quiet, const std::string& line) {
-  if (!quiet) std::printf("%s\n", line.c_str());
-}
 
 // A checkpoint resumes only into the model it was trained as.
 void check_same_model(const ModelConfig& saved, const ModelConfig& now, const std::string& checkpoint) {
@@ -36,6 +36,14 @@ void check_same_model(const ModelConfig& saved, const ModelConfig& now, const st
   same("vocab_multiple", saved.vocab_multiple, now.vocab_multiple);
   same("norm", saved.norm, now.norm);
 }
+
+// Threads per rank: train.threads, else the machine's cores shared by the ranks on it.
+int threads_per_rank(const TrainConfig& train, const Communicator& world) {
+  if (train.threads > 0) return train.threads;
+  if (world.local_size() <= 1) return omp_get_max_threads();
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  return std::max(1, cores / world.local_size());
+}
 }  // namespace
 
 ExperimentConfig checkpoint_config(const std::string& checkpoint_dir) {
@@ -43,14 +51,32 @@ ExperimentConfig checkpoint_config(const std::string& checkpoint_dir) {
 }
 
 Trainer::Trainer(ExperimentConfig config, TrainOptions options)
-    : config_(std::move(config)), options_(std::move(options)) {
-  if (config_.train.threads > 0) omp_set_num_threads(config_.train.threads);
-  stage_ = make_stage(config_);
+    : Trainer(std::move(config), std::move(options), owned_parallel_) {}
+
+Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext& parallel)
+    : config_(std::move(config)),
+      options_(std::move(options)),
+      owned_parallel_(&parallel == &owned_parallel_ ? single_process_context() : ParallelContext{}),
+      parallel_(parallel) {
+  omp_set_num_threads(threads_per_rank(config_.train, *parallel_.world));
+  stage_ = make_stage(config_, parallel_.dp_rank, parallel_.dims.dp);
   model_ = std::make_unique<Gpt>(GptShape::from_config(config_.model, stage_->vocab_size()));
-  optimizer_ = std::make_unique<AdamW>(config_.optim, *model_);
+  const std::int64_t n = model_->parameter_buffer().numel();
+  if (config_.parallel.zero == 1 && parallel_.dims.dp > 1) {
+    const Chunk mine = chunk_of(n, parallel_.dims.dp, parallel_.dp_rank);
+    optimizer_ = std::make_unique<AdamW>(config_.optim, *model_, mine.begin, mine.end);
+    grad_shard_ = Tensor::zeros({mine.size()});
+  } else {
+    optimizer_ = std::make_unique<AdamW>(config_.optim, *model_);
+    if (parallel_.dims.dp > 1) sync_ = std::make_unique<GradientSync>(*model_, *parallel_.dp, config_.parallel.bucket_mb);
+  }
 }
 
 Trainer::~Trainer() = default;
+
+void Trainer::say(const std::string& line) const {
+  if (!options_.quiet && parallel_.is_main()) std::printf("%s\n", line.c_str());
+}
 
 void Trainer::start_or_resume() {
   std::optional<std::string> checkpoint;
@@ -61,15 +87,20 @@ void Trainer::start_or_resume() {
   if (!checkpoint) {
     if (!options_.init_from.empty()) {
       load_model(*model_, options_.init_from);
-      say(options_.quiet, "initial weights from " + options_.init_from);
+      say("initial weights from " + options_.init_from);
     } else {
       model_->init_weights(config_.train.seed, config_.model.init_std);
     }
     return;
   }
+  // Every rank reads the (layout-independent) files and keeps what it needs.
   check_same_model(checkpoint_config(*checkpoint).model, config_.model, *checkpoint);
   load_model(*model_, *checkpoint + "/model.safetensors");
-  load_optimizer(*model_, *optimizer_, *checkpoint + "/optimizer.safetensors");
+  Tensor m = Tensor::zeros(model_->parameter_buffer().shape());
+  Tensor v = Tensor::zeros(model_->parameter_buffer().shape());
+  optimizer_->set_steps(load_optimizer(*model_, m, v, *checkpoint + "/optimizer.safetensors"));
+  optimizer_->exp_avg().copy_from(m.view(optimizer_->begin(), {optimizer_->end() - optimizer_->begin()}));
+  optimizer_->exp_avg_sq().copy_from(v.view(optimizer_->begin(), {optimizer_->end() - optimizer_->begin()}));
   const std::string state_path = *checkpoint + "/trainer_state.json";
   auto state = nlohmann::json::parse(read_file(state_path), nullptr, false);
   KILN_CHECK(!state.is_discarded() && state.value("format", "") == "kiln-trainer-state", state_path,
@@ -81,48 +112,100 @@ void Trainer::start_or_resume() {
   start_step_ = state.at("step").get<std::int64_t>();
   tokens_seen_ = state.value("tokens_seen", std::int64_t{0});
   stage_->restore(state.at("stage_state"));
-  say(options_.quiet, message("resumed from ", *checkpoint, " at step ", start_step_));
+  say(message("resumed from ", *checkpoint, " at step ", start_step_));
 }
 
 void Trainer::save_checkpoint(std::int64_t step) {
-  const std::string tmp = begin_checkpoint(config_.train.run_dir, step);
-  save_model(*model_, tmp + "/model.safetensors", {{"kiln_step", std::to_string(step)}});
-  save_optimizer(*model_, *optimizer_, tmp + "/optimizer.safetensors");
-  const nlohmann::json state = {{"format", "kiln-trainer-state"},
-                                {"version", kTrainerStateVersion},
-                                {"stage", stage_->name()},
-                                {"step", step},
-                                {"tokens_seen", tokens_seen_},
-                                {"seed", config_.train.seed},
-                                {"threads", omp_get_max_threads()},
-                                {"stage_state", stage_->state()}};
-  write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
-  write_file_atomic(tmp + "/config.yaml", to_yaml(config_));
-  commit_checkpoint(config_.train.run_dir, step, tmp, config_.checkpoint.keep);
+  // Moments of the whole model: with ZeRO-1 each rank contributes its slice.
+  const std::int64_t n = model_->parameter_buffer().numel();
+  Tensor m = optimizer_->exp_avg(), v = optimizer_->exp_avg_sq();
+  if (optimizer_->end() - optimizer_->begin() != n) {
+    m = Tensor::empty({n});
+    v = Tensor::empty({n});
+    parallel_.dp->all_gather(optimizer_->exp_avg().f32(), m.f32(), n);
+    parallel_.dp->all_gather(optimizer_->exp_avg_sq().f32(), v.f32(), n);
+  }
+  if (parallel_.is_main()) {
+    const std::string tmp = begin_checkpoint(config_.train.run_dir, step);
+    save_model(*model_, tmp + "/model.safetensors", {{"kiln_step", std::to_string(step)}});
+    save_optimizer(*model_, m, v, optimizer_->steps(), tmp + "/optimizer.safetensors");
+    const nlohmann::json state = {{"format", "kiln-trainer-state"},
+                                  {"version", kTrainerStateVersion},
+                                  {"stage", stage_->name()},
+                                  {"step", step},
+                                  {"tokens_seen", tokens_seen_},
+                                  {"seed", config_.train.seed},
+                                  {"threads", omp_get_max_threads()},
+                                  {"layout", {{"dp", parallel_.dims.dp}, {"tp", parallel_.dims.tp}}},
+                                  {"stage_state", stage_->state()}};
+    write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
+    write_file_atomic(tmp + "/config.yaml", to_yaml(config_));
+    commit_checkpoint(config_.train.run_dir, step, tmp, config_.checkpoint.keep);
+  }
+  parallel_.world->barrier();  // nobody runs ahead of a checkpoint that is not on disk yet
+}
+
+AdamW::StepStats Trainer::optimizer_step(float lr) {
+  const KernelTable& k = kernels_for(Device::cpu);
+  Tensor& grads = model_->gradient_buffer();
+  if (grad_shard_.defined()) {
+    // ZeRO-1: sum this rank's slice over the replicas, update it, then share the parameters.
+    Tensor& params = model_->parameter_buffer();
+    const std::int64_t n = params.numel();
+    parallel_.dp->reduce_scatter(grads.f32(), grad_shard_.f32(), n);
+    const double norm = std::sqrt(parallel_.dp->sum(k.sum_squares(grad_shard_.f32(), grad_shard_.numel())));
+    const AdamW::StepStats stats = optimizer_->step(lr, grad_shard_.f32(), norm);
+    parallel_.dp->all_gather(params.f32() + optimizer_->begin(), params.f32(), n);
+    return stats;
+  }
+  if (sync_) sync_->finish();
+  return optimizer_->step(lr);
 }
 
 TrainResult Trainer::run() {
   namespace fs = std::filesystem;
-  fs::create_directories(config_.train.run_dir);
+  const bool main = parallel_.is_main();
+  if (main) fs::create_directories(config_.train.run_dir);
+  parallel_.world->barrier();
   start_or_resume();
-  write_file_atomic(config_.train.run_dir + "/config.yaml", to_yaml(config_));
+  if (main) write_file_atomic(config_.train.run_dir + "/config.yaml", to_yaml(config_));
   const GptShape& shape = model_->shape();
   const std::int64_t max_steps = config_.train.max_steps;
-  const std::int64_t global_batch = static_cast<std::int64_t>(config_.train.micro_batch) * config_.train.grad_accum;
+  const int dp = parallel_.dims.dp;
+  const std::int64_t global_batch = static_cast<std::int64_t>(config_.train.micro_batch) * config_.train.grad_accum * dp;
   const double flops_per_token = shape.flops_per_token(config_.train.seq_len);
-  say(options_.quiet, message("model: ", shape.n_layer, " layers, ", shape.n_head, " heads, width ",
-                              shape.n_embd, ", vocab ", shape.vocab, " (padded ", shape.padded_vocab,
-                              "), ", shape.post_norm ? "post" : "pre", "-LN, ", shape.num_params(),
-                              " parameters, ", flops_per_token / 1e6, " MFLOP/token"));
-  say(options_.quiet, message("batch: ", config_.train.micro_batch, " x ", config_.train.grad_accum,
-                              " accumulation = ", global_batch, " sequences of ", config_.train.seq_len,
-                              " tokens per step; ", omp_get_max_threads(), " threads"));
-  say(options_.quiet, stage_->describe());
-  say(options_.quiet, "run dir: " + config_.train.run_dir);
+  // log.peak_flops is one machine's; ranks on one machine share it.
+  const double peak = config_.log.peak_flops * parallel_.dims.world / parallel_.world->local_size();
+  say(message("model: ", shape.n_layer, " layers, ", shape.n_head, " heads, width ", shape.n_embd,
+              ", vocab ", shape.vocab, " (padded ", shape.padded_vocab, "), ",
+              shape.post_norm ? "post" : "pre", "-LN, ", shape.num_params(), " parameters, ",
+              flops_per_token / 1e6, " MFLOP/token"));
+  say(parallel_.describe() + (dp > 1 ? message(config_.parallel.zero ? ", ZeRO-1" : "",
+                                               sync_ ? message(", ", sync_->num_buckets(), " gradient buckets") : "")
+                                     : std::string()));
+  say(message("batch: ", config_.train.micro_batch, " x ", config_.train.grad_accum, " accumulation x ",
+              dp, " data-parallel = ", global_batch, " sequences of ", config_.train.seq_len,
+              " tokens per step; ", omp_get_max_threads(), " thread(s) per rank"));
+  say(stage_->describe());
+  say("run dir: " + config_.train.run_dir);
 
-  const bool bar = !options_.quiet && (config_.log.progress == "on" ||
-                                       (config_.log.progress == "auto" && isatty(STDOUT_FILENO)));
-  MetricsLog log(config_.train.run_dir, !options_.quiet, bar, max_steps, config_.log.every, start_step_);
+  // Under mpirun stdout is often a forwarded pseudo-terminal: "auto" draws no bar there.
+  const bool bar = !options_.quiet && main &&
+                   (config_.log.progress == "on" ||
+                    (config_.log.progress == "auto" && isatty(STDOUT_FILENO) && parallel_.dims.world == 1));
+  std::unique_ptr<MetricsLog> log;
+  if (main)
+    log = std::make_unique<MetricsLog>(config_.train.run_dir + "/metrics.jsonl", !options_.quiet, bar,
+                                       max_steps, config_.log.every, start_step_);
+  else if (config_.parallel.rank_logs)
+    log = std::make_unique<MetricsLog>(message(config_.train.run_dir, "/rank_", parallel_.rank, ".jsonl"),
+                                       false, false, max_steps, config_.log.every, start_step_);
+  StepContext ctx;
+  ctx.replica = parallel_.dp_rank;
+  ctx.replicas = dp;
+  if (dp > 1) ctx.sum_over_replicas = [this](double v) { return parallel_.dp->sum(v); };
+  if (sync_) ctx.before_last_backward = [this] { sync_->arm(); };
+
   TrainResult result;
   const std::int64_t last = options_.stop_after > 0 ? std::min(options_.stop_after, max_steps) : max_steps;
   double timed_seconds = 0.0;
@@ -131,41 +214,44 @@ TrainResult Trainer::run() {
     const auto t0 = std::chrono::steady_clock::now();
     const float lr = learning_rate(config_.optim, step, max_steps);
     model_->zero_grad();
-    const StepLoss loss = stage_->accumulate_gradients(*model_);
-    const AdamW::StepStats stats = optimizer_->step(lr);
+    const StepLoss loss = stage_->accumulate_gradients(*model_, ctx);
+    const AdamW::StepStats stats = optimizer_step(lr);
+    const double loss_sum = ctx.sum_over_replicas(loss.loss_sum);
+    const double tokens = ctx.sum_over_replicas(static_cast<double>(loss.tokens));
+    const auto processed = static_cast<std::int64_t>(loss.processed) * dp;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    tokens_seen_ += loss.processed;
+    tokens_seen_ += processed;
     StepRecord record;
     record.step = step;
-    record.loss = loss.loss_sum / loss.tokens;
+    record.loss = loss_sum / tokens;
     record.lr = lr;
     record.grad_norm = stats.grad_norm;
-    record.tokens_per_s = loss.processed / seconds;
-    record.mfu = flops_per_token * record.tokens_per_s / config_.log.peak_flops;
+    record.tokens_per_s = processed / seconds;
+    record.mfu = flops_per_token * record.tokens_per_s / peak;
     record.step_seconds = seconds;
     record.tokens = tokens_seen_;
-    log.step(record);
+    if (log) log->step(record);
     result.losses.push_back(record.loss);
     if (step > start_step_ + 1 || last == start_step_ + 1) {
       timed_seconds += seconds;
-      timed_tokens += loss.processed;
+      timed_tokens += processed;
     }
     if ((config_.train.eval_every > 0 && step % config_.train.eval_every == 0) || step == max_steps) {
-      if (auto val = stage_->validation_loss(*model_)) {
+      if (auto val = stage_->validation_loss(*model_, ctx)) {
         result.last_val_loss = val;
-        log.validation(step, *val);
+        if (log) log->validation(step, *val);
       }
     }
     if ((config_.checkpoint.every > 0 && step % config_.checkpoint.every == 0) || step == max_steps) {
       save_checkpoint(step);
-      log.note(message("checkpoint: step ", step));
+      if (log) log->note(message("checkpoint: step ", step));
     }
     result.last_step = step;
     ++result.steps_run;
   }
   if (timed_seconds > 0) {
     result.tokens_per_s = timed_tokens / timed_seconds;
-    result.mfu = flops_per_token * result.tokens_per_s / config_.log.peak_flops;
+    result.mfu = flops_per_token * result.tokens_per_s / peak;
   }
   return result;
 }

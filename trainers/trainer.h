@@ -14,6 +14,8 @@
 #include "core/config.h"
 #include "core/model/gpt.h"
 #include "core/optim/adamw.h"
+#include "parallel/grad_sync.h"
+#include "parallel/layout.h"
 #include "trainers/stage.h"
 
 namespace kiln {
@@ -40,7 +42,11 @@ struct TrainResult {
 
 class Trainer {
  public:
+  // One process, no MPI.
   Trainer(ExperimentConfig config, TrainOptions options);
+  // A rank of a parallel job; `parallel` must outlive the trainer. Every rank runs the same
+  // loop; only the main rank prints and writes files.
+  Trainer(ExperimentConfig config, TrainOptions options, ParallelContext& parallel);
   ~Trainer();
   TrainResult run();
 
@@ -49,12 +55,19 @@ class Trainer {
  private:
   void start_or_resume();
   void save_checkpoint(std::int64_t step);
+  // Gradients summed over replicas, clipped, and one AdamW update on every rank.
+  AdamW::StepStats optimizer_step(float lr);
+  void say(const std::string& line) const;
 
   ExperimentConfig config_;
   TrainOptions options_;
+  ParallelContext owned_parallel_;  // for the one-process constructor
+  ParallelContext& parallel_;
   std::unique_ptr<Stage> stage_;
   std::unique_ptr<Gpt> model_;
-  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<AdamW> optimizer_;    // the whole model, or this rank's slice (ZeRO-1)
+  std::unique_ptr<GradientSync> sync_;  // data parallelism without ZeRO
+  Tensor grad_shard_;                   // ZeRO-1: this rank's summed gradient slice
   std::int64_t start_step_ = 0;
   std::int64_t tokens_seen_ = 0;
 };

@@ -12,7 +12,7 @@ Tensor stored_view(const Gpt& model, const Parameter& p, const Tensor& t) {
   return t.view(0, {model.shape().vocab, model.shape().n_embd});
 }
 
-Tensor moment_view(const Gpt& model, const Parameter& p, Tensor& moments) {
+Tensor moment_view(const Gpt& model, const Parameter& p, const Tensor& moments) {
   const std::int64_t offset = p.value.f32() - model.parameters().front().value.f32();
   return moments.view(offset, p.value.shape());
 }
@@ -37,26 +37,30 @@ void load_model(Gpt& model, const std::string& path) {
   }
 }
 
-void save_optimizer(const Gpt& model, AdamW& optimizer, const std::string& path) {
+void save_optimizer(const Gpt& model, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                    std::int64_t steps, const std::string& path) {
+  KILN_ASSERT(exp_avg.numel() == model.parameter_buffer().numel() && exp_avg_sq.numel() == exp_avg.numel());
   std::vector<NamedTensor> tensors;
   for (const Parameter& p : model.parameters()) {
-    tensors.push_back({p.name + ".exp_avg", moment_view(model, p, optimizer.exp_avg())});
-    tensors.push_back({p.name + ".exp_avg_sq", moment_view(model, p, optimizer.exp_avg_sq())});
+    tensors.push_back({p.name + ".exp_avg", moment_view(model, p, exp_avg)});
+    tensors.push_back({p.name + ".exp_avg_sq", moment_view(model, p, exp_avg_sq)});
   }
-  write_safetensors(path, tensors, {{"optimizer", "adamw"}, {"steps", std::to_string(optimizer.steps())}});
+  write_safetensors(path, tensors, {{"optimizer", "adamw"}, {"steps", std::to_string(steps)}});
 }
 
-void load_optimizer(const Gpt& model, AdamW& optimizer, const std::string& path) {
+std::int64_t load_optimizer(const Gpt& model, Tensor& exp_avg, Tensor& exp_avg_sq,
+                            const std::string& path) {
+  KILN_ASSERT(exp_avg.numel() == model.parameter_buffer().numel() && exp_avg_sq.numel() == exp_avg.numel());
   const SafetensorsFile file(path);
   for (const Parameter& p : model.parameters()) {
-    Tensor m = moment_view(model, p, optimizer.exp_avg());
-    Tensor v = moment_view(model, p, optimizer.exp_avg_sq());
+    Tensor m = moment_view(model, p, exp_avg);
+    Tensor v = moment_view(model, p, exp_avg_sq);
     file.load_into(p.name + ".exp_avg", m);
     file.load_into(p.name + ".exp_avg_sq", v);
   }
   auto it = file.metadata().find("steps");
   KILN_CHECK(it != file.metadata().end(), path, ": no 'steps' in the metadata; not a kiln optimizer file");
-  optimizer.set_steps(std::stoll(it->second));
+  return std::stoll(it->second);
 }
 
 }  // namespace kiln

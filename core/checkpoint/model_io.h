@@ -16,8 +16,13 @@ void save_model(const Gpt& model, const std::string& path,
 // Loads every parameter by name; errors name the file, the tensor and the shapes that differ.
 void load_model(Gpt& model, const std::string& path);
 
-// AdamW moments as "<param name>.exp_avg" / ".exp_avg_sq" (padded shapes, as trained).
-void save_optimizer(const Gpt& model, AdamW& optimizer, const std::string& path);
-void load_optimizer(const Gpt& model, AdamW& optimizer, const std::string& path);
+// AdamW moments as "<param name>.exp_avg" / ".exp_avg_sq" (padded shapes, as trained), from
+// moment buffers laid out like the model's whole flat parameter buffer — whatever slices the
+// optimizers of a parallel run held, the file holds every parameter's moments.
+void save_optimizer(const Gpt& model, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                    std::int64_t steps, const std::string& path);
+// Fills whole-model moment buffers; returns the optimizer's step count.
+std::int64_t load_optimizer(const Gpt& model, Tensor& exp_avg, Tensor& exp_avg_sq,
+                            const std::string& path);
 
 }  // namespace kiln

@@ -110,12 +110,21 @@ void TokenLoader::fill_row(std::size_t shard, std::uint64_t start, int b, std::i
 void TokenLoader::next_batch(std::int32_t* inputs, std::int32_t* targets) {
   const Rng rng(seed_, kDataSampleStream);
   for (int b = 0; b < batch_; ++b) {
-    const std::uint64_t draw = position_ * static_cast<std::uint64_t>(batch_) + b;
+    // Row b of this rank is row part_*batch + b of a global batch of batch*parts rows.
+    const std::uint64_t rows = static_cast<std::uint64_t>(batch_) * parts_;
+    const std::uint64_t draw = position_ * rows + static_cast<std::uint64_t>(part_) * batch_ + b;
     const std::uint64_t w = scale_to(rng.u64(draw), total_starts_);
     auto [shard, start] = locate(starts_end_, w);
     fill_row(shard, start, b, inputs, targets);
   }
   ++position_;
+}
+
+void TokenLoader::set_partition(int part, int parts) {
+  KILN_CHECK(parts >= 1 && part >= 0 && part < parts, "data partition ", part, " of ", parts,
+             " is invalid");
+  part_ = part;
+  parts_ = parts;
 }
 
 void TokenLoader::batch_at(std::uint64_t index, std::int32_t* inputs,

@@ -26,12 +26,18 @@ class TokenLoader {
   TokenLoader(const std::string& pattern, int batch, int seq_len, std::uint64_t seed);
 
   // Next training batch: `batch` windows of seq_len+1 tokens at random starts (uniform over all
-  // valid starts across all shards, draw i = Rng(seed, kDataSampleStream).u64(position*batch+b)).
+  // valid starts across all shards, draw i = Rng(seed, kDataSampleStream).u64(position*batch+b);
+  // with a partition, rows part*batch .. of a global batch of batch*parts rows).
   // inputs[b*seq_len + t] = window[t], targets[b*seq_len + t] = window[t+1]; both (batch, seq_len).
   void next_batch(std::int32_t* inputs, std::int32_t* targets);
   // Batch `index` of a fixed sequential pass (non-overlapping windows from the start of the first
   // shard, wrapping around), for validation: the same index gives the same batch, always.
   void batch_at(std::uint64_t index, std::int32_t* inputs, std::int32_t* targets) const;
+
+  // Data parallelism: this loader draws part `part` of `parts` disjoint slices of every global
+  // batch, so `parts` loaders of `batch` rows see exactly what one loader of batch*parts rows
+  // sees, whatever the split.
+  void set_partition(int part, int parts);
 
   std::uint64_t position() const { return position_; }  // next_batch calls so far
   void set_position(std::uint64_t position) { position_ = position; }
@@ -53,6 +59,7 @@ class TokenLoader {
   int seq_len_;
   std::uint64_t seed_;
   std::uint64_t position_ = 0;
+  int part_ = 0, parts_ = 1;
   int vocab_size_ = 0;
   std::uint64_t num_tokens_ = 0;
   // Cumulative counts per shard: starts_end_[s] = valid random starts in shards 0..s.

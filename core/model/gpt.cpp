@@ -360,15 +360,20 @@ void Gpt::run_backward(const Batch& batch) {
     dres_.zero_();
     k.layernorm_backward(dres, w.grad.f32(), b.grad.f32(), dx, block_output(shape_.n_layer - 1),
                          w.value.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), n, c);
+    if (gradient_ready_) gradient_ready_(params_.size() - 2, params_.size());  // ln_f
   }
+  // Parameters are laid out wte, wpe, then 12 per block, then ln_f (pre-LN).
+  constexpr std::size_t kPerBlock = 12;
   for (int l = shape_.n_layer - 1; l >= 0; --l) {
     if (shape_.post_norm)
       block_backward_post(l, block_output(l - 1), dres);
     else
       block_backward_pre(l, block_output(l - 1), dres);
+    if (gradient_ready_) gradient_ready_(2 + kPerBlock * l, 2 + kPerBlock * (l + 1));
   }
   const std::int32_t* positions = batch.positions.empty() ? positions_.data() : batch.positions.data();
   k.embedding_backward(wte.grad.f32(), wpe.grad.f32(), dres, batch.inputs.data(), positions, n, c);
+  if (gradient_ready_) gradient_ready_(0, 2);  // wte (also the head) and wpe
 }
 
 }  // namespace kiln

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -86,6 +87,13 @@ class Gpt {
   double forward_backward(const Batch& batch, float loss_scale);
   void zero_grad() { grad_buffer_.zero_(); }
 
+  // Called during backward each time parameters [first, end) (indices into parameters()) hold
+  // their final gradient for the current micro-batch, in the order backward produces them (the
+  // last blocks first, the embeddings last). Data parallelism starts each gradient bucket's
+  // all-reduce from here, overlapping the rest of backward; the model itself knows no more.
+  using GradientReadyHook = std::function<void(std::size_t first, std::size_t end)>;
+  void set_gradient_ready_hook(GradientReadyHook hook) { gradient_ready_ = std::move(hook); }
+
   const Tensor& logits() const { return logits_; }   // (B, T, Vp) after forward()
   const Tensor& losses() const { return losses_; }   // (B, T)
 
@@ -127,6 +135,7 @@ class Gpt {
   std::map<std::string, std::size_t> param_index_;
   Tensor param_buffer_, grad_buffer_;
   std::vector<LayerParams> layer_params_, layer_grads_;
+  GradientReadyHook gradient_ready_;
 
   // Activations for the current (batch, seq_len), all views into one arena.
   int act_batch_ = 0, act_seq_ = 0;

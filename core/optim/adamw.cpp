@@ -1,6 +1,7 @@
 // AdamW, clipping and the learning-rate schedule.
 #include "core/optim/adamw.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace kiln {
@@ -16,27 +17,41 @@ float learning_rate(const OptimConfig& optim, std::int64_t step, std::int64_t ma
 }
 
 AdamW::AdamW(const OptimConfig& config, Gpt& model)
+    : AdamW(config, model, 0, model.parameter_buffer().numel()) {}
+
+AdamW::AdamW(const OptimConfig& config, Gpt& model, std::int64_t begin, std::int64_t end)
     : config_(config),
       model_(model),
       kernels_(&kernels_for(model.parameter_buffer().device())),
-      exp_avg_(Tensor::zeros(model.parameter_buffer().shape(), DType::f32, model.parameter_buffer().device())),
-      exp_avg_sq_(Tensor::zeros(model.parameter_buffer().shape(), DType::f32, model.parameter_buffer().device())) {
-  // Consecutive parameters with the same weight decay form one segment.
+      begin_(begin),
+      end_(end),
+      exp_avg_(Tensor::zeros({end - begin}, DType::f32, model.parameter_buffer().device())),
+      exp_avg_sq_(Tensor::zeros({end - begin}, DType::f32, model.parameter_buffer().device())) {
+  KILN_ASSERT(0 <= begin && begin <= end && end <= model.parameter_buffer().numel());
+  // The part of each parameter inside the slice; consecutive parts with the same weight decay
+  // form one segment. Offsets are relative to the slice.
   const float* base = model.parameter_buffer().f32();
   for (const Parameter& p : model.parameters()) {
     const float wd = p.decay ? config.weight_decay : 0.0f;
-    const std::int64_t offset = p.value.f32() - base;
+    const std::int64_t first = std::max(begin, p.value.f32() - base);
+    const std::int64_t last = std::min(end, p.value.f32() - base + p.value.numel());
+    if (first >= last) continue;
     if (!segments_.empty() && segments_.back().weight_decay == wd &&
-        segments_.back().offset + segments_.back().size == offset)
-      segments_.back().size += p.value.numel();
+        segments_.back().offset + segments_.back().size == first - begin)
+      segments_.back().size += last - first;
     else
-      segments_.push_back({offset, p.value.numel(), wd});
+      segments_.push_back({first - begin, last - first, wd});
   }
 }
 
 AdamW::StepStats AdamW::step(float lr) {
-  Tensor& grads = model_.gradient_buffer();
+  KILN_ASSERT(begin_ == 0 && end_ == model_.parameter_buffer().numel());
+  const Tensor& grads = model_.gradient_buffer();
   const double norm = std::sqrt(kernels_->sum_squares(grads.f32(), grads.numel()));
+  return step(lr, grads.f32(), norm);
+}
+
+AdamW::StepStats AdamW::step(float lr, const float* grads, double norm) {
   KILN_CHECK(std::isfinite(norm), "the gradient norm is ", norm, " at step ", steps_ + 1,
              "; lower optim.lr or check the data (training diverged)");
   float scale = 1.0f;
@@ -44,7 +59,7 @@ AdamW::StepStats AdamW::step(float lr) {
     scale = static_cast<float>(config_.grad_clip / (norm + 1e-6));
   ++steps_;
   const AdamWStep s{lr, config_.beta1, config_.beta2, config_.eps, scale, steps_};
-  kernels_->adamw_update(model_.parameter_buffer().f32(), grads.f32(), exp_avg_.f32(),
+  kernels_->adamw_update(model_.parameter_buffer().f32() + begin_, grads, exp_avg_.f32(),
                          exp_avg_sq_.f32(), segments_.data(), static_cast<int>(segments_.size()), s);
   return {norm, scale};
 }

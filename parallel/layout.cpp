@@ -1,0 +1,43 @@
+// Parallel layout checks and process groups.
+#include "parallel/layout.h"
+
+#include "core/error.h"
+
+namespace kiln {
+
+ParallelDims ParallelDims::from(int world_size, int tp) {
+  KILN_CHECK(tp >= 1, "parallel.tp=", tp, " must be at least 1");
+  KILN_CHECK(world_size % tp == 0, "the world has ", world_size, " ranks, which parallel.tp=", tp,
+             " does not divide; launch a multiple of ", tp, " ranks or change parallel.tp");
+  return {world_size, world_size / tp, tp};
+}
+
+std::string ParallelContext::describe() const {
+  return message("layout: ", dims.world, " rank(s) = ", dims.dp, " data-parallel x ", dims.tp,
+                 " tensor-parallel");
+}
+
+ParallelContext make_parallel_context(std::unique_ptr<Communicator> world, const ExperimentConfig& config) {
+  ParallelContext ctx;
+  ctx.dims = ParallelDims::from(world->size(), config.parallel.tp);
+  KILN_CHECK(ctx.dims.tp == 1, "parallel.tp=", ctx.dims.tp,
+             ": tensor parallelism is not available in this version of kiln; use parallel.tp=1 "
+             "(data parallelism over all ", ctx.dims.world, " ranks)");
+  ctx.rank = world->rank();
+  ctx.tp_rank = ctx.rank % ctx.dims.tp;
+  ctx.dp_rank = ctx.rank / ctx.dims.tp;
+  ctx.tp = world->split(ctx.dp_rank, ctx.tp_rank, "tensor-parallel");
+  ctx.dp = world->split(ctx.tp_rank, ctx.dp_rank, "data-parallel");
+  ctx.world = std::move(world);
+  return ctx;
+}
+
+ParallelContext single_process_context() {
+  ParallelContext ctx;
+  ctx.world = make_single_communicator("world");
+  ctx.dp = ctx.world->split(0, 0, "data-parallel");
+  ctx.tp = ctx.world->split(0, 0, "tensor-parallel");
+  return ctx;
+}
+
+}  // namespace kiln
