@@ -490,6 +490,10 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
                  heads, " (e.g. ", lower > 0 ? std::to_string(lower) + " or " : "", lower + heads,
                  ") or ", key(heads), " to a divisor of ", width));
   }
+  const int& block = c.model.attention_block;
+  if (block != 16 && block != 32 && block != 64 && block != 128)
+    fail(origins.by_key.count(key(block)) ? origins.of(key(block)) : name,
+         message(show(block), " is not a tile size the attention kernels have; use 16, 32, 64 or 128"));
   const int &seq_len = c.train.seq_len, &context = c.model.context;
   if (seq_len > context)
     fail(where(seq_len, context), message(show(seq_len), " is longer than ", show(context),
@@ -547,7 +551,7 @@ std::string to_yaml(const ExperimentConfig& config) {
   std::replace(source.begin(), source.end(), '\n', ' ');
   std::string out =
       "# kiln resolved config: defaults < YAML file < command line. Every key is listed;\n"
-      "# `kiln train --help-config` describes them.\n";
+      "# `kiln config` describes them.\n";
   if (!source.empty()) out += "# source: " + source + "\n";
   for (const Section& section : schema().sections) {
     std::vector<std::pair<std::string, const Key*>> lines;

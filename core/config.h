@@ -94,7 +94,7 @@ ExperimentConfig parse_config(const std::string& yaml_text, const std::string& n
 void apply_overrides(ExperimentConfig& config, const std::vector<std::string>& overrides);
 // The fully resolved config as YAML, every key present; parse_config(to_yaml(c)) == c.
 std::string to_yaml(const ExperimentConfig& config);
-// Every key with type, default and help, for `kiln train --help-config`.
+// Every key with type, default and help, for `kiln config`.
 std::string config_reference();
 
 }  // namespace kiln

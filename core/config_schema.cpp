@@ -22,7 +22,7 @@ void model_keys(Schema& s) {
       .key("n_embd", &ModelConfig::n_embd, between(1, 65536), "width of the residual stream")
       .key("context", &ModelConfig::context, between(1, 1 << 20),
            "number of learned positions (longest sequence the model can read)")
-      .key("vocab_size", &ModelConfig::vocab_size, at_least(0),
+      .key("vocab_size", &ModelConfig::vocab_size, between(0, 1 << 24),
            "0: take it from data.tokenizer (byte: 257)")
       .key("vocab_multiple", &ModelConfig::vocab_multiple, between(1, 65536),
            "the embedding is padded to a multiple of this")
@@ -30,8 +30,8 @@ void model_keys(Schema& s) {
       .key("matmul", &ModelConfig::matmul, one_of(kMatmulChoices),
            "matmul inputs (bf16: fp32 accumulate and fp32 master weights)")
       .key("init_std", &ModelConfig::init_std, above(0), "std of the normal weight init")
-      .key("attention_block", &ModelConfig::attention_block, between(1, 1024),
-           "query/key tile of the attention kernel");
+      .key("attention_block", &ModelConfig::attention_block, between(16, 128),
+           "query/key tile of the attention kernel: 16, 32, 64 or 128");
 }
 
 void data_keys(Schema& s) {

@@ -17,6 +17,7 @@ int train(const TrainArgs& args) {
   options.resume = args.resume;
   options.init_from = args.init_from;
   options.stop_after = args.stop_after;
+  options.overwrite = args.overwrite;
   ParallelContext parallel =
       make_parallel_context(make_world_communicator(config.parallel.timeout_s, true), config);
   Trainer trainer(std::move(config), options, parallel);

@@ -16,6 +16,7 @@ struct TrainArgs {
   std::vector<std::string> overrides;
   std::string resume;  // "" fresh, "auto" newest in run_dir, or a path
   std::string init_from;
+  bool overwrite = false;
   std::int64_t stop_after = 0;
 };
 int train(const TrainArgs& args);

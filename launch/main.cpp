@@ -18,6 +18,7 @@ Examples:
   kiln train configs/quickstart.yaml
   kiln train configs/quickstart.yaml optim.lr=1e-3 model.n_layer=6
   kiln train configs/quickstart.yaml --resume          # continue from the newest checkpoint
+  mpirun -np 2 kiln train configs/quickstart.yaml      # data parallel over 2 ranks
   kiln sample --checkpoint runs/quickstart --prompt "The meaning of life" --top-k 40
   kiln config configs/quickstart.yaml train.max_steps=50   # print the resolved config
   kiln config                                              # every config key with its help
@@ -44,10 +45,12 @@ int main(int argc, char** argv) {
   auto* train = app.add_subcommand("train", "Train a model from a YAML experiment config");
   train->add_option("config", train_args.config, "Experiment YAML (configs/*.yaml)")->required();
   train->add_option("overrides", train_args.overrides, "Overrides: section.key=value ...");
-  train->add_option("--resume", train_args.resume,
-                    "Resume from the newest checkpoint in train.run_dir, or from PATH")
-      ->expected(0, 1)
-      ->default_str("auto");
+  bool resume = false;
+  std::string resume_from;
+  train->add_flag("--resume", resume, "Continue from the newest checkpoint in train.run_dir");
+  train->add_option("--resume-from", resume_from, "Continue from this checkpoint folder or run dir");
+  train->add_flag("--overwrite", train_args.overwrite,
+                  "Start afresh even if train.run_dir holds a run (its checkpoints and metrics are deleted)");
   train->add_option("--init-from", train_args.init_from, "Initial weights (a model.safetensors)");
   train->add_option("--stop-after", train_args.stop_after,
                     "Stop after this step (as if interrupted), keeping the schedule of max_steps");
@@ -87,7 +90,10 @@ int main(int argc, char** argv) {
   }
   int code = 0;
   try {
-    if (*train) code = kiln::cli::train(train_args);
+    if (*train) {
+      train_args.resume = !resume_from.empty() ? resume_from : (resume ? "auto" : "");
+      code = kiln::cli::train(train_args);
+    }
     if (*tokenize) code = kiln::cli::tokenize(tok);
     if (*sample) {
       sample_args.sample.stop_at_eot = !no_stop;

@@ -1,6 +1,9 @@
 // Pretraining stage and the stage factory.
 #include "trainers/pretrain.h"
 
+#include <algorithm>
+
+#include "core/data/tokenizer.h"
 #include "core/error.h"
 
 namespace kiln {
@@ -26,6 +29,24 @@ PretrainStage::PretrainStage(const ExperimentConfig& config, int replica, int re
     KILN_CHECK(val_->vocab_size() == train_.vocab_size(), "data.val shards have vocabulary ",
                val_->vocab_size(), " but data.train shards have ", train_.vocab_size(),
                "; tokenize both with the same tokenizer");
+  // The model is sized by the tokenizer (so `kiln sample` can decode what it learned); the
+  // shards' ids must fit in it.
+  vocab_size_ = make_tokenizer(config.data.tokenizer)->vocab_size();
+  KILN_CHECK(train_.vocab_size() <= vocab_size_, config.data.train, ": the shards were written "
+             "with a vocabulary of ", train_.vocab_size(), " tokens but data.tokenizer=",
+             config.data.tokenizer, " has ", vocab_size_, "; set data.tokenizer to the "
+             "tokenizer that wrote them (or re-tokenize)");
+  if (val_) {
+    // Validation scores each window at most once.
+    const auto windows = static_cast<std::int64_t>(val_->num_sequential());
+    const std::int64_t fit = std::max<std::int64_t>(1, windows / config.train.micro_batch);
+    if (eval_batches_ > fit) {
+      note_ = message("validation: data.val holds ", windows, " windows of ", config.train.seq_len + 1,
+                      " tokens, enough for ", fit, " of the ", eval_batches_,
+                      " batches train.eval_batches asks for; using ", fit);
+      eval_batches_ = static_cast<int>(fit);
+    }
+  }
   train_.set_partition(replica, replicas);
   micro_.assign(grad_accum_, empty_batch());
 }
@@ -71,8 +92,9 @@ std::optional<double> PretrainStage::validation_loss(Gpt& model, StepContext& ct
 nlohmann::json PretrainStage::state() const { return {{"train_position", train_.position()}}; }
 
 void PretrainStage::restore(const nlohmann::json& state) {
-  KILN_CHECK(state.contains("train_position"),
-             "trainer_state.json has no stage.train_position; it was not written by a pretrain run");
+  KILN_CHECK(state.contains("train_position") && state["train_position"].is_number_unsigned(),
+             "trainer_state.json: stage_state.train_position is missing or not a non-negative "
+             "integer; it was not written by a pretrain run, or it is damaged");
   train_.set_position(state.at("train_position").get<std::uint64_t>());
 }
 
@@ -80,6 +102,7 @@ std::string PretrainStage::describe() const {
   std::string s = message("train: ", train_.shards().size(), " shard(s), ", train_.num_tokens(),
                           " tokens, vocab ", train_.vocab_size());
   if (val_) s += message("; validation: ", val_->num_tokens(), " tokens");
+  if (!note_.empty()) s += "\n" + note_;
   return s;
 }
 

@@ -13,7 +13,7 @@ class PretrainStage : public Stage {
   PretrainStage(const ExperimentConfig& config, int replica, int replicas);
 
   std::string name() const override { return "pretrain"; }
-  int vocab_size() const override { return train_.vocab_size(); }
+  int vocab_size() const override { return vocab_size_; }
   StepLoss accumulate_gradients(Gpt& model, StepContext& ctx) override;
   std::optional<double> validation_loss(Gpt& model, StepContext& ctx) override;
   nlohmann::json state() const override;
@@ -24,10 +24,12 @@ class PretrainStage : public Stage {
   Batch empty_batch() const;
 
   int grad_accum_;
+  int vocab_size_;
   int eval_batches_;
   TokenLoader train_;
   std::optional<TokenLoader> val_;
   std::vector<Batch> micro_;  // reused micro-batch buffers
+  std::string note_;          // a remark for describe(), e.g. validation capped
 };
 
 }  // namespace kiln

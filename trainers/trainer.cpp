@@ -47,8 +47,54 @@ int threads_per_rank(const TrainConfig& train, const Communicator& world) {
 }  // namespace
 
 ExperimentConfig checkpoint_config(const std::string& checkpoint_dir) {
+  KILN_CHECK(std::filesystem::exists(checkpoint_dir + "/config.yaml"), checkpoint_dir,
+             " has no config.yaml; it is not a kiln checkpoint folder (those are "
+             "run_dir/checkpoints/step_NNNNNNNN)");
   return load_config(checkpoint_dir + "/config.yaml");
 }
+
+namespace {
+// The fields of trainer_state.json, each checked, with errors naming the file and the field.
+struct TrainerState {
+  std::int64_t step, tokens_seen, threads;
+  nlohmann::json stage_state;
+};
+
+TrainerState read_trainer_state(const std::string& path, const std::string& stage, int version) {
+  const auto state = nlohmann::json::parse(read_file(path), nullptr, false);
+  KILN_CHECK(!state.is_discarded() && state.is_object() && state.value("format", "") == "kiln-trainer-state",
+             path, ": not a kiln trainer state file");
+  auto integer = [&](const char* field) {
+    KILN_CHECK(state.contains(field) && state[field].is_number_integer() && state[field].get<std::int64_t>() >= 0,
+               path, ": field '", field, "' must be a non-negative integer; the file is damaged");
+    return state[field].get<std::int64_t>();
+  };
+  KILN_CHECK(integer("version") <= version, path, ": version ", integer("version"),
+             " is newer than this kiln (", version, ")");
+  KILN_CHECK(state.value("stage", "") == stage, path, ": checkpoint of stage '",
+             state.value("stage", ""), "' cannot resume stage '", stage, "'");
+  KILN_CHECK(state.contains("stage_state") && state["stage_state"].is_object(), path,
+             ": field 'stage_state' is missing; the file is damaged");
+  return {integer("step"), integer("tokens_seen"), integer("threads"), state["stage_state"]};
+}
+
+// A fresh start must not silently replace an earlier run's metrics and checkpoints.
+void prepare_run_dir(const std::string& run_dir, bool overwrite) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const bool has_run = fs::exists(run_dir + "/metrics.jsonl", ec) || fs::exists(run_dir + "/checkpoints", ec);
+  if (has_run) {
+    KILN_CHECK(overwrite, "train.run_dir=", run_dir, " already holds a run (metrics.jsonl or "
+               "checkpoints/); continue it with --resume, choose another train.run_dir, or pass "
+               "--overwrite to replace it");
+    fs::remove_all(run_dir + "/checkpoints", ec);
+    fs::remove(run_dir + "/metrics.jsonl", ec);
+  }
+  fs::create_directories(run_dir, ec);
+  KILN_CHECK(!ec && fs::is_directory(run_dir), "cannot create train.run_dir=", run_dir, ": ",
+             ec ? ec.message() : "a file of that name exists", "; choose another train.run_dir");
+}
+}  // namespace
 
 Trainer::Trainer(ExperimentConfig config, TrainOptions options)
     : Trainer(std::move(config), std::move(options), owned_parallel_) {}
@@ -85,6 +131,9 @@ void Trainer::start_or_resume() {
   else if (!options_.resume.empty())
     checkpoint = resolve_checkpoint(options_.resume);
   if (!checkpoint) {
+    // --resume with nothing to resume from starts afresh, replacing what an early crash left.
+    if (parallel_.is_main()) prepare_run_dir(config_.train.run_dir, options_.overwrite || !options_.resume.empty());
+    parallel_.world->barrier();
     if (!options_.init_from.empty()) {
       load_model(*model_, options_.init_from);
       say("initial weights from " + options_.init_from);
@@ -101,18 +150,16 @@ void Trainer::start_or_resume() {
   optimizer_->set_steps(load_optimizer(*model_, m, v, *checkpoint + "/optimizer.safetensors"));
   optimizer_->exp_avg().copy_from(m.view(optimizer_->begin(), {optimizer_->end() - optimizer_->begin()}));
   optimizer_->exp_avg_sq().copy_from(v.view(optimizer_->begin(), {optimizer_->end() - optimizer_->begin()}));
-  const std::string state_path = *checkpoint + "/trainer_state.json";
-  auto state = nlohmann::json::parse(read_file(state_path), nullptr, false);
-  KILN_CHECK(!state.is_discarded() && state.value("format", "") == "kiln-trainer-state", state_path,
-             ": not a kiln trainer state file");
-  KILN_CHECK(state.value("version", 0) <= kTrainerStateVersion, state_path, ": version ",
-             state.value("version", 0), " is newer than this kiln (", kTrainerStateVersion, ")");
-  KILN_CHECK(state.value("stage", "") == stage_->name(), state_path, ": checkpoint of stage '",
-             state.value("stage", ""), "' cannot resume stage '", stage_->name(), "'");
-  start_step_ = state.at("step").get<std::int64_t>();
-  tokens_seen_ = state.value("tokens_seen", std::int64_t{0});
-  stage_->restore(state.at("stage_state"));
+  const TrainerState state =
+      read_trainer_state(*checkpoint + "/trainer_state.json", stage_->name(), kTrainerStateVersion);
+  start_step_ = state.step;
+  tokens_seen_ = state.tokens_seen;
+  stage_->restore(state.stage_state);
   say(message("resumed from ", *checkpoint, " at step ", start_step_));
+  if (state.threads != omp_get_max_threads())
+    say(message("note: the checkpoint was written with ", state.threads, " thread(s) per rank and "
+                "this run uses ", omp_get_max_threads(), "; it continues correctly but not "
+                "bit-identically (set train.threads=", state.threads, " for that)"));
 }
 
 void Trainer::save_checkpoint(std::int64_t step) {
@@ -165,8 +212,6 @@ AdamW::StepStats Trainer::optimizer_step(float lr) {
 TrainResult Trainer::run() {
   namespace fs = std::filesystem;
   const bool main = parallel_.is_main();
-  if (main) fs::create_directories(config_.train.run_dir);
-  parallel_.world->barrier();
   start_or_resume();
   if (main) write_file_atomic(config_.train.run_dir + "/config.yaml", to_yaml(config_));
   const GptShape& shape = model_->shape();
@@ -207,6 +252,7 @@ TrainResult Trainer::run() {
   if (sync_) ctx.before_last_backward = [this] { sync_->arm(); };
 
   TrainResult result;
+  result.last_step = start_step_;
   const std::int64_t last = options_.stop_after > 0 ? std::min(options_.stop_after, max_steps) : max_steps;
   double timed_seconds = 0.0;
   std::int64_t timed_tokens = 0;
@@ -236,7 +282,7 @@ TrainResult Trainer::run() {
       timed_seconds += seconds;
       timed_tokens += processed;
     }
-    if ((config_.train.eval_every > 0 && step % config_.train.eval_every == 0) || step == max_steps) {
+    if (config_.train.eval_every > 0 && (step % config_.train.eval_every == 0 || step == max_steps)) {
       if (auto val = stage_->validation_loss(*model_, ctx)) {
         result.last_val_loss = val;
         if (log) log->validation(step, *val);

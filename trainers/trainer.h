@@ -28,6 +28,9 @@ struct TrainOptions {
   std::int64_t stop_after = 0;
   // Initial weights from a safetensors file instead of random initialisation.
   std::string init_from;
+  // Starting fresh in a run dir that already holds a run is an error unless this is set; then
+  // its checkpoints and metrics are deleted first.
+  bool overwrite = false;
   bool quiet = false;  // no console output (tests)
 };
 

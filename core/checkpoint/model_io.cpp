@@ -1,6 +1,9 @@
 // Safetensors save and load of model weights and optimizer moments.
 #include "core/checkpoint/model_io.h"
 
+#include <charconv>
+#include <cmath>
+
 #include "core/checkpoint/safetensors.h"
 
 namespace kiln {
@@ -34,6 +37,10 @@ void load_model(Gpt& model, const std::string& path) {
                "'; the checkpoint belongs to a model of another shape or kind (compare its config.yaml)");
     Tensor view = stored_view(model, p, p.value);
     file.load_into(p.name, view);
+    const float* w = view.f32();
+    for (std::int64_t i = 0; i < view.numel(); ++i)
+      KILN_CHECK(std::isfinite(w[i]), path, ": tensor '", p.name, "' holds a non-finite value (",
+                 w[i], ") at element ", i, "; the checkpoint is damaged or training diverged");
   }
 }
 
@@ -60,7 +67,11 @@ std::int64_t load_optimizer(const Gpt& model, Tensor& exp_avg, Tensor& exp_avg_s
   }
   auto it = file.metadata().find("steps");
   KILN_CHECK(it != file.metadata().end(), path, ": no 'steps' in the metadata; not a kiln optimizer file");
-  return std::stoll(it->second);
+  std::int64_t steps = -1;
+  const auto [end, ec] = std::from_chars(it->second.data(), it->second.data() + it->second.size(), steps);
+  KILN_CHECK(ec == std::errc() && end == it->second.data() + it->second.size() && steps >= 0, path,
+             ": metadata 'steps' is '", it->second, "', not a step count; the file is damaged");
+  return steps;
 }
 
 }  // namespace kiln

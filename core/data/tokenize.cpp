@@ -1,8 +1,9 @@
 // tokenize_corpus: text files -> documents -> token ids -> train/val shards + manifest.json.
 // Two passes over the text: the first finds the files and counts the documents, so the split
 // can be fixed up before anything is written (validation must exist when val_fraction > 0, and
-// training must not end up empty); the second encodes and writes. Only the document being
-// encoded and at most one shard's worth of tokens per split are held in memory.
+// training must not end up empty); the second encodes and writes. Each input file is read
+// whole (so a single file must fit in memory) and at most one shard's worth of tokens per split
+// is held.
 #include "core/data/tokenize.h"
 
 #include <algorithm>

@@ -16,7 +16,11 @@ BlockLayout dense_causal_layout(std::int64_t t, int block) {
   KILN_CHECK(t >= 1, "sequence length must be at least 1, got ", t);
   BlockLayout layout;
   layout.block = block;
-  layout.num_blocks = static_cast<int>((t + block - 1) / block);
+  const std::int64_t blocks = (t + block - 1) / block;
+  KILN_CHECK(blocks * (blocks + 1) / 2 < (std::int64_t{1} << 31), "a causal layout of ", t,
+             " tokens in blocks of ", block, " has more than 2^31 blocks; use a larger "
+             "model.attention_block or a shorter sequence");
+  layout.num_blocks = static_cast<int>(blocks);
   layout.row_ptr.reserve(layout.num_blocks + 1);
   layout.row_ptr.push_back(0);
   for (int q = 0; q < layout.num_blocks; ++q) {

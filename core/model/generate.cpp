@@ -107,6 +107,12 @@ std::vector<std::int32_t> Generator::generate(const std::vector<std::int32_t>& p
                                               const SampleOptions& options, std::int32_t eot,
                                               const std::function<void(std::int32_t)>& on_token) {
   KILN_CHECK(!prompt.empty(), "the prompt is empty; give at least one token");
+  KILN_CHECK(options.max_tokens >= 0, "--max-tokens ", options.max_tokens, " must be >= 0");
+  KILN_CHECK(std::isfinite(options.temperature) && options.temperature >= 0.0f, "--temperature ",
+             options.temperature, " must be a finite number >= 0 (0 picks the likeliest token)");
+  KILN_CHECK(options.top_k >= 0, "--top-k ", options.top_k, " must be >= 0 (0 keeps every token)");
+  KILN_CHECK(options.top_p > 0.0f && options.top_p <= 1.0f, "--top-p ", options.top_p,
+             " must be in (0, 1] (1 keeps every token)");
   const int context = model_.shape().context;
   std::vector<std::int32_t> all = prompt;
   if (static_cast<int>(all.size()) > context) all.erase(all.begin(), all.end() - context);
@@ -121,9 +127,10 @@ std::vector<std::int32_t> Generator::generate(const std::vector<std::int32_t>& p
     all.push_back(next);
     if (on_token) on_token(next);
     if (i + 1 == options.max_tokens) break;
-    if (length_ == context) {  // slide: refill the cache with the newest half of the context
+    if (length_ == context) {  // slide: refill the cache with (up to) the newest half
       reset();
-      for (auto it = all.end() - context / 2; it != all.end() - 1; ++it) step(*it);
+      const int keep = std::min(context / 2, context - 1);  // tokens before `next`
+      for (auto it = all.end() - 1 - keep; it != all.end() - 1; ++it) step(*it);
     }
     logits = step(next);
   }

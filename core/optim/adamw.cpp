@@ -11,7 +11,9 @@ float learning_rate(const OptimConfig& optim, std::int64_t step, std::int64_t ma
     return optim.lr * static_cast<float>(step) / static_cast<float>(optim.warmup_steps);
   if (optim.schedule == "constant") return optim.lr;
   const double span = static_cast<double>(max_steps - optim.warmup_steps);
-  const double progress = span > 0 ? std::min(1.0, (step - optim.warmup_steps) / span) : 1.0;
+  // Step warmup+1 (step 1 without warmup) is at the peak; the last step is one decay step short
+  // of the floor.
+  const double progress = span > 0 ? std::min(1.0, (step - 1 - optim.warmup_steps) / span) : 1.0;
   const double min_lr = static_cast<double>(optim.lr) * optim.min_lr_ratio;
   return static_cast<float>(min_lr + 0.5 * (optim.lr - min_lr) * (1.0 + std::cos(M_PI * progress)));
 }

@@ -110,7 +110,11 @@ TEST_F(CliTest, TokenizeTrainResumeSample) {
   const CliRun part = kiln("train " + cfg + " --stop-after 20");
   ASSERT_EQ(part.code, 0) << part.output;
   EXPECT_NE(part.output.find("MFU"), std::string::npos) << part.output;
-  const CliRun rest = kiln("train " + cfg + " --resume");
+  // A fresh start may not replace the run; --resume continues it (overrides may follow).
+  const CliRun clash = kiln("train " + cfg);
+  EXPECT_EQ(clash.code, 1);
+  EXPECT_NE(clash.output.find("--overwrite"), std::string::npos) << clash.output;
+  const CliRun rest = kiln("train " + cfg + " --resume log.every=5");
   ASSERT_EQ(rest.code, 0) << rest.output;
   EXPECT_NE(rest.output.find("resumed from"), std::string::npos) << rest.output;
   EXPECT_NE(rest.output.find("step     30/30"), std::string::npos) << rest.output;
@@ -124,7 +128,26 @@ TEST_F(CliTest, TokenizeTrainResumeSample) {
                           " --prompt 'the ' --max-tokens 20 --seed 3 --no-stop");
   ASSERT_EQ(sample.code, 0) << sample.output;
   EXPECT_GE(sample.output.size(), 20u) << sample.output;
+  EXPECT_EQ(kiln("sample --checkpoint " + (dir_ / "run").string() + " --top-p 0").code, 1);
   // The same seed gives the same text.
   EXPECT_EQ(sample.output, kiln("sample --checkpoint " + (dir_ / "run").string() +
                                 " --prompt 'the ' --max-tokens 20 --seed 3 --no-stop").output);
+}
+
+TEST_F(CliTest, OverwriteReplacesARun) {
+  ASSERT_EQ(kiln("tokenize --input " + (dir_ / "corpus").string() + " --separator % --out " +
+                 (dir_ / "data").string()).code, 0);
+  const std::string cfg = tiny_config();
+  ASSERT_EQ(kiln("train " + cfg + " train.max_steps=10").code, 0);
+  const CliRun again = kiln("train " + cfg + " train.max_steps=5 --overwrite");
+  ASSERT_EQ(again.code, 0) << again.output;
+  EXPECT_FALSE(fs::exists(dir_ / "run" / "checkpoints" / "step_00000010"));
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "checkpoints" / "step_00000005"));
+}
+
+TEST_F(CliTest, UnsupportedAttentionTileIsAConfigError) {
+  const CliRun r = kiln("train " + tiny_config() + " model.attention_block=100");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.output.find("16, 32, 64 or 128"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir_ / "run"));  // nothing written before the config is valid
 }

@@ -90,6 +90,7 @@ TEST_F(TrainerTest, ValidationLossFallsWellBelowUniform) {
   const kiln::TrainResult result = trainer.run();
   ASSERT_EQ(result.steps_run, 40);
   ASSERT_TRUE(result.last_val_loss.has_value());
+  // Uniform over the 50 symbols the data uses would be ln(50) = 3.9.
   EXPECT_LT(*result.last_val_loss, 0.5 * std::log(50.0)) << "the model did not learn";
   EXPECT_LT(result.losses.back(), result.losses.front());
 }
@@ -153,7 +154,8 @@ TEST_F(TrainerTest, CheckpointHoldsHuggingFaceWeightsStateAndConfig) {
   const fs::path ckpt = fs::path(c.train.run_dir) / "checkpoints" / "step_00000010";
   ASSERT_TRUE(fs::exists(ckpt / "model.safetensors"));
   const kiln::SafetensorsFile weights((ckpt / "model.safetensors").string());
-  EXPECT_EQ(weights.shape("transformer.wte.weight"), (kiln::Shape{50, 32}));  // unpadded
+  // The byte tokenizer's 257 rows (the data uses 50 of them), without the padding to 320.
+  EXPECT_EQ(weights.shape("transformer.wte.weight"), (kiln::Shape{257, 32}));
   EXPECT_EQ(weights.shape("transformer.h.1.attn.c_attn.weight"), (kiln::Shape{32, 96}));
   EXPECT_EQ(weights.shape("transformer.h.0.mlp.c_proj.weight"), (kiln::Shape{128, 32}));
   EXPECT_TRUE(weights.contains("transformer.ln_f.bias"));
