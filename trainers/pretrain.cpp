@@ -39,7 +39,7 @@ PretrainStage::PretrainStage(const ExperimentConfig& config, int replica, int re
   if (val_) {
     // Validation scores each window at most once.
     const auto windows = static_cast<std::int64_t>(val_->num_sequential());
-    const std::int64_t fit = std::max<std::int64_t>(1, windows / config.train.micro_batch);
+    const std::int64_t fit = std::max<std::int64_t>(1, windows / (config.train.micro_batch * replicas));
     if (eval_batches_ > fit) {
       note_ = message("validation: data.val holds ", windows, " windows of ", config.train.seq_len + 1,
                       " tokens, enough for ", fit, " of the ", eval_batches_,
@@ -81,8 +81,10 @@ std::optional<double> PretrainStage::validation_loss(Gpt& model, StepContext& ct
   if (!val_) return std::nullopt;
   Batch b = empty_batch();
   double sum = 0.0, tokens = 0.0;
-  for (int i = ctx.replica; i < eval_batches_; i += ctx.replicas) {
-    val_->batch_at(i, b.inputs.data(), b.targets.data());
+  // Validation batch i of the whole job is `replicas` loader batches; each replica scores its own
+  // one, so the job scores the same windows whatever its layout.
+  for (int i = 0; i < eval_batches_; ++i) {
+    val_->batch_at(static_cast<std::uint64_t>(i) * ctx.replicas + ctx.replica, b.inputs.data(), b.targets.data());
     sum += model.forward(b);
     tokens += static_cast<double>(b.loss_tokens());
   }

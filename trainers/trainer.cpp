@@ -213,6 +213,7 @@ TrainResult Trainer::run() {
   namespace fs = std::filesystem;
   const bool main = parallel_.is_main();
   start_or_resume();
+  if (main) fs::create_directories(config_.train.run_dir);  // resuming into a new folder
   if (main) write_file_atomic(config_.train.run_dir + "/config.yaml", to_yaml(config_));
   const GptShape& shape = model_->shape();
   const std::int64_t max_steps = config_.train.max_steps;
