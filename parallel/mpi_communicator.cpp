@@ -154,7 +154,7 @@ class MpiCommunicator : public Communicator {
  private:
   std::string describe(const char* op, std::int64_t n) const {
     return message("rank ", rank_, " of the ", label_, " group (", size_, " ranks): ", op,
-                   n > 0 ? message(" of ", n, " floats") : std::string());
+                   n > 0 ? message(" of ", n, n == 1 ? " value" : " values") : std::string());
   }
 
   static void check_count(std::int64_t n, const char* op) {

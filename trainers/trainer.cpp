@@ -7,6 +7,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -35,6 +38,23 @@ void check_same_model(const ModelConfig& saved, const ModelConfig& now, const st
   same("vocab_size", saved.vocab_size, now.vocab_size);
   same("vocab_multiple", saved.vocab_multiple, now.vocab_multiple);
   same("norm", saved.norm, now.norm);
+}
+
+// A test hook for failure handling (docs/parallel.md): KILN_FAULT="hang:RANK:STEP" makes that
+// rank stop responding, and "kill:RANK:STEP" makes it die, at the start of that step.
+void inject_fault(int rank, std::int64_t step) {
+  static const char* fault = std::getenv("KILN_FAULT");
+  if (fault == nullptr) return;
+  char kind[8] = {};
+  int fault_rank = -1;
+  long long fault_step = -1;
+  if (std::sscanf(fault, "%7[a-z]:%d:%lld", kind, &fault_rank, &fault_step) != 3) return;
+  if (fault_rank != rank || fault_step != step) return;
+  std::fprintf(stderr, "kiln: KILN_FAULT: rank %d %s at step %lld\n", rank, kind, fault_step);
+  std::fflush(stderr);
+  if (std::strcmp(kind, "kill") == 0) std::raise(SIGKILL);
+  if (std::strcmp(kind, "hang") == 0)
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
 }
 
 // Threads per rank: train.threads, else the machine's cores shared by the ranks on it.
@@ -258,6 +278,7 @@ TrainResult Trainer::run() {
   double timed_seconds = 0.0;
   std::int64_t timed_tokens = 0;
   for (std::int64_t step = start_step_ + 1; step <= last; ++step) {
+    inject_fault(parallel_.rank, step);
     const auto t0 = std::chrono::steady_clock::now();
     const float lr = learning_rate(config_.optim, step, max_steps);
     model_->zero_grad();

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -150,4 +151,60 @@ TEST_F(CliTest, UnsupportedAttentionTileIsAConfigError) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("16, 32, 64 or 128"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir_ / "run"));  // nothing written before the config is valid
+}
+
+// Several ranks launched by mpirun, as users do; root-safe flags, one thread per rank.
+std::string mpirun(int ranks, const std::string& env = "") {
+  return "env OMP_NUM_THREADS=1 " + env + " " + KILN_MPIEXEC +
+         " --allow-run-as-root --oversubscribe --bind-to none --mca btl self,vader -np " +
+         std::to_string(ranks) + " ";
+}
+
+CliRun run_shell(const std::string& command) {
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  CliRun run{-1, ""};
+  if (!pipe) return run;
+  char buffer[4096];
+  std::size_t n;
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) run.output.append(buffer, n);
+  const int status = pclose(pipe);
+  run.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return run;
+}
+
+TEST_F(CliTest, MpirunTrainsOneJobAndLogsOnce) {
+  ASSERT_EQ(kiln("tokenize --input " + (dir_ / "corpus").string() + " --separator % --out " +
+                 (dir_ / "data").string()).code, 0);
+  const CliRun r = run_shell(mpirun(2) + KILN_BINARY + " train " + tiny_config() + " train.threads=0");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("2 data-parallel"), std::string::npos) << r.output;
+  // One job: each step logged once, by rank 0.
+  std::size_t lines = 0;
+  for (std::size_t pos = 0; (pos = r.output.find("step     30/30", pos)) != std::string::npos; ++pos) ++lines;
+  EXPECT_EQ(lines, 1u) << r.output;
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "checkpoints" / "step_00000030"));
+}
+
+TEST_F(CliTest, AStuckRankAbortsTheJobWithinTheTimeout) {
+  ASSERT_EQ(kiln("tokenize --input " + (dir_ / "corpus").string() + " --separator % --out " +
+                 (dir_ / "data").string()).code, 0);
+  const auto start = std::chrono::steady_clock::now();
+  const CliRun r = run_shell(mpirun(2, "KILN_FAULT=hang:1:3") + KILN_BINARY + " train " +
+                             tiny_config() + " parallel.timeout_s=5");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_LT(seconds, 60.0);
+  EXPECT_NE(r.output.find("rank 0 of the data-parallel group"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("did not finish within parallel.timeout_s=5"), std::string::npos) << r.output;
+}
+
+TEST_F(CliTest, AKilledRankEndsTheJob) {
+  ASSERT_EQ(kiln("tokenize --input " + (dir_ / "corpus").string() + " --separator % --out " +
+                 (dir_ / "data").string()).code, 0);
+  const auto start = std::chrono::steady_clock::now();
+  const CliRun r = run_shell(mpirun(2, "KILN_FAULT=kill:1:3") + KILN_BINARY + " train " +
+                             tiny_config() + " parallel.timeout_s=5");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_LT(seconds, 60.0);
 }
