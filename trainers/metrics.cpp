@@ -49,7 +49,7 @@ void MetricsLog::clear_bar() {
 void MetricsLog::step(const StepRecord& r) {
   append({{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
           {"tokens_per_s", r.tokens_per_s}, {"mfu", r.mfu}, {"step_s", r.step_seconds},
-          {"tokens", r.tokens}});
+          {"tokens", r.tokens}, {"comm_wait_s", r.comm_wait_s}, {"comm_bytes", r.comm_bytes}});
   if (!console_) return;
   if (r.step % log_every_ == 0 || r.step == max_steps_ || r.step == 1) {
     clear_bar();

@@ -20,6 +20,8 @@ struct StepRecord {
   double mfu = 0.0;           // model FLOPs utilisation, 0..1
   double step_seconds = 0.0;
   std::int64_t tokens = 0;    // tokens processed so far in the run
+  double comm_wait_s = 0.0;   // time the step waited for gradient communication (parallel runs)
+  double comm_bytes = 0.0;    // gradient bytes this rank handed to collectives in the step
 };
 
 class MetricsLog {

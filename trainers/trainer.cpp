@@ -219,13 +219,23 @@ AdamW::StepStats Trainer::optimizer_step(float lr) {
     // ZeRO-1: sum this rank's slice over the replicas, update it, then share the parameters.
     Tensor& params = model_->parameter_buffer();
     const std::int64_t n = params.numel();
+    const auto t0 = std::chrono::steady_clock::now();
     parallel_.dp->reduce_scatter(grads.f32(), grad_shard_.f32(), n);
+    comm_wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double norm = std::sqrt(parallel_.dp->sum(k.sum_squares(grad_shard_.f32(), grad_shard_.numel())));
     const AdamW::StepStats stats = optimizer_->step(lr, grad_shard_.f32(), norm);
+    const auto t1 = std::chrono::steady_clock::now();
     parallel_.dp->all_gather(params.f32() + optimizer_->begin(), params.f32(), n);
+    comm_wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    comm_bytes_ = 2.0 * n * sizeof(float);  // gradients in, parameters out
     return stats;
   }
-  if (sync_) sync_->finish();
+  if (sync_) {
+    const auto t0 = std::chrono::steady_clock::now();
+    sync_->finish();
+    comm_wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    comm_bytes_ = static_cast<double>(grads.numel()) * sizeof(float);
+  }
   return optimizer_->step(lr);
 }
 
@@ -298,6 +308,8 @@ TrainResult Trainer::run() {
     record.mfu = flops_per_token * record.tokens_per_s / peak;
     record.step_seconds = seconds;
     record.tokens = tokens_seen_;
+    record.comm_wait_s = comm_wait_s_;
+    record.comm_bytes = comm_bytes_;
     if (log) log->step(record);
     result.losses.push_back(record.loss);
     if (step > start_step_ + 1 || last == start_step_ + 1) {

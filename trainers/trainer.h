@@ -60,6 +60,7 @@ class Trainer {
   void save_checkpoint(std::int64_t step);
   // Gradients summed over replicas, clipped, and one AdamW update on every rank.
   AdamW::StepStats optimizer_step(float lr);
+  double comm_wait_s_ = 0.0, comm_bytes_ = 0.0;  // of the last step
   void say(const std::string& line) const;
 
   ExperimentConfig config_;
