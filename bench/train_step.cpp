@@ -275,9 +275,9 @@ nlohmann::json profile_kernels(const Options& o, const kiln::Gpt& model) {
   add("gelu", layers * gelu, 0);
   add("residual add", 2 * layers * time_call([&] { k.add(y.data(), x.data(), dy.data(), n * c); }), 0);
   const double embedding = time_call([&] {
-    k.embedding_forward(y.data(), tokens.data(), positions.data(), wte, wte, n, c);
+    k.embedding_forward(y.data(), tokens.data(), positions.data(), wte, wte, n, c, 0, v);
   }) + time_call([&] {
-    k.embedding_backward(dwte.data(), dwpe.data(), dy.data(), tokens.data(), positions.data(), n, c);
+    k.embedding_backward(dwte.data(), dwpe.data(), dy.data(), tokens.data(), positions.data(), n, c, 0, v);
   });
   add("embedding", embedding, 0);
   return kinds;

@@ -31,6 +31,9 @@ struct KernelTable {
   decltype(&cpu::attention_backward) attention_backward;
   decltype(&cpu::attention_decode) attention_decode;
   decltype(&cpu::softmax_cross_entropy) softmax_cross_entropy;
+  decltype(&cpu::cross_entropy_local_max) cross_entropy_local_max;
+  decltype(&cpu::cross_entropy_local_sums) cross_entropy_local_sums;
+  decltype(&cpu::cross_entropy_local_grad) cross_entropy_local_grad;
   decltype(&cpu::embedding_forward) embedding_forward;
   decltype(&cpu::embedding_backward) embedding_backward;
   decltype(&cpu::add) add;

@@ -32,7 +32,7 @@ const float* Generator::step(std::int32_t token) {
   KILN_CHECK(token >= 0 && token < s.vocab, "token id ", token, " is outside the vocabulary of ", s.vocab);
   auto w = [&](const std::string& name) { return model_.parameter(name).value.f32(); };
   const std::int32_t pos = length_;
-  k.embedding_forward(x_.data(), &token, &pos, w("transformer.wte.weight"), w("transformer.wpe.weight"), 1, c);
+  k.embedding_forward(x_.data(), &token, &pos, w("transformer.wte.weight"), w("transformer.wpe.weight"), 1, c, 0, s.padded_vocab);
   for (int l = 0; l < s.n_layer; ++l) {
     const std::string p = "transformer.h." + std::to_string(l) + ".";
     float* kc = k_cache_.data() + static_cast<std::size_t>(l) * s.context * c;

@@ -258,7 +258,7 @@ void Gpt::run_forward(const Batch& batch) {
   const std::int32_t* positions = batch.positions.empty() ? positions_.data() : batch.positions.data();
   const Parameter& wte = params_[param_index_.at("transformer.wte.weight")];
   const Parameter& wpe = params_[param_index_.at("transformer.wpe.weight")];
-  k.embedding_forward(encoded_.f32(), batch.inputs.data(), positions, wte.value.f32(), wpe.value.f32(), n, c);
+  k.embedding_forward(encoded_.f32(), batch.inputs.data(), positions, wte.value.f32(), wpe.value.f32(), n, c, 0, shape_.padded_vocab);
   for (int l = 0; l < shape_.n_layer; ++l) {
     if (shape_.post_norm)
       block_forward_post(l, block_output(l - 1));
@@ -372,7 +372,7 @@ void Gpt::run_backward(const Batch& batch) {
     if (gradient_ready_) gradient_ready_(2 + kPerBlock * l, 2 + kPerBlock * (l + 1));
   }
   const std::int32_t* positions = batch.positions.empty() ? positions_.data() : batch.positions.data();
-  k.embedding_backward(wte.grad.f32(), wpe.grad.f32(), dres, batch.inputs.data(), positions, n, c);
+  k.embedding_backward(wte.grad.f32(), wpe.grad.f32(), dres, batch.inputs.data(), positions, n, c, 0, shape_.padded_vocab);
   if (gradient_ready_) gradient_ready_(0, 2);  // wte (also the head) and wpe
 }
 

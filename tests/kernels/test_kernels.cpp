@@ -142,11 +142,11 @@ TEST(Kernels, EmbeddingGradients) {
   auto weights = random_vector(n * c, 18);
   auto f = [&] {
     std::vector<float> y(n * c);
-    kiln::cpu::embedding_forward(y.data(), tokens.data(), pos.data(), wte.data(), wpe.data(), n, c);
+    kiln::cpu::embedding_forward(y.data(), tokens.data(), pos.data(), wte.data(), wpe.data(), n, c, 0, vocab);
     return dot(y, weights);
   };
   std::vector<float> dwte(vocab * c, 0.0f), dwpe(positions * c, 0.0f);
-  kiln::cpu::embedding_backward(dwte.data(), dwpe.data(), weights.data(), tokens.data(), pos.data(), n, c);
+  kiln::cpu::embedding_backward(dwte.data(), dwpe.data(), weights.data(), tokens.data(), pos.data(), n, c, 0, vocab);
   expect_gradient("dwte", wte, dwte, f);
   expect_gradient("dwpe", wpe, dwpe, f);
 }
@@ -235,4 +235,52 @@ TEST(Kernels, AdamWMatchesReferenceFormula) {
 TEST(Kernels, SumSquaresIsExactForSmallIntegers) {
   std::vector<float> x(200001, 2.0f);
   EXPECT_EQ(kiln::cpu::sum_squares(x.data(), x.size()), 800004.0);
+}
+
+TEST(Kernels, VocabParallelCrossEntropyMatchesFused) {
+  // Vocabulary 27 padded to 32, split over 2 "ranks" of 16 columns (the second holds 11 real).
+  const int n = 5, vocab = 27, padded = 32, shard = 16;
+  auto logits = random_vector(n * padded, 31, 2.0f);
+  std::vector<std::int32_t> targets = {0, 15, 16, 26, 3};
+  std::vector<std::uint8_t> mask = {1, 1, 0, 1, 1};
+  auto fused = logits;
+  std::vector<float> losses(n);
+  kiln::cpu::softmax_cross_entropy(losses.data(), fused.data(), targets.data(), mask.data(), n, vocab, padded, 0.5f);
+  std::vector<std::vector<float>> parts(2, std::vector<float>(n * shard));
+  for (int r = 0; r < 2; ++r)
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < shard; ++j) parts[r][i * shard + j] = logits[i * padded + r * shard + j];
+  auto real = [&](int r) { return std::min(shard, std::max(0, vocab - r * shard)); };
+  std::vector<float> m(n, -INFINITY), sum(n, 0.0f), target(n, 0.0f), tmp(n), tmp2(n);
+  for (int r = 0; r < 2; ++r) {
+    kiln::cpu::cross_entropy_local_max(tmp.data(), parts[r].data(), n, real(r), shard);
+    for (int i = 0; i < n; ++i) m[i] = std::max(m[i], tmp[i]);
+  }
+  for (int r = 0; r < 2; ++r) {
+    kiln::cpu::cross_entropy_local_sums(tmp.data(), tmp2.data(), parts[r].data(), m.data(), targets.data(), n, real(r), shard, r * shard);
+    for (int i = 0; i < n; ++i) {
+      sum[i] += tmp[i];
+      target[i] += tmp2[i];
+    }
+  }
+  for (int i = 0; i < n; ++i)
+    if (mask[i]) EXPECT_NEAR(std::log(sum[i]) + m[i] - target[i], losses[i], 1e-5);
+  for (int r = 0; r < 2; ++r) {
+    kiln::cpu::cross_entropy_local_grad(parts[r].data(), m.data(), sum.data(), targets.data(), mask.data(), n, real(r), shard, r * shard, 0.5f);
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < shard; ++j)
+        EXPECT_NEAR(parts[r][i * shard + j], fused[i * padded + r * shard + j], 1e-6) << r << " " << i << " " << j;
+  }
+}
+
+TEST(Kernels, EmbeddingShardSeesOnlyItsTokens) {
+  const int n = 4, c = 3;
+  std::vector<std::int32_t> tokens = {0, 5, 6, 9}, pos = {0, 1, 2, 3};
+  std::vector<float> shard(4 * c, 1.0f);  // rows of tokens 5..8
+  std::vector<float> out(n * c);
+  kiln::cpu::embedding_forward(out.data(), tokens.data(), pos.data(), shard.data(), nullptr, n, c, 5, 4);
+  EXPECT_EQ(out, (std::vector<float>{0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0}));
+  std::vector<float> dshard(4 * c, 0.0f), dout(n * c, 2.0f);
+  kiln::cpu::embedding_backward(dshard.data(), nullptr, dout.data(), tokens.data(), pos.data(), n, c, 5, 4);
+  EXPECT_EQ(dshard, (std::vector<float>{2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0}));
 }
