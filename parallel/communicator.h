@@ -21,6 +21,8 @@ struct Chunk {
 };
 Chunk chunk_of(std::int64_t n, int size, int rank);
 
+enum class ReduceOp { sum, max };
+
 class CommHandle {
  public:
   virtual ~CommHandle() = default;
@@ -38,8 +40,9 @@ class Communicator {
   virtual int local_rank() const = 0;
   virtual int local_size() const = 0;
 
-  // In place: data (n) becomes the sum over ranks.
-  virtual std::unique_ptr<CommHandle> all_reduce_async(float* data, std::int64_t n) = 0;
+  // In place: data (n) becomes the sum (or max) over ranks.
+  virtual std::unique_ptr<CommHandle> all_reduce_async(float* data, std::int64_t n,
+                                                       ReduceOp op = ReduceOp::sum) = 0;
   // input (n) summed over ranks; this rank's chunk_of(n, size, rank) lands in output.
   virtual std::unique_ptr<CommHandle> reduce_scatter_async(const float* input, float* output,
                                                            std::int64_t n) = 0;
@@ -52,7 +55,9 @@ class Communicator {
   // Sum of one double over ranks (losses, token counts, norms).
   virtual double sum(double value) = 0;
 
-  void all_reduce(float* data, std::int64_t n) { all_reduce_async(data, n)->wait(); }
+  void all_reduce(float* data, std::int64_t n, ReduceOp op = ReduceOp::sum) {
+    all_reduce_async(data, n, op)->wait();
+  }
   void reduce_scatter(const float* input, float* output, std::int64_t n) {
     reduce_scatter_async(input, output, n)->wait();
   }

@@ -20,9 +20,6 @@ std::string ParallelContext::describe() const {
 ParallelContext make_parallel_context(std::unique_ptr<Communicator> world, const ExperimentConfig& config) {
   ParallelContext ctx;
   ctx.dims = ParallelDims::from(world->size(), config.parallel.tp);
-  KILN_CHECK(ctx.dims.tp == 1, "parallel.tp=", ctx.dims.tp,
-             ": tensor parallelism is not available in this version of kiln; use parallel.tp=1 "
-             "(data parallelism over all ", ctx.dims.world, " ranks)");
   ctx.rank = world->rank();
   ctx.tp_rank = ctx.rank % ctx.dims.tp;
   ctx.dp_rank = ctx.rank / ctx.dims.tp;

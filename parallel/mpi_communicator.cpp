@@ -92,10 +92,11 @@ class MpiCommunicator : public Communicator {
   int local_size() const override { return local_size_; }
   std::string name() const override { return "mpi:" + label_; }
 
-  std::unique_ptr<CommHandle> all_reduce_async(float* data, std::int64_t n) override {
+  std::unique_ptr<CommHandle> all_reduce_async(float* data, std::int64_t n, ReduceOp op) override {
     check_count(n, "all_reduce");
-    return submit(describe("all_reduce", n), [=, this] {
-      mpi_check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_), "Allreduce");
+    const MPI_Op mpi_op = op == ReduceOp::max ? MPI_MAX : MPI_SUM;
+    return submit(describe(op == ReduceOp::max ? "all_reduce(max)" : "all_reduce", n), [=, this] {
+      mpi_check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, mpi_op, comm_), "Allreduce");
     });
   }
 
@@ -225,7 +226,7 @@ class SingleCommunicator : public Communicator {
   int local_rank() const override { return 0; }
   int local_size() const override { return 1; }
   std::string name() const override { return "single:" + label_; }
-  std::unique_ptr<CommHandle> all_reduce_async(float*, std::int64_t) override { return done(); }
+  std::unique_ptr<CommHandle> all_reduce_async(float*, std::int64_t, ReduceOp) override { return done(); }
   std::unique_ptr<CommHandle> reduce_scatter_async(const float* input, float* output, std::int64_t n) override {
     if (input != output) std::memmove(output, input, static_cast<std::size_t>(n) * sizeof(float));
     return done();

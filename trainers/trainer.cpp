@@ -18,6 +18,7 @@
 #include "core/checkpoint/atomic_file.h"
 #include "core/checkpoint/model_io.h"
 #include "core/checkpoint/run_dir.h"
+#include "parallel/tensor_parallel_group.h"
 #include "trainers/metrics.h"
 
 namespace kiln {
@@ -126,7 +127,10 @@ Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext&
       parallel_(parallel) {
   omp_set_num_threads(threads_per_rank(config_.train, *parallel_.world));
   stage_ = make_stage(config_, parallel_.dp_rank, parallel_.dims.dp);
-  model_ = std::make_unique<Gpt>(GptShape::from_config(config_.model, stage_->vocab_size()));
+  if (parallel_.dims.tp > 1) tp_ops_ = std::make_unique<TensorParallelGroup>(*parallel_.tp);
+  model_ = std::make_unique<Gpt>(GptShape::from_config(config_.model, stage_->vocab_size(),
+                                                       parallel_.dims.tp, parallel_.tp_rank),
+                                 Device::cpu, tp_ops_.get());
   const std::int64_t n = model_->parameter_buffer().numel();
   if (config_.parallel.zero == 1 && parallel_.dims.dp > 1) {
     const Chunk mine = chunk_of(n, parallel_.dims.dp, parallel_.dp_rank);
@@ -192,10 +196,12 @@ void Trainer::save_checkpoint(std::int64_t step) {
     parallel_.dp->all_gather(optimizer_->exp_avg().f32(), m.f32(), n);
     parallel_.dp->all_gather(optimizer_->exp_avg_sq().f32(), v.f32(), n);
   }
-  if (parallel_.is_main()) {
-    const std::string tmp = begin_checkpoint(config_.train.run_dir, step);
-    save_model(*model_, tmp + "/model.safetensors", {{"kiln_step", std::to_string(step)}});
-    save_optimizer(*model_, m, v, optimizer_->steps(), tmp + "/optimizer.safetensors");
+  // Every rank takes part in gathering tensor-parallel shards; the main rank writes.
+  const bool main = parallel_.is_main();
+  const std::string tmp = main ? begin_checkpoint(config_.train.run_dir, step) : std::string();
+  save_model(*model_, tmp + "/model.safetensors", {{"kiln_step", std::to_string(step)}}, main);
+  save_optimizer(*model_, m, v, optimizer_->steps(), tmp + "/optimizer.safetensors", main);
+  if (main) {
     const nlohmann::json state = {{"format", "kiln-trainer-state"},
                                   {"version", kTrainerStateVersion},
                                   {"stage", stage_->name()},
@@ -212,8 +218,22 @@ void Trainer::save_checkpoint(std::int64_t step) {
   parallel_.world->barrier();  // nobody runs ahead of a checkpoint that is not on disk yet
 }
 
-AdamW::StepStats Trainer::optimizer_step(float lr) {
+double Trainer::grad_sum_squares(const float* grads, std::int64_t begin, std::int64_t end) const {
+  // Over elements [begin, end) of the flat buffer (grads points at element begin). Parameters
+  // every tensor-parallel rank holds whole count on one rank only.
   const KernelTable& k = kernels_for(Device::cpu);
+  const float* base = model_->parameter_buffer().f32();
+  double total = 0.0;
+  for (const Parameter& p : model_->parameters()) {
+    if (p.split == Split::none && parallel_.tp_rank != 0) continue;
+    const std::int64_t first = std::max(begin, p.value.f32() - base);
+    const std::int64_t last = std::min(end, p.value.f32() - base + p.value.numel());
+    if (first < last) total += k.sum_squares(grads + (first - begin), last - first);
+  }
+  return total;
+}
+
+AdamW::StepStats Trainer::optimizer_step(float lr) {
   Tensor& grads = model_->gradient_buffer();
   if (grad_shard_.defined()) {
     // ZeRO-1: sum this rank's slice over the replicas, update it, then share the parameters.
@@ -222,7 +242,8 @@ AdamW::StepStats Trainer::optimizer_step(float lr) {
     const auto t0 = std::chrono::steady_clock::now();
     parallel_.dp->reduce_scatter(grads.f32(), grad_shard_.f32(), n);
     comm_wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const double norm = std::sqrt(parallel_.dp->sum(k.sum_squares(grad_shard_.f32(), grad_shard_.numel())));
+    const double squares = grad_sum_squares(grad_shard_.f32(), optimizer_->begin(), optimizer_->end());
+    const double norm = std::sqrt(parallel_.tp->sum(parallel_.dp->sum(squares)));
     const AdamW::StepStats stats = optimizer_->step(lr, grad_shard_.f32(), norm);
     const auto t1 = std::chrono::steady_clock::now();
     parallel_.dp->all_gather(params.f32() + optimizer_->begin(), params.f32(), n);
@@ -236,7 +257,8 @@ AdamW::StepStats Trainer::optimizer_step(float lr) {
     comm_wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     comm_bytes_ = static_cast<double>(grads.numel()) * sizeof(float);
   }
-  return optimizer_->step(lr);
+  const double norm = std::sqrt(parallel_.tp->sum(grad_sum_squares(grads.f32(), 0, grads.numel())));
+  return optimizer_->step(lr, grads.f32(), norm);
 }
 
 TrainResult Trainer::run() {

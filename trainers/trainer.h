@@ -60,6 +60,7 @@ class Trainer {
   void save_checkpoint(std::int64_t step);
   // Gradients summed over replicas, clipped, and one AdamW update on every rank.
   AdamW::StepStats optimizer_step(float lr);
+  double grad_sum_squares(const float* grads, std::int64_t begin, std::int64_t end) const;
   double comm_wait_s_ = 0.0, comm_bytes_ = 0.0;  // of the last step
   void say(const std::string& line) const;
 
@@ -68,6 +69,7 @@ class Trainer {
   ParallelContext owned_parallel_;  // for the one-process constructor
   ParallelContext& parallel_;
   std::unique_ptr<Stage> stage_;
+  std::unique_ptr<TensorParallel> tp_ops_;  // the model's tensor-parallel group (tp > 1)
   std::unique_ptr<Gpt> model_;
   std::unique_ptr<AdamW> optimizer_;    // the whole model, or this rank's slice (ZeRO-1)
   std::unique_ptr<GradientSync> sync_;  // data parallelism without ZeRO

@@ -1,30 +1,48 @@
-// Safetensors save and load of model weights and optimizer moments.
+// Safetensors save and load of model weights and optimizer moments. Files always hold whole
+// tensors: a tensor-parallel model gathers its shards to save (every rank takes part, one writes)
+// and takes its shard of each whole tensor to load, so checkpoints do not depend on the layout.
 #include "core/checkpoint/model_io.h"
 
 #include <charconv>
 #include <cmath>
+#include <cstring>
 
 #include "core/checkpoint/safetensors.h"
 
 namespace kiln {
 
 namespace {
-// The parameter as it is stored: wte without its padded rows.
-Tensor stored_view(const Gpt& model, const Parameter& p, const Tensor& t) {
-  if (p.name != "transformer.wte.weight") return t;
-  return t.view(0, {model.shape().vocab, model.shape().n_embd});
+constexpr const char* kWte = "transformer.wte.weight";
+
+// The whole tensor of p as it is stored: wte without its padded rows.
+Tensor stored(const Gpt& model, const Parameter& p, const float* local) {
+  Tensor full = model.gather_full(p, local);
+  if (p.name != kWte) return full;
+  return full.view(0, {model.shape().vocab, model.shape().n_embd});
 }
 
-Tensor moment_view(const Gpt& model, const Parameter& p, const Tensor& moments) {
-  const std::int64_t offset = p.value.f32() - model.parameters().front().value.f32();
-  return moments.view(offset, p.value.shape());
+// Reads the whole tensor `name` (shaped like p's whole tensor; wte padded with zero rows) and
+// copies this rank's shard of it to `local`.
+void read_shard(const Gpt& model, const SafetensorsFile& file, const std::string& name,
+                const Parameter& p, float* local) {
+  KILN_CHECK(file.contains(name), file.path(), ": has no tensor '", name,
+             "'; the checkpoint belongs to a model of another shape or kind (compare its config.yaml)");
+  Tensor full = Tensor::zeros(p.full_shape);
+  Tensor target = p.name == kWte ? full.view(0, {model.shape().vocab, model.shape().n_embd}) : full;
+  file.load_into(name, target);
+  model.take_shard(p, full, local);
+}
+
+std::int64_t offset_of(const Gpt& model, const Parameter& p) {
+  return p.value.f32() - model.parameter_buffer().f32();
 }
 }  // namespace
 
 void save_model(const Gpt& model, const std::string& path,
-                const std::map<std::string, std::string>& metadata) {
+                const std::map<std::string, std::string>& metadata, bool write) {
   std::vector<NamedTensor> tensors;
-  for (const Parameter& p : model.parameters()) tensors.push_back({p.name, stored_view(model, p, p.value)});
+  for (const Parameter& p : model.parameters()) tensors.push_back({p.name, stored(model, p, p.value.f32())});
+  if (!write) return;
   std::map<std::string, std::string> meta = metadata;
   meta["format"] = "pt";  // what transformers expects to find
   write_safetensors(path, tensors, meta);
@@ -33,25 +51,24 @@ void save_model(const Gpt& model, const std::string& path,
 void load_model(Gpt& model, const std::string& path) {
   const SafetensorsFile file(path);
   for (Parameter& p : model.parameters()) {
-    KILN_CHECK(file.contains(p.name), path, ": has no tensor '", p.name,
-               "'; the checkpoint belongs to a model of another shape or kind (compare its config.yaml)");
-    Tensor view = stored_view(model, p, p.value);
-    file.load_into(p.name, view);
-    const float* w = view.f32();
-    for (std::int64_t i = 0; i < view.numel(); ++i)
+    read_shard(model, file, p.name, p, p.value.f32());
+    const float* w = p.value.f32();
+    for (std::int64_t i = 0; i < p.value.numel(); ++i)
       KILN_CHECK(std::isfinite(w[i]), path, ": tensor '", p.name, "' holds a non-finite value (",
-                 w[i], ") at element ", i, "; the checkpoint is damaged or training diverged");
+                 w[i], "); the checkpoint is damaged or training diverged");
   }
 }
 
 void save_optimizer(const Gpt& model, const Tensor& exp_avg, const Tensor& exp_avg_sq,
-                    std::int64_t steps, const std::string& path) {
+                    std::int64_t steps, const std::string& path, bool write) {
   KILN_ASSERT(exp_avg.numel() == model.parameter_buffer().numel() && exp_avg_sq.numel() == exp_avg.numel());
   std::vector<NamedTensor> tensors;
   for (const Parameter& p : model.parameters()) {
-    tensors.push_back({p.name + ".exp_avg", moment_view(model, p, exp_avg)});
-    tensors.push_back({p.name + ".exp_avg_sq", moment_view(model, p, exp_avg_sq)});
+    const std::int64_t offset = offset_of(model, p);
+    tensors.push_back({p.name + ".exp_avg", stored(model, p, exp_avg.f32() + offset)});
+    tensors.push_back({p.name + ".exp_avg_sq", stored(model, p, exp_avg_sq.f32() + offset)});
   }
+  if (!write) return;
   write_safetensors(path, tensors, {{"optimizer", "adamw"}, {"steps", std::to_string(steps)}});
 }
 
@@ -60,10 +77,9 @@ std::int64_t load_optimizer(const Gpt& model, Tensor& exp_avg, Tensor& exp_avg_s
   KILN_ASSERT(exp_avg.numel() == model.parameter_buffer().numel() && exp_avg_sq.numel() == exp_avg.numel());
   const SafetensorsFile file(path);
   for (const Parameter& p : model.parameters()) {
-    Tensor m = moment_view(model, p, exp_avg);
-    Tensor v = moment_view(model, p, exp_avg_sq);
-    file.load_into(p.name + ".exp_avg", m);
-    file.load_into(p.name + ".exp_avg_sq", v);
+    const std::int64_t offset = offset_of(model, p);
+    read_shard(model, file, p.name + ".exp_avg", p, exp_avg.f32() + offset);
+    read_shard(model, file, p.name + ".exp_avg_sq", p, exp_avg_sq.f32() + offset);
   }
   auto it = file.metadata().find("steps");
   KILN_CHECK(it != file.metadata().end(), path, ": no 'steps' in the metadata; not a kiln optimizer file");

@@ -11,16 +11,18 @@
 
 namespace kiln {
 
+// With tensor parallelism every rank of the group must call save_model / save_optimizer (the
+// shards are gathered); only a caller with write = true writes the file.
 void save_model(const Gpt& model, const std::string& path,
-                const std::map<std::string, std::string>& metadata = {});
+                const std::map<std::string, std::string>& metadata = {}, bool write = true);
 // Loads every parameter by name; errors name the file, the tensor and the shapes that differ.
 void load_model(Gpt& model, const std::string& path);
 
-// AdamW moments as "<param name>.exp_avg" / ".exp_avg_sq" (padded shapes, as trained), from
+// AdamW moments as "<param name>.exp_avg" / ".exp_avg_sq" (shaped like the weights), from
 // moment buffers laid out like the model's whole flat parameter buffer — whatever slices the
 // optimizers of a parallel run held, the file holds every parameter's moments.
 void save_optimizer(const Gpt& model, const Tensor& exp_avg, const Tensor& exp_avg_sq,
-                    std::int64_t steps, const std::string& path);
+                    std::int64_t steps, const std::string& path, bool write = true);
 // Fills whole-model moment buffers; returns the optimizer's step count.
 std::int64_t load_optimizer(const Gpt& model, Tensor& exp_avg, Tensor& exp_avg_sq,
                             const std::string& path);

@@ -2,13 +2,14 @@
 // N = B*T rows, Vp padded vocabulary. Every buffer's shape is given where it is made.
 #include "core/model/gpt.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/rng.h"
 
 namespace kiln {
 
-GptShape GptShape::from_config(const ModelConfig& config, int vocab_size) {
+GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp_size, int tp_rank) {
   GptShape s;
   s.n_layer = config.n_layer;
   s.n_head = config.n_head;
@@ -19,12 +20,20 @@ GptShape GptShape::from_config(const ModelConfig& config, int vocab_size) {
   KILN_CHECK(s.vocab >= vocab_size, "model.vocab_size=", s.vocab,
              " is smaller than the tokenizer's vocabulary (", vocab_size,
              "); set it to 0 to use the tokenizer's");
-  s.padded_vocab = (s.vocab + config.vocab_multiple - 1) / config.vocab_multiple * config.vocab_multiple;
+  // Each tensor-parallel rank holds an equal, aligned part of the padded vocabulary.
+  const int multiple = config.vocab_multiple * tp_size;
+  s.padded_vocab = (s.vocab + multiple - 1) / multiple * multiple;
   s.post_norm = config.norm == "post";
   s.bf16_matmul = config.matmul == "bf16";
   s.attention_block = config.attention_block;
+  s.tp_size = tp_size;
+  s.tp_rank = tp_rank;
   KILN_CHECK(s.n_embd % s.n_head == 0, "model.n_embd=", s.n_embd, " is not divisible by model.n_head=",
              s.n_head, "; choose n_embd as a multiple of n_head");
+  KILN_CHECK(s.n_head % tp_size == 0, "model.n_head=", s.n_head, " is not divisible by parallel.tp=",
+             tp_size, ": tensor parallelism splits the heads; choose a tp that divides the heads");
+  KILN_CHECK(4 * s.n_embd % tp_size == 0, "the MLP width 4 x model.n_embd=", 4 * s.n_embd,
+             " is not divisible by parallel.tp=", tp_size);
   return s;
 }
 
@@ -48,55 +57,64 @@ std::int64_t Batch::loss_tokens() const {
   return n;
 }
 
-Gpt::Gpt(const GptShape& shape, Device device)
-    : shape_(shape), device_(device), kernels_(&kernels_for(device)) {
+Gpt::Gpt(const GptShape& shape, Device device, TensorParallel* tp)
+    : shape_(shape), device_(device), kernels_(&kernels_for(device)), tp_(shape.tp_size > 1 ? tp : nullptr) {
   KILN_CHECK(shape.n_layer >= 1 && shape.n_head >= 1 && shape.n_embd >= 1 && shape.context >= 1,
              "model shape must have at least one layer, head, channel and position");
   KILN_CHECK(shape.n_embd % shape.n_head == 0, "model.n_embd=", shape.n_embd,
              " is not divisible by model.n_head=", shape.n_head);
+  KILN_CHECK(shape.tp_size == 1 || (tp != nullptr && tp->size() == shape.tp_size && tp->rank() == shape.tp_rank),
+             "a tensor-parallel model needs the tensor-parallel group it is sharded over");
+  KILN_CHECK(shape.padded_vocab % shape.tp_size == 0 && shape.n_head % shape.tp_size == 0,
+             "model shape does not split over ", shape.tp_size, " tensor-parallel ranks");
   build_parameters();
 }
 
 void Gpt::build_parameters() {
-  const std::int64_t c = shape_.n_embd;
+  const std::int64_t c = shape_.n_embd, cl = shape_.local_width(), fl = shape_.local_ffn();
+  const std::int64_t vl = shape_.local_vocab(), tp = shape_.tp_size;
   struct Spec {
     std::string name;
     Shape shape;
+    Split split;
     bool decay;
     float init_std, init_value;
   };
   const float residual_std = 1.0f / std::sqrt(2.0f * shape_.n_layer);  // times init std
-  std::vector<Spec> specs = {{"transformer.wte.weight", {shape_.padded_vocab, c}, false, 1, 0},
-                             {"transformer.wpe.weight", {shape_.context, c}, false, 1, 0}};
+  // Local shapes: the shard this rank holds (the whole tensor when tp = 1).
+  std::vector<Spec> specs = {{"transformer.wte.weight", {vl, c}, Split::rows, false, 1, 0},
+                             {"transformer.wpe.weight", {shape_.context, c}, Split::none, false, 1, 0}};
   for (int l = 0; l < shape_.n_layer; ++l) {
     const std::string p = "transformer.h." + std::to_string(l) + ".";
-    specs.push_back({p + "ln_1.weight", {c}, false, 0, 1});
-    specs.push_back({p + "ln_1.bias", {c}, false, 0, 0});
-    specs.push_back({p + "attn.c_attn.weight", {c, 3 * c}, true, 1, 0});
-    specs.push_back({p + "attn.c_attn.bias", {3 * c}, false, 0, 0});
-    specs.push_back({p + "attn.c_proj.weight", {c, c}, true, residual_std, 0});
-    specs.push_back({p + "attn.c_proj.bias", {c}, false, 0, 0});
-    specs.push_back({p + "ln_2.weight", {c}, false, 0, 1});
-    specs.push_back({p + "ln_2.bias", {c}, false, 0, 0});
-    specs.push_back({p + "mlp.c_fc.weight", {c, 4 * c}, true, 1, 0});
-    specs.push_back({p + "mlp.c_fc.bias", {4 * c}, false, 0, 0});
-    specs.push_back({p + "mlp.c_proj.weight", {4 * c, c}, true, residual_std, 0});
-    specs.push_back({p + "mlp.c_proj.bias", {c}, false, 0, 0});
+    specs.push_back({p + "ln_1.weight", {c}, Split::none, false, 0, 1});
+    specs.push_back({p + "ln_1.bias", {c}, Split::none, false, 0, 0});
+    specs.push_back({p + "attn.c_attn.weight", {c, 3 * cl}, Split::qkv, true, 1, 0});
+    specs.push_back({p + "attn.c_attn.bias", {3 * cl}, Split::qkv, false, 0, 0});
+    specs.push_back({p + "attn.c_proj.weight", {cl, c}, Split::rows, true, residual_std, 0});
+    specs.push_back({p + "attn.c_proj.bias", {c}, Split::none, false, 0, 0});
+    specs.push_back({p + "ln_2.weight", {c}, Split::none, false, 0, 1});
+    specs.push_back({p + "ln_2.bias", {c}, Split::none, false, 0, 0});
+    specs.push_back({p + "mlp.c_fc.weight", {c, fl}, Split::cols, true, 1, 0});
+    specs.push_back({p + "mlp.c_fc.bias", {fl}, Split::cols, false, 0, 0});
+    specs.push_back({p + "mlp.c_proj.weight", {fl, c}, Split::rows, true, residual_std, 0});
+    specs.push_back({p + "mlp.c_proj.bias", {c}, Split::none, false, 0, 0});
   }
   if (!shape_.post_norm) {
-    specs.push_back({"transformer.ln_f.weight", {c}, false, 0, 1});
-    specs.push_back({"transformer.ln_f.bias", {c}, false, 0, 0});
+    specs.push_back({"transformer.ln_f.weight", {c}, Split::none, false, 0, 1});
+    specs.push_back({"transformer.ln_f.bias", {c}, Split::none, false, 0, 0});
   }
   std::int64_t total = 0;
   for (const auto& s : specs) total += shape_numel(s.shape);
-  KILN_ASSERT(total == shape_.num_params());
   param_buffer_ = Tensor::zeros({total}, DType::f32, device_);
   grad_buffer_ = Tensor::zeros({total}, DType::f32, device_);
   std::int64_t offset = 0;
   for (const auto& s : specs) {
+    Shape full = s.shape;
+    if (s.split == Split::rows) full.front() *= tp;
+    if (s.split == Split::cols || s.split == Split::qkv) full.back() *= tp;
     param_index_[s.name] = params_.size();
     params_.push_back({s.name, param_buffer_.view(offset, s.shape), grad_buffer_.view(offset, s.shape),
-                       s.decay, s.init_std, s.init_value});
+                       s.split, full, s.decay, s.init_std, s.init_value});
     offset += shape_numel(s.shape);
   }
   // Per-layer views, in the order of the specs above.
@@ -115,6 +133,44 @@ void Gpt::build_parameters() {
   }
 }
 
+std::int64_t Gpt::full_index(const Parameter& p, std::int64_t local) const {
+  const std::int64_t r = shape_.tp_rank;
+  const std::int64_t cols = p.value.shape().back();        // local last dimension
+  const std::int64_t full_cols = p.full_shape.back();
+  switch (p.split) {
+    case Split::none:
+      return local;
+    case Split::rows:
+      return r * p.value.numel() + local;
+    case Split::cols:
+      return local / cols * full_cols + r * cols + local % cols;
+    case Split::qkv: {
+      const std::int64_t part_width = cols / 3, j = local % cols;  // local: [q_r | k_r | v_r]
+      return local / cols * full_cols + (j / part_width) * (full_cols / 3) + r * part_width + j % part_width;
+    }
+  }
+  return local;
+}
+
+Tensor Gpt::gather_full(const Parameter& p, const float* local) const {
+  Tensor full = Tensor::zeros(p.full_shape, DType::f32, device_);
+  float* out = full.f32();
+  for (std::int64_t i = 0; i < p.value.numel(); ++i) out[full_index(p, i)] = local[i];
+  // Shards are disjoint, so a sum over the ranks assembles the whole tensor.
+  if (p.split != Split::none) tp_sum(out, full.numel());
+  return full;
+}
+
+void Gpt::take_shard(const Parameter& p, const Tensor& full, float* local) const {
+  KILN_ASSERT(full.numel() == shape_numel(p.full_shape));
+  const float* in = full.f32();
+  for (std::int64_t i = 0; i < p.value.numel(); ++i) local[i] = in[full_index(p, i)];
+}
+
+void Gpt::tp_sum(float* data, std::int64_t n) const {
+  if (tp_) tp_->all_reduce_sum(data, n);
+}
+
 const Parameter& Gpt::parameter(const std::string& name) const {
   auto it = param_index_.find(name);
   KILN_CHECK(it != param_index_.end(), "the model has no parameter named '", name, "'");
@@ -125,42 +181,49 @@ void Gpt::init_weights(std::uint64_t seed, float std) {
   for (std::size_t p = 0; p < params_.size(); ++p) {
     Parameter& param = params_[p];
     float* w = param.value.f32();
-    std::int64_t n = param.value.numel();
+    const std::int64_t n = param.value.numel();
     if (param.init_std == 0.0f) {
       for (std::int64_t i = 0; i < n; ++i) w[i] = param.init_value;
       continue;
     }
-    // Padded vocabulary rows stay zero: they are never a target and get no gradient.
-    if (param.name == "transformer.wte.weight") {
-      param.value.zero_();
-      n = static_cast<std::int64_t>(shape_.vocab) * shape_.n_embd;
-    }
+    // Element i is drawn by its index in the whole tensor, so every sharding of the model
+    // starts from the same weights. Padded vocabulary rows stay zero: they are never a target
+    // and get no gradient.
+    const std::int64_t real = param.name == "transformer.wte.weight"
+                                  ? static_cast<std::int64_t>(shape_.vocab) * shape_.n_embd
+                                  : shape_numel(param.full_shape);
     const Rng rng(seed, p);
     const float s = std * param.init_std;
 #pragma omp parallel for schedule(static)
-    for (std::int64_t i = 0; i < n; ++i) w[i] = s * rng.normal(static_cast<std::uint64_t>(i));
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::int64_t g = full_index(param, i);
+      w[i] = g < real ? s * rng.normal(static_cast<std::uint64_t>(g)) : 0.0f;
+    }
   }
 }
 
 void Gpt::ensure_activations(int batch, int seq_len) {
   if (batch == act_batch_ && seq_len == act_seq_) return;
+  // Local (this shard's) widths: attention cl, heads nh, MLP fl, vocabulary vp.
   const std::int64_t n = static_cast<std::int64_t>(batch) * seq_len, c = shape_.n_embd;
-  const std::int64_t nh = shape_.n_head, vp = shape_.padded_vocab;
+  const std::int64_t cl = shape_.local_width(), nh = shape_.local_heads();
+  const std::int64_t fl = shape_.local_ffn(), vp = shape_.local_vocab();
   // The activation table: every buffer and its shape, laid out in one arena.
   std::vector<std::pair<Tensor*, Shape>> table;
   acts_.assign(shape_.n_layer, LayerActs{});
   for (auto& a : acts_) {
     table.insert(table.end(), {{&a.ln1, {n, c}}, {&a.ln1_mean, {n}}, {&a.ln1_rstd, {n}},
-                               {&a.qkv, {n, 3 * c}}, {&a.atty, {n, c}}, {&a.lse, {batch, nh, seq_len}},
+                               {&a.qkv, {n, 3 * cl}}, {&a.atty, {n, cl}}, {&a.lse, {batch, nh, seq_len}},
                                {&a.res2, {n, c}}, {&a.ln2, {n, c}}, {&a.ln2_mean, {n}},
-                               {&a.ln2_rstd, {n}}, {&a.fch, {n, 4 * c}}, {&a.fch_gelu, {n, 4 * c}},
+                               {&a.ln2_rstd, {n}}, {&a.fch, {n, fl}}, {&a.fch_gelu, {n, fl}},
                                {&a.res3, {n, c}}});
   }
   table.insert(table.end(), {{&encoded_, {n, c}}, {&lnf_, {n, c}}, {&lnf_mean_, {n}},
                              {&lnf_rstd_, {n}}, {&logits_, {batch, seq_len, vp}},
-                             {&losses_, {batch, seq_len}}, {&scratch_, {n, c}}, {&dres_, {n, c}},
-                             {&dtmp_, {n, c}}, {&dtmp2_, {n, c}}, {&dqkv_, {n, 3 * c}},
-                             {&dfch_, {n, 4 * c}}});
+                             {&losses_, {batch, seq_len}}, {&row_max_, {n}}, {&row_sum_, {n}},
+                             {&target_logit_, {n}}, {&scratch_, {n, c}}, {&dres_, {n, c}},
+                             {&dtmp_, {n, c}}, {&dtmp2_, {n, c}}, {&dqkv_, {n, 3 * cl}},
+                             {&dfch_, {n, fl}}});
   std::int64_t total = 0;
   for (auto& [tensor, shape] : table) total += (shape_numel(shape) + 15) / 16 * 16;  // 64-byte aligned
   arena_ = Tensor();  // free the old arena before making the new one
@@ -219,16 +282,21 @@ void Gpt::block_forward_pre(int l, const float* in) {
   const LayerParams& p = layer_params_[l];
   LayerActs& a = acts_[l];
   const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
+  const std::int64_t cl = shape_.local_width(), fl = shape_.local_ffn();
   const bool bf16 = shape_.bf16_matmul;
+  // Row-parallel outputs are partial sums: one rank adds the (replicated) bias before the sum.
+  const bool add_bias = shape_.tp_rank == 0;
   k.layernorm_forward(a.ln1.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), in, p.ln1_w.f32(), p.ln1_b.f32(), n, c);
-  k.linear_forward(a.qkv.f32(), a.ln1.f32(), p.qkv_w.f32(), p.qkv_b.f32(), n, c, 3 * c, bf16);
-  k.attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), act_batch_, act_seq_, c, shape_.n_head, layout_.view());
-  k.linear_forward(scratch_.f32(), a.atty.f32(), p.proj_w.f32(), p.proj_b.f32(), n, c, c, bf16);
+  k.linear_forward(a.qkv.f32(), a.ln1.f32(), p.qkv_w.f32(), p.qkv_b.f32(), n, c, 3 * cl, bf16);
+  k.attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), act_batch_, act_seq_, cl, shape_.local_heads(), layout_.view());
+  k.linear_forward(scratch_.f32(), a.atty.f32(), p.proj_w.f32(), add_bias ? p.proj_b.f32() : nullptr, n, cl, c, bf16);
+  tp_sum(scratch_.f32(), n * c);
   k.add(a.res2.f32(), in, scratch_.f32(), n * c);
   k.layernorm_forward(a.ln2.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), a.res2.f32(), p.ln2_w.f32(), p.ln2_b.f32(), n, c);
-  k.linear_forward(a.fch.f32(), a.ln2.f32(), p.fc_w.f32(), p.fc_b.f32(), n, c, 4 * c, bf16);
-  k.gelu_forward(a.fch_gelu.f32(), a.fch.f32(), n * 4 * c);
-  k.linear_forward(scratch_.f32(), a.fch_gelu.f32(), p.fcproj_w.f32(), p.fcproj_b.f32(), n, 4 * c, c, bf16);
+  k.linear_forward(a.fch.f32(), a.ln2.f32(), p.fc_w.f32(), p.fc_b.f32(), n, c, fl, bf16);
+  k.gelu_forward(a.fch_gelu.f32(), a.fch.f32(), n * fl);
+  k.linear_forward(scratch_.f32(), a.fch_gelu.f32(), p.fcproj_w.f32(), add_bias ? p.fcproj_b.f32() : nullptr, n, fl, c, bf16);
+  tp_sum(scratch_.f32(), n * c);
   k.add(a.res3.f32(), a.res2.f32(), scratch_.f32(), n * c);
 }
 
@@ -237,15 +305,19 @@ void Gpt::block_forward_post(int l, const float* in) {
   const LayerParams& p = layer_params_[l];
   LayerActs& a = acts_[l];
   const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
+  const std::int64_t cl = shape_.local_width(), fl = shape_.local_ffn();
   const bool bf16 = shape_.bf16_matmul;
-  k.linear_forward(a.qkv.f32(), in, p.qkv_w.f32(), p.qkv_b.f32(), n, c, 3 * c, bf16);
-  k.attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), act_batch_, act_seq_, c, shape_.n_head, layout_.view());
-  k.linear_forward(scratch_.f32(), a.atty.f32(), p.proj_w.f32(), p.proj_b.f32(), n, c, c, bf16);
+  const bool add_bias = shape_.tp_rank == 0;
+  k.linear_forward(a.qkv.f32(), in, p.qkv_w.f32(), p.qkv_b.f32(), n, c, 3 * cl, bf16);
+  k.attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), act_batch_, act_seq_, cl, shape_.local_heads(), layout_.view());
+  k.linear_forward(scratch_.f32(), a.atty.f32(), p.proj_w.f32(), add_bias ? p.proj_b.f32() : nullptr, n, cl, c, bf16);
+  tp_sum(scratch_.f32(), n * c);
   k.add(a.res2.f32(), in, scratch_.f32(), n * c);
   k.layernorm_forward(a.ln1.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), a.res2.f32(), p.ln1_w.f32(), p.ln1_b.f32(), n, c);
-  k.linear_forward(a.fch.f32(), a.ln1.f32(), p.fc_w.f32(), p.fc_b.f32(), n, c, 4 * c, bf16);
-  k.gelu_forward(a.fch_gelu.f32(), a.fch.f32(), n * 4 * c);
-  k.linear_forward(scratch_.f32(), a.fch_gelu.f32(), p.fcproj_w.f32(), p.fcproj_b.f32(), n, 4 * c, c, bf16);
+  k.linear_forward(a.fch.f32(), a.ln1.f32(), p.fc_w.f32(), p.fc_b.f32(), n, c, fl, bf16);
+  k.gelu_forward(a.fch_gelu.f32(), a.fch.f32(), n * fl);
+  k.linear_forward(scratch_.f32(), a.fch_gelu.f32(), p.fcproj_w.f32(), add_bias ? p.fcproj_b.f32() : nullptr, n, fl, c, bf16);
+  tp_sum(scratch_.f32(), n * c);
   k.add(a.res3.f32(), a.ln1.f32(), scratch_.f32(), n * c);
   k.layernorm_forward(a.ln2.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), a.res3.f32(), p.ln2_w.f32(), p.ln2_b.f32(), n, c);
 }
@@ -258,7 +330,12 @@ void Gpt::run_forward(const Batch& batch) {
   const std::int32_t* positions = batch.positions.empty() ? positions_.data() : batch.positions.data();
   const Parameter& wte = params_[param_index_.at("transformer.wte.weight")];
   const Parameter& wpe = params_[param_index_.at("transformer.wpe.weight")];
-  k.embedding_forward(encoded_.f32(), batch.inputs.data(), positions, wte.value.f32(), wpe.value.f32(), n, c, 0, shape_.padded_vocab);
+  // Vocabulary-parallel: each rank embeds the tokens of its shard (one rank adds positions), and
+  // the sum over ranks is the embedding.
+  k.embedding_forward(encoded_.f32(), batch.inputs.data(), positions, wte.value.f32(),
+                      shape_.tp_rank == 0 ? wpe.value.f32() : nullptr, n, c, shape_.vocab_first(),
+                      shape_.local_vocab());
+  tp_sum(encoded_.f32(), n * c);
   for (int l = 0; l < shape_.n_layer; ++l) {
     if (shape_.post_norm)
       block_forward_post(l, block_output(l - 1));
@@ -272,16 +349,41 @@ void Gpt::run_forward(const Batch& batch) {
     k.layernorm_forward(lnf_.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), final_in, w.value.f32(), b.value.f32(), n, c);
     final_in = lnf_.f32();
   }
-  // logits (N, Vp) = x (N, C) @ wte^T (C, Vp)
-  matmul(logits_.f32(), final_in, wte.value.f32(), n, shape_.padded_vocab, c, false, true, 0.0f);
+  // logits (N, Vp) = x (N, C) @ wte^T (C, Vp); a shard's columns with tensor parallelism
+  matmul(logits_.f32(), final_in, wte.value.f32(), n, shape_.local_vocab(), c, false, true, 0.0f);
+}
+
+void Gpt::cross_entropy(const Batch& batch, float loss_scale) {
+  const KernelTable& k = *kernels_;
+  const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len;
+  const std::uint8_t* mask = batch.mask.empty() ? nullptr : batch.mask.data();
+  if (!tp_) {
+    k.softmax_cross_entropy(losses_.f32(), logits_.f32(), batch.targets.data(), mask, n,
+                            shape_.vocab, shape_.padded_vocab, loss_scale);
+    return;
+  }
+  // Vocabulary-parallel: the max and the sum of exponentials are reduced over the ranks; the
+  // full logits are never gathered.
+  const std::int64_t cols = shape_.local_vocab(), first = shape_.vocab_first();
+  const std::int64_t real = std::clamp<std::int64_t>(shape_.vocab - first, 0, cols);
+  k.cross_entropy_local_max(row_max_.f32(), logits_.f32(), n, real, cols);
+  tp_->all_reduce_max(row_max_.f32(), n);
+  k.cross_entropy_local_sums(row_sum_.f32(), target_logit_.f32(), logits_.f32(), row_max_.f32(),
+                             batch.targets.data(), n, real, cols, first);
+  tp_->all_reduce_sum(row_sum_.f32(), n);
+  tp_->all_reduce_sum(target_logit_.f32(), n);
+  float* losses = losses_.f32();
+  for (std::int64_t i = 0; i < n; ++i)
+    losses[i] = mask && !mask[i] ? 0.0f : std::log(row_sum_.f32()[i]) + row_max_.f32()[i] - target_logit_.f32()[i];
+  if (loss_scale != 0.0f)
+    k.cross_entropy_local_grad(logits_.f32(), row_max_.f32(), row_sum_.f32(), batch.targets.data(),
+                               mask, n, real, cols, first, loss_scale);
 }
 
 double Gpt::forward(const Batch& batch) {
   run_forward(batch);
   const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len;
-  kernels_->softmax_cross_entropy(losses_.f32(), logits_.f32(), batch.targets.data(),
-                                  batch.mask.empty() ? nullptr : batch.mask.data(), n,
-                                  shape_.vocab, shape_.padded_vocab, 0.0f);
+  cross_entropy(batch, 0.0f);
   double sum = 0.0;
   for (std::int64_t i = 0; i < n; ++i) sum += losses_.f32()[i];
   return sum;
@@ -292,9 +394,7 @@ double Gpt::forward_backward(const Batch& batch, float loss_scale) {
   run_forward(batch);
   const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len;
   // Fused: losses, and dlogits written over the logits.
-  kernels_->softmax_cross_entropy(losses_.f32(), logits_.f32(), batch.targets.data(),
-                                  batch.mask.empty() ? nullptr : batch.mask.data(), n,
-                                  shape_.vocab, shape_.padded_vocab, loss_scale);
+  cross_entropy(batch, loss_scale);
   double sum = 0.0;
   for (std::int64_t i = 0; i < n; ++i) sum += losses_.f32()[i];
   run_backward(batch);
@@ -307,16 +407,19 @@ void Gpt::block_backward_pre(int l, const float* in, float* dres) {
   LayerParams& g = layer_grads_[l];
   const LayerActs& a = acts_[l];
   const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
+  const std::int64_t cl = shape_.local_width(), fl = shape_.local_ffn();
   const bool bf16 = shape_.bf16_matmul;
   // dres: gradient of the block output res3 = res2 + MLP(LN2(res2)).
-  k.linear_backward(dfch_.f32(), g.fcproj_w.f32(), g.fcproj_b.f32(), dres, a.fch_gelu.f32(), p.fcproj_w.f32(), n, 4 * c, c, bf16);
-  k.gelu_backward(dfch_.f32(), a.fch.f32(), dfch_.f32(), n * 4 * c);
-  k.linear_backward(dtmp_.f32(), g.fc_w.f32(), g.fc_b.f32(), dfch_.f32(), a.ln2.f32(), p.fc_w.f32(), n, c, 4 * c, bf16);
+  k.linear_backward(dfch_.f32(), g.fcproj_w.f32(), g.fcproj_b.f32(), dres, a.fch_gelu.f32(), p.fcproj_w.f32(), n, fl, c, bf16);
+  k.gelu_backward(dfch_.f32(), a.fch.f32(), dfch_.f32(), n * fl);
+  k.linear_backward(dtmp_.f32(), g.fc_w.f32(), g.fc_b.f32(), dfch_.f32(), a.ln2.f32(), p.fc_w.f32(), n, c, fl, bf16);
+  tp_sum(dtmp_.f32(), n * c);  // column-parallel input gradient: partial over the shards
   k.layernorm_backward(dres, g.ln2_w.f32(), g.ln2_b.f32(), dtmp_.f32(), a.res2.f32(), p.ln2_w.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), n, c);
   // dres: gradient of res2 = in + Attn(LN1(in)).
-  k.linear_backward(dtmp_.f32(), g.proj_w.f32(), g.proj_b.f32(), dres, a.atty.f32(), p.proj_w.f32(), n, c, c, bf16);
-  k.attention_backward(dqkv_.f32(), dtmp_.f32(), a.qkv.f32(), a.atty.f32(), a.lse.f32(), act_batch_, act_seq_, c, shape_.n_head, layout_.view());
-  k.linear_backward(dtmp2_.f32(), g.qkv_w.f32(), g.qkv_b.f32(), dqkv_.f32(), a.ln1.f32(), p.qkv_w.f32(), n, c, 3 * c, bf16);
+  k.linear_backward(dtmp_.f32(), g.proj_w.f32(), g.proj_b.f32(), dres, a.atty.f32(), p.proj_w.f32(), n, cl, c, bf16);
+  k.attention_backward(dqkv_.f32(), dtmp_.f32(), a.qkv.f32(), a.atty.f32(), a.lse.f32(), act_batch_, act_seq_, cl, shape_.local_heads(), layout_.view());
+  k.linear_backward(dtmp2_.f32(), g.qkv_w.f32(), g.qkv_b.f32(), dqkv_.f32(), a.ln1.f32(), p.qkv_w.f32(), n, c, 3 * cl, bf16);
+  tp_sum(dtmp2_.f32(), n * c);
   k.layernorm_backward(dres, g.ln1_w.f32(), g.ln1_b.f32(), dtmp2_.f32(), in, p.ln1_w.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), n, c);
 }
 
@@ -326,20 +429,23 @@ void Gpt::block_backward_post(int l, const float* in, float* dres) {
   LayerParams& g = layer_grads_[l];
   const LayerActs& a = acts_[l];
   const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
+  const std::int64_t cl = shape_.local_width(), fl = shape_.local_ffn();
   const bool bf16 = shape_.bf16_matmul;
   // dres: gradient of the block output LN2(res3), res3 = ln1 + MLP(ln1), ln1 = LN1(res2).
   dtmp_.zero_();
   k.layernorm_backward(dtmp_.f32(), g.ln2_w.f32(), g.ln2_b.f32(), dres, a.res3.f32(), p.ln2_w.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), n, c);
-  k.linear_backward(dfch_.f32(), g.fcproj_w.f32(), g.fcproj_b.f32(), dtmp_.f32(), a.fch_gelu.f32(), p.fcproj_w.f32(), n, 4 * c, c, bf16);
-  k.gelu_backward(dfch_.f32(), a.fch.f32(), dfch_.f32(), n * 4 * c);
-  k.linear_backward(dtmp2_.f32(), g.fc_w.f32(), g.fc_b.f32(), dfch_.f32(), a.ln1.f32(), p.fc_w.f32(), n, c, 4 * c, bf16);
+  k.linear_backward(dfch_.f32(), g.fcproj_w.f32(), g.fcproj_b.f32(), dtmp_.f32(), a.fch_gelu.f32(), p.fcproj_w.f32(), n, fl, c, bf16);
+  k.gelu_backward(dfch_.f32(), a.fch.f32(), dfch_.f32(), n * fl);
+  k.linear_backward(dtmp2_.f32(), g.fc_w.f32(), g.fc_b.f32(), dfch_.f32(), a.ln1.f32(), p.fc_w.f32(), n, c, fl, bf16);
+  tp_sum(dtmp2_.f32(), n * c);
   k.accumulate(dtmp2_.f32(), dtmp_.f32(), n * c);  // d ln1 through both paths
   std::fill(dres, dres + n * c, 0.0f);
   k.layernorm_backward(dres, g.ln1_w.f32(), g.ln1_b.f32(), dtmp2_.f32(), a.res2.f32(), p.ln1_w.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), n, c);
   // dres: gradient of res2 = in + Attn(in).
-  k.linear_backward(dtmp_.f32(), g.proj_w.f32(), g.proj_b.f32(), dres, a.atty.f32(), p.proj_w.f32(), n, c, c, bf16);
-  k.attention_backward(dqkv_.f32(), dtmp_.f32(), a.qkv.f32(), a.atty.f32(), a.lse.f32(), act_batch_, act_seq_, c, shape_.n_head, layout_.view());
-  k.linear_backward(dtmp2_.f32(), g.qkv_w.f32(), g.qkv_b.f32(), dqkv_.f32(), in, p.qkv_w.f32(), n, c, 3 * c, bf16);
+  k.linear_backward(dtmp_.f32(), g.proj_w.f32(), g.proj_b.f32(), dres, a.atty.f32(), p.proj_w.f32(), n, cl, c, bf16);
+  k.attention_backward(dqkv_.f32(), dtmp_.f32(), a.qkv.f32(), a.atty.f32(), a.lse.f32(), act_batch_, act_seq_, cl, shape_.local_heads(), layout_.view());
+  k.linear_backward(dtmp2_.f32(), g.qkv_w.f32(), g.qkv_b.f32(), dqkv_.f32(), in, p.qkv_w.f32(), n, c, 3 * cl, bf16);
+  tp_sum(dtmp2_.f32(), n * c);
   k.accumulate(dres, dtmp2_.f32(), n * c);
 }
 
@@ -352,8 +458,10 @@ void Gpt::run_backward(const Batch& batch) {
   float* dres = dres_.f32();
   // logits = x @ wte^T: dx (N, C) = dlogits @ wte, dwte (Vp, C) += dlogits^T @ x.
   float* dx = shape_.post_norm ? dres : dtmp_.f32();
-  matmul(dx, logits_.f32(), wte.value.f32(), n, c, shape_.padded_vocab, false, false, 0.0f);
-  matmul(wte.grad.f32(), logits_.f32(), final_in, shape_.padded_vocab, c, n, true, false, 1.0f);
+  const std::int64_t vp = shape_.local_vocab();
+  matmul(dx, logits_.f32(), wte.value.f32(), n, c, vp, false, false, 0.0f);
+  tp_sum(dx, n * c);  // vocabulary shards each give part of dx
+  matmul(wte.grad.f32(), logits_.f32(), final_in, vp, c, n, true, false, 1.0f);
   if (!shape_.post_norm) {
     Parameter& w = params_[param_index_.at("transformer.ln_f.weight")];
     Parameter& b = params_[param_index_.at("transformer.ln_f.bias")];
@@ -372,7 +480,8 @@ void Gpt::run_backward(const Batch& batch) {
     if (gradient_ready_) gradient_ready_(2 + kPerBlock * l, 2 + kPerBlock * (l + 1));
   }
   const std::int32_t* positions = batch.positions.empty() ? positions_.data() : batch.positions.data();
-  k.embedding_backward(wte.grad.f32(), wpe.grad.f32(), dres, batch.inputs.data(), positions, n, c, 0, shape_.padded_vocab);
+  k.embedding_backward(wte.grad.f32(), wpe.grad.f32(), dres, batch.inputs.data(), positions, n, c,
+                       shape_.vocab_first(), shape_.local_vocab());
   if (gradient_ready_) gradient_ready_(0, 2);  // wte (also the head) and wpe
 }
 

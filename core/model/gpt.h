@@ -19,6 +19,7 @@
 #include "core/config.h"
 #include "core/kernel_table.h"
 #include "core/model/attention_layout.h"
+#include "core/model/tensor_parallel.h"
 #include "core/tensor.h"
 
 namespace kiln {
@@ -33,17 +34,38 @@ struct GptShape {
   bool post_norm = false;
   bool bf16_matmul = false;
   int attention_block = 64;
+  // Tensor parallelism (the sharding plan): this model holds shard tp_rank of tp_size. Heads,
+  // the MLP width and the padded vocabulary are split; everything else is replicated.
+  int tp_size = 1;
+  int tp_rank = 0;
 
-  static GptShape from_config(const ModelConfig& config, int vocab_size);
-  std::int64_t num_params() const;
+  // tp_size > 1 pads the vocabulary to a multiple of vocab_multiple * tp_size and checks that
+  // heads and the MLP width divide.
+  static GptShape from_config(const ModelConfig& config, int vocab_size, int tp_size = 1, int tp_rank = 0);
+  std::int64_t num_params() const;  // of the whole (unsharded) model
+  int local_heads() const { return n_head / tp_size; }
+  int local_width() const { return n_embd / tp_size; }       // attention width of the shard
+  int local_ffn() const { return 4 * n_embd / tp_size; }     // MLP width of the shard
+  int local_vocab() const { return padded_vocab / tp_size; }  // vocabulary rows of the shard
+  int vocab_first() const { return tp_rank * local_vocab(); }
   // Training FLOPs per token: 6 * (matmul params incl. the tied head) + 12 * L * C * T (PaLM).
   double flops_per_token(int seq_len) const;
 };
 
+// How a parameter's shard sits in the whole tensor under tensor parallelism.
+enum class Split {
+  none,  // replicated: every rank holds all of it
+  rows,  // dimension 0 cut in tp_size equal runs (wte by vocabulary, row-parallel weights)
+  cols,  // the last dimension cut in equal runs (column-parallel weights and biases)
+  qkv,   // the last dimension is [q | k | v], each cut by heads (c_attn)
+};
+
 struct Parameter {
   std::string name;  // Hugging Face GPT-2 name, e.g. "transformer.h.0.attn.c_attn.weight"
-  Tensor value;      // view into the parameter buffer
+  Tensor value;      // view into the parameter buffer (this rank's shard)
   Tensor grad;       // view into the gradient buffer
+  Split split;
+  Shape full_shape;  // of the whole tensor (equal to value's shape when not split)
   bool decay;        // AdamW weight decay applies (matmul weights only)
   float init_std;    // 0 with init_value: constant initialisation
   float init_value;
@@ -63,7 +85,8 @@ struct Batch {
 
 class Gpt {
  public:
-  Gpt(const GptShape& shape, Device device = Device::cpu);
+  // tp must be given (and outlive the model) when shape.tp_size > 1.
+  explicit Gpt(const GptShape& shape, Device device = Device::cpu, TensorParallel* tp = nullptr);
 
   const GptShape& shape() const { return shape_; }
   std::vector<Parameter>& parameters() { return params_; }
@@ -77,6 +100,14 @@ class Gpt {
   // scaled by 1/sqrt(2 * n_layer), zero biases, unit LayerNorm gains, zero padded vocab rows.
   // Element i of parameter p is drawn from Rng(seed, p).normal(i): thread-count independent.
   void init_weights(std::uint64_t seed, float std = 0.02f);
+
+  // The offset in the whole tensor of element `local` of this rank's shard of p.
+  std::int64_t full_index(const Parameter& p, std::int64_t local) const;
+  // The whole tensor from every rank's shard (collective over the tensor-parallel group: every
+  // rank must call it for the same parameter). `local` is laid out like p.value.
+  Tensor gather_full(const Parameter& p, const float* local) const;
+  // This rank's shard of a whole tensor, written to `local` (laid out like p.value).
+  void take_shard(const Parameter& p, const Tensor& full, float* local) const;
 
   // Forward only: returns the sum of per-token losses over counted tokens; logits() then holds
   // the logits (B, T, Vp).
@@ -124,6 +155,11 @@ class Gpt {
   void block_backward_pre(int l, const float* in, float* dres);
   void block_backward_post(int l, const float* in, float* dres);
   const float* block_output(int l) const;
+  // Sums a partial result over the tensor-parallel ranks (no-op with one rank).
+  void tp_sum(float* data, std::int64_t n) const;
+  // Per-token losses (and, with loss_scale != 0, dlogits in place) over a possibly sharded
+  // vocabulary.
+  void cross_entropy(const Batch& batch, float loss_scale);
   // c (m, n) = op(a) op(b) (+ beta c) in fp32 or bf16 as the model is configured.
   void matmul(float* c, const float* a, const float* b, std::int64_t m, std::int64_t n,
               std::int64_t k, bool trans_a, bool trans_b, float beta) const;
@@ -131,6 +167,7 @@ class Gpt {
   GptShape shape_;
   Device device_;
   const KernelTable* kernels_;
+  TensorParallel* tp_;  // null with one rank
   std::vector<Parameter> params_;
   std::map<std::string, std::size_t> param_index_;
   Tensor param_buffer_, grad_buffer_;
@@ -142,6 +179,7 @@ class Gpt {
   Tensor arena_;
   std::vector<LayerActs> acts_;
   Tensor encoded_, lnf_, lnf_mean_, lnf_rstd_, logits_, losses_;
+  Tensor row_max_, row_sum_, target_logit_;  // (N) vocabulary-parallel cross-entropy
   Tensor scratch_, dres_, dtmp_, dtmp2_, dqkv_, dfch_;  // (N, C) x4, (N, 3C), (N, 4C)
   std::vector<std::int32_t> positions_;
   BlockLayout layout_;
