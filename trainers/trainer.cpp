@@ -332,6 +332,11 @@ TrainResult Trainer::run() {
     record.tokens = tokens_seen_;
     record.comm_wait_s = comm_wait_s_;
     record.comm_bytes = comm_bytes_;
+    if (tp_ops_) {  // tensor-parallel reductions happen inside forward and backward
+      const auto [bytes, seconds] = tp_ops_->take_stats();
+      record.comm_bytes += bytes;
+      record.comm_wait_s += seconds;
+    }
     if (log) log->step(record);
     result.losses.push_back(record.loss);
     if (step > start_step_ + 1 || last == start_step_ + 1) {

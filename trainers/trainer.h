@@ -16,6 +16,7 @@
 #include "core/optim/adamw.h"
 #include "parallel/grad_sync.h"
 #include "parallel/layout.h"
+#include "parallel/tensor_parallel_group.h"
 #include "trainers/stage.h"
 
 namespace kiln {
@@ -69,7 +70,7 @@ class Trainer {
   ParallelContext owned_parallel_;  // for the one-process constructor
   ParallelContext& parallel_;
   std::unique_ptr<Stage> stage_;
-  std::unique_ptr<TensorParallel> tp_ops_;  // the model's tensor-parallel group (tp > 1)
+  std::unique_ptr<TensorParallelGroup> tp_ops_;  // the model's tensor-parallel group (tp > 1)
   std::unique_ptr<Gpt> model_;
   std::unique_ptr<AdamW> optimizer_;    // the whole model, or this rank's slice (ZeRO-1)
   std::unique_ptr<GradientSync> sync_;  // data parallelism without ZeRO
