@@ -20,8 +20,9 @@ GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp
   KILN_CHECK(s.vocab >= vocab_size, "model.vocab_size=", s.vocab,
              " is smaller than the tokenizer's vocabulary (", vocab_size,
              "); set it to 0 to use the tokenizer's");
-  // Each tensor-parallel rank holds an equal, aligned part of the padded vocabulary.
-  const int multiple = config.vocab_multiple * tp_size;
+  // Each tensor-parallel rank holds an equal, aligned part of the padded vocabulary (a
+  // multiple of 128 rows each, as Megatron pads).
+  const int multiple = (tp_size > 1 ? std::max(config.vocab_multiple, 128) : config.vocab_multiple) * tp_size;
   s.padded_vocab = (s.vocab + multiple - 1) / multiple * multiple;
   s.post_norm = config.norm == "post";
   s.bf16_matmul = config.matmul == "bf16";

@@ -207,4 +207,18 @@ TEST_F(CliTest, AKilledRankEndsTheJob) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_NE(r.code, 0) << r.output;
   EXPECT_LT(seconds, 60.0);
+  // mpirun names the rank that died.
+  EXPECT_NE(r.output.find("rank 1"), std::string::npos) << r.output;
+}
+
+TEST_F(CliTest, MpirunTensorParallelTrainsOneJob) {
+  ASSERT_EQ(kiln("tokenize --input " + (dir_ / "corpus").string() + " --separator % --out " +
+                 (dir_ / "data").string()).code, 0);
+  const CliRun r = run_shell(mpirun(2) + KILN_BINARY + " train " + tiny_config() + " parallel.tp=2");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("1 data-parallel x 2 tensor-parallel"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "checkpoints" / "step_00000030"));
+  // The checkpoint holds whole tensors: one process samples from it.
+  const CliRun sample = kiln("sample --checkpoint " + (dir_ / "run").string() + " --prompt 'the ' --max-tokens 10");
+  EXPECT_EQ(sample.code, 0) << sample.output;
 }

@@ -1,0 +1,21 @@
+// Communicator over NCCL for device memory (built wherever the CUDA toolkit and NCCL are found;
+// KILN_WITH_NCCL). Collectives run on one CUDA stream per communicator, in submission order, so
+// they overlap kernels on the compute stream; a handle waits on a CUDA event with the
+// communicator's timeout and aborts the NCCL communicator when it expires. The unique id is
+// made on rank 0 and broadcast over the MPI world communicator.
+#pragma once
+
+#include <memory>
+
+#include "parallel/communicator.h"
+
+namespace kiln {
+
+// True when this process can see at least one CUDA device (any error counts as none).
+bool cuda_device_available();
+
+// An NCCL communicator over the same ranks as `world` (an MPI or single-rank communicator),
+// using CUDA device `device`. Throws kiln::Error when kiln was built without NCCL.
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& world, int device, double timeout_s);
+
+}  // namespace kiln
