@@ -278,15 +278,17 @@ const float* Gpt::block_output(int l) const {
   return shape_.post_norm ? acts_[l].ln2.f32() : acts_[l].res3.f32();
 }
 
+Gpt::BlockDims Gpt::block_dims() const {
+  // Row-parallel outputs are partial sums: one rank adds the (replicated) bias before the sum.
+  return {static_cast<std::int64_t>(act_batch_) * act_seq_, shape_.n_embd, shape_.local_width(),
+          shape_.local_ffn(), shape_.bf16_matmul, shape_.tp_rank == 0};
+}
+
 void Gpt::block_forward_pre(int l, const float* in) {
   const KernelTable& k = *kernels_;
   const LayerParams& p = layer_params_[l];
   LayerActs& a = acts_[l];
-  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
-  const std::int64_t cl = shape_.local_width(), fl = shape_.local_ffn();
-  const bool bf16 = shape_.bf16_matmul;
-  // Row-parallel outputs are partial sums: one rank adds the (replicated) bias before the sum.
-  const bool add_bias = shape_.tp_rank == 0;
+  const auto [n, c, cl, fl, bf16, add_bias] = block_dims();
   k.layernorm_forward(a.ln1.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), in, p.ln1_w.f32(), p.ln1_b.f32(), n, c);
   k.linear_forward(a.qkv.f32(), a.ln1.f32(), p.qkv_w.f32(), p.qkv_b.f32(), n, c, 3 * cl, bf16);
   k.attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), act_batch_, act_seq_, cl, shape_.local_heads(), layout_.view());
@@ -305,10 +307,7 @@ void Gpt::block_forward_post(int l, const float* in) {
   const KernelTable& k = *kernels_;
   const LayerParams& p = layer_params_[l];
   LayerActs& a = acts_[l];
-  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
-  const std::int64_t cl = shape_.local_width(), fl = shape_.local_ffn();
-  const bool bf16 = shape_.bf16_matmul;
-  const bool add_bias = shape_.tp_rank == 0;
+  const auto [n, c, cl, fl, bf16, add_bias] = block_dims();
   k.linear_forward(a.qkv.f32(), in, p.qkv_w.f32(), p.qkv_b.f32(), n, c, 3 * cl, bf16);
   k.attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), act_batch_, act_seq_, cl, shape_.local_heads(), layout_.view());
   k.linear_forward(scratch_.f32(), a.atty.f32(), p.proj_w.f32(), add_bias ? p.proj_b.f32() : nullptr, n, cl, c, bf16);
@@ -407,9 +406,7 @@ void Gpt::block_backward_pre(int l, const float* in, float* dres) {
   const LayerParams& p = layer_params_[l];
   LayerParams& g = layer_grads_[l];
   const LayerActs& a = acts_[l];
-  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
-  const std::int64_t cl = shape_.local_width(), fl = shape_.local_ffn();
-  const bool bf16 = shape_.bf16_matmul;
+  const auto [n, c, cl, fl, bf16, add_bias] = block_dims();
   // dres: gradient of the block output res3 = res2 + MLP(LN2(res2)).
   k.linear_backward(dfch_.f32(), g.fcproj_w.f32(), g.fcproj_b.f32(), dres, a.fch_gelu.f32(), p.fcproj_w.f32(), n, fl, c, bf16);
   k.gelu_backward(dfch_.f32(), a.fch.f32(), dfch_.f32(), n * fl);
@@ -429,9 +426,7 @@ void Gpt::block_backward_post(int l, const float* in, float* dres) {
   const LayerParams& p = layer_params_[l];
   LayerParams& g = layer_grads_[l];
   const LayerActs& a = acts_[l];
-  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
-  const std::int64_t cl = shape_.local_width(), fl = shape_.local_ffn();
-  const bool bf16 = shape_.bf16_matmul;
+  const auto [n, c, cl, fl, bf16, add_bias] = block_dims();
   // dres: gradient of the block output LN2(res3), res3 = ln1 + MLP(ln1), ln1 = LN1(res2).
   dtmp_.zero_();
   k.layernorm_backward(dtmp_.f32(), g.ln2_w.f32(), g.ln2_b.f32(), dres, a.res3.f32(), p.ln2_w.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), n, c);

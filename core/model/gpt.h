@@ -145,6 +145,13 @@ class Gpt {
     Tensor res3;                     // (N, C) residual after MLP (post-LN: before LN2)
   };
 
+  // Sizes every block function uses: rows n, width c, this shard's attention width cl and MLP
+  // width fl, bf16 matmuls, and whether this rank adds row-parallel biases.
+  struct BlockDims {
+    std::int64_t n, c, cl, fl;
+    bool bf16, add_bias;
+  };
+  BlockDims block_dims() const;
   void build_parameters();
   void ensure_activations(int batch, int seq_len);
   void check_batch(const Batch& batch) const;

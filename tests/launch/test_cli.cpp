@@ -19,9 +19,9 @@ struct CliRun {
   std::string output;  // stdout and stderr together
 };
 
-CliRun kiln(const std::string& args) {
-  const std::string command = std::string(KILN_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
+// Runs a shell command, capturing stdout and stderr together.
+CliRun run_shell(const std::string& command) {
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
   CliRun run{-1, ""};
   if (!pipe) return run;
   char buffer[4096];
@@ -31,6 +31,8 @@ CliRun kiln(const std::string& args) {
   run.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return run;
 }
+
+CliRun kiln(const std::string& args) { return run_shell(std::string(KILN_BINARY) + " " + args); }
 
 class CliTest : public ::testing::Test {
  protected:
@@ -50,6 +52,12 @@ class CliTest : public ::testing::Test {
     const fs::path path = dir_ / name;
     std::ofstream(path) << body;
     return path.string();
+  }
+
+  // The test corpus as token shards in dir_/data.
+  CliRun tokenize() const {
+    return kiln("tokenize --input " + (dir_ / "corpus").string() + " --separator % --out " +
+                (dir_ / "data").string());
   }
 
   std::string tiny_config() const {
@@ -104,8 +112,7 @@ TEST_F(CliTest, CorruptShardIsAClearError) {
 }
 
 TEST_F(CliTest, TokenizeTrainResumeSample) {
-  const CliRun tok = kiln("tokenize --input " + (dir_ / "corpus").string() + " --separator % --out " +
-                       (dir_ / "data").string());
+  const CliRun tok = tokenize();
   ASSERT_EQ(tok.code, 0) << tok.output;
   const std::string cfg = tiny_config();
   const CliRun part = kiln("train " + cfg + " --stop-after 20");
@@ -136,8 +143,7 @@ TEST_F(CliTest, TokenizeTrainResumeSample) {
 }
 
 TEST_F(CliTest, OverwriteReplacesARun) {
-  ASSERT_EQ(kiln("tokenize --input " + (dir_ / "corpus").string() + " --separator % --out " +
-                 (dir_ / "data").string()).code, 0);
+  ASSERT_EQ(tokenize().code, 0);
   const std::string cfg = tiny_config();
   ASSERT_EQ(kiln("train " + cfg + " train.max_steps=10").code, 0);
   const CliRun again = kiln("train " + cfg + " train.max_steps=5 --overwrite");
@@ -160,21 +166,9 @@ std::string mpirun(int ranks, const std::string& env = "") {
          std::to_string(ranks) + " ";
 }
 
-CliRun run_shell(const std::string& command) {
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  CliRun run{-1, ""};
-  if (!pipe) return run;
-  char buffer[4096];
-  std::size_t n;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) run.output.append(buffer, n);
-  const int status = pclose(pipe);
-  run.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return run;
-}
 
 TEST_F(CliTest, MpirunTrainsOneJobAndLogsOnce) {
-  ASSERT_EQ(kiln("tokenize --input " + (dir_ / "corpus").string() + " --separator % --out " +
-                 (dir_ / "data").string()).code, 0);
+  ASSERT_EQ(tokenize().code, 0);
   const CliRun r = run_shell(mpirun(2) + KILN_BINARY + " train " + tiny_config() + " train.threads=0");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("2 data-parallel"), std::string::npos) << r.output;
@@ -186,8 +180,7 @@ TEST_F(CliTest, MpirunTrainsOneJobAndLogsOnce) {
 }
 
 TEST_F(CliTest, AStuckRankAbortsTheJobWithinTheTimeout) {
-  ASSERT_EQ(kiln("tokenize --input " + (dir_ / "corpus").string() + " --separator % --out " +
-                 (dir_ / "data").string()).code, 0);
+  ASSERT_EQ(tokenize().code, 0);
   const auto start = std::chrono::steady_clock::now();
   const CliRun r = run_shell(mpirun(2, "KILN_FAULT=hang:1:3") + KILN_BINARY + " train " +
                              tiny_config() + " parallel.timeout_s=5");
@@ -199,8 +192,7 @@ TEST_F(CliTest, AStuckRankAbortsTheJobWithinTheTimeout) {
 }
 
 TEST_F(CliTest, AKilledRankEndsTheJob) {
-  ASSERT_EQ(kiln("tokenize --input " + (dir_ / "corpus").string() + " --separator % --out " +
-                 (dir_ / "data").string()).code, 0);
+  ASSERT_EQ(tokenize().code, 0);
   const auto start = std::chrono::steady_clock::now();
   const CliRun r = run_shell(mpirun(2, "KILN_FAULT=kill:1:3") + KILN_BINARY + " train " +
                              tiny_config() + " parallel.timeout_s=5");
@@ -212,8 +204,7 @@ TEST_F(CliTest, AKilledRankEndsTheJob) {
 }
 
 TEST_F(CliTest, MpirunTensorParallelTrainsOneJob) {
-  ASSERT_EQ(kiln("tokenize --input " + (dir_ / "corpus").string() + " --separator % --out " +
-                 (dir_ / "data").string()).code, 0);
+  ASSERT_EQ(tokenize().code, 0);
   const CliRun r = run_shell(mpirun(2) + KILN_BINARY + " train " + tiny_config() + " parallel.tp=2");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("1 data-parallel x 2 tensor-parallel"), std::string::npos) << r.output;
