@@ -25,6 +25,7 @@
 #include <variant>
 
 #include "core/config_schema.h"
+#include "core/model/attention_layout.h"
 #include "core/error.h"
 
 namespace kiln {
@@ -494,6 +495,26 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
   if (block != 16 && block != 32 && block != 64 && block != 128)
     fail(origins.by_key.count(key(block)) ? origins.of(key(block)) : name,
          message(show(block), " is not a tile size the attention kernels have; use 16, 32, 64 or 128"));
+  try {
+    attention_kinds(c.model.attention, c.model.n_layer);
+    if (c.model.attention != "dense") {
+      // Build each layer's layout once for the training length: every size error shows here,
+      // before any run directory is touched.
+      AttentionPattern p;
+      p.block = block;
+      p.window = c.model.attention_window;
+      p.stride = c.model.attention_stride;
+      p.summary = c.model.attention_summary;
+      p.global = c.model.attention_global;
+      p.per_head = c.model.attention_per_head != 0;
+      for (const std::string& kind : attention_kinds(c.model.attention, c.model.n_layer)) {
+        p.kind = kind;
+        build_layout(p, c.train.seq_len, c.model.n_head);
+      }
+    }
+  } catch (const Error& e) {
+    fail(origins.by_key.count("model.attention") ? origins.of("model.attention") : name, e.what());
+  }
   const int &seq_len = c.train.seq_len, &context = c.model.context;
   if (seq_len > context)
     fail(where(seq_len, context), message(show(seq_len), " is longer than ", show(context),

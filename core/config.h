@@ -22,6 +22,14 @@ struct ModelConfig {
   std::string matmul = "f32"; // f32 | bf16 (bf16 inputs, fp32 accumulate, fp32 master weights)
   float init_std = 0.02f;
   int attention_block = 64;   // query/key tile of the attention kernel
+  // Attention pattern per layer: dense | local | strided | fixed | gpt3 (dense on even layers,
+  // local on odd) | a comma-separated list, one per layer. Sizes are in blocks.
+  std::string attention = "dense";
+  int attention_window = 4;
+  int attention_stride = 4;
+  int attention_summary = 1;
+  int attention_global = 0;
+  int attention_per_head = 0;
 };
 
 struct DataConfig {

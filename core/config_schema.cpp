@@ -31,7 +31,19 @@ void model_keys(Schema& s) {
            "matmul inputs (bf16: fp32 accumulate and fp32 master weights)")
       .key("init_std", &ModelConfig::init_std, above(0), "std of the normal weight init")
       .key("attention_block", &ModelConfig::attention_block, between(16, 128),
-           "query/key tile of the attention kernel: 16, 32, 64 or 128");
+           "query/key tile of the attention kernel: 16, 32, 64 or 128")
+      .key("attention", &ModelConfig::attention, not_empty(),
+           "dense | local | strided | fixed | gpt3 | one per layer, comma-separated")
+      .key("attention_window", &ModelConfig::attention_window, at_least(1),
+           "local/strided: recent key blocks attended (own block included)")
+      .key("attention_stride", &ModelConfig::attention_stride, at_least(1),
+           "strided: period in blocks; fixed: blocks per chunk")
+      .key("attention_summary", &ModelConfig::attention_summary, at_least(1),
+           "fixed: summary blocks at the end of each chunk")
+      .key("attention_global", &ModelConfig::attention_global, at_least(0),
+           "leading blocks every query attends to (global tokens)")
+      .key("attention_per_head", &ModelConfig::attention_per_head, between(0, 1),
+           "fixed: 1 gives each head other summary blocks");
 }
 
 void data_keys(Schema& s) {

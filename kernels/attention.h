@@ -4,8 +4,11 @@
 // lists blocks 0..i (core/model/attention_layout.h builds layouts).
 //
 // Contract a kernel (CPU or GPU) relies on:
-//  - row_ptr has num_blocks + 1 entries; query block i attends to key blocks
-//    cols[row_ptr[i] .. row_ptr[i+1]) given in ascending order, each <= i.
+//  - row_ptr has num_blocks + 1 entries per head layout; query block i of head h attends to key
+//    blocks cols[r[i] .. r[i+1]) with r = row_ptr + (first_head + h) * (num_blocks + 1) when the
+//    heads have their own layouts (num_layouts > 1), r = row_ptr when they share one. Blocks are
+//    in ascending order, each <= i. (first_head: the global index of this kernel's head 0, for
+//    tensor-parallel shards of the heads.)
 //  - Inside any visited block, token-level causality (key position <= query position) is
 //    applied by the kernel; the layout need not mark diagonal blocks.
 //  - The last block may be partial (T need not be a multiple of block).
@@ -20,8 +23,14 @@ namespace kiln::cpu {
 struct BlockLayoutView {
   int block;            // tokens per block, for queries and keys; 16, 32, 64 or 128
   int num_blocks;       // ceil(t / block)
-  const int* row_ptr;   // (num_blocks + 1)
-  const int* cols;      // (row_ptr[num_blocks]) key block ids
+  const int* row_ptr;   // (num_layouts * (num_blocks + 1))
+  const int* cols;      // key block ids
+  int num_layouts = 1;  // 1: every head shares row_ptr; else one per (global) head
+  int first_head = 0;
+
+  const int* rows_of(std::int64_t head) const {
+    return num_layouts > 1 ? row_ptr + (first_head + head) * (num_blocks + 1) : row_ptr;
+  }
 };
 
 // qkv (b, t, 3c): q | k | v, head h at columns h*hd .. (h+1)*hd of each part, hd = c / nh.
@@ -35,8 +44,9 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
                         std::int64_t nh, const BlockLayoutView& layout);
 
 // One new query per head against a cache of n keys and values (autoregressive decoding).
-// q (c), k_cache and v_cache (n, c) with heads concatenated, out (c).
+// q (c), k_cache and v_cache (n, c) with heads concatenated, out (c). key_mask (nh, n), or null
+// for all keys, marks the keys each head may attend to (sparse layouts).
 void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
-                      std::int64_t n, std::int64_t c, std::int64_t nh);
+                      std::int64_t n, std::int64_t c, std::int64_t nh, const std::uint8_t* key_mask);
 
 }  // namespace kiln::cpu

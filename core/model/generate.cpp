@@ -24,6 +24,10 @@ Generator::Generator(const Gpt& model)
   mean_.resize(1);
   rstd_.resize(1);
   logits_.resize(s.padded_vocab);
+  for (const AttentionPattern& p : s.attention)
+    layouts_.push_back(p.is_dense() ? nullptr : std::make_unique<BlockLayout>(build_layout(p, s.context, s.n_head)));
+  layouts_.resize(s.n_layer);
+  key_mask_.resize(static_cast<std::size_t>(s.n_head) * s.context);
 }
 
 const float* Generator::step(std::int32_t token) {
@@ -48,7 +52,14 @@ const float* Generator::step(std::int32_t token) {
     k.linear_forward(qkv_.data(), attn_in, w(p + "attn.c_attn.weight"), w(p + "attn.c_attn.bias"), 1, c, 3 * c, false);
     std::copy(qkv_.begin() + c, qkv_.begin() + 2 * c, kc + pos * c);
     std::copy(qkv_.begin() + 2 * c, qkv_.begin() + 3 * c, vc + pos * c);
-    k.attention_decode(att_.data(), qkv_.data(), kc, vc, pos + 1, c, s.n_head);
+    const std::uint8_t* mask = nullptr;
+    if (const BlockLayout* layout = layouts_[l].get()) {
+      const int n = pos + 1, qb = pos / layout->block;
+      for (int h = 0; h < s.n_head; ++h)
+        for (int j = 0; j < n; ++j) key_mask_[static_cast<std::size_t>(h) * n + j] = layout->allows(h, qb, j / layout->block);
+      mask = key_mask_.data();
+    }
+    k.attention_decode(att_.data(), qkv_.data(), kc, vc, pos + 1, c, s.n_head, mask);
     k.linear_forward(tmp_.data(), att_.data(), w(p + "attn.c_proj.weight"), w(p + "attn.c_proj.bias"), 1, c, c, false);
     k.accumulate(x_.data(), tmp_.data(), c);
     const float* mlp_in = x_.data();

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "core/model/gpt.h"
@@ -43,6 +44,10 @@ class Generator {
   int length_ = 0;                       // tokens in the cache
   std::vector<float> k_cache_, v_cache_;  // (n_layer, context, C)
   std::vector<float> x_, ln_, qkv_, att_, tmp_, fc_, fc_gelu_, mean_, rstd_, logits_;
+  // Sparse layers: each layer's layout over the whole context (null: dense), and the keys each
+  // head may see from the current position.
+  std::vector<std::unique_ptr<BlockLayout>> layouts_;
+  std::vector<std::uint8_t> key_mask_;
 };
 
 }  // namespace kiln

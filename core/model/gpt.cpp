@@ -29,6 +29,17 @@ GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp
   s.attention_block = config.attention_block;
   s.tp_size = tp_size;
   s.tp_rank = tp_rank;
+  for (const std::string& kind : attention_kinds(config.attention, config.n_layer)) {
+    AttentionPattern p;
+    p.kind = kind;
+    p.block = config.attention_block;
+    p.window = config.attention_window;
+    p.stride = config.attention_stride;
+    p.summary = config.attention_summary;
+    p.global = config.attention_global;
+    p.per_head = config.attention_per_head != 0;
+    s.attention.push_back(p);
+  }
   KILN_CHECK(s.n_embd % s.n_head == 0, "model.n_embd=", s.n_embd, " is not divisible by model.n_head=",
              s.n_head, "; choose n_embd as a multiple of n_head");
   KILN_CHECK(s.n_head % tp_size == 0, "model.n_head=", s.n_head, " is not divisible by parallel.tp=",
@@ -236,7 +247,23 @@ void Gpt::ensure_activations(int batch, int seq_len) {
   }
   positions_.resize(n);
   for (std::int64_t i = 0; i < n; ++i) positions_[i] = static_cast<std::int32_t>(i % seq_len);
-  layout_ = dense_causal_layout(seq_len, shape_.attention_block);
+  // One layout per distinct pattern (dense when the shape names none).
+  layouts_.clear();
+  layer_layout_.assign(shape_.n_layer, 0);
+  std::vector<std::string> built;
+  for (int l = 0; l < shape_.n_layer; ++l) {
+    AttentionPattern p;
+    if (shape_.attention.empty()) p.block = shape_.attention_block;
+    else p = shape_.attention[l];
+    const std::string key = p.describe();
+    std::size_t i = 0;
+    while (i < built.size() && built[i] != key) ++i;
+    if (i == built.size()) {
+      built.push_back(key);
+      layouts_.push_back(build_layout(p, seq_len, shape_.n_head));
+    }
+    layer_layout_[l] = static_cast<int>(i);
+  }
   act_batch_ = batch;
   act_seq_ = seq_len;
 }
@@ -278,6 +305,11 @@ const float* Gpt::block_output(int l) const {
   return shape_.post_norm ? acts_[l].ln2.f32() : acts_[l].res3.f32();
 }
 
+BlockLayoutView Gpt::layout_view(int l) const {
+  // Heads of a tensor-parallel shard are global heads tp_rank * local_heads ...
+  return layouts_[layer_layout_[l]].view(shape_.tp_rank * shape_.local_heads());
+}
+
 Gpt::BlockDims Gpt::block_dims() const {
   // Row-parallel outputs are partial sums: one rank adds the (replicated) bias before the sum.
   return {static_cast<std::int64_t>(act_batch_) * act_seq_, shape_.n_embd, shape_.local_width(),
@@ -291,7 +323,7 @@ void Gpt::block_forward_pre(int l, const float* in) {
   const auto [n, c, cl, fl, bf16, add_bias] = block_dims();
   k.layernorm_forward(a.ln1.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), in, p.ln1_w.f32(), p.ln1_b.f32(), n, c);
   k.linear_forward(a.qkv.f32(), a.ln1.f32(), p.qkv_w.f32(), p.qkv_b.f32(), n, c, 3 * cl, bf16);
-  k.attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), act_batch_, act_seq_, cl, shape_.local_heads(), layout_.view());
+  k.attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), act_batch_, act_seq_, cl, shape_.local_heads(), layout_view(l));
   k.linear_forward(scratch_.f32(), a.atty.f32(), p.proj_w.f32(), add_bias ? p.proj_b.f32() : nullptr, n, cl, c, bf16);
   tp_sum(scratch_.f32(), n * c);
   k.add(a.res2.f32(), in, scratch_.f32(), n * c);
@@ -309,7 +341,7 @@ void Gpt::block_forward_post(int l, const float* in) {
   LayerActs& a = acts_[l];
   const auto [n, c, cl, fl, bf16, add_bias] = block_dims();
   k.linear_forward(a.qkv.f32(), in, p.qkv_w.f32(), p.qkv_b.f32(), n, c, 3 * cl, bf16);
-  k.attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), act_batch_, act_seq_, cl, shape_.local_heads(), layout_.view());
+  k.attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), act_batch_, act_seq_, cl, shape_.local_heads(), layout_view(l));
   k.linear_forward(scratch_.f32(), a.atty.f32(), p.proj_w.f32(), add_bias ? p.proj_b.f32() : nullptr, n, cl, c, bf16);
   tp_sum(scratch_.f32(), n * c);
   k.add(a.res2.f32(), in, scratch_.f32(), n * c);
@@ -415,7 +447,7 @@ void Gpt::block_backward_pre(int l, const float* in, float* dres) {
   k.layernorm_backward(dres, g.ln2_w.f32(), g.ln2_b.f32(), dtmp_.f32(), a.res2.f32(), p.ln2_w.f32(), a.ln2_mean.f32(), a.ln2_rstd.f32(), n, c);
   // dres: gradient of res2 = in + Attn(LN1(in)).
   k.linear_backward(dtmp_.f32(), g.proj_w.f32(), g.proj_b.f32(), dres, a.atty.f32(), p.proj_w.f32(), n, cl, c, bf16);
-  k.attention_backward(dqkv_.f32(), dtmp_.f32(), a.qkv.f32(), a.atty.f32(), a.lse.f32(), act_batch_, act_seq_, cl, shape_.local_heads(), layout_.view());
+  k.attention_backward(dqkv_.f32(), dtmp_.f32(), a.qkv.f32(), a.atty.f32(), a.lse.f32(), act_batch_, act_seq_, cl, shape_.local_heads(), layout_view(l));
   k.linear_backward(dtmp2_.f32(), g.qkv_w.f32(), g.qkv_b.f32(), dqkv_.f32(), a.ln1.f32(), p.qkv_w.f32(), n, c, 3 * cl, bf16);
   tp_sum(dtmp2_.f32(), n * c);
   k.layernorm_backward(dres, g.ln1_w.f32(), g.ln1_b.f32(), dtmp2_.f32(), in, p.ln1_w.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), n, c);
@@ -439,7 +471,7 @@ void Gpt::block_backward_post(int l, const float* in, float* dres) {
   k.layernorm_backward(dres, g.ln1_w.f32(), g.ln1_b.f32(), dtmp2_.f32(), a.res2.f32(), p.ln1_w.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), n, c);
   // dres: gradient of res2 = in + Attn(in).
   k.linear_backward(dtmp_.f32(), g.proj_w.f32(), g.proj_b.f32(), dres, a.atty.f32(), p.proj_w.f32(), n, cl, c, bf16);
-  k.attention_backward(dqkv_.f32(), dtmp_.f32(), a.qkv.f32(), a.atty.f32(), a.lse.f32(), act_batch_, act_seq_, cl, shape_.local_heads(), layout_.view());
+  k.attention_backward(dqkv_.f32(), dtmp_.f32(), a.qkv.f32(), a.atty.f32(), a.lse.f32(), act_batch_, act_seq_, cl, shape_.local_heads(), layout_view(l));
   k.linear_backward(dtmp2_.f32(), g.qkv_w.f32(), g.qkv_b.f32(), dqkv_.f32(), in, p.qkv_w.f32(), n, c, 3 * cl, bf16);
   tp_sum(dtmp2_.f32(), n * c);
   k.accumulate(dres, dtmp2_.f32(), n * c);

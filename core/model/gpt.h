@@ -34,6 +34,8 @@ struct GptShape {
   bool post_norm = false;
   bool bf16_matmul = false;
   int attention_block = 64;
+  // Each layer's attention pattern (empty: dense everywhere, in blocks of attention_block).
+  std::vector<AttentionPattern> attention;
   // Tensor parallelism (the sharding plan): this model holds shard tp_rank of tp_size. Heads,
   // the MLP width and the padded vocabulary are split; everything else is replicated.
   int tp_size = 1;
@@ -189,7 +191,10 @@ class Gpt {
   Tensor row_max_, row_sum_, target_logit_;  // (N) vocabulary-parallel cross-entropy
   Tensor scratch_, dres_, dtmp_, dtmp2_, dqkv_, dfch_;  // (N, C) x4, (N, 3C), (N, 4C)
   std::vector<std::int32_t> positions_;
-  BlockLayout layout_;
+  // Layouts for the current sequence length: one per distinct pattern, and each layer's.
+  std::vector<BlockLayout> layouts_;
+  std::vector<int> layer_layout_;
+  BlockLayoutView layout_view(int l) const;
 };
 
 }  // namespace kiln

@@ -145,13 +145,14 @@ void forward_head(float* out, float* lse, const float* qkv, const Dims& dm, std:
   gather_head(q_all, dm, qkv, bi, 0, h, t_pad, false, scale);
   gather_head(kt_all, dm, qkv, bi, 1, h, t_pad, true);
   gather_head(v_all, dm, qkv, bi, 2, h, t_pad, false);
+  const int* rows = layout.rows_of(h);
   for (int qb = 0; qb < layout.num_blocks; ++qb) {
     const std::int64_t q0 = static_cast<std::int64_t>(qb) * BK;
     const int nq = static_cast<int>(std::min<std::int64_t>(BK, dm.t - q0));
     std::fill(acc, acc + BK * hd, 0.0f);
     std::fill(row_max, row_max + BK, -INFINITY);
     std::fill(row_sum, row_sum + BK, 0.0f);
-    for (int idx = layout.row_ptr[qb]; idx < layout.row_ptr[qb + 1]; ++idx) {
+    for (int idx = rows[qb]; idx < rows[qb + 1]; ++idx) {
       const std::int64_t k0 = static_cast<std::int64_t>(layout.cols[idx]) * BK;
       const int nk = static_cast<int>(std::min<std::int64_t>(BK, dm.t - k0));
       scores<BK, HD>(s, q_all + q0 * hd, kt_all + k0, t_pad, nq, hd);
@@ -236,13 +237,14 @@ void backward_head(float* dqkv, const float* dout, const float* qkv, const float
     delta[pos] = dsum;
     row_lse[pos] = lse[(bi * dm.nh + h) * t + pos];
   }
+  const int* rows = layout.rows_of(h);
   for (int qb = 0; qb < layout.num_blocks; ++qb) {
     const std::int64_t q0 = static_cast<std::int64_t>(qb) * BK;
     const int nq = static_cast<int>(std::min<std::int64_t>(BK, t - q0));
     const float* q = q_all + q0 * hd;
     const float* d_o = do_all + q0 * hd;
     std::fill(dq, dq + BK * hd, 0.0f);
-    for (int idx = layout.row_ptr[qb]; idx < layout.row_ptr[qb + 1]; ++idx) {
+    for (int idx = rows[qb]; idx < rows[qb + 1]; ++idx) {
       const std::int64_t k0 = static_cast<std::int64_t>(layout.cols[idx]) * BK;
       const int nk = static_cast<int>(std::min<std::int64_t>(BK, t - k0));
       scores<BK, HD>(p, q, kt_all + k0, t_pad, nq, hd);     // scaled scores
@@ -334,7 +336,7 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 }
 
 void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
-                      std::int64_t n, std::int64_t c, std::int64_t nh) {
+                      std::int64_t n, std::int64_t c, std::int64_t nh, const std::uint8_t* key_mask) {
   const std::int64_t hd = c / nh;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 #pragma omp parallel for schedule(static)
@@ -342,13 +344,17 @@ void attention_decode(float* out, const float* q, const float* k_cache, const fl
     std::vector<float> p(n);
     float m = -INFINITY;
     for (std::int64_t j = 0; j < n; ++j) {
+      if (key_mask && !key_mask[h * n + j]) {
+        p[j] = -INFINITY;
+        continue;
+      }
       float s = 0.0f;
       for (std::int64_t d = 0; d < hd; ++d) s += q[h * hd + d] * k_cache[j * c + h * hd + d];
       p[j] = s * scale;
       m = std::max(m, p[j]);
     }
     float sum = 0.0f;
-    for (std::int64_t j = 0; j < n; ++j) sum += (p[j] = fast_exp(p[j] - m));
+    for (std::int64_t j = 0; j < n; ++j) sum += (p[j] = p[j] == -INFINITY ? 0.0f : fast_exp(p[j] - m));
     float* o = out + h * hd;
     for (std::int64_t d = 0; d < hd; ++d) o[d] = 0.0f;
     for (std::int64_t j = 0; j < n; ++j) {

@@ -1,0 +1,202 @@
+// Block-sparse attention: every pattern against dense attention with the equivalent token mask
+// (outputs and gradients), layout properties (causality, two-hop reachability for strided and
+// fixed), the errors that name the key to change, and a KV-cache decoder that honours layouts.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/config.h"
+#include "core/model/attention_layout.h"
+#include "core/model/generate.h"
+#include "core/model/gpt.h"
+#include "grad_check.h"
+#include "kernels/attention.h"
+
+using kiln::testing::dot;
+using kiln::testing::expect_gradient;
+using kiln::testing::random_vector;
+
+namespace {
+
+kiln::AttentionPattern pattern(const std::string& kind, int block, int window, int stride,
+                               int summary = 1, int global = 0, bool per_head = false) {
+  kiln::AttentionPattern p;
+  p.kind = kind;
+  p.block = block;
+  p.window = window;
+  p.stride = stride;
+  p.summary = summary;
+  p.global = global;
+  p.per_head = per_head;
+  return p;
+}
+
+// Softmax attention in double where query i of head h sees key j iff j <= i and the layout
+// holds block (i / block, j / block) for h.
+std::vector<double> masked_attention(const std::vector<float>& qkv, int b, int t, int c, int nh,
+                                     const kiln::BlockLayout& layout) {
+  const int hd = c / nh;
+  std::vector<double> out(static_cast<std::size_t>(b) * t * c, 0.0);
+  for (int bi = 0; bi < b; ++bi)
+    for (int h = 0; h < nh; ++h)
+      for (int i = 0; i < t; ++i) {
+        std::vector<double> s(t, 0.0);
+        std::vector<bool> on(t, false);
+        double m = -1e300;
+        for (int j = 0; j <= i; ++j) {
+          on[j] = layout.allows(h, i / layout.block, j / layout.block);
+          if (!on[j]) continue;
+          double acc = 0;
+          for (int d = 0; d < hd; ++d)
+            acc += static_cast<double>(qkv[(bi * t + i) * 3 * c + h * hd + d]) * qkv[(bi * t + j) * 3 * c + c + h * hd + d];
+          s[j] = acc / std::sqrt(static_cast<double>(hd));
+          m = std::max(m, s[j]);
+        }
+        double z = 0;
+        for (int j = 0; j <= i; ++j) z += on[j] ? (s[j] = std::exp(s[j] - m)) : 0.0;
+        for (int j = 0; j <= i; ++j)
+          if (on[j])
+            for (int d = 0; d < hd; ++d)
+              out[(bi * t + i) * c + h * hd + d] += s[j] / z * qkv[(bi * t + j) * 3 * c + 2 * c + h * hd + d];
+      }
+  return out;
+}
+
+void check_pattern(const kiln::AttentionPattern& p, int b, int t, int c, int nh, bool grads) {
+  SCOPED_TRACE(p.describe() + " t=" + std::to_string(t));
+  const kiln::BlockLayout layout = kiln::build_layout(p, t, nh);
+  auto qkv = random_vector(static_cast<std::size_t>(b) * t * 3 * c, 41);
+  std::vector<float> out(static_cast<std::size_t>(b) * t * c), lse(static_cast<std::size_t>(b) * nh * t);
+  kiln::cpu::attention_forward(out.data(), lse.data(), qkv.data(), b, t, c, nh, layout.view());
+  const auto ref = masked_attention(qkv, b, t, c, nh, layout);
+  for (std::size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], 2e-5) << i;
+  if (!grads) return;
+  auto weights = random_vector(out.size(), 42);
+  auto f = [&] {
+    kiln::cpu::attention_forward(out.data(), lse.data(), qkv.data(), b, t, c, nh, layout.view());
+    return dot(out, weights);
+  };
+  f();
+  std::vector<float> dqkv(qkv.size());
+  kiln::cpu::attention_backward(dqkv.data(), weights.data(), qkv.data(), out.data(), lse.data(), b, t, c, nh, layout.view());
+  expect_gradient("dqkv", qkv, dqkv, f, 1e-2f, 2e-3, 2e-2, 5);
+}
+
+}  // namespace
+
+TEST(SparseAttention, EveryPatternMatchesDenseWithItsMask) {
+  check_pattern(pattern("local", 16, 2, 1), 2, 96, 32, 2, false);
+  check_pattern(pattern("strided", 16, 2, 3), 1, 128, 64, 1, false);
+  check_pattern(pattern("fixed", 16, 1, 4, 1), 1, 128, 32, 2, false);
+  check_pattern(pattern("fixed", 16, 1, 4, 1, 0, true), 1, 128, 64, 4, false);  // per head
+  check_pattern(pattern("local", 32, 1, 1, 1, 1), 1, 128, 64, 1, false);       // + global block
+  check_pattern(pattern("dense", 16, 1, 1, 1, 1), 1, 64, 16, 1, false);
+  check_pattern(pattern("strided", 64, 2, 2), 1, 512, 128, 1, false);           // hd 128
+}
+
+TEST(SparseAttention, GradientsThroughSparseLayouts) {
+  check_pattern(pattern("local", 16, 1, 1), 1, 48, 16, 2, true);
+  check_pattern(pattern("fixed", 16, 1, 2, 1, 0, true), 1, 64, 16, 2, true);
+  check_pattern(pattern("strided", 16, 1, 2, 1, 1), 1, 64, 16, 1, true);
+}
+
+TEST(SparseAttention, LayoutsAreCausalAndStridedFixedReachEverythingInTwoHops) {
+  for (const auto& p : {pattern("local", 16, 3, 1), pattern("strided", 16, 4, 4),
+                        pattern("fixed", 16, 1, 4, 1), pattern("fixed", 16, 1, 8, 2, 0, true),
+                        pattern("strided", 16, 3, 3, 1, 2)}) {
+    SCOPED_TRACE(p.describe());
+    const kiln::BlockLayout layout = kiln::build_layout(p, 16 * 32, 4);
+    const int nb = layout.num_blocks;
+    for (int h = 0; h < layout.num_layouts; ++h)
+      for (int q = 0; q < nb; ++q) {
+        ASSERT_TRUE(layout.allows(h, q, q)) << "own block";
+        for (int k = q + 1; k < nb; ++k) ASSERT_FALSE(layout.allows(h, q, k)) << "future block";
+      }
+    if (p.kind == "local") continue;
+    // Two layers of one head reach every earlier block; with per-head summaries (which move the
+    // summary away from a chunk's end for some heads) the heads together do.
+    for (int q = 0; q < nb; ++q)
+      for (int k = 0; k <= q; ++k) {
+        bool reached = false;
+        for (int h = 0; h < layout.num_layouts && !reached; ++h)
+          for (int m = k; m <= q && !reached; ++m) reached = layout.allows(h, q, m) && layout.allows(h, m, k);
+        ASSERT_TRUE(reached) << "block " << q << " cannot reach " << k << " in two layers";
+      }
+    if (layout.num_layouts > 1) continue;
+    for (int q = 0; q < nb; ++q)
+      for (int k = 0; k <= q; ++k) {
+        bool reached = false;
+        for (int m = k; m <= q && !reached; ++m) reached = layout.allows(0, q, m) && layout.allows(0, m, k);
+        ASSERT_TRUE(reached);
+      }
+  }
+}
+
+TEST(SparseAttention, DensityGrowsLikeNSqrtNForStrided) {
+  // With window = stride = sqrt(blocks), active blocks grow as n * sqrt(n).
+  for (int blocks : {16, 64, 256}) {
+    const int w = static_cast<int>(std::sqrt(blocks));
+    const kiln::BlockLayout layout = kiln::build_layout(pattern("strided", 16, w, w), 16 * blocks, 1);
+    const double per_n_sqrt_n = static_cast<double>(layout.cols.size()) / (blocks * std::sqrt(blocks));
+    EXPECT_GT(per_n_sqrt_n, 1.0);
+    EXPECT_LT(per_n_sqrt_n, 2.5);
+  }
+  EXPECT_DOUBLE_EQ(kiln::dense_causal_layout(1024, 64).density(), 1.0);
+}
+
+TEST(SparseAttention, InvalidPatternsNameTheKeyToChange) {
+  auto message_of = [](const kiln::AttentionPattern& p, int t) {
+    try {
+      kiln::build_layout(p, t, 2);
+    } catch (const kiln::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message_of(pattern("local", 16, 2, 1), 100).find("train.seq_len"), std::string::npos);
+  EXPECT_NE(message_of(pattern("local", 16, 9, 1), 128).find("model.attention_window=9"), std::string::npos);
+  EXPECT_NE(message_of(pattern("fixed", 16, 1, 2, 3), 128).find("model.attention_summary=3"), std::string::npos);
+  EXPECT_NE(message_of(pattern("banded", 16, 1, 1), 128).find("unknown pattern 'banded'"), std::string::npos);
+  EXPECT_THROW(kiln::attention_kinds("dense,local", 3), kiln::Error);
+  EXPECT_EQ(kiln::attention_kinds("gpt3", 4), (std::vector<std::string>{"dense", "local", "dense", "local"}));
+  // Through the config: file, key and value in the message.
+  try {
+    kiln::parse_config("model:\n  attention: local\n  attention_window: 50\ntrain:\n  seq_len: 256\n", "x.yaml");
+    FAIL() << "expected an error";
+  } catch (const kiln::Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("x.yaml:2"), std::string::npos) << what;
+    EXPECT_NE(what.find("model.attention_window=50"), std::string::npos) << what;
+  }
+}
+
+TEST(SparseAttention, DecoderHonoursTheLayoutOfEachLayer) {
+  kiln::ModelConfig config;
+  config.n_layer = 2;
+  config.n_head = 2;
+  config.n_embd = 16;
+  config.context = 64;
+  config.attention_block = 16;
+  config.attention = "fixed,local";
+  config.attention_window = 1;
+  config.attention_stride = 2;
+  config.attention_per_head = 1;
+  kiln::Gpt model(kiln::GptShape::from_config(config, 37));
+  model.init_weights(4, 0.3f);
+  kiln::Batch batch;
+  batch.batch = 1;
+  batch.seq_len = 64;
+  for (int i = 0; i < 64; ++i) {
+    batch.inputs.push_back((i * 7) % 37);
+    batch.targets.push_back((i * 5) % 37);
+  }
+  model.forward(batch);
+  const float* full = model.logits().f32();
+  const int vp = model.shape().padded_vocab;
+  kiln::Generator generator(model);
+  for (int t = 0; t < 64; ++t) {
+    const float* step = generator.step(batch.inputs[t]);
+    for (int v = 0; v < 37; ++v)
+      ASSERT_NEAR(step[v], full[t * vp + v], 1e-4 + 1e-4 * std::abs(full[t * vp + v])) << "position " << t;
+  }
+}
