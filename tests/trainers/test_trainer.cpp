@@ -198,3 +198,20 @@ TEST_F(TrainerTest, ResumeIntoAnotherModelShapeNamesTheKey) {
     EXPECT_NE(std::string(e.what()).find("model.n_embd=32 but the config says 64"), std::string::npos) << e.what();
   }
 }
+
+TEST_F(TrainerTest, SparseLayoutCoveringTheContextTrainsExactlyLikeDense) {
+  kiln::ExperimentConfig dense = config("dense"), wide = config("wide_local");
+  dense.train.max_steps = wide.train.max_steps = 8;
+  wide.model.attention = "gpt3";  // dense and local layers
+  wide.model.attention_window = 2;  // 2 blocks of 16 = the whole 32-token sequence
+  kiln::Trainer a(dense, quiet()), b(wide, quiet());
+  const auto dense_losses = a.run().losses;
+  EXPECT_EQ(dense_losses, b.run().losses);
+  // A narrower window is a different model.
+  kiln::ExperimentConfig narrow = config("narrow_local");
+  narrow.train.max_steps = 8;
+  narrow.model.attention = "local";
+  narrow.model.attention_window = 1;
+  kiln::Trainer c(narrow, quiet());
+  EXPECT_NE(c.run().losses, dense_losses);
+}
