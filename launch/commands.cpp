@@ -68,6 +68,34 @@ int sample(const SampleArgs& args) {
   return 0;
 }
 
+int layout(const LayoutArgs& args) {
+  const BlockLayout layout = build_layout(args.pattern, args.seq_len, args.heads);
+  KILN_CHECK(args.head >= 0 && args.head < args.heads, "--head ", args.head, " must be below --heads ", args.heads);
+  const int n = layout.num_blocks, cell = n <= 32 ? 16 : n <= 128 ? 6 : 3, margin = 24;
+  const int size = n * cell;
+  std::string svg = message("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"", size + 2 * margin,
+                            "\" height=\"", size + 2 * margin + 20, "\" font-family=\"sans-serif\" font-size=\"12\">\n",
+                            "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
+  svg += message("<text x=\"", margin, "\" y=\"16\">", args.pattern.describe(), ", T=", args.seq_len,
+                 args.heads > 1 ? message(", head ", args.head) : std::string(), ", density ",
+                 static_cast<int>(layout.density() * 1000) / 10.0, "% (rows: query blocks, columns: key blocks)</text>\n");
+  for (int q = 0; q < n; ++q)
+    for (int k = 0; k <= q; ++k) {
+      const bool on = layout.allows(args.head, q, k);
+      svg += message("<rect x=\"", margin + k * cell, "\" y=\"", margin + 8 + q * cell, "\" width=\"", cell,
+                     "\" height=\"", cell, "\" fill=\"", on ? "#1f4e9c" : "#e4e8ee", "\"/>\n");
+    }
+  svg += "</svg>\n";
+  std::FILE* f = std::fopen(args.out.c_str(), "w");
+  KILN_CHECK(f != nullptr, "cannot write ", args.out);
+  std::fwrite(svg.data(), 1, svg.size(), f);
+  std::fclose(f);
+  std::printf("%s: %d x %d blocks of %d tokens, %zu active, density %.4f of causal -> %s\n",
+              args.pattern.describe().c_str(), n, n, layout.block, layout.cols.size(), layout.density(),
+              args.out.c_str());
+  return 0;
+}
+
 int show_config(const std::string& config, const std::vector<std::string>& overrides) {
   if (config.empty()) {
     std::printf("%s", config_reference().c_str());

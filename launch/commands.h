@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/data/tokenize.h"
+#include "core/model/attention_layout.h"
 #include "core/model/generate.h"
 
 namespace kiln::cli {
@@ -29,6 +30,16 @@ struct SampleArgs {
   SampleOptions sample;
 };
 int sample(const SampleArgs& args);
+
+struct LayoutArgs {
+  AttentionPattern pattern;
+  std::int64_t seq_len = 1024;
+  int heads = 1;
+  int head = 0;
+  std::string out;  // .svg file
+};
+// Draws a block layout as an SVG picture and prints its density.
+int layout(const LayoutArgs& args);
 
 // Prints the resolved config (file + overrides), or the key reference when config is "".
 int show_config(const std::string& config, const std::vector<std::string>& overrides);

@@ -22,6 +22,7 @@ Examples:
   kiln sample --checkpoint runs/quickstart --prompt "The meaning of life" --top-k 40
   kiln config configs/quickstart.yaml train.max_steps=50   # print the resolved config
   kiln config                                              # every config key with its help
+  kiln layout --pattern strided --seq 1024 --block 32 --window 4 --stride 4 --out strided.svg
 )";
 
 // Reports a fatal error. Under mpirun the other ranks may be waiting in a collective for this
@@ -77,6 +78,21 @@ int main(int argc, char** argv) {
   bool no_stop = false;
   sample->add_flag("--no-stop", no_stop, "Do not stop at end-of-text");
 
+  kiln::cli::LayoutArgs layout_args;
+  int per_head = 0;
+  auto* layout = app.add_subcommand("layout", "Draw an attention block layout (SVG) and print its density");
+  layout->add_option("--pattern", layout_args.pattern.kind, "dense | local | strided | fixed")->capture_default_str();
+  layout->add_option("--seq", layout_args.seq_len, "Sequence length in tokens")->capture_default_str();
+  layout->add_option("--block", layout_args.pattern.block, "Tokens per block")->capture_default_str();
+  layout->add_option("--window", layout_args.pattern.window, "local/strided: recent blocks")->capture_default_str();
+  layout->add_option("--stride", layout_args.pattern.stride, "strided period / fixed chunk, in blocks")->capture_default_str();
+  layout->add_option("--summary", layout_args.pattern.summary, "fixed: summary blocks per chunk")->capture_default_str();
+  layout->add_option("--global", layout_args.pattern.global, "leading global blocks")->capture_default_str();
+  layout->add_option("--per-head", per_head, "fixed: 1 varies summaries by head")->capture_default_str();
+  layout->add_option("--heads", layout_args.heads, "heads (for per-head layouts)")->capture_default_str();
+  layout->add_option("--head", layout_args.head, "which head to draw")->capture_default_str();
+  layout->add_option("--out", layout_args.out, "SVG file to write")->required();
+
   std::string config_path;
   std::vector<std::string> config_overrides;
   auto* config = app.add_subcommand("config", "Print a resolved config, or every key with no file");
@@ -100,6 +116,10 @@ int main(int argc, char** argv) {
       code = kiln::cli::sample(sample_args);
     }
     if (*config) code = kiln::cli::show_config(config_path, config_overrides);
+    if (*layout) {
+      layout_args.pattern.per_head = per_head != 0;
+      code = kiln::cli::layout(layout_args);
+    }
   } catch (const kiln::Error& e) {
     code = fail(1, "error", e.what());
   } catch (const std::exception& e) {
