@@ -10,7 +10,8 @@
 //    in ascending order, each <= i. (first_head: the global index of this kernel's head 0, for
 //    tensor-parallel shards of the heads.)
 //  - Inside any visited block, token-level causality (key position <= query position) is
-//    applied by the kernel; the layout need not mark diagonal blocks.
+//    applied by the kernel, and with segments the same-document rule; the layout need not mark
+//    diagonal blocks. A query row with no visible key in a block skips it.
 //  - The last block may be partial (T need not be a multiple of block).
 //  - Forward saves lse (b, nh, t) = log-sum-exp of the scaled scores of each query row; the
 //    backward recomputes probabilities from q, k and lse and needs out for D = rowsum(dout*out).
@@ -27,6 +28,10 @@ struct BlockLayoutView {
   const int* cols;      // key block ids
   int num_layouts = 1;  // 1: every head shares row_ptr; else one per (global) head
   int first_head = 0;
+  // Document masks for packed sequences: (b, t) document ids, non-decreasing along each row, or
+  // null. A query sees a key only when both belong to the same document; key blocks that hold
+  // only earlier documents are skipped, so packed rows cost block-diagonal attention.
+  const std::int32_t* segments = nullptr;
 
   const int* rows_of(std::int64_t head) const {
     return num_layouts > 1 ? row_ptr + (first_head + head) * (num_blocks + 1) : row_ptr;

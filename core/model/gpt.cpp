@@ -280,6 +280,12 @@ void Gpt::check_batch(const Batch& batch) const {
              batch.positions.size(), " entries, expected ", n);
   KILN_CHECK(batch.mask.empty() || batch.mask.size() == n, "batch.mask has ", batch.mask.size(),
              " entries, expected ", n);
+  KILN_CHECK(batch.segments.empty() || batch.segments.size() == n, "batch.segments has ",
+             batch.segments.size(), " entries, expected ", n);
+  for (std::size_t i = 1; i < batch.segments.size(); ++i)
+    KILN_CHECK(i % batch.seq_len == 0 || batch.segments[i] >= batch.segments[i - 1],
+               "batch.segments must not decrease along a row (documents are packed in order); "
+               "row ", i / batch.seq_len, " goes from ", batch.segments[i - 1], " to ", batch.segments[i]);
   for (std::size_t i = 0; i < n; ++i) {
     KILN_CHECK(batch.inputs[i] >= 0 && batch.inputs[i] < shape_.vocab && batch.targets[i] >= 0 &&
                    batch.targets[i] < shape_.vocab,
@@ -307,7 +313,9 @@ const float* Gpt::block_output(int l) const {
 
 BlockLayoutView Gpt::layout_view(int l) const {
   // Heads of a tensor-parallel shard are global heads tp_rank * local_heads ...
-  return layouts_[layer_layout_[l]].view(shape_.tp_rank * shape_.local_heads());
+  BlockLayoutView view = layouts_[layer_layout_[l]].view(shape_.tp_rank * shape_.local_heads());
+  view.segments = segments_;
+  return view;
 }
 
 Gpt::BlockDims Gpt::block_dims() const {
@@ -357,6 +365,7 @@ void Gpt::block_forward_post(int l, const float* in) {
 void Gpt::run_forward(const Batch& batch) {
   check_batch(batch);
   ensure_activations(batch.batch, batch.seq_len);
+  segments_ = batch.segments.empty() ? nullptr : batch.segments.data();
   const KernelTable& k = *kernels_;
   const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len, c = shape_.n_embd;
   const std::int32_t* positions = batch.positions.empty() ? positions_.data() : batch.positions.data();

@@ -82,6 +82,9 @@ struct Batch {
   std::vector<std::int32_t> targets;    // (B*T)
   std::vector<std::int32_t> positions;  // (B*T) or empty
   std::vector<std::uint8_t> mask;       // (B*T) or empty
+  // (B*T) document ids for packed rows, or empty: a token attends only to earlier tokens of its
+  // own document (with positions restarting per document, each example trains as if alone).
+  std::vector<std::int32_t> segments;
   std::int64_t loss_tokens() const;     // tokens that count in the loss
 };
 
@@ -194,6 +197,7 @@ class Gpt {
   // Layouts for the current sequence length: one per distinct pattern, and each layer's.
   std::vector<BlockLayout> layouts_;
   std::vector<int> layer_layout_;
+  const std::int32_t* segments_ = nullptr;  // of the batch in flight
   BlockLayoutView layout_view(int l) const;
 };
 

@@ -3,6 +3,8 @@
 // common one (64, 128), so inner loops have constant trip counts and stay in vector registers.
 #include "kernels/attention.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -127,10 +129,12 @@ void gather_head(float* dst, const Dims& dm, const float* src_qkv, std::int64_t 
   }
 }
 
-// Forward for one (batch, head): every query block row of the layout.
+// Forward for one (batch, head) and the query blocks part, part + parts, part + 2 parts, ...
+// of the layout (interleaved, so causal rows of different lengths balance across tasks).
 template <int BK, int HD>
 void forward_head(float* out, float* lse, const float* qkv, const Dims& dm, std::int64_t bi,
-                  std::int64_t h, const BlockLayoutView& layout, std::vector<float>& scratch) {
+                  std::int64_t h, int part, int parts, const BlockLayoutView& layout,
+                  std::vector<float>& scratch) {
   const int hd = HD > 0 ? HD : static_cast<int>(dm.hd);
   const std::int64_t t_pad = static_cast<std::int64_t>(layout.num_blocks) * BK;
   scratch.resize(static_cast<std::size_t>(3 * t_pad * hd + BK * hd + BK * BK + 2 * BK));
@@ -146,7 +150,8 @@ void forward_head(float* out, float* lse, const float* qkv, const Dims& dm, std:
   gather_head(kt_all, dm, qkv, bi, 1, h, t_pad, true);
   gather_head(v_all, dm, qkv, bi, 2, h, t_pad, false);
   const int* rows = layout.rows_of(h);
-  for (int qb = 0; qb < layout.num_blocks; ++qb) {
+  const std::int32_t* seg = layout.segments ? layout.segments + bi * dm.t : nullptr;
+  for (int qb = part; qb < layout.num_blocks; qb += parts) {
     const std::int64_t q0 = static_cast<std::int64_t>(qb) * BK;
     const int nq = static_cast<int>(std::min<std::int64_t>(BK, dm.t - q0));
     std::fill(acc, acc + BK * hd, 0.0f);
@@ -155,15 +160,22 @@ void forward_head(float* out, float* lse, const float* qkv, const Dims& dm, std:
     for (int idx = rows[qb]; idx < rows[qb + 1]; ++idx) {
       const std::int64_t k0 = static_cast<std::int64_t>(layout.cols[idx]) * BK;
       const int nk = static_cast<int>(std::min<std::int64_t>(BK, dm.t - k0));
+      if (seg && seg[k0 + nk - 1] < seg[q0]) continue;  // only earlier documents: block-diagonal
       scores<BK, HD>(s, q_all + q0 * hd, kt_all + k0, t_pad, nq, hd);
       for (int i = 0; i < nq; ++i) {
         float* si = s + i * BK;
         // Keys allowed for this query: index < nk and position <= query position.
         const int limit = static_cast<int>(std::min<std::int64_t>(nk, q0 + i - k0 + 1));
         if (limit <= 0) continue;
+        if (seg) {  // keys of other documents are invisible
+          const std::int32_t own = seg[q0 + i];
+          for (int j = 0; j < limit; ++j)
+            if (seg[k0 + j] != own) si[j] = -INFINITY;
+        }
         float m = row_max[i];
 #pragma omp simd reduction(max : m)
         for (int j = 0; j < BK; ++j) m = std::max(m, j < limit ? si[j] : -INFINITY);
+        if (m == -INFINITY) continue;  // nothing visible yet
         const float correction = fast_exp(row_max[i] - m);
         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
@@ -190,13 +202,21 @@ void forward_head(float* out, float* lse, const float* qkv, const Dims& dm, std:
 template <int BK, int HD>
 void forward_impl(float* out, float* lse, const float* qkv, const Dims& dm,
                   const BlockLayoutView& layout) {
-  const std::int64_t tasks = dm.b * dm.nh;
+  // Threads over heads x query blocks: with fewer (batch, head) pairs than about twice the
+  // threads (long sequences, small batches), each pair's query blocks are split in parts.
+  const std::int64_t heads = dm.b * dm.nh;
+  const int threads = omp_get_max_threads();
+  const int parts = static_cast<int>(std::clamp<std::int64_t>((2 * threads + heads - 1) / heads, 1, layout.num_blocks));
+  const std::int64_t tasks = heads * parts;
 #pragma omp parallel
   {
     std::vector<float> scratch;
 #pragma omp for schedule(dynamic, 1)
-    for (std::int64_t task = 0; task < tasks; ++task)
-      forward_head<BK, HD>(out, lse, qkv, dm, task / dm.nh, task % dm.nh, layout, scratch);
+    for (std::int64_t task = 0; task < tasks; ++task) {
+      const std::int64_t pair = task / parts;
+      forward_head<BK, HD>(out, lse, qkv, dm, pair / dm.nh, pair % dm.nh, static_cast<int>(task % parts), parts,
+                           layout, scratch);
+    }
   }
 }
 
@@ -238,6 +258,7 @@ void backward_head(float* dqkv, const float* dout, const float* qkv, const float
     row_lse[pos] = lse[(bi * dm.nh + h) * t + pos];
   }
   const int* rows = layout.rows_of(h);
+  const std::int32_t* seg = layout.segments ? layout.segments + bi * t : nullptr;
   for (int qb = 0; qb < layout.num_blocks; ++qb) {
     const std::int64_t q0 = static_cast<std::int64_t>(qb) * BK;
     const int nq = static_cast<int>(std::min<std::int64_t>(BK, t - q0));
@@ -247,6 +268,7 @@ void backward_head(float* dqkv, const float* dout, const float* qkv, const float
     for (int idx = rows[qb]; idx < rows[qb + 1]; ++idx) {
       const std::int64_t k0 = static_cast<std::int64_t>(layout.cols[idx]) * BK;
       const int nk = static_cast<int>(std::min<std::int64_t>(BK, t - k0));
+      if (seg && seg[k0 + nk - 1] < seg[q0]) continue;  // only earlier documents: block-diagonal
       scores<BK, HD>(p, q, kt_all + k0, t_pad, nq, hd);     // scaled scores
       scores<BK, HD>(dp, d_o, vt_all + k0, t_pad, nq, hd);  // dP = dO V^T
       for (int i = 0; i < nq; ++i) {
@@ -257,6 +279,11 @@ void backward_head(float* dqkv, const float* dout, const float* qkv, const float
           const float pij = j < limit ? fast_exp(p[i * BK + j] - li) : 0.0f;
           p[i * BK + j] = pij;
           ds[i * BK + j] = pij * (dp[i * BK + j] - di);
+        }
+        if (seg) {
+          const std::int32_t own = seg[q0 + i];
+          for (int j = 0; j < limit; ++j)
+            if (seg[k0 + j] != own) p[i * BK + j] = ds[i * BK + j] = 0.0f;
         }
       }
       for (int j = 0; j < nk; ++j) {
