@@ -84,6 +84,15 @@ void check_pattern(const kiln::AttentionPattern& p, int b, int t, int c, int nh,
 
 }  // namespace
 
+TEST(SparseAttention, DenseMatchesNaiveAttention) {
+  check_pattern(pattern("dense", 64, 1, 1), 2, 64, 128, 2, false);   // hd 64, full blocks
+  check_pattern(pattern("dense", 32, 1, 1), 1, 100, 256, 2, false);  // hd 128, partial last block
+  check_pattern(pattern("dense", 16, 1, 1), 2, 37, 24, 3, false);    // generic head size 8
+  check_pattern(pattern("dense", 128, 1, 1), 1, 200, 128, 1, false); // hd 128, block 128
+  check_pattern(pattern("dense", 16, 1, 1), 1, 21, 16, 2, true);     // gradients, partial block
+  check_pattern(pattern("dense", 16, 1, 1), 2, 33, 64, 1, true);     // gradients, hd 64 path
+}
+
 TEST(SparseAttention, EveryPatternMatchesDenseWithItsMask) {
   check_pattern(pattern("local", 16, 2, 1), 2, 96, 32, 2, false);
   check_pattern(pattern("strided", 16, 2, 3), 1, 128, 64, 1, false);

@@ -6,9 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/model/attention_layout.h"
 #include "grad_check.h"
-#include "kernels/attention.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
 #include "kernels/gelu.h"
@@ -151,74 +149,16 @@ TEST(Kernels, EmbeddingGradients) {
   expect_gradient("dwpe", wpe, dwpe, f);
 }
 
-namespace {
-
-// Naive causal attention in double: out (b, t, c), for one (b, h) at a time.
-std::vector<double> naive_attention(const std::vector<float>& qkv, int b, int t, int c, int nh) {
-  const int hd = c / nh;
-  std::vector<double> out(static_cast<std::size_t>(b) * t * c, 0.0);
-  for (int bi = 0; bi < b; ++bi)
-    for (int h = 0; h < nh; ++h)
-      for (int i = 0; i < t; ++i) {
-        std::vector<double> s(i + 1);
-        double m = -1e300;
-        for (int j = 0; j <= i; ++j) {
-          double acc = 0;
-          for (int d = 0; d < hd; ++d)
-            acc += static_cast<double>(qkv[(bi * t + i) * 3 * c + h * hd + d]) * qkv[(bi * t + j) * 3 * c + c + h * hd + d];
-          s[j] = acc / std::sqrt(static_cast<double>(hd));
-          m = std::max(m, s[j]);
-        }
-        double z = 0;
-        for (auto& v : s) z += (v = std::exp(v - m));
-        for (int j = 0; j <= i; ++j)
-          for (int d = 0; d < hd; ++d)
-            out[(bi * t + i) * c + h * hd + d] += s[j] / z * qkv[(bi * t + j) * 3 * c + 2 * c + h * hd + d];
-      }
-  return out;
-}
-
-void check_attention(int b, int t, int c, int nh, int block, bool grads) {
-  SCOPED_TRACE(::testing::Message() << "b=" << b << " t=" << t << " c=" << c << " nh=" << nh << " block=" << block);
-  auto qkv = random_vector(static_cast<std::size_t>(b) * t * 3 * c, 19);
-  const kiln::BlockLayout layout = kiln::dense_causal_layout(t, block);
-  std::vector<float> out(static_cast<std::size_t>(b) * t * c), lse(static_cast<std::size_t>(b) * nh * t);
-  kiln::cpu::attention_forward(out.data(), lse.data(), qkv.data(), b, t, c, nh, layout.view());
-  const auto ref = naive_attention(qkv, b, t, c, nh);
-  for (std::size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], 2e-5) << i;
-  if (!grads) return;
-  auto weights = random_vector(out.size(), 20);
-  auto f = [&] {
-    kiln::cpu::attention_forward(out.data(), lse.data(), qkv.data(), b, t, c, nh, layout.view());
-    return dot(out, weights);
-  };
-  f();
-  std::vector<float> dqkv(qkv.size());
-  kiln::cpu::attention_backward(dqkv.data(), weights.data(), qkv.data(), out.data(), lse.data(), b, t, c, nh, layout.view());
-  expect_gradient("dqkv", qkv, dqkv, f, 1e-2f, 2e-3, 2e-2, 3);
-}
-
-}  // namespace
-
-TEST(Kernels, AttentionForwardMatchesNaive) {
-  check_attention(2, 64, 128, 2, 64, false);    // hd 64, full blocks
-  check_attention(1, 100, 256, 2, 32, false);   // hd 128, partial last block
-  check_attention(2, 37, 24, 3, 16, false);     // generic head size 8
-  check_attention(1, 200, 128, 1, 128, false);  // hd 128, block 128
-}
-
-TEST(Kernels, AttentionGradients) {
-  check_attention(1, 21, 16, 2, 16, true);   // two blocks, partial
-  check_attention(2, 33, 64, 1, 16, true);   // hd 64 path, three blocks
-}
+// Attention (dense and every sparse layout) is checked against a naive implementation in
+// tests/core/test_attention_layout.cpp, beside the layouts it takes.
 
 TEST(Kernels, AdamWMatchesReferenceFormula) {
   auto p = random_vector(10, 21), g = random_vector(10, 22);
   std::vector<float> m(10, 0.1f), v(10, 0.2f);
   auto p0 = p, m0 = m, v0 = v;
-  kiln::AdamWStep s{1e-2f, 0.9f, 0.95f, 1e-8f, 0.5f, 3};
+  kiln::cpu::AdamWStep s{1e-2f, 0.9f, 0.95f, 1e-8f, 0.5f, 3};
   // Elements 0..5 decay, 6..9 do not.
-  const kiln::AdamWSegment segments[] = {{0, 6, 0.1f}, {6, 4, 0.0f}};
+  const kiln::cpu::AdamWSegment segments[] = {{0, 6, 0.1f}, {6, 4, 0.0f}};
   kiln::cpu::adamw_update(p.data(), g.data(), m.data(), v.data(), segments, 2, s);
   for (int i = 0; i < 10; ++i) {
     const double wd = i < 6 ? 0.1 : 0.0;
