@@ -35,7 +35,9 @@ struct ModelConfig {
 struct DataConfig {
   std::string train;          // shard file, folder or glob of token shards for training
   std::string val;            // the same for validation ("" = no validation)
-  std::string tokenizer = "byte";
+  std::string tokenizer = "byte";  // byte | gpt2
+  // gpt2: the folder holding encoder.json and vocab.bpe ("" = $KILN_GPT2_BPE_DIR, else an error).
+  std::string tokenizer_dir;
 };
 
 struct OptimConfig {

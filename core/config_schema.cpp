@@ -11,7 +11,7 @@ const std::vector<std::string> kMatmulChoices = {"f32", "bf16"};
 const std::vector<std::string> kScheduleChoices = {"cosine", "constant"};
 const std::vector<std::string> kProgressChoices = {"auto", "on", "off"};
 const std::vector<std::string> kStageChoices = {"pretrain"};
-const std::vector<std::string> kTokenizerChoices = {"byte"};
+const std::vector<std::string> kTokenizerChoices = {"byte", "gpt2"};
 
 // ---- The schema: every key of config.h, in file order. ----
 
@@ -23,7 +23,7 @@ void model_keys(Schema& s) {
       .key("context", &ModelConfig::context, between(1, 1 << 20),
            "number of learned positions (longest sequence the model can read)")
       .key("vocab_size", &ModelConfig::vocab_size, between(0, 1 << 24),
-           "0: take it from data.tokenizer (byte: 257)")
+           "0: take it from data.tokenizer (byte: 257, gpt2: 50257)")
       .key("vocab_multiple", &ModelConfig::vocab_multiple, between(1, 65536),
            "the embedding is padded to a multiple of this")
       .key("norm", &ModelConfig::norm, one_of(kNormChoices), "LayerNorm placement")
@@ -51,7 +51,9 @@ void data_keys(Schema& s) {
       .key("train", &DataConfig::train, Limits(), "training shards: a shard file, folder or glob")
       .key("val", &DataConfig::val, Limits(), "validation shards, the same way (\"\": none)")
       .key("tokenizer", &DataConfig::tokenizer, one_of(kTokenizerChoices),
-           "tokenizer the shards were written with");
+           "tokenizer the shards were written with")
+      .key("tokenizer_dir", &DataConfig::tokenizer_dir, Limits(),
+           "gpt2: folder holding encoder.json and vocab.bpe (\"\": $KILN_GPT2_BPE_DIR)");
 }
 
 void optim_keys(Schema& s) {

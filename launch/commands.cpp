@@ -47,7 +47,7 @@ int tokenize(const TokenizeOptions& options) {
 int sample(const SampleArgs& args) {
   const std::string dir = resolve_checkpoint(args.checkpoint);
   const ExperimentConfig config = checkpoint_config(dir);
-  const auto tokenizer = make_tokenizer(config.data.tokenizer);
+  const auto tokenizer = make_tokenizer(config.data.tokenizer, config.data.tokenizer_dir);
   Gpt model(GptShape::from_config(config.model, tokenizer->vocab_size()));
   load_model(model, dir + "/model.safetensors");
   std::vector<std::int32_t> prompt;

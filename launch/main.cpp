@@ -61,7 +61,9 @@ int main(int argc, char** argv) {
   auto* tokenize = app.add_subcommand("tokenize", "Turn text files into token shards");
   tokenize->add_option("--input", tok.inputs, "Text files or folders")->required();
   tokenize->add_option("--out", tok.out_dir, "Output folder for train_*.bin, val_*.bin, manifest.json")->required();
-  tokenize->add_option("--tokenizer", tok.tokenizer, "Tokenizer name")->capture_default_str();
+  tokenize->add_option("--tokenizer", tok.tokenizer, "Tokenizer name: byte | gpt2")->capture_default_str();
+  tokenize->add_option("--tokenizer-dir", tok.tokenizer_dir,
+                       "gpt2: folder holding encoder.json and vocab.bpe (default: $KILN_GPT2_BPE_DIR)");
   tokenize->add_option("--separator", tok.separator, "A line equal to this separates documents (fortunes: %)");
   tokenize->add_option("--val-fraction", tok.val_fraction, "Fraction of documents for validation")->capture_default_str();
   tokenize->add_option("--seed", tok.seed, "Seed of the train/validation split")->capture_default_str();

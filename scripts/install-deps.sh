@@ -3,8 +3,8 @@
 # KILN_WITH_TORCH=1 also installs PyTorch (Debian's python3-torch), used by the parity
 # fixture generator and the benchmark's reference, not by the build or the tests.
 set -euo pipefail
-pkgs=(cmake g++ make pkg-config libyaml-cpp-dev libdnnl-dev nlohmann-json3-dev libcli11-dev
-      libgtest-dev libbenchmark-dev fortunes openmpi-bin libopenmpi-dev python3)
+pkgs=(cmake g++ make pkg-config libyaml-cpp-dev libdnnl-dev libpcre2-dev nlohmann-json3-dev
+      libcli11-dev libgtest-dev libbenchmark-dev fortunes openmpi-bin libopenmpi-dev python3)
 if [ "${KILN_WITH_TORCH:-0}" = 1 ]; then pkgs+=(python3-torch python3-numpy); fi
 missing=()
 for p in "${pkgs[@]}"; do

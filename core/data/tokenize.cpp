@@ -275,7 +275,7 @@ void check_options(const TokenizeOptions& options) {
 
 // The whole job, once the options are known to be valid; std::filesystem errors propagate.
 TokenizeReport tokenize_checked(const TokenizeOptions& options) {
-  std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(options.tokenizer);
+  std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(options.tokenizer, options.tokenizer_dir);
   std::vector<std::string> skipped;
   const std::vector<InputFile> files = list_inputs(options.inputs, skipped);
 

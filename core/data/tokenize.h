@@ -20,6 +20,7 @@ struct TokenizeOptions {
   // created if missing. Older train_NNN.bin / val_NNN.bin not rewritten by this run are removed.
   std::string out_dir;
   std::string tokenizer = "byte";
+  std::string tokenizer_dir;  // gpt2: folder of encoder.json and vocab.bpe ("" = $KILN_GPT2_BPE_DIR)
   // "" = each file is one document; otherwise a line equal to this string (a trailing '\r' is
   // ignored) separates documents.
   std::string separator;

@@ -2,6 +2,7 @@
 // `kiln tokenize --tokenizer` and in shard manifests) to an implementation.
 #include "core/data/tokenizer.h"
 
+#include "core/data/gpt2_bpe.h"
 #include "core/error.h"
 
 namespace kiln {
@@ -31,9 +32,10 @@ std::string ByteTokenizer::decode(const std::vector<std::uint32_t>& ids) const {
   return text;
 }
 
-std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
+std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name, const std::string& files_dir) {
   if (name == "byte") return std::make_unique<ByteTokenizer>();
-  throw Error(message("unknown tokenizer '", name, "'; valid names: byte"));
+  if (name == "gpt2") return std::make_unique<Gpt2Bpe>(gpt2_bpe_dir(files_dir));
+  throw Error(message("unknown tokenizer '", name, "'; valid names: byte, gpt2"));
 }
 
 }  // namespace kiln

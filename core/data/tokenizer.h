@@ -1,5 +1,5 @@
 // Text <-> token ids. Everything that turns text into training data goes through this
-// interface, so the byte-level tokenizer used today and the GPT-2 BPE that arrives later are
+// interface, so the byte-level tokenizer and GPT-2's BPE (core/data/gpt2_bpe.h) are
 // interchangeable: shards record only ids and a vocab size, never the tokenizer's internals.
 #pragma once
 
@@ -39,7 +39,10 @@ class ByteTokenizer final : public Tokenizer {
 // The text written for the end-of-text token by decode().
 inline constexpr std::string_view kEotText = "<|endoftext|>";
 
-// Builds a tokenizer by name ("byte"); an unknown name is an Error listing the valid names.
-std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name);
+// Builds a tokenizer by name ("byte" or "gpt2"); an unknown name is an Error listing the valid
+// names. files_dir is the folder of a tokenizer's vocabulary files (gpt2: encoder.json and
+// vocab.bpe; "" = the environment variable KILN_GPT2_BPE_DIR); "byte" ignores it.
+std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name,
+                                          const std::string& files_dir = "");
 
 }  // namespace kiln
