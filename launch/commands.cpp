@@ -41,6 +41,9 @@ int tokenize(const TokenizeOptions& options) {
               static_cast<unsigned long long>(report.train_tokens),
               static_cast<unsigned long long>(report.val_tokens), options.out_dir.c_str());
   for (const auto& shard : report.shards) std::printf("  %s\n", shard.c_str());
+  if (report.skipped_records > 0)
+    std::printf("skipped %llu malformed JSONL record(s) (--skip-bad-records)\n",
+                static_cast<unsigned long long>(report.skipped_records));
   return 0;
 }
 

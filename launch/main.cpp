@@ -65,6 +65,8 @@ int main(int argc, char** argv) {
   tokenize->add_option("--tokenizer-dir", tok.tokenizer_dir,
                        "gpt2: folder holding encoder.json and vocab.bpe (default: $KILN_GPT2_BPE_DIR)");
   tokenize->add_option("--separator", tok.separator, "A line equal to this separates documents (fortunes: %)");
+  tokenize->add_option("--jsonl-field", tok.jsonl_field, "*.jsonl inputs: the field holding each document's text")->capture_default_str();
+  tokenize->add_flag("--skip-bad-records", tok.skip_bad_records, "*.jsonl inputs: count and skip malformed records instead of failing");
   tokenize->add_option("--val-fraction", tok.val_fraction, "Fraction of documents for validation")->capture_default_str();
   tokenize->add_option("--seed", tok.seed, "Seed of the train/validation split")->capture_default_str();
 

@@ -6,6 +6,8 @@
 // is held.
 #include "core/data/tokenize.h"
 
+#include <glob.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -20,6 +22,7 @@
 #include <regex>
 #include <string_view>
 
+#include "core/data/jsonl.h"
 #include "core/data/shard.h"
 #include "core/data/tokenizer.h"
 #include "core/error.h"
@@ -47,11 +50,32 @@ std::string read_file(const std::string& path) {
   return text;
 }
 
-// Expands the inputs to a list of files: files as given, folders to their sorted regular files.
-std::vector<InputFile> list_inputs(const std::vector<std::string>& inputs,
+// Glob patterns expanded to their sorted matches; other inputs unchanged.
+std::vector<std::string> expand_globs(const std::vector<std::string>& inputs) {
+  std::vector<std::string> out;
+  for (const std::string& input : inputs) {
+    if (input.find_first_of("*?[") == std::string::npos) {
+      out.push_back(input);
+      continue;
+    }
+    glob_t matches{};
+    const int rc = glob(input.c_str(), 0, nullptr, &matches);
+    std::vector<std::string> found(matches.gl_pathv, matches.gl_pathv + (rc == 0 ? matches.gl_pathc : 0));
+    globfree(&matches);
+    KILN_CHECK(!found.empty(), "tokenize: the pattern '", input, "' matches no file; check it (quote it "
+               "so the shell does not expand it first)");
+    std::sort(found.begin(), found.end());
+    out.insert(out.end(), found.begin(), found.end());
+  }
+  return out;
+}
+
+// Expands the inputs to a list of files: files as given, globs to their matches, folders to
+// their sorted regular files.
+std::vector<InputFile> list_inputs(const std::vector<std::string>& patterns,
                                    std::vector<std::string>& skipped) {
   std::vector<InputFile> files;
-  for (const std::string& input : inputs) {
+  for (const std::string& input : expand_globs(patterns)) {
     std::error_code ec;
     fs::file_status status = fs::status(input, ec);
     KILN_CHECK(fs::exists(status), "tokenize: input path '", input,
@@ -104,12 +128,27 @@ bool is_blank(std::string_view doc) {
                      [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; });
 }
 
-// Calls fn(document) for every non-blank document of the text files, in order. Folder members
-// holding NUL bytes are added to skipped (once, on the first pass) and left out.
-void for_each_text_document(const std::vector<InputFile>& files, const std::string& separator,
-                            std::vector<std::string>* skipped,
+bool is_jsonl(const std::string& path) {
+  return path.size() >= 6 && path.compare(path.size() - 6, 6, ".jsonl") == 0;
+}
+
+// Calls fn(document) for every non-blank document of the input files, in order: text files cut
+// by the separator, JSONL files one record's field at a time. Folder members holding NUL bytes
+// are added to skipped (once, on the first pass) and left out.
+void for_each_text_document(const std::vector<InputFile>& files, const TokenizeOptions& options,
+                            std::vector<std::string>* skipped, std::uint64_t* skipped_records,
                             const std::function<void(std::string_view)>& fn) {
+  const std::string& separator = options.separator;
   for (const InputFile& file : files) {
+    if (is_jsonl(file.path)) {
+      const JsonlStats stats = read_jsonl(
+          file.path, {options.skip_bad_records}, [&](const nlohmann::json& record, const std::string& where) {
+            const std::string doc = required_string(record, options.jsonl_field, where);
+            if (!is_blank(doc)) fn(doc);
+          });
+      if (skipped_records) *skipped_records += static_cast<std::uint64_t>(stats.skipped);
+      continue;
+    }
     std::string text = read_file(file.path);
     if (text.find('\0') != std::string::npos) {
       KILN_CHECK(file.from_folder, "tokenize: input ", file.path, " contains NUL bytes, so it ",
@@ -279,8 +318,8 @@ TokenizeReport tokenize_checked(const TokenizeOptions& options) {
   std::vector<std::string> skipped;
   const std::vector<InputFile> files = list_inputs(options.inputs, skipped);
 
-  std::uint64_t documents = 0;
-  for_each_text_document(files, options.separator, &skipped,
+  std::uint64_t documents = 0, skipped_records = 0;
+  for_each_text_document(files, options, &skipped, &skipped_records,
                          [&](std::string_view) { ++documents; });
   std::sort(skipped.begin(), skipped.end());
   KILN_CHECK(documents > 0, "tokenize: the inputs hold no text (", files.size(),
@@ -292,7 +331,7 @@ TokenizeReport tokenize_checked(const TokenizeOptions& options) {
   ShardWriter train(options.out_dir, "train", options.shard_tokens, vocab);
   ShardWriter val(options.out_dir, "val", options.shard_tokens, vocab);
   std::uint64_t doc = 0, val_documents = 0;
-  for_each_text_document(files, options.separator, nullptr, [&](std::string_view text) {
+  for_each_text_document(files, options, nullptr, nullptr, [&](std::string_view text) {
     std::vector<std::uint32_t> tokens = tokenizer->encode(text);
     if (plan.split_tokens && tokens.size() >= 2) {
       // One document: the last val_fraction of its tokens (at least one) is validation.
@@ -316,6 +355,7 @@ TokenizeReport tokenize_checked(const TokenizeOptions& options) {
 
   TokenizeReport report;
   report.documents = documents;
+  report.skipped_records = skipped_records;
   report.train_tokens = train.total();
   report.val_tokens = val.total();
   std::vector<std::string> names;

@@ -12,10 +12,14 @@
 namespace kiln {
 
 struct TokenizeOptions {
-  // Text files or folders. A folder contributes every regular file directly inside it, sorted
-  // by name; symlinks and files containing NUL bytes (binary, e.g. fortune's *.dat indexes) are
-  // skipped and listed in the manifest. A file named directly must be text.
+  // Text files, folders or glob patterns ("corpus/*.txt"). A folder contributes every regular
+  // file directly inside it, sorted by name; symlinks and files containing NUL bytes (binary,
+  // e.g. fortune's *.dat indexes) are skipped and listed in the manifest. A file named directly
+  // must be text. Files ending in .jsonl are JSON Lines: each record's jsonl_field is one
+  // document.
   std::vector<std::string> inputs;
+  std::string jsonl_field = "text";
+  bool skip_bad_records = false;  // JSONL: count and skip malformed records instead of failing
   // Receives train_000.bin, val_000.bin (more when shard_tokens is exceeded) and manifest.json;
   // created if missing. Older train_NNN.bin / val_NNN.bin not rewritten by this run are removed.
   std::string out_dir;
@@ -33,6 +37,7 @@ struct TokenizeOptions {
 
 struct TokenizeReport {
   std::uint64_t documents = 0;     // non-empty documents found
+  std::uint64_t skipped_records = 0;  // bad JSONL records skipped (skip_bad_records only)
   std::uint64_t train_tokens = 0;  // including one eot per document
   std::uint64_t val_tokens = 0;
   std::vector<std::string> shards;  // paths written: train shards first, then val shards

@@ -488,3 +488,39 @@ TEST(DataTokenize, OutputFeedsTheLoader) {
 
 }  // namespace
 }  // namespace kiln
+
+TEST(DataTokenize, JsonlRecordsAndGlobs) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("kiln_jsonl_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "in");
+  std::ofstream(dir / "in" / "a.jsonl") << "{\"text\": \"first document\", \"id\": 1}\n\n"
+                                          "{\"text\": \"second document\"}\n";
+  std::ofstream(dir / "in" / "b.txt") << "a plain text document";
+  std::ofstream(dir / "in" / "c.md") << "not matched by the glob";
+  kiln::TokenizeOptions options;
+  options.inputs = {(dir / "in" / "*.jsonl").string(), (dir / "in" / "*.txt").string()};
+  options.out_dir = (dir / "out").string();
+  options.val_fraction = 0.0;
+  const kiln::TokenizeReport report = kiln::tokenize_corpus(options);
+  EXPECT_EQ(report.documents, 3u);
+  // Bytes of the three documents plus one end-of-text each.
+  EXPECT_EQ(report.train_tokens, std::string("first document").size() + std::string("second document").size() +
+                                      std::string("a plain text document").size() + 3);
+  // A malformed record names file:line, unless skipped (and counted).
+  std::ofstream(dir / "in" / "bad.jsonl") << "{\"text\": \"ok\"}\n{\"text\": 5}\nnot json\n";
+  options.inputs = {(dir / "in" / "bad.jsonl").string()};
+  try {
+    kiln::tokenize_corpus(options);
+    FAIL() << "expected an error";
+  } catch (const kiln::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad.jsonl:2"), std::string::npos) << e.what();
+  }
+  options.skip_bad_records = true;
+  const kiln::TokenizeReport skipped = kiln::tokenize_corpus(options);
+  EXPECT_EQ(skipped.documents, 1u);
+  EXPECT_EQ(skipped.skipped_records, 2u);
+  options.inputs = {(dir / "in" / "*.nothing").string()};
+  EXPECT_THROW(kiln::tokenize_corpus(options), kiln::Error);
+  fs::remove_all(dir);
+}
