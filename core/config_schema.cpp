@@ -48,7 +48,7 @@ void model_keys(Schema& s) {
 
 void data_keys(Schema& s) {
   SectionBuilder<DataConfig>(s, "data", &ExperimentConfig::data, "token shards and tokenizer")
-      .key("train", &DataConfig::train, Limits(), "training shards: a shard file, folder or glob")
+      .key("train", &DataConfig::train, Limits(), "training shards: a file, folder or glob, or a blend PATTERN@WEIGHT,...")
       .key("val", &DataConfig::val, Limits(), "validation shards, the same way (\"\": none)")
       .key("tokenizer", &DataConfig::tokenizer, one_of(kTokenizerChoices),
            "tokenizer the shards were written with")

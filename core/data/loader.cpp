@@ -8,6 +8,8 @@
 #include <glob.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <system_error>
 
@@ -68,6 +70,27 @@ std::vector<std::string> expand_shard_pattern(const std::string& pattern) {
   return paths;
 }
 
+std::vector<std::pair<std::string, double>> parse_blend(const std::string& spec) {
+  std::vector<std::pair<std::string, double>> parts;
+  std::size_t begin = 0;
+  while (begin <= spec.size()) {
+    const std::size_t comma = std::min(spec.find(',', begin), spec.size());
+    const std::string item = spec.substr(begin, comma - begin);
+    const std::size_t at = item.rfind('@');
+    double weight = 1.0;
+    if (at != std::string::npos) {
+      char* end = nullptr;
+      weight = std::strtod(item.c_str() + at + 1, &end);
+      KILN_CHECK(end != item.c_str() + at + 1 && *end == '\0' && weight > 0 && std::isfinite(weight),
+                 "data blend '", spec, "': '", item.substr(at + 1), "' is not a positive weight; write ",
+                 "PATTERN@WEIGHT, e.g. data/books/train_*.bin@0.7,data/web/train_*.bin@0.3");
+    }
+    parts.emplace_back(item.substr(0, at), weight);
+    begin = comma + 1;
+  }
+  return parts;
+}
+
 TokenLoader::TokenLoader(const std::string& pattern, int batch, int seq_len,
                          std::uint64_t seed)
     : batch_(batch), seq_len_(seq_len), seed_(seed) {
@@ -75,24 +98,35 @@ TokenLoader::TokenLoader(const std::string& pattern, int batch, int seq_len,
   KILN_CHECK(seq_len > 0, "TokenLoader: seq_len is ", seq_len, " but must be at least 1");
   const auto window = static_cast<std::uint64_t>(seq_len) + 1;
   std::uint64_t largest = 0;
-  for (const std::string& path : expand_shard_pattern(pattern)) {
-    Shard shard(path);
-    if (shards_.empty()) {
-      vocab_size_ = shard.vocab_size();
-    } else {
-      KILN_CHECK(shard.vocab_size() == vocab_size_, "token shards disagree on vocab_size: ",
-                 shards_.front().path(), " has ", vocab_size_, " but ", path, " has ",
-                 shard.vocab_size(), "; they were made by different tokenizers, re-tokenize ",
-                 "them together or select one set");
+  const auto blend = parse_blend(pattern);
+  double weight_sum = 0.0;
+  for (const auto& part : blend) weight_sum += part.second;
+  double cumulative = 0.0;
+  for (const auto& [source_pattern, weight] : blend) {
+    const std::uint64_t first_window = total_starts_;
+    for (const std::string& path : expand_shard_pattern(source_pattern)) {
+      Shard shard(path);
+      if (shards_.empty()) {
+        vocab_size_ = shard.vocab_size();
+      } else {
+        KILN_CHECK(shard.vocab_size() == vocab_size_, "token shards disagree on vocab_size: ",
+                   shards_.front().path(), " has ", vocab_size_, " but ", path, " has ",
+                   shard.vocab_size(), "; they were made by different tokenizers, re-tokenize ",
+                   "them together or select one set");
+      }
+      const std::uint64_t n = shard.size();
+      num_tokens_ += n;
+      largest = std::max(largest, n);
+      total_starts_ += n >= window ? n - seq_len : 0;
+      total_sequential_ += n >= window ? (n - 1) / seq_len : 0;
+      starts_end_.push_back(total_starts_);
+      sequential_end_.push_back(total_sequential_);
+      shards_.push_back(std::move(shard));
     }
-    const std::uint64_t n = shard.size();
-    num_tokens_ += n;
-    largest = std::max(largest, n);
-    total_starts_ += n >= window ? n - seq_len : 0;
-    total_sequential_ += n >= window ? (n - 1) / seq_len : 0;
-    starts_end_.push_back(total_starts_);
-    sequential_end_.push_back(total_sequential_);
-    shards_.push_back(std::move(shard));
+    cumulative += weight / weight_sum;
+    sources_.push_back({first_window, total_starts_ - first_window, cumulative});
+    KILN_CHECK(blend.size() == 1 || sources_.back().windows > 0, "data blend: the shards of '",
+               source_pattern, "' hold no window of ", window, " tokens; lower train.seq_len or drop it");
   }
   KILN_CHECK(total_starts_ > 0, "token shards '", pattern, "' are too short for seq_len ",
              seq_len, ": a window needs ", window, " tokens but the largest of the ",
@@ -113,7 +147,15 @@ void TokenLoader::next_batch(std::int32_t* inputs, std::int32_t* targets) {
     // Row b of this rank is row part_*batch + b of a global batch of batch*parts rows.
     const std::uint64_t rows = static_cast<std::uint64_t>(batch_) * parts_;
     const std::uint64_t draw = position_ * rows + static_cast<std::uint64_t>(part_) * batch_ + b;
-    const std::uint64_t w = scale_to(rng.u64(draw), total_starts_);
+    std::uint64_t w;
+    if (sources_.size() == 1) {
+      w = scale_to(rng.u64(draw), total_starts_);
+    } else {  // a blend: pick the source by weight (its own stream), then a window inside it
+      const float u = Rng(seed_, kDataBlendStream).uniform(draw);
+      std::size_t k = 0;
+      while (k + 1 < sources_.size() && u >= sources_[k].cumulative) ++k;
+      w = sources_[k].first_window + scale_to(rng.u64(draw), sources_[k].windows);
+    }
     auto [shard, start] = locate(starts_end_, w);
     fill_row(shard, start, b, inputs, targets);
   }

@@ -16,6 +16,8 @@ namespace kiln {
 
 // The Rng stream that training-window sampling draws from (distinct from init and dropout).
 inline constexpr std::uint64_t kDataSampleStream = 0x6B696C6E64617461ull;  // "kilndata"
+// The stream that picks the source of each window when several datasets are blended.
+inline constexpr std::uint64_t kDataBlendStream = 0x6B696C6E626C6E64ull;  // "kilnblnd"
 
 // Shard files named by a pattern: an existing file, a folder (every *.bin inside) or a glob
 // such as "data/x/train_*.bin". Sorted by path; no match is an Error suggesting `kiln tokenize`.
@@ -23,6 +25,9 @@ std::vector<std::string> expand_shard_pattern(const std::string& pattern);
 
 class TokenLoader {
  public:
+  // pattern: shards as for expand_shard_pattern, or a weighted blend of several datasets,
+  // "PATTERN@WEIGHT,PATTERN@WEIGHT,...": each training window comes from a source drawn with
+  // probability weight / total, then uniformly from that source's windows.
   TokenLoader(const std::string& pattern, int batch, int seq_len, std::uint64_t seed);
 
   // Next training batch: `batch` windows of seq_len+1 tokens at random starts (uniform over all
@@ -59,6 +64,11 @@ class TokenLoader {
   int seq_len_;
   std::uint64_t seed_;
   std::uint64_t position_ = 0;
+  struct Source {
+    std::uint64_t first_window, windows;  // its random windows in the global numbering
+    double cumulative;                    // weights so far, normalised to end at 1
+  };
+  std::vector<Source> sources_;
   int part_ = 0, parts_ = 1;
   int vocab_size_ = 0;
   std::uint64_t num_tokens_ = 0;
