@@ -23,11 +23,15 @@ JsonlStats read_jsonl(const std::string& path, const JsonlOptions& options,
       nlohmann::json record;
       try {
         record = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::parse_error& e) {
+      } catch (const nlohmann::json::exception& e) {  // parse errors and out-of-range numbers
         throw Error(message(where, ": not valid JSON (", e.what(), "); each line must hold one JSON object"));
       }
       KILN_CHECK(record.is_object(), where, ": expected a JSON object, found ", record.type_name());
-      visit(record, where);
+      try {
+        visit(record, where);
+      } catch (const nlohmann::json::exception& e) {  // a field of an unexpected JSON type
+        throw Error(message(where, ": ", e.what()));
+      }
       ++stats.records;
     } catch (const Error& e) {
       if (!options.skip_bad_records) throw;

@@ -343,3 +343,15 @@ chat: {user: "U: {content}\nA: ", assistant: "{content}"}
   }
   EXPECT_NEAR(packed_total, solo_total, 1e-5 * solo_total);
 }
+
+TEST(Instruct, NumbersOutOfRangeAreJsonErrorsNotCrashes) {
+  // Found by scripts/fuzz.sh: nlohmann::json throws out_of_range, not parse_error, for 2e464.
+  const std::string path = ::testing::TempDir() + "/kiln_overflow.jsonl";
+  std::ofstream(path) << "{\"instruction\": \"a\", \"output\": \"b\"}\n2e464\n";
+  try {
+    kiln::read_jsonl(path, {}, [](const nlohmann::json&, const std::string&) {});
+    FAIL() << "expected an error";
+  } catch (const kiln::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("kiln_overflow.jsonl:2"), std::string::npos) << e.what();
+  }
+}
