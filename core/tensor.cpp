@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/device.h"
+
 namespace kiln {
 
 std::size_t dtype_size(DType dtype) { return dtype == DType::f32 ? 4 : 2; }
@@ -11,15 +13,22 @@ const char* dtype_name(DType dtype) { return dtype == DType::f32 ? "f32" : "bf16
 const char* device_name(Device device) { return device == Device::cpu ? "cpu" : "cuda"; }
 
 Storage::Storage(std::size_t nbytes, Device device) : nbytes_(nbytes), device_(device) {
-  KILN_CHECK(device == Device::cpu,
-             "this build of kiln has no CUDA backend; set the device to cpu");
+  if (device == Device::cuda) {
+    data_ = device::alloc(nbytes);  // the caching allocator; an Error says why it failed
+    return;
+  }
   std::size_t rounded = (nbytes + 63) / 64 * 64;
   data_ = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
   KILN_CHECK(data_ != nullptr, "out of host memory allocating ", nbytes,
              " bytes; use a smaller model or batch");
 }
 
-Storage::~Storage() { std::free(data_); }
+Storage::~Storage() {
+  if (device_ == Device::cuda)
+    device::free(data_);
+  else
+    std::free(data_);
+}
 
 std::int64_t shape_numel(const Shape& shape) {
   std::int64_t n = 1;
@@ -85,15 +94,31 @@ const float* Tensor::f32() const {
 }
 
 void Tensor::zero_() {
-  KILN_ASSERT(device() == Device::cpu);
-  std::memset(raw(), 0, nbytes());
+  if (device() == Device::cuda)
+    device::fill_zero(raw(), nbytes());
+  else
+    std::memset(raw(), 0, nbytes());
 }
 
 void Tensor::copy_from(const Tensor& other) {
   KILN_CHECK(other.numel() == numel() && other.dtype() == dtype_, "copy_from: shape ",
              shape_string(other.shape()), " ", dtype_name(other.dtype()), " into ",
              shape_string(shape_), " ", dtype_name(dtype_));
-  std::memcpy(raw(), other.raw(), nbytes());
+  const bool from_gpu = other.device() == Device::cuda, to_gpu = device() == Device::cuda;
+  if (from_gpu && to_gpu)
+    device::copy_on_device(raw(), other.raw(), nbytes());
+  else if (to_gpu)
+    device::copy_to_device(raw(), other.raw(), nbytes());
+  else if (from_gpu)
+    device::copy_to_host(raw(), other.raw(), nbytes());
+  else
+    std::memcpy(raw(), other.raw(), nbytes());
+}
+
+Tensor Tensor::to(Device device) const {
+  Tensor t = empty(shape_, dtype_, device);
+  t.copy_from(*this);
+  return t;
 }
 
 }  // namespace kiln

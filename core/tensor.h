@@ -1,6 +1,6 @@
 // The one tensor type: dtype, shape, device tag and shared owning storage.
 // A Tensor may be a view into a larger storage (the model keeps all parameters in one buffer
-// and hands out views). Only core/ops.cpp looks at device() to pick a kernel twin.
+// and hands out views). Only core/kernel_table.cpp looks at device() to pick a kernel twin.
 #pragma once
 
 #include <cstddef>
@@ -72,7 +72,10 @@ class Tensor {
   const float* f32() const;
 
   void zero_();
-  void copy_from(const Tensor& other);  // same dtype and numel, cpu only for now
+  // Same dtype and numel, any devices (a copy to the host waits for the device).
+  void copy_from(const Tensor& other);
+  // A copy on `device` (always a new storage).
+  Tensor to(Device device) const;
 
  private:
   std::shared_ptr<Storage> storage_;

@@ -1,5 +1,7 @@
-// GPT-2 byte-level BPE: file loading and checks, pre-tokenisation with PCRE2, rank-ordered
-// merges with a per-thread piece cache, and OpenMP batch encoding. The algorithm follows
+// GPT-2 byte-level BPE: file loading and checks (any vocabulary in GPT-2's format: the size and
+// the end-of-text id come from encoder.json), pre-tokenisation with PCRE2 (also offered alone as
+// Gpt2Pretokenizer, for the trainer), rank-ordered merges with a per-thread piece cache, and
+// OpenMP batch encoding. The algorithm follows
 // tiktoken (src/lib.rs, byte_pair_merge) so the ids are identical; tests/core/test_gpt2_bpe.cpp
 // compares them with a fixture written by tiktoken (tests/reference/make_bpe_fixture.py).
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -41,7 +43,8 @@ constexpr std::uint32_t kNoRank = std::numeric_limits<std::uint32_t>::max();
 
 std::string fix_hint() {
   return "; set data.tokenizer_dir (kiln tokenize: --tokenizer-dir, or the environment variable "
-         "KILN_GPT2_BPE_DIR) to a folder holding OpenAI's GPT-2 encoder.json and vocab.bpe";
+         "KILN_GPT2_BPE_DIR) to a folder holding OpenAI's GPT-2 encoder.json and vocab.bpe (or "
+         "the two files written by `kiln tokenizer train`)";
 }
 
 std::string read_file(const std::string& path) {
@@ -52,16 +55,26 @@ std::string read_file(const std::string& path) {
   return text.str();
 }
 
+bool is_printable_byte(int b) {
+  return (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+}
+
 // GPT-2's bytes_to_unicode(): printable Latin-1 bytes stand for themselves, the other 68 bytes
 // map to U+0100.. in byte order. Returns codepoint -> byte (-1: not a byte's codepoint).
 std::array<int, 324> unicode_to_byte_table() {
   std::array<int, 324> table;
   table.fill(-1);
   int next = 256;
-  for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
-    table[printable ? b : next++] = b;
-  }
+  for (int b = 0; b < 256; ++b) table[is_printable_byte(b) ? b : next++] = b;
+  return table;
+}
+
+// The inverse: byte -> codepoint.
+std::array<std::uint16_t, 256> byte_to_unicode_table() {
+  std::array<std::uint16_t, 256> table{};
+  std::uint16_t next = 256;
+  for (int b = 0; b < 256; ++b)
+    table[b] = is_printable_byte(b) ? static_cast<std::uint16_t>(b) : next++;
   return table;
 }
 
@@ -87,6 +100,52 @@ bool vocab_to_bytes(std::string_view text, const std::array<int, 324>& table, st
   return !out.empty();
 }
 
+pcre2_code* compile_gpt2_regex() {
+  int error = 0;
+  PCRE2_SIZE offset = 0;
+  pcre2_code* regex =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(kPattern), PCRE2_ZERO_TERMINATED,
+                    PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &error, &offset, nullptr);
+  if (regex == nullptr) {
+    PCRE2_UCHAR text[256];
+    pcre2_get_error_message(error, text, sizeof(text));
+    throw Error(message("gpt2 tokenizer: PCRE2 rejected GPT-2's pattern at offset ", offset, ": ",
+                        reinterpret_cast<const char*>(text), " (PCRE2 10.34 or newer is needed)"));
+  }
+  pcre2_jit_compile(regex, PCRE2_JIT_COMPLETE);  // without JIT support, matching interprets
+  return regex;
+}
+
+// Splits text with the regex and calls piece(p) for each piece. Bytes the regex cannot match
+// (invalid UTF-8) form pieces of their own, so the pieces always concatenate to the text.
+template <class PieceFn>
+void split_pieces(const pcre2_code* regex, std::string_view text, PieceFn&& piece) {
+  if (text.empty()) return;
+  pcre2_match_data* match = pcre2_match_data_create_from_pattern(regex, nullptr);
+  KILN_CHECK(match != nullptr, "gpt2 tokenizer: out of memory for PCRE2 match data");
+  struct FreeMatch {
+    pcre2_match_data* match;
+    ~FreeMatch() { pcre2_match_data_free(match); }
+  } free_match{match};
+  const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
+  std::size_t at = 0;
+  while (at < text.size()) {
+    const int rc = pcre2_match(regex, subject, text.size(), at, 0, match, nullptr);
+    std::size_t begin = text.size(), end = text.size();
+    if (rc >= 0) {
+      const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(match);
+      begin = ovector[0];
+      end = ovector[1];
+    } else if (rc != PCRE2_ERROR_NOMATCH) {
+      throw Error(message("gpt2 tokenizer: PCRE2 match failed with error ", rc, " at byte ", at));
+    }
+    if (begin > at) piece(text.substr(at, begin - at));
+    if (end > begin) piece(text.substr(begin, end - begin));
+    KILN_ASSERT(end > at || rc < 0);
+    at = end;
+  }
+}
+
 struct StringHash {
   using is_transparent = void;
   std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
@@ -105,20 +164,22 @@ std::atomic<std::uint64_t> g_next_instance{1};
 
 struct Gpt2Bpe::Impl {
   RankMap ranks;                         // token bytes -> id (= merge rank, as in tiktoken)
-  std::vector<std::string> token_bytes;  // id -> bytes
+  std::vector<std::string> token_bytes;  // id -> bytes ("<|endoftext|>" for the eot id)
+  std::uint32_t eot = 0;
   pcre2_code* regex = nullptr;
   std::uint64_t instance = g_next_instance.fetch_add(1);
 
   ~Impl() { pcre2_code_free(regex); }
   void load_encoder(const std::string& path, const std::array<int, 324>& table);
   void check_merges(const std::string& path, const std::array<int, 324>& table) const;
-  void compile_regex();
   void encode_piece(std::string_view piece, std::vector<std::uint32_t>& out) const;
   void byte_pair_merge(std::string_view piece, std::vector<std::uint32_t>& out) const;
   void byte_pair_merge_large(std::string_view piece, std::vector<std::uint32_t>& out) const;
   void encode_ordinary(std::string_view text, std::vector<std::uint32_t>& out) const;
 };
 
+// encoder.json: N token strings -> the ids 0..N-1, each once (the vocab size is N), one of them
+// "<|endoftext|>" (the end-of-text id); every other string is a byte-level BPE string.
 void Gpt2Bpe::Impl::load_encoder(const std::string& path, const std::array<int, 324>& table) {
   nlohmann::json encoder;
   try {
@@ -127,31 +188,40 @@ void Gpt2Bpe::Impl::load_encoder(const std::string& path, const std::array<int, 
     throw Error(message("gpt2 tokenizer: ", path, " is not valid JSON (", e.what(),
                         "); replace it with OpenAI's GPT-2 encoder.json", fix_hint()));
   }
-  KILN_CHECK(encoder.is_object() && encoder.size() == static_cast<std::size_t>(kVocabSize),
-             "gpt2 tokenizer: ", path, " should map ", kVocabSize, " token strings to ids but ",
-             "holds ", encoder.size(), " entries; it is not GPT-2's encoder.json", fix_hint());
-  token_bytes.assign(kVocabSize, std::string());
+  constexpr std::size_t kMinEntries = 257;  // the 256 bytes and <|endoftext|>
+  KILN_CHECK(encoder.is_object() && encoder.size() >= kMinEntries, "gpt2 tokenizer: ", path,
+             " should map at least ", kMinEntries, " token strings (the 256 bytes and ",
+             kEotText, ") to ids but holds ", encoder.is_object() ? encoder.size() : 0,
+             " entries; it is not a byte-level BPE encoder.json", fix_hint());
+  const std::size_t n = encoder.size();
+  KILN_CHECK(n <= std::numeric_limits<std::uint32_t>::max() / 2, "gpt2 tokenizer: ", path,
+             " holds ", n, " entries, too many", fix_hint());
+  const auto eot_entry = encoder.find(std::string(kEotText));
+  KILN_CHECK(eot_entry != encoder.end(), "gpt2 tokenizer: ", path, " has no \"", kEotText,
+             "\" entry; the end-of-text token must be in the vocabulary", fix_hint());
+  token_bytes.assign(n, std::string());
+  std::vector<char> seen(n, 0);
   std::string bytes;
   for (const auto& [key, value] : encoder.items()) {
-    KILN_CHECK(value.is_number_unsigned() && value.get<std::uint64_t>() < kVocabSize,
-               "gpt2 tokenizer: ", path, ": token '", key, "' has id ", value.dump(),
-               ", not an integer below ", kVocabSize, fix_hint());
+    KILN_CHECK(value.is_number_unsigned() && value.get<std::uint64_t>() < n, "gpt2 tokenizer: ",
+               path, ": token '", key, "' has id ", value.dump(), ", but the ids must be the ",
+               "integers 0..", n - 1, " (one per entry, dense)", fix_hint());
     const auto id = value.get<std::uint32_t>();
-    if (id == kEot) {
-      KILN_CHECK(key == kEotText, "gpt2 tokenizer: ", path, ": id ", kEot, " is '", key,
-                 "', not <|endoftext|>", fix_hint());
+    KILN_CHECK(!seen[id], "gpt2 tokenizer: ", path, ": id ", id, " appears twice, but the ids ",
+               "must be the integers 0..", n - 1, " (one per entry, dense)", fix_hint());
+    seen[id] = 1;
+    if (key == kEotText) {
+      eot = id;
       token_bytes[id] = key;
       continue;
     }
     KILN_CHECK(vocab_to_bytes(key, table, bytes), "gpt2 tokenizer: ", path, ": token '", key,
                "' is not a byte-level BPE string", fix_hint());
-    KILN_CHECK(token_bytes[id].empty(), "gpt2 tokenizer: ", path, ": id ", id, " appears twice",
-               fix_hint());
     token_bytes[id] = bytes;
     ranks.emplace(bytes, id);
   }
-  KILN_CHECK(ranks.size() == kEot, "gpt2 tokenizer: ", path, " maps two tokens to the same bytes",
-             fix_hint());
+  KILN_CHECK(ranks.size() == n - 1, "gpt2 tokenizer: ", path,
+             " maps two tokens to the same bytes", fix_hint());
   for (int b = 0; b < 256; ++b)
     KILN_CHECK(ranks.count(std::string(1, static_cast<char>(b))), "gpt2 tokenizer: ", path,
                " lacks the token for byte ", b, fix_hint());
@@ -183,22 +253,11 @@ void Gpt2Bpe::Impl::check_merges(const std::string& path, const std::array<int, 
                "); the two files come from different vocabularies", fix_hint());
     ++rank;
   }
-  KILN_CHECK(rank == kEot, "gpt2 tokenizer: ", path, " holds ", rank - 256, " merges but GPT-2 has ",
-             kEot - 256, "; the file is truncated or not GPT-2's", fix_hint());
-}
-
-void Gpt2Bpe::Impl::compile_regex() {
-  int error = 0;
-  PCRE2_SIZE offset = 0;
-  regex = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(kPattern), PCRE2_ZERO_TERMINATED,
-                        PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF, &error, &offset, nullptr);
-  if (regex == nullptr) {
-    PCRE2_UCHAR text[256];
-    pcre2_get_error_message(error, text, sizeof(text));
-    throw Error(message("gpt2 tokenizer: PCRE2 rejected GPT-2's pattern at offset ", offset, ": ",
-                        reinterpret_cast<const char*>(text), " (PCRE2 10.34 or newer is needed)"));
-  }
-  pcre2_jit_compile(regex, PCRE2_JIT_COMPLETE);  // without JIT support, matching interprets
+  const std::size_t expected = token_bytes.size() - 257;  // all but the bytes and end-of-text
+  KILN_CHECK(rank - 256 == expected, "gpt2 tokenizer: ", path, " holds ", rank - 256,
+             " merges but encoder.json has ", expected, " tokens besides the 256 bytes and ",
+             kEotText, " (GPT-2: 50000); the file is truncated or the two files come from ",
+             "different vocabularies", fix_hint());
 }
 
 // tiktoken's byte_pair_merge: start from single bytes; repeatedly join the adjacent pair whose
@@ -308,38 +367,19 @@ void Gpt2Bpe::Impl::encode_piece(std::string_view piece, std::vector<std::uint32
   cache.pieces.emplace(std::string(piece), std::move(ids));
 }
 
-// Splits text with the regex and merges each piece. Bytes the regex cannot match (invalid
-// UTF-8) form pieces of their own, so every input round-trips through decode().
+// Splits text with the regex and merges each piece; since the pieces cover every byte, every
+// input round-trips through decode().
 void Gpt2Bpe::Impl::encode_ordinary(std::string_view text, std::vector<std::uint32_t>& out) const {
-  if (text.empty()) return;
-  pcre2_match_data* match = pcre2_match_data_create_from_pattern(regex, nullptr);
-  KILN_CHECK(match != nullptr, "gpt2 tokenizer: out of memory for PCRE2 match data");
-  const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
-  std::size_t at = 0;
-  while (at < text.size()) {
-    const int rc = pcre2_match(regex, subject, text.size(), at, 0, match, nullptr);
-    std::size_t begin = text.size(), end = text.size();
-    if (rc >= 0) {
-      const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(match);
-      begin = ovector[0];
-      end = ovector[1];
-    } else if (rc != PCRE2_ERROR_NOMATCH) {
-      pcre2_match_data_free(match);
-      throw Error(message("gpt2 tokenizer: PCRE2 match failed with error ", rc, " at byte ", at));
-    }
-    if (begin > at) encode_piece(text.substr(at, begin - at), out);
-    if (end > begin) encode_piece(text.substr(begin, end - begin), out);
-    KILN_ASSERT(end > at || rc < 0);
-    at = end;
-  }
-  pcre2_match_data_free(match);
+  split_pieces(regex, text, [&](std::string_view piece) { encode_piece(piece, out); });
 }
 
 Gpt2Bpe::Gpt2Bpe(const std::string& dir) : impl_(std::make_unique<Impl>()) {
   const auto table = unicode_to_byte_table();
   impl_->load_encoder(dir + "/encoder.json", table);
   impl_->check_merges(dir + "/vocab.bpe", table);
-  impl_->compile_regex();
+  impl_->regex = compile_gpt2_regex();
+  vocab_size_ = static_cast<int>(impl_->token_bytes.size());
+  eot_ = impl_->eot;
 }
 
 Gpt2Bpe::~Gpt2Bpe() = default;
@@ -359,7 +399,7 @@ std::vector<std::uint32_t> Gpt2Bpe::encode_with_special(std::string_view text) c
     const std::size_t found = text.find(kEotText, at);
     impl_->encode_ordinary(text.substr(at, found == std::string_view::npos ? found : found - at), ids);
     if (found == std::string_view::npos) break;
-    ids.push_back(kEot);
+    ids.push_back(eot_);
     at = found + kEotText.size();
   }
   return ids;
@@ -389,10 +429,49 @@ std::string Gpt2Bpe::decode(const std::vector<std::uint32_t>& ids) const {
   std::string text;
   text.reserve(ids.size() * 4);
   for (std::size_t i = 0; i < ids.size(); ++i) {
-    KILN_CHECK(ids[i] < static_cast<std::uint32_t>(kVocabSize), "gpt2 tokenizer: token id ",
-               ids[i], " at position ", i, " is out of range (vocab_size ", kVocabSize,
+    KILN_CHECK(ids[i] < static_cast<std::uint32_t>(vocab_size_), "gpt2 tokenizer: token id ",
+               ids[i], " at position ", i, " is out of range (vocab_size ", vocab_size_,
                "); the ids were probably made by a different tokenizer");
     text.append(impl_->token_bytes[ids[i]]);
+  }
+  return text;
+}
+
+struct Gpt2Pretokenizer::Regex {
+  pcre2_code* code = compile_gpt2_regex();
+  ~Regex() { pcre2_code_free(code); }
+};
+
+Gpt2Pretokenizer::Gpt2Pretokenizer() : regex_(std::make_unique<Regex>()) {}
+Gpt2Pretokenizer::~Gpt2Pretokenizer() = default;
+
+void Gpt2Pretokenizer::split(std::string_view text,
+                             const std::function<void(std::string_view)>& piece) const {
+  split_pieces(regex_->code, text, piece);
+}
+
+std::array<std::uint8_t, 256> gpt2_byte_order() {
+  std::array<std::uint8_t, 256> order{};
+  int id = 0;
+  for (int b = 0; b < 256; ++b)
+    if (is_printable_byte(b)) order[id++] = static_cast<std::uint8_t>(b);
+  for (int b = 0; b < 256; ++b)
+    if (!is_printable_byte(b)) order[id++] = static_cast<std::uint8_t>(b);
+  return order;
+}
+
+std::string gpt2_token_text(std::string_view bytes) {
+  static const std::array<std::uint16_t, 256> table = byte_to_unicode_table();
+  std::string text;
+  text.reserve(bytes.size() * 2);
+  for (char c : bytes) {
+    const std::uint16_t cp = table[static_cast<unsigned char>(c)];
+    if (cp < 0x80) {
+      text.push_back(static_cast<char>(cp));
+    } else {  // every codepoint is below U+0144: two UTF-8 bytes
+      text.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+      text.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
   }
   return text;
 }

@@ -6,23 +6,18 @@
 // is held.
 #include "core/data/tokenize.h"
 
-#include <glob.h>
-
 #include <algorithm>
-#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
-#include <iterator>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <string_view>
 
-#include "core/data/jsonl.h"
+#include "core/data/corpus.h"
 #include "core/data/shard.h"
 #include "core/data/tokenizer.h"
 #include "core/error.h"
@@ -36,130 +31,14 @@ namespace {
 
 constexpr std::uint64_t kNone = std::numeric_limits<std::uint64_t>::max();
 
-struct InputFile {
-  std::string path;
-  bool from_folder = false;  // folder members that are not text are skipped, not errors
-};
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  KILN_CHECK(in, "cannot read input ", path, ": ", std::strerror(errno),
-             "; check the path and its permissions");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  KILN_CHECK(!in.bad(), "error while reading input ", path);
-  return text;
-}
-
-// Glob patterns expanded to their sorted matches; other inputs unchanged.
-std::vector<std::string> expand_globs(const std::vector<std::string>& inputs) {
-  std::vector<std::string> out;
-  for (const std::string& input : inputs) {
-    if (input.find_first_of("*?[") == std::string::npos) {
-      out.push_back(input);
-      continue;
-    }
-    glob_t matches{};
-    const int rc = glob(input.c_str(), 0, nullptr, &matches);
-    std::vector<std::string> found(matches.gl_pathv, matches.gl_pathv + (rc == 0 ? matches.gl_pathc : 0));
-    globfree(&matches);
-    KILN_CHECK(!found.empty(), "tokenize: the pattern '", input, "' matches no file; check it (quote it "
-               "so the shell does not expand it first)");
-    std::sort(found.begin(), found.end());
-    out.insert(out.end(), found.begin(), found.end());
-  }
-  return out;
-}
-
-// Expands the inputs to a list of files: files as given, globs to their matches, folders to
-// their sorted regular files.
-std::vector<InputFile> list_inputs(const std::vector<std::string>& patterns,
-                                   std::vector<std::string>& skipped) {
-  std::vector<InputFile> files;
-  for (const std::string& input : expand_globs(patterns)) {
-    std::error_code ec;
-    fs::file_status status = fs::status(input, ec);
-    KILN_CHECK(fs::exists(status), "tokenize: input path '", input,
-               "' does not exist; pass text files or folders of text files to --input");
-    if (!fs::is_directory(status)) {
-      files.push_back({input, false});
-      continue;
-    }
-    std::vector<std::string> members;
-    for (const fs::directory_entry& entry : fs::directory_iterator(input)) {
-      if (entry.is_symlink() || !entry.is_regular_file()) {
-        skipped.push_back(entry.path().string());
-      } else {
-        members.push_back(entry.path().string());
-      }
-    }
-    std::sort(members.begin(), members.end());
-    for (std::string& m : members) files.push_back({std::move(m), true});
-  }
-  std::sort(skipped.begin(), skipped.end());
-  return files;
-}
-
-// Calls fn(document) for each document of text: the whole text, or the pieces between lines
-// equal to separator (the separator lines themselves are dropped).
-void for_each_document(std::string_view text, const std::string& separator,
-                       const std::function<void(std::string_view)>& fn) {
-  if (separator.empty()) {
-    fn(text);
-    return;
-  }
-  std::size_t doc_start = 0, line_start = 0;
-  while (line_start < text.size()) {
-    std::size_t newline = text.find('\n', line_start);
-    std::size_t line_end = newline == std::string_view::npos ? text.size() : newline;
-    std::string_view line = text.substr(line_start, line_end - line_start);
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    std::size_t next = newline == std::string_view::npos ? text.size() : newline + 1;
-    if (line == separator) {
-      fn(text.substr(doc_start, line_start - doc_start));
-      doc_start = next;
-    }
-    line_start = next;
-  }
-  fn(text.substr(doc_start));
-}
-
-bool is_blank(std::string_view doc) {
-  return std::all_of(doc.begin(), doc.end(),
-                     [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; });
-}
-
-bool is_jsonl(const std::string& path) {
-  return path.size() >= 6 && path.compare(path.size() - 6, 6, ".jsonl") == 0;
-}
-
-// Calls fn(document) for every non-blank document of the input files, in order: text files cut
-// by the separator, JSONL files one record's field at a time. Folder members holding NUL bytes
-// are added to skipped (once, on the first pass) and left out.
-void for_each_text_document(const std::vector<InputFile>& files, const TokenizeOptions& options,
-                            std::vector<std::string>* skipped, std::uint64_t* skipped_records,
-                            const std::function<void(std::string_view)>& fn) {
-  const std::string& separator = options.separator;
-  for (const InputFile& file : files) {
-    if (is_jsonl(file.path)) {
-      const JsonlStats stats = read_jsonl(
-          file.path, {options.skip_bad_records}, [&](const nlohmann::json& record, const std::string& where) {
-            const std::string doc = required_string(record, options.jsonl_field, where);
-            if (!is_blank(doc)) fn(doc);
-          });
-      if (skipped_records) *skipped_records += static_cast<std::uint64_t>(stats.skipped);
-      continue;
-    }
-    std::string text = read_file(file.path);
-    if (text.find('\0') != std::string::npos) {
-      KILN_CHECK(file.from_folder, "tokenize: input ", file.path, " contains NUL bytes, so it ",
-                 "is not a text file; remove it from --input");
-      if (skipped != nullptr) skipped->push_back(file.path);
-      continue;
-    }
-    for_each_document(text, separator, [&](std::string_view doc) {
-      if (!is_blank(doc)) fn(doc);
-    });
-  }
+CorpusOptions corpus_options(const TokenizeOptions& options) {
+  CorpusOptions corpus;
+  corpus.inputs = options.inputs;
+  corpus.jsonl_field = options.jsonl_field;
+  corpus.skip_bad_records = options.skip_bad_records;
+  corpus.separator = options.separator;
+  corpus.command = "tokenize";
+  return corpus;
 }
 
 // Accumulates one split's tokens and writes a shard each time shard_tokens are collected.
@@ -261,7 +140,7 @@ void write_text_atomically(const std::string& path, const std::string& text) {
 // manifest.json: everything needed to know how the shards were made, with no timestamps or
 // absolute output paths, so identical inputs give an identical manifest.
 void write_manifest(const TokenizeOptions& options, const Tokenizer& tokenizer,
-                    const std::vector<InputFile>& files, const std::vector<std::string>& skipped,
+                    const std::vector<CorpusFile>& files, const std::vector<std::string>& skipped,
                     const SplitPlan& plan, std::uint64_t val_documents,
                     const ShardWriter& train, const ShardWriter& val) {
   nlohmann::ordered_json shards = nlohmann::ordered_json::array();
@@ -275,7 +154,7 @@ void write_manifest(const TokenizeOptions& options, const Tokenizer& tokenizer,
     }
   }
   std::vector<std::string> used;
-  for (const InputFile& f : files) {
+  for (const CorpusFile& f : files) {
     if (!std::binary_search(skipped.begin(), skipped.end(), f.path)) used.push_back(f.path);
   }
   nlohmann::ordered_json manifest;
@@ -316,11 +195,12 @@ void check_options(const TokenizeOptions& options) {
 TokenizeReport tokenize_checked(const TokenizeOptions& options) {
   std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(options.tokenizer, options.tokenizer_dir);
   std::vector<std::string> skipped;
-  const std::vector<InputFile> files = list_inputs(options.inputs, skipped);
+  const CorpusOptions corpus = corpus_options(options);
+  const std::vector<CorpusFile> files = list_corpus_files(corpus, skipped);
 
   std::uint64_t documents = 0, skipped_records = 0;
-  for_each_text_document(files, options, &skipped, &skipped_records,
-                         [&](std::string_view) { ++documents; });
+  for_each_corpus_document(files, corpus, &skipped, &skipped_records,
+                           [&](std::string_view) { ++documents; });
   std::sort(skipped.begin(), skipped.end());
   KILN_CHECK(documents > 0, "tokenize: the inputs hold no text (", files.size(),
              " files read, ", skipped.size(), " skipped as links or binary); check --input");
@@ -331,7 +211,7 @@ TokenizeReport tokenize_checked(const TokenizeOptions& options) {
   ShardWriter train(options.out_dir, "train", options.shard_tokens, vocab);
   ShardWriter val(options.out_dir, "val", options.shard_tokens, vocab);
   std::uint64_t doc = 0, val_documents = 0;
-  for_each_text_document(files, options, nullptr, nullptr, [&](std::string_view text) {
+  for_each_corpus_document(files, corpus, nullptr, nullptr, [&](std::string_view text) {
     std::vector<std::uint32_t> tokens = tokenizer->encode(text);
     if (plan.split_tokens && tokens.size() >= 2) {
       // One document: the last val_fraction of its tokens (at least one) is validation.

@@ -1,0 +1,87 @@
+// Shared by the GPU tests (ctest label "gpu"): skip without a device, move vectors to and from
+// device memory, compare against a CPU twin's output.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "kernels/bf16.h"
+#include "kernels/device.h"
+
+// First statement of every GPU test: without a device (any CUDA error counts) the test reports
+// skipped and the rest of the suite runs.
+#define KILN_REQUIRE_GPU()                                                              \
+  do {                                                                                  \
+    if (!::kiln::device::cuda_available())                                              \
+      GTEST_SKIP() << "no CUDA device: " << ::kiln::device::cuda_description();         \
+  } while (0)
+
+namespace kiln::testing {
+
+// Device memory holding a copy of a host vector (or n zeroed elements); read back with host().
+template <class T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(const std::vector<T>& values) : n_(values.size()) {
+    ptr_ = static_cast<T*>(device::alloc(bytes()));
+    device::copy_to_device(ptr_, values.data(), bytes());
+  }
+  explicit DeviceBuffer(std::size_t n) : n_(n) {
+    ptr_ = static_cast<T*>(device::alloc(bytes()));
+    device::fill_zero(ptr_, bytes());
+  }
+  ~DeviceBuffer() { device::free(ptr_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  T* get() { return ptr_; }
+  const T* get() const { return ptr_; }
+  std::size_t size() const { return n_; }
+  std::vector<T> host() const {
+    std::vector<T> out(n_);
+    device::copy_to_host(out.data(), ptr_, bytes());
+    return out;
+  }
+
+ private:
+  std::size_t bytes() const { return n_ * sizeof(T) ? n_ * sizeof(T) : 1; }
+  T* ptr_ = nullptr;
+  std::size_t n_ = 0;
+};
+
+// x rounded through bf16 (what a bf16 tensor holding x stores).
+inline float round_bf16(float x) { return to_float(to_bf16(x)); }
+inline std::vector<bf16> to_bf16(const std::vector<float>& x) {
+  std::vector<bf16> out(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) out[i] = kiln::to_bf16(x[i]);
+  return out;
+}
+inline std::vector<float> to_float(const std::vector<bf16>& x) {
+  std::vector<float> out(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) out[i] = kiln::to_float(x[i]);
+  return out;
+}
+
+// Every element within atol + rtol * |expected|; reports the first few offenders by index.
+inline void expect_close(const std::vector<float>& actual, const std::vector<float>& expected,
+                         double atol, double rtol, const char* what) {
+  ASSERT_EQ(actual.size(), expected.size()) << what;
+  int reported = 0;
+  double worst = 0.0;
+  for (std::size_t i = 0; i < actual.size(); ++i) {
+    const double err = std::fabs(static_cast<double>(actual[i]) - expected[i]);
+    const double tol = atol + rtol * std::fabs(static_cast<double>(expected[i]));
+    worst = std::max(worst, err);
+    if (!(err <= tol) && reported++ < 5)
+      ADD_FAILURE() << what << "[" << i << "]: " << actual[i] << " vs " << expected[i]
+                    << " (|diff| " << err << " > " << tol << ")";
+  }
+  if (reported > 5) ADD_FAILURE() << what << ": " << reported << " elements out of tolerance";
+  ::testing::Test::RecordProperty(std::string(what) + "_max_abs_err", std::to_string(worst));
+}
+
+}  // namespace kiln::testing
