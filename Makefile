@@ -4,6 +4,8 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CORPUS ?= /usr/share/games/fortunes
 DEMO_DIR ?= runs/quickstart
+# Extra config overrides for the demo run, e.g. make demo DEMO_ARGS=data.tokenizer=gpt2
+DEMO_ARGS ?=
 
 .PHONY: deps configure build test test-all demo bench clean
 
@@ -25,7 +27,7 @@ test-fast: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE slow
 
 demo: build
-	./scripts/demo.sh $(BUILD)/kiln $(CORPUS) $(DEMO_DIR)
+	./scripts/demo.sh $(BUILD)/kiln $(CORPUS) $(DEMO_DIR) $(DEMO_ARGS)
 
 bench: build
 	KILN_WITH_TORCH=1 ./scripts/install-deps.sh

@@ -17,7 +17,7 @@ layers=6 width=384 seq=256 batch=16
 common=(configs/quickstart.yaml "model.n_layer=$layers" model.n_head=6 "model.n_embd=$width"
         "model.context=$seq" "train.seq_len=$seq" "train.max_steps=$steps" train.eval_every=0
         checkpoint.every=0 log.every=1000 train.threads=1 --overwrite
-        "data.train=$data/train_*.bin" "data.val=$data/val_*.bin")
+        data.corpus= "data.train=$data/train_*.bin" "data.val=$data/val_*.bin")
 echo "== load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$kiln" train "${common[@]}" "train.micro_batch=$batch" "train.run_dir=$out/one" | tail -1
 export OMP_NUM_THREADS=1

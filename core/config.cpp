@@ -491,6 +491,13 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
                  heads, " (e.g. ", lower > 0 ? std::to_string(lower) + " or " : "", lower + heads,
                  ") or ", key(heads), " to a divisor of ", width));
   }
+  if (!c.data.corpus.empty() && (!c.data.train.empty() || !c.data.val.empty())) {
+    const char* other = c.data.train.empty() ? "data.val" : "data.train";
+    fail(origins.by_key.count("data.corpus") ? origins.of("data.corpus") : name,
+         message("both data.corpus (text kiln tokenizes) and ", other,
+                 " (token shards) are set; keep one: data.corpus=\"\" to train on the shards, or ",
+                 other, "=\"\" to train on the corpus"));
+  }
   const int& block = c.model.attention_block;
   if (block != 16 && block != 32 && block != 64 && block != 128)
     fail(origins.by_key.count(key(block)) ? origins.of(key(block)) : name,

@@ -35,6 +35,12 @@ struct ModelConfig {
 struct DataConfig {
   std::string train;          // shard file, folder or glob of token shards for training
   std::string val;            // the same for validation ("" = no validation)
+  // Instead of train/val: text (file, folder or glob) that `kiln train` tokenizes itself with
+  // data.tokenizer into a cached shard folder (core/data/corpus_cache.h).
+  std::string corpus;
+  std::string separator;      // corpus: a line equal to this separates documents ("": one per file)
+  std::string jsonl_field = "text";  // corpus: the field of .jsonl records holding the text
+  std::string cache_dir = "data/cache";  // corpus: where its shards are kept
   std::string tokenizer = "byte";  // byte | gpt2
   // gpt2: the folder holding encoder.json and vocab.bpe ("" = $KILN_GPT2_BPE_DIR, else an error).
   std::string tokenizer_dir;

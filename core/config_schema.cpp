@@ -50,6 +50,15 @@ void data_keys(Schema& s) {
   SectionBuilder<DataConfig>(s, "data", &ExperimentConfig::data, "token shards and tokenizer")
       .key("train", &DataConfig::train, Limits(), "training shards: a file, folder or glob, or a blend PATTERN@WEIGHT,...")
       .key("val", &DataConfig::val, Limits(), "validation shards, the same way (\"\": none)")
+      .key("corpus", &DataConfig::corpus, Limits(),
+           "instead of train/val: text files, a folder or a glob that kiln tokenizes with "
+           "data.tokenizer (cached; 5% of documents for validation)")
+      .key("separator", &DataConfig::separator, Limits(),
+           "corpus: a line equal to this separates documents (\"\": one document per file)")
+      .key("jsonl_field", &DataConfig::jsonl_field, Limits(),
+           "corpus: the field of .jsonl records that holds the text")
+      .key("cache_dir", &DataConfig::cache_dir, Limits(),
+           "corpus: folder for its token shards, one subfolder per corpus and tokenizer")
       .key("tokenizer", &DataConfig::tokenizer, one_of(kTokenizerChoices),
            "tokenizer the shards were written with")
       .key("tokenizer_dir", &DataConfig::tokenizer_dir, Limits(),

@@ -1,28 +1,26 @@
 #!/usr/bin/env bash
-# The README's main job: tokenize real English text (Debian's fortunes), pretrain the quickstart
-# model on the CPU, then sample from it. Usage: scripts/demo.sh KILN_BINARY CORPUS RUN_DIR
+# The README's main job: pretrain the quickstart model on real English text (Debian's fortunes,
+# tokenized by kiln train itself into data/cache/) on the CPU, then sample from it.
+# Usage: scripts/demo.sh KILN_BINARY CORPUS RUN_DIR [KEY=VALUE...] (extra config overrides, e.g.
+# data.tokenizer=gpt2)
 set -euo pipefail
 kiln=${1:-build/kiln}
 corpus=${2:-/usr/share/games/fortunes}
 run_dir=${3:-runs/quickstart}
-data=data/fortunes
+shift $(( $# < 3 ? $# : 3 ))
 
-if [ ! -f "$data/manifest.json" ]; then
-  echo "== tokenizing $corpus -> $data"
-  "$kiln" tokenize --input "$corpus" --separator % --out "$data"
-fi
-
-echo "== training configs/quickstart.yaml (a fresh run in $run_dir)"
+echo "== training configs/quickstart.yaml on $corpus (a fresh run in $run_dir)"
 rm -rf "$run_dir"
-"$kiln" train configs/quickstart.yaml "train.run_dir=$run_dir" "data.train=$data/train_*.bin" \
-  "data.val=$data/val_*.bin"
+"$kiln" train configs/quickstart.yaml "train.run_dir=$run_dir" "data.corpus=$corpus" "$@"
 
-python3 - "$run_dir/metrics.jsonl" <<'PY'
-import json, math, sys
+python3 - "$run_dir/metrics.jsonl" "$run_dir/config.yaml" <<'PY'
+import json, math, re, sys
 records = [json.loads(line) for line in open(sys.argv[1])]
 val = [r["val_loss"] for r in records if "val_loss" in r]
 first = next(r["loss"] for r in records if "loss" in r)
-print(f"== loss: first step {first:.3f}, uniform ln(257) = {math.log(257):.3f}, "
+gpt2 = re.search(r"^\s*tokenizer:\s*\"?gpt2", open(sys.argv[2]).read(), re.M)
+vocab = 50257 if gpt2 else 257
+print(f"== loss: first step {first:.3f}, uniform ln({vocab}) = {math.log(vocab):.3f}, "
       f"final validation {val[-1]:.3f}")
 PY
 

@@ -18,6 +18,7 @@
 #include "core/checkpoint/atomic_file.h"
 #include "core/checkpoint/model_io.h"
 #include "core/checkpoint/run_dir.h"
+#include "core/data/corpus_cache.h"
 #include "parallel/tensor_parallel_group.h"
 #include "trainers/metrics.h"
 
@@ -117,6 +118,25 @@ void prepare_run_dir(const std::string& run_dir, bool overwrite) {
 }
 }  // namespace
 
+// data.corpus: rank 0 tokenizes it into the cache (or finds it current) while the others wait;
+// the stage then reads the cached shards. The run's config.yaml keeps data.corpus as written.
+ExperimentConfig Trainer::with_corpus_shards(const ExperimentConfig& config) const {
+  if (config.data.corpus.empty()) return config;
+  const CorpusShards shards = corpus_shards(config.data);
+  if (parallel_.is_main()) {
+    if (prepare_corpus_shards(config.data, shards))
+      say("tokenized data.corpus=" + config.data.corpus + " with data.tokenizer=" +
+          config.data.tokenizer + " into " + shards.dir);
+    else
+      say("data.corpus: using the shards in " + shards.dir);
+  }
+  parallel_.world->barrier();
+  ExperimentConfig staged = config;
+  staged.data.train = shards.train;
+  staged.data.val = shards.val;
+  return staged;
+}
+
 Trainer::Trainer(ExperimentConfig config, TrainOptions options)
     : Trainer(std::move(config), std::move(options), owned_parallel_) {}
 
@@ -126,7 +146,7 @@ Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext&
       owned_parallel_(&parallel == &owned_parallel_ ? single_process_context() : ParallelContext{}),
       parallel_(parallel) {
   omp_set_num_threads(threads_per_rank(config_.train, *parallel_.world));
-  stage_ = make_stage(config_, parallel_.dp_rank, parallel_.dims.dp);
+  stage_ = make_stage(with_corpus_shards(config_), parallel_.dp_rank, parallel_.dims.dp);
   if (parallel_.dims.tp > 1) tp_ops_ = std::make_unique<TensorParallelGroup>(*parallel_.tp);
   model_ = std::make_unique<Gpt>(GptShape::from_config(config_.model, stage_->vocab_size(),
                                                        parallel_.dims.tp, parallel_.tp_rank),

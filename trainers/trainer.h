@@ -64,6 +64,7 @@ class Trainer {
   double grad_sum_squares(const float* grads, std::int64_t begin, std::int64_t end) const;
   double comm_wait_s_ = 0.0, comm_bytes_ = 0.0;  // of the last step
   void say(const std::string& line) const;
+  ExperimentConfig with_corpus_shards(const ExperimentConfig& config) const;
 
   ExperimentConfig config_;
   TrainOptions options_;

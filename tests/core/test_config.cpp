@@ -308,7 +308,7 @@ TEST(Config, ReferenceListsEveryKey) {
     ++keys;
     EXPECT_NE(ref.find(section + "." + name.substr(2)), std::string::npos) << line;
   }
-  EXPECT_EQ(keys, 49);  // every field of config.h (source aside)
+  EXPECT_EQ(keys, 53);  // every field of config.h (source aside)
 }
 
 TEST(Config, LoadMissingFileNamesPath) {
@@ -334,8 +334,12 @@ TEST(Config, ShippedQuickstartParses) {
   EXPECT_EQ(c.model.n_embd % c.model.n_head, 0);
   EXPECT_LE(c.train.seq_len, c.model.context);
   EXPECT_EQ(c.data.tokenizer, "byte");
-  EXPECT_EQ(c.data.train, "data/fortunes/train_*.bin");
+  EXPECT_EQ(c.data.corpus, "/usr/share/games/fortunes");
+  EXPECT_TRUE(c.data.train.empty());
   EXPECT_EQ(c.train.run_dir, "runs/quickstart");
+  // GPT-2's BPE is one key away.
+  EXPECT_EQ(load_config(std::string(KILN_SOURCE_DIR) + "/configs/quickstart.yaml",
+                        {"data.tokenizer=gpt2"}).data.tokenizer, "gpt2");
   expect_same(parse_config(to_yaml(c), "resolved.yaml"), c);
 }
 
@@ -352,4 +356,13 @@ TEST(Config, ShippedGpt2SmallParses) {
 }
 
 }  // namespace
+
+TEST(Config, CorpusAndShardsAreExclusive) {
+  expect_contains(parse_error("data:\n  train: d/train_*.bin\n  corpus: text/\n"),
+                  {"configs/x.yaml:3", "data.corpus", "data.train", "keep one"});
+  // The quickstart's shape: a corpus alone, and shards alone, are both fine.
+  EXPECT_NO_THROW(parse_config("data:\n  corpus: text/\n  separator: \"%\"\n", kFile));
+  EXPECT_NO_THROW(parse_config("data:\n  corpus: text/\n", kFile, {"data.corpus=", "data.train=x"}));
+}
+
 }  // namespace kiln

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/checkpoint/safetensors.h"
+#include "core/data/corpus_cache.h"
 #include "core/data/shard.h"
 #include "core/rng.h"
 #include "trainers/trainer.h"
@@ -214,4 +215,52 @@ TEST_F(TrainerTest, SparseLayoutCoveringTheContextTrainsExactlyLikeDense) {
   narrow.model.attention_window = 1;
   kiln::Trainer c(narrow, quiet());
   EXPECT_NE(c.run().losses, dense_losses);
+}
+
+// data.corpus: kiln train tokenizes text itself, caches the shards per tokenizer, and the
+// quickstart switches to GPT-2's BPE with data.tokenizer alone.
+TEST_F(TrainerTest, CorpusIsTokenizedOnceAndCachedPerTokenizer) {
+  const fs::path text = dir_ / "text";
+  fs::create_directories(text);
+  {
+    std::ofstream out(text / "stories.txt");
+    for (int i = 0; i < 300; ++i)
+      out << "The cat " << (i % 7) << " sat on mat " << (i % 5) << ", and then it slept.\n%\n";
+  }
+  kiln::ExperimentConfig c = config("corpus");
+  c.data.train.clear();
+  c.data.val.clear();
+  c.data.corpus = text.string();
+  c.data.separator = "%";
+  c.data.cache_dir = (dir_ / "cache").string();
+  c.train.max_steps = 3;
+  c.train.eval_every = 3;
+  c.train.eval_batches = 1;
+  c.checkpoint.every = 0;
+  const kiln::CorpusShards where = kiln::corpus_shards(c.data);
+  EXPECT_EQ(where.dir.rfind((dir_ / "cache" / "byte-").string(), 0), 0u) << where.dir;
+  kiln::Trainer first(c, quiet());
+  EXPECT_EQ(first.run().steps_run, 3);
+  ASSERT_TRUE(fs::exists(where.dir + "/manifest.json"));
+  EXPECT_EQ(first.model().shape().vocab, 257);
+  // A second run reuses the shards as they are.
+  const auto stamp = fs::last_write_time(where.dir + "/manifest.json");
+  EXPECT_FALSE(kiln::prepare_corpus_shards(c.data, where));
+  EXPECT_EQ(fs::last_write_time(where.dir + "/manifest.json"), stamp);
+  // An edited corpus file is tokenized again.
+  { std::ofstream(text / "stories.txt", std::ios::app) << "A new story.\n%\n"; }
+  EXPECT_TRUE(kiln::prepare_corpus_shards(c.data, where));
+
+  // One key switches to GPT-2's BPE: its own cache folder, a 50257-token model.
+  const char* bpe = std::getenv("KILN_GPT2_BPE_DIR");
+  c.data.tokenizer = "gpt2";
+  c.data.tokenizer_dir = bpe ? bpe : KILN_SOURCE_DIR "/../shared/data/gpt2-bpe";
+  c.train.run_dir = (dir_ / "corpus_gpt2").string();
+  const kiln::CorpusShards gpt2 = kiln::corpus_shards(c.data);
+  EXPECT_NE(gpt2.dir, where.dir);
+  kiln::Trainer second(c, quiet());
+  EXPECT_EQ(second.run().steps_run, 3);
+  EXPECT_EQ(second.model().shape().vocab, 50257);
+  std::ifstream manifest(gpt2.dir + "/manifest.json");
+  EXPECT_EQ(nlohmann::json::parse(manifest)["tokenizer"], "gpt2");
 }
