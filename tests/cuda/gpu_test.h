@@ -48,7 +48,7 @@ class DeviceBuffer {
   }
 
  private:
-  std::size_t bytes() const { return n_ * sizeof(T) ? n_ * sizeof(T) : 1; }
+  std::size_t bytes() const { return n_ ? n_ * sizeof(T) : 1; }
   T* ptr_ = nullptr;
   std::size_t n_ = 0;
 };
