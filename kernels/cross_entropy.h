@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "kernels/bf16.h"
+
 namespace kiln::cpu {
 
 // logits (n, padded_vocab); only the first `vocab` columns are real. For each row i:
@@ -36,3 +38,36 @@ void cross_entropy_local_grad(float* logits, const float* row_max, const float* 
                               std::int64_t vocab_first, float dlogits_scale);
 
 }  // namespace kiln::cpu
+
+namespace kiln::cuda {
+
+// The CUDA twins, on device pointers: one block per row, rows read with 16-byte vector loads
+// where the row is 16-byte aligned (padded_vocab a multiple of 4 and an aligned base; scalar
+// otherwise), the same padded-column / masked-row contract as the CPU. Rows with a target
+// outside [0, vocab) that count (mask set) get a NaN loss and no one-hot term.
+//
+// Two passes over each row: an online max + sum of exponentials (a running maximum with the
+// sum rescaled when it grows), then the gradient written in place.
+void softmax_cross_entropy(float* losses, float* logits, const std::int32_t* targets,
+                           const std::uint8_t* mask, std::int64_t n, std::int64_t vocab,
+                           std::int64_t padded_vocab, float dlogits_scale);
+void cross_entropy_local_max(float* row_max, const float* logits, std::int64_t n,
+                             std::int64_t real_cols, std::int64_t padded_cols);
+void cross_entropy_local_sums(float* row_sum, float* target_logit, const float* logits,
+                              const float* row_max, const std::int32_t* targets, std::int64_t n,
+                              std::int64_t real_cols, std::int64_t padded_cols,
+                              std::int64_t vocab_first);
+void cross_entropy_local_grad(float* logits, const float* row_max, const float* row_sum,
+                              const std::int32_t* targets, const std::uint8_t* mask,
+                              std::int64_t n, std::int64_t real_cols, std::int64_t padded_cols,
+                              std::int64_t vocab_first, float dlogits_scale);
+
+// softmax_cross_entropy on bf16 logits (n, padded_vocab): the max, sum and loss in fp32 from
+// the bf16 values; the gradient (fp32, then rounded) overwrites the logits in place. No fp32
+// copy of the logits or probabilities is made. Rows 16-byte aligned (padded_vocab a multiple of
+// 8) get vector loads.
+void softmax_cross_entropy_bf16(float* losses, bf16* logits, const std::int32_t* targets,
+                                const std::uint8_t* mask, std::int64_t n, std::int64_t vocab,
+                                std::int64_t padded_vocab, float dlogits_scale);
+
+}  // namespace kiln::cuda

@@ -2,6 +2,8 @@
 // project's 2-core Zen4 machines, see docs/performance.md) and its bf16 matmul primitive.
 #include "kernels/matmul.h"
 
+#include "kernels/gelu.h"
+
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
@@ -109,6 +111,14 @@ void linear_forward(float* out, const float* inp, const float* weight, const flo
     matmul_bf16(out, inp, weight, rows, out_dim, in_dim, false, false, beta);
   else
     matmul(out, inp, weight, rows, out_dim, in_dim, false, false, 1.0f, beta);
+}
+
+void linear_forward_gelu(float* out, float* pre_gelu, const float* inp, const float* weight,
+                         const float* bias, std::int64_t rows, std::int64_t in_dim,
+                         std::int64_t out_dim, bool bf16) {
+  float* pre = pre_gelu != nullptr ? pre_gelu : out;  // without pre_gelu, GELU runs in place
+  linear_forward(pre, inp, weight, bias, rows, in_dim, out_dim, bf16);
+  gelu_forward(out, pre, rows * out_dim);
 }
 
 void linear_backward(float* dinp, float* dweight, float* dbias, const float* dout,
