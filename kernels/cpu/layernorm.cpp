@@ -1,10 +1,13 @@
-// CPU LayerNorm forward and backward, one row per iteration, threads over rows.
+// CPU LayerNorm forward and backward, one row per iteration, threads over rows; the fused
+// residual add + LayerNorm of a Pre-LN block.
 #include "kernels/layernorm.h"
 
 #include <omp.h>
 
 #include <cmath>
 #include <vector>
+
+#include "kernels/elementwise.h"
 
 namespace kiln::cpu {
 
@@ -71,6 +74,15 @@ void layernorm_backward(float* dinp, float* dgamma, float* dbeta, const float* d
       dbeta[i] += pg[c + i];
     }
   }
+}
+
+// Two passes (add, then layernorm_forward) so that the result is the unfused sequence's bit for
+// bit; the CUDA twin fuses them into one pass over memory.
+void residual_layernorm_forward(float* residual, float* out, float* mean, float* rstd,
+                                const float* inp, const float* delta, const float* gamma,
+                                const float* beta, std::int64_t rows, std::int64_t c) {
+  add(residual, inp, delta, rows * c);
+  layernorm_forward(out, mean, rstd, residual, gamma, beta, rows, c);
 }
 
 }  // namespace kiln::cpu
