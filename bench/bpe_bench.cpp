@@ -7,6 +7,11 @@
 //
 // Prints MB/s (10^6 bytes of input per second); --json prints one JSON object instead;
 // --ids OUT also writes the ids of the whole text (uint32, native order) for an exact comparison.
+//
+//   bpe_bench --train-merges 8000 [--input FILE_OR_FOLDER] [--repeat 3]
+//
+// times `kiln tokenizer train` instead (no vocabulary needed): counting the pieces of the same
+// documents on 1 and 2 threads, then learning that many merges (core/data/bpe_train.h).
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -19,6 +24,7 @@
 #include <string_view>
 #include <vector>
 
+#include "core/data/bpe_train.h"
 #include "core/data/gpt2_bpe.h"
 #include "core/error.h"
 
@@ -64,11 +70,41 @@ std::string read_input(const std::string& path) {
   return text;
 }
 
+// Learning `merges` merges: the piece counting (1 and 2 threads) and the merge loop, each the
+// best of `repeat` runs.
+void bench_training(const std::string& input, const std::string& text,
+                    const std::vector<std::string_view>& docs, int merges, int repeat) {
+  const double mb = static_cast<double>(text.size()) / 1e6;
+  double count_s[3] = {0, 1e30, 1e30};
+  kiln::BpePieceCounts counts;
+  for (int threads : {1, 2})
+    for (int r = 0; r < repeat; ++r)
+      count_s[threads] = std::min(count_s[threads], seconds_of([&] {
+                                    counts = kiln::BpePieceCounts();
+                                    counts.add(docs, threads);
+                                  }));
+  double learn_s = 1e30;
+  kiln::BpeVocabulary vocab;
+  for (int r = 0; r < repeat; ++r)
+    learn_s = std::min(learn_s, seconds_of([&] { vocab = kiln::train_bpe(counts, 256 + merges + 1); }));
+  const std::string learn = "learn " + std::to_string(vocab.merges.size()) + " merges";
+  std::printf("kiln BPE training on %s: %zu bytes, %zu documents, %zu distinct pieces\n",
+              input.c_str(), text.size(), docs.size(), counts.pieces().size());
+  std::printf("%-28s %10s %10s   (best of %d)\n", "", "seconds", "MB/s", repeat);
+  std::printf("%-28s %10.3f %10.2f\n", "count pieces, 1 thread", count_s[1], mb / count_s[1]);
+  std::printf("%-28s %10.3f %10.2f\n", "count pieces, 2 threads", count_s[2], mb / count_s[2]);
+  std::printf("%-28s %10.3f %10.2f\n", learn.c_str(), learn_s, mb / learn_s);
+  std::printf("%-28s %10.3f %10.2f\n", "total, 1 thread", count_s[1] + learn_s,
+              mb / (count_s[1] + learn_s));
+  if (static_cast<int>(vocab.merges.size()) < merges)
+    std::printf("(stopped at %zu merges: no pair occurs twice)\n", vocab.merges.size());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string bpe_dir = "../shared/data/gpt2-bpe", input = "/usr/share/games/fortunes";
-  int repeat = 5;
+  int repeat = 5, train_merges = 0;
   bool json = false;
   std::string ids_out;
   for (int i = 1; i < argc; ++i) {
@@ -78,8 +114,10 @@ int main(int argc, char** argv) {
     else if (arg == "--repeat" && i + 1 < argc) repeat = std::stoi(argv[++i]);
     else if (arg == "--json") json = true;
     else if (arg == "--ids" && i + 1 < argc) ids_out = argv[++i];
+    else if (arg == "--train-merges" && i + 1 < argc) train_merges = std::stoi(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: bpe_bench --bpe-dir DIR [--input FILE_OR_FOLDER] [--repeat N] [--json]\n");
+      std::fprintf(stderr, "usage: bpe_bench --bpe-dir DIR [--input FILE_OR_FOLDER] [--repeat N] [--json]\n"
+                           "       bpe_bench --train-merges N [--input FILE_OR_FOLDER] [--repeat N]\n");
       return 2;
     }
   }
@@ -87,6 +125,10 @@ int main(int argc, char** argv) {
     const std::string text = read_input(input);
     const std::vector<std::string_view> docs = split_documents(text);
     const double mb = static_cast<double>(text.size()) / 1e6;
+    if (train_merges > 0) {
+      bench_training(input, text, docs, train_merges, repeat);
+      return 0;
+    }
 
     std::size_t tokens = 0;
     // One whole string, one thread.

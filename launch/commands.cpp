@@ -1,10 +1,13 @@
-// kiln train / tokenize / sample / config.
+// kiln train / tokenize / tokenizer train / sample / config.
 #include "launch/commands.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 
 #include "core/checkpoint/model_io.h"
 #include "core/checkpoint/run_dir.h"
+#include "core/data/bpe_train.h"
 #include "core/data/tokenizer.h"
 #include "parallel/layout.h"
 #include "trainers/trainer.h"
@@ -44,6 +47,51 @@ int tokenize(const TokenizeOptions& options) {
   if (report.skipped_records > 0)
     std::printf("skipped %llu malformed JSONL record(s) (--skip-bad-records)\n",
                 static_cast<unsigned long long>(report.skipped_records));
+  return 0;
+}
+
+int tokenizer_train(const TokenizerTrainArgs& args) {
+  check_bpe_vocab_size(args.vocab_size);  // before reading any text
+  KILN_CHECK(!args.out_dir.empty(), "tokenizer train: no output folder; pass --out DIR");
+  using Clock = std::chrono::steady_clock;
+  const auto seconds_since = [](Clock::time_point start) {
+    return std::chrono::duration<double>(Clock::now() - start).count();
+  };
+  const auto start = Clock::now();
+  const BpeCorpusCounts corpus = count_corpus_pieces(args.corpus, args.threads);
+  const double read_s = seconds_since(start);
+  std::size_t used_files = 0;  // files that gave text: binary folder members are also in skipped
+  for (const CorpusFile& file : corpus.files)
+    used_files += std::binary_search(corpus.skipped.begin(), corpus.skipped.end(), file.path) ? 0 : 1;
+  std::printf("read %llu documents, %llu bytes from %zu files in %.2f s (%zu distinct pieces)\n",
+              static_cast<unsigned long long>(corpus.counts.documents()),
+              static_cast<unsigned long long>(corpus.counts.bytes()), used_files, read_s,
+              corpus.counts.pieces().size());
+  if (!corpus.skipped.empty())
+    std::printf("skipped %zu links or binary files\n", corpus.skipped.size());
+  if (corpus.skipped_records > 0)
+    std::printf("skipped %llu malformed JSONL record(s) (--skip-bad-records)\n",
+                static_cast<unsigned long long>(corpus.skipped_records));
+
+  const auto learn_start = Clock::now();
+  BpeTrainOptions options;
+  options.min_frequency = args.min_frequency;
+  options.threads = args.threads;
+  const BpeVocabulary vocab = train_bpe(corpus.counts, args.vocab_size, options);
+  std::printf("learned %zu merges in %.2f s: vocab size %d (256 bytes + %zu merges + %s)\n",
+              vocab.merges.size(), seconds_since(learn_start), vocab.vocab_size(),
+              vocab.merges.size(), std::string(kEotText).c_str());
+  if (vocab.stop == BpeVocabulary::Stop::kMinFrequency)
+    std::printf("stopped early at vocab size %d of %d: no pair occurs %llu times or more "
+                "(--min-frequency)\n", vocab.vocab_size(), args.vocab_size,
+                static_cast<unsigned long long>(args.min_frequency));
+  if (vocab.stop == BpeVocabulary::Stop::kNoPairs)
+    std::printf("stopped early at vocab size %d of %d: every piece of the corpus is one token\n",
+                vocab.vocab_size(), args.vocab_size);
+  for (const std::string& path : write_bpe_files(vocab, args.out_dir))
+    std::printf("wrote %s\n", path.c_str());
+  std::printf("total %.2f s; use it with: kiln tokenize --tokenizer gpt2 --tokenizer-dir %s ...\n",
+              seconds_since(start), args.out_dir.c_str());
   return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/data/corpus.h"
 #include "core/data/tokenize.h"
 #include "core/model/attention_layout.h"
 #include "core/model/generate.h"
@@ -23,6 +24,16 @@ struct TrainArgs {
 int train(const TrainArgs& args);
 
 int tokenize(const TokenizeOptions& options);
+
+struct TokenizerTrainArgs {
+  CorpusOptions corpus;  // inputs, --jsonl-field, --separator, --skip-bad-records
+  int vocab_size = 0;
+  std::uint64_t min_frequency = 2;
+  int threads = 0;
+  std::string out_dir;
+};
+// Learns a byte-level BPE vocabulary and writes encoder.json + vocab.bpe to out_dir.
+int tokenizer_train(const TokenizerTrainArgs& args);
 
 struct SampleArgs {
   std::string checkpoint;

@@ -15,6 +15,7 @@ namespace {
 constexpr const char* kExamples = R"(
 Examples:
   kiln tokenize --input /usr/share/games/fortunes --separator % --out data/fortunes
+  kiln tokenizer train --input /usr/share/games/fortunes --separator % --vocab-size 8000 --out data/bpe8k
   kiln train configs/quickstart.yaml
   kiln train configs/quickstart.yaml optim.lr=1e-3 model.n_layer=6
   kiln train configs/quickstart.yaml --resume          # continue from the newest checkpoint
@@ -70,6 +71,23 @@ int main(int argc, char** argv) {
   tokenize->add_option("--val-fraction", tok.val_fraction, "Fraction of documents for validation")->capture_default_str();
   tokenize->add_option("--seed", tok.seed, "Seed of the train/validation split")->capture_default_str();
 
+  kiln::cli::TokenizerTrainArgs bpe;
+  bpe.corpus.command = "tokenizer train";
+  auto* tokenizer = app.add_subcommand("tokenizer", "Tokenizer tools (train: learn a BPE vocabulary)");
+  tokenizer->require_subcommand(1);
+  auto* tokenizer_train = tokenizer->add_subcommand(
+      "train", "Learn a byte-level BPE vocabulary from text; writes GPT-2's encoder.json and vocab.bpe");
+  tokenizer_train->add_option("--input", bpe.corpus.inputs, "Text files, folders or glob patterns")->required();
+  tokenizer_train->add_option("--vocab-size", bpe.vocab_size,
+                              "Tokens including the 256 bytes and <|endoftext|> (at least 258)")->required();
+  tokenizer_train->add_option("--out", bpe.out_dir, "Output folder for encoder.json and vocab.bpe (created if missing)")->required();
+  tokenizer_train->add_option("--separator", bpe.corpus.separator, "A line equal to this separates documents (fortunes: %)");
+  tokenizer_train->add_option("--jsonl-field", bpe.corpus.jsonl_field, "*.jsonl inputs: the field holding each document's text")->capture_default_str();
+  tokenizer_train->add_flag("--skip-bad-records", bpe.corpus.skip_bad_records, "*.jsonl inputs: count and skip malformed records instead of failing");
+  tokenizer_train->add_option("--min-frequency", bpe.min_frequency,
+                              "Stop early when the most frequent pair occurs fewer times")->capture_default_str();
+  tokenizer_train->add_option("--threads", bpe.threads, "Threads for reading and splitting text (0: OMP_NUM_THREADS)")->capture_default_str();
+
   kiln::cli::SampleArgs sample_args;
   auto* sample = app.add_subcommand("sample", "Generate text from a checkpoint");
   sample->add_option("--checkpoint", sample_args.checkpoint, "Checkpoint folder or run dir")->required();
@@ -115,6 +133,7 @@ int main(int argc, char** argv) {
       code = kiln::cli::train(train_args);
     }
     if (*tokenize) code = kiln::cli::tokenize(tok);
+    if (*tokenizer_train) code = kiln::cli::tokenizer_train(bpe);
     if (*sample) {
       sample_args.sample.stop_at_eot = !no_stop;
       code = kiln::cli::sample(sample_args);

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -61,10 +62,6 @@ struct BpeVocabulary {
   std::vector<std::string> tokens;                               // id -> bytes (below eot)
   std::vector<std::pair<std::uint32_t, std::uint32_t>> merges;   // (left id, right id)
   Stop stop = Stop::kVocabSize;  // why learning ended
-  // Merges of a pair whose bytes were already a token (made earlier from another pair, e.g.
-  // "ab"+"c" after "a"+"bc"): applied to the counts, but no new token or vocab.bpe line, since
-  // an encoder that ranks by token (tiktoken, Gpt2Bpe) joins such a pair by itself.
-  std::uint64_t repeat_merges = 0;
 
   int vocab_size() const { return static_cast<int>(tokens.size()) + 1; }
   std::uint32_t eot() const { return static_cast<std::uint32_t>(tokens.size()); }
@@ -72,6 +69,9 @@ struct BpeVocabulary {
 
 // The smallest vocab_size train_bpe accepts: 256 bytes, one merge and "<|endoftext|>".
 inline constexpr int kMinBpeVocabSize = 258;
+
+// An Error saying the minimum when vocab_size < kMinBpeVocabSize.
+void check_bpe_vocab_size(int vocab_size);
 
 // Learns merges until vocab_size tokens exist (including "<|endoftext|>"), or fewer when
 // options.min_frequency stops it or no pair is left. vocab_size < kMinBpeVocabSize is an Error.
@@ -81,12 +81,17 @@ BpeVocabulary train_bpe(const BpePieceCounts& counts, int vocab_size,
 BpeVocabulary train_bpe(const std::vector<std::string_view>& documents, int vocab_size,
                         const BpeTrainOptions& options = {});
 
+struct BpeCorpusCounts {
+  BpePieceCounts counts;
+  std::vector<CorpusFile> files;      // as list_corpus_files found them
+  std::vector<std::string> skipped;   // links and binary folder members, sorted
+  std::uint64_t skipped_records = 0;  // bad JSONL records (corpus.skip_bad_records only)
+};
+
 // Counts the pieces of every document of a corpus (core/data/corpus.h), a batch of documents at
-// a time so that only one batch of text is held besides the counts. files and skipped receive
-// what list_corpus_files found.
-BpePieceCounts count_corpus_pieces(const CorpusOptions& corpus, int threads,
-                                   std::vector<CorpusFile>* files = nullptr,
-                                   std::vector<std::string>* skipped = nullptr);
+// a time, so that about 64 MB of text is held besides the counts. A corpus without a non-blank
+// document is an Error naming the inputs.
+BpeCorpusCounts count_corpus_pieces(const CorpusOptions& corpus, int threads = 0);
 
 // Writes dir/encoder.json (token strings -> ids, in id order, in OpenAI's format: one line,
 // non-ASCII as \uXXXX) and dir/vocab.bpe ("#version: 0.2", then one "left right" merge per line

@@ -1,9 +1,9 @@
 // GPT-2 byte-level BPE: file loading and checks (any vocabulary in GPT-2's format: the size and
 // the end-of-text id come from encoder.json), pre-tokenisation with PCRE2 (also offered alone as
 // Gpt2Pretokenizer, for the trainer), rank-ordered merges with a per-thread piece cache, and
-// OpenMP batch encoding. The algorithm follows
-// tiktoken (src/lib.rs, byte_pair_merge) so the ids are identical; tests/core/test_gpt2_bpe.cpp
-// compares them with a fixture written by tiktoken (tests/reference/make_bpe_fixture.py).
+// OpenMP batch encoding. The algorithm follows tiktoken (src/lib.rs, byte_pair_merge) so the ids
+// are identical; tests/core/test_gpt2_bpe.cpp compares them with a fixture written by tiktoken
+// (tests/reference/make_bpe_fixture.py).
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "core/data/gpt2_bpe.h"
 
@@ -195,7 +195,7 @@ void Gpt2Bpe::Impl::load_encoder(const std::string& path, const std::array<int, 
              " entries; it is not a byte-level BPE encoder.json", fix_hint());
   const std::size_t n = encoder.size();
   KILN_CHECK(n <= std::numeric_limits<std::uint32_t>::max() / 2, "gpt2 tokenizer: ", path,
-             " holds ", n, " entries, too many", fix_hint());
+             " holds ", n, " entries, too many for 32-bit token ids", fix_hint());
   const auto eot_entry = encoder.find(std::string(kEotText));
   KILN_CHECK(eot_entry != encoder.end(), "gpt2 tokenizer: ", path, " has no \"", kEotText,
              "\" entry; the end-of-text token must be in the vocabulary", fix_hint());

@@ -3,7 +3,8 @@
 // can be fixed up before anything is written (validation must exist when val_fraction > 0, and
 // training must not end up empty); the second encodes and writes. Each input file is read
 // whole (so a single file must fit in memory) and at most one shard's worth of tokens per split
-// is held.
+// is held. Finding the files and cutting documents is core/data/corpus.h, shared with
+// `kiln tokenizer train`.
 #include "core/data/tokenize.h"
 
 #include <algorithm>

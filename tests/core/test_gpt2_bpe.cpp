@@ -192,7 +192,7 @@ TEST(Gpt2Bpe, GarbledFilesAreErrors) {
   small_json.write("encoder.json", "{\"a\": 0}");
   small_json.copy("vocab.bpe");
   what = error_of([&] { Gpt2Bpe tok(small_json.path.string()); });
-  EXPECT_NE(what.find("50257"), std::string::npos) << what;
+  EXPECT_NE(what.find("at least 257"), std::string::npos) << what;
 
   ScratchDir bad_merges;
   bad_merges.copy("encoder.json");

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 namespace fs = std::filesystem;
@@ -157,6 +158,45 @@ TEST_F(CliTest, UnsupportedAttentionTileIsAConfigError) {
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.output.find("16, 32, 64 or 128"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir_ / "run"));  // nothing written before the config is valid
+}
+
+TEST_F(CliTest, TokenizerTrainThenTokenizeWithIt) {
+  const std::string bpe = (dir_ / "bpe").string();
+  const CliRun train = kiln("tokenizer train --input " + (dir_ / "corpus").string() +
+                            " --separator % --vocab-size 280 --threads 2 --out " + bpe);
+  ASSERT_EQ(train.code, 0) << train.output;
+  EXPECT_NE(train.output.find("read 600 documents"), std::string::npos) << train.output;
+  EXPECT_NE(train.output.find("learned 23 merges"), std::string::npos) << train.output;
+  EXPECT_NE(train.output.find(bpe + "/encoder.json"), std::string::npos) << train.output;
+  EXPECT_NE(train.output.find(bpe + "/vocab.bpe"), std::string::npos) << train.output;
+
+  const CliRun tok = kiln("tokenize --input " + (dir_ / "corpus").string() +
+                          " --separator % --tokenizer gpt2 --tokenizer-dir " + bpe + " --out " +
+                          (dir_ / "data").string());
+  ASSERT_EQ(tok.code, 0) << tok.output;
+  std::ifstream manifest_file(dir_ / "data" / "manifest.json");
+  std::stringstream manifest;
+  manifest << manifest_file.rdbuf();
+  EXPECT_NE(manifest.str().find("\"vocab_size\": 280"), std::string::npos) << manifest.str();
+  EXPECT_NE(manifest.str().find("\"eot\": 279"), std::string::npos) << manifest.str();
+  EXPECT_NE(manifest.str().find("\"tokenizer\": \"gpt2\""), std::string::npos) << manifest.str();
+}
+
+TEST_F(CliTest, TokenizerTrainErrors) {
+  const std::string corpus = (dir_ / "corpus").string();
+  const CliRun small = kiln("tokenizer train --input " + corpus + " --vocab-size 100 --out " +
+                            (dir_ / "bpe").string());
+  EXPECT_EQ(small.code, 1) << small.output;
+  EXPECT_NE(small.output.find("vocab size 100 is too small; the minimum is 258"), std::string::npos)
+      << small.output;
+  EXPECT_FALSE(fs::exists(dir_ / "bpe"));
+  const std::string blank = write("blank.txt", "\n  \n");
+  const CliRun empty = kiln("tokenizer train --input " + blank + " --vocab-size 300 --out " +
+                            (dir_ / "bpe").string());
+  EXPECT_EQ(empty.code, 1) << empty.output;
+  EXPECT_NE(empty.output.find(blank), std::string::npos) << empty.output;
+  EXPECT_NE(empty.output.find("no text"), std::string::npos) << empty.output;
+  EXPECT_EQ(kiln("tokenizer train --input " + corpus + " --out x").code, 2);  // --vocab-size missing
 }
 
 // Several ranks launched by mpirun, as users do; root-safe flags, one thread per rank.
