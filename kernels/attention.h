@@ -15,9 +15,17 @@
 //  - The last block may be partial (T need not be a multiple of block).
 //  - Forward saves lse (b, nh, t) = log-sum-exp of the scaled scores of each query row; the
 //    backward recomputes probabilities from q, k and lse and needs out for D = rowsum(dout*out).
+//    A row that sees no key gets out = 0 and lse = +inf.
+//
+// The kiln::cuda twins (kernels/cuda/attention*.cu) follow the same contract; there every
+// pointer of BlockLayoutView (row_ptr, cols, col_ptr, col_rows, segments) is a device pointer,
+// uploaded once per layout by the caller, and the backward also needs col_ptr/col_rows (the
+// transposed layout, transpose_block_layout below).
 #pragma once
 
 #include <cstdint>
+
+#include "kernels/bf16.h"
 
 namespace kiln::cpu {
 
@@ -32,6 +40,12 @@ struct BlockLayoutView {
   // null. A query sees a key only when both belong to the same document; key blocks that hold
   // only earlier documents are skipped, so packed rows cost block-diagonal attention.
   const std::int32_t* segments = nullptr;
+  // The transposed layout, for passes that walk keys (the CUDA backward requires it; the CPU
+  // kernels ignore it): key block j of a layout is listed by the query blocks
+  // col_rows[c[j] .. c[j+1]), ascending, with c = col_ptr indexed like row_ptr
+  // (num_layouts * (num_blocks + 1) entries, num_layouts and first_head as for row_ptr).
+  const int* col_ptr = nullptr;
+  const int* col_rows = nullptr;
 
   const int* rows_of(std::int64_t head) const {
     return num_layouts > 1 ? row_ptr + (first_head + head) * (num_blocks + 1) : row_ptr;
@@ -54,4 +68,49 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
 void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
                       std::int64_t n, std::int64_t c, std::int64_t nh, const std::uint8_t* key_mask);
 
+// The transpose of num_layouts layouts of num_blocks blocks (host memory): col_ptr
+// (num_layouts * (num_blocks + 1)) and col_rows (as many entries as cols) such that column j of
+// layout l lists, ascending, the rows i whose row lists j. Each layout's columns occupy the same
+// index range of col_rows as its rows occupy in cols (col_ptr[l * (num_blocks + 1)] equals
+// row_ptr[l * (num_blocks + 1)]). Throws kiln::Error for a block id outside [0, num_blocks).
+void transpose_block_layout(int* col_ptr, int* col_rows, const int* row_ptr, const int* cols,
+                            int num_blocks, int num_layouts);
+
 }  // namespace kiln::cpu
+
+namespace kiln::cuda {
+
+// The CUDA twins: same contract and arguments, device pointers (the layout's included), queued
+// on kiln::cuda::stream(). fp32 throughout (plain FMA tiles of 16 x 16; head sizes up to 256).
+void attention_forward(float* out, float* lse, const float* qkv, std::int64_t b, std::int64_t t,
+                       std::int64_t c, std::int64_t nh, const cpu::BlockLayoutView& layout);
+
+// Needs layout.col_ptr/col_rows (kiln::Error when null). Deterministic: no atomics; dK and dV
+// come from a pass over key tiles, dQ from a pass over query tiles (recomputing P). Scratch:
+// b * nh * t floats from the caching allocator.
+void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
+                        const float* lse, std::int64_t b, std::int64_t t, std::int64_t c,
+                        std::int64_t nh, const cpu::BlockLayoutView& layout);
+
+// Split over the keys in chunks combined in a fixed order (deterministic). key_mask is a device
+// pointer or null. A head whose keys are all masked gets out = 0.
+void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
+                      std::int64_t n, std::int64_t c, std::int64_t nh, const std::uint8_t* key_mask);
+
+// The fast path: bf16 qkv (b, t, 3c), out (b, t, c), dqkv (b, t, 3c), dout (b, t, c); lse
+// (b, nh, t) stays fp32. Tensor cores (mma.sync m16n8k16, fp32 accumulation), online softmax in
+// fp32. Head sizes hd = c / nh of 32, 48, 64, 80, 96 or 128 (kiln::Error naming hd otherwise).
+// Buffers need no particular alignment; 16-byte aligned qkv/out/dout/dqkv take the
+// cp.async / 128-bit path, others a scalar path.
+void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, std::int64_t b, std::int64_t t,
+                            std::int64_t c, std::int64_t nh, const cpu::BlockLayoutView& layout);
+
+// dqkv is overwritten. Needs layout.col_ptr/col_rows. Deterministic (bit-reproducible): dK, dV
+// from a key-major pass over the transposed layout, dQ from a query-major pass; P and dS are
+// rounded to bf16 for the tensor-core products, as FlashAttention-2 does. Scratch: b * nh * t
+// floats.
+void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
+                             const float* lse, std::int64_t b, std::int64_t t, std::int64_t c,
+                             std::int64_t nh, const cpu::BlockLayoutView& layout);
+
+}  // namespace kiln::cuda

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "kernels/cpu/fast_math.h"
 
 namespace kiln::cpu {
@@ -388,6 +389,31 @@ void attention_decode(float* out, const float* q, const float* k_cache, const fl
       const float w = p[j] / sum;
       for (std::int64_t d = 0; d < hd; ++d) o[d] += w * v_cache[j * c + h * hd + d];
     }
+  }
+}
+
+void transpose_block_layout(int* col_ptr, int* col_rows, const int* row_ptr, const int* cols,
+                            int num_blocks, int num_layouts) {
+  const std::int64_t stride = static_cast<std::int64_t>(num_blocks) + 1;
+  std::vector<int> next(static_cast<std::size_t>(num_blocks));
+  for (int l = 0; l < num_layouts; ++l) {
+    const int* rows = row_ptr + l * stride;
+    int* ptr = col_ptr + l * stride;
+    // Counts per column, then offsets starting where this layout's rows start in cols.
+    std::fill(ptr, ptr + stride, 0);
+    for (int i = 0; i < num_blocks; ++i)
+      for (int idx = rows[i]; idx < rows[i + 1]; ++idx) {
+        const int j = cols[idx];
+        KILN_CHECK(j >= 0 && j < num_blocks, "block layout ", l, ": row ", i, " lists block ", j,
+                   ", outside the layout's ", num_blocks, " blocks");
+        ++ptr[j + 1];
+      }
+    ptr[0] = rows[0];
+    for (int j = 0; j < num_blocks; ++j) ptr[j + 1] += ptr[j];
+    // Rows in ascending order, so every column's list comes out ascending.
+    std::copy(ptr, ptr + num_blocks, next.begin());
+    for (int i = 0; i < num_blocks; ++i)
+      for (int idx = rows[i]; idx < rows[i + 1]; ++idx) col_rows[next[cols[idx]]++] = i;
   }
 }
 
