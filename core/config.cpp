@@ -498,6 +498,13 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
                  " (token shards) are set; keep one: data.corpus=\"\" to train on the shards, or ",
                  other, "=\"\" to train on the corpus"));
   }
+  if (c.model.dtype == "bf16" && (c.train.device != "cuda" || c.model.norm != "pre")) {
+    fail(origins.by_key.count("model.dtype") ? origins.of("model.dtype") : name,
+         message("model.dtype=bf16 (bf16 activations) runs on the GPU with a pre-LN model; ",
+                 c.train.device != "cuda" ? "set train.device=cuda, or model.matmul=bf16 for bf16 "
+                                            "products with fp32 activations on the cpu"
+                                          : "set model.norm=pre or model.dtype=f32"));
+  }
   const int& block = c.model.attention_block;
   if (block != 16 && block != 32 && block != 64 && block != 128)
     fail(origins.by_key.count(key(block)) ? origins.of(key(block)) : name,

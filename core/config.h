@@ -20,6 +20,12 @@ struct ModelConfig {
   int vocab_multiple = 64;    // the embedding is padded to a multiple of this
   std::string norm = "pre";   // pre | post (LayerNorm placement)
   std::string matmul = "f32"; // f32 | bf16 (bf16 inputs, fp32 accumulate, fp32 master weights)
+  // f32 | bf16: bf16 activations and weight copies, fp32 master weights, parameter gradients,
+  // optimizer moments, LayerNorm statistics and losses (train.device=cuda, pre-LN).
+  std::string dtype = "f32";
+  // 1: keep only each block's output and recompute the rest of its activations during backward
+  // (activation memory ~ one block instead of all; about one more forward pass of compute).
+  int recompute = 0;
   float init_std = 0.02f;
   int attention_block = 64;   // query/key tile of the attention kernel
   // Attention pattern per layer: dense | local | strided | fixed | gpt3 (dense on even layers,
@@ -69,6 +75,7 @@ struct TrainConfig {
   std::string run_dir = "runs/default";
   int threads = 0;            // 0: all cores
   std::string stage = "pretrain";
+  std::string device = "cpu";  // cpu | cuda (the first GPU of each process)
 };
 
 struct CheckpointConfig {

@@ -12,6 +12,7 @@ const std::vector<std::string> kScheduleChoices = {"cosine", "constant"};
 const std::vector<std::string> kProgressChoices = {"auto", "on", "off"};
 const std::vector<std::string> kStageChoices = {"pretrain"};
 const std::vector<std::string> kTokenizerChoices = {"byte", "gpt2"};
+const std::vector<std::string> kDeviceChoices = {"cpu", "cuda"};
 
 // ---- The schema: every key of config.h, in file order. ----
 
@@ -23,12 +24,16 @@ void model_keys(Schema& s) {
       .key("context", &ModelConfig::context, between(1, 1 << 20),
            "number of learned positions (longest sequence the model can read)")
       .key("vocab_size", &ModelConfig::vocab_size, between(0, 1 << 24),
-           "0: take it from data.tokenizer (byte: 257, gpt2: 50257)")
+           "0: take it from data.tokenizer (byte: 257, gpt2: encoder.json's, 50257 for GPT-2's)")
       .key("vocab_multiple", &ModelConfig::vocab_multiple, between(1, 65536),
            "the embedding is padded to a multiple of this")
       .key("norm", &ModelConfig::norm, one_of(kNormChoices), "LayerNorm placement")
       .key("matmul", &ModelConfig::matmul, one_of(kMatmulChoices),
            "matmul inputs (bf16: fp32 accumulate and fp32 master weights)")
+      .key("dtype", &ModelConfig::dtype, one_of(kMatmulChoices),
+           "activations (bf16: mixed precision on cuda; fp32 master weights and moments)")
+      .key("recompute", &ModelConfig::recompute, between(0, 1),
+           "1: recompute each block's activations in backward (memory of one block)")
       .key("init_std", &ModelConfig::init_std, above(0), "std of the normal weight init")
       .key("attention_block", &ModelConfig::attention_block, between(16, 128),
            "query/key tile of the attention kernel: 16, 32, 64 or 128")
@@ -98,7 +103,9 @@ void train_keys(Schema& s) {
       .key("run_dir", &TrainConfig::run_dir, not_empty(),
            "folder for checkpoints, logs and the resolved config.yaml")
       .key("threads", &TrainConfig::threads, at_least(0), "CPU threads; 0: all cores")
-      .key("stage", &TrainConfig::stage, one_of(kStageChoices), "what the loop trains");
+      .key("stage", &TrainConfig::stage, one_of(kStageChoices), "what the loop trains")
+      .key("device", &TrainConfig::device, one_of(kDeviceChoices),
+           "where the model trains: cpu, or cuda (a build with nvcc and a GPU)");
 }
 
 void checkpoint_keys(Schema& s) {

@@ -1,5 +1,6 @@
 // The one place that picks a kernel twin by device. Model and optimizer code call kernels through
-// a KernelTable, so adding a backend (kernels/cuda/) means filling one more table here.
+// a KernelTable: kiln::cpu::* on the cpu, kiln::cuda::* (kernels/cuda/, same signatures, device
+// pointers) on cuda in builds with nvcc.
 #pragma once
 
 #include "core/tensor.h"
@@ -17,6 +18,26 @@ namespace kiln {
 using BlockLayoutView = cpu::BlockLayoutView;
 using AdamWStep = cpu::AdamWStep;
 using AdamWSegment = cpu::AdamWSegment;
+
+// The bf16 training path (model.dtype: bf16): bf16 activations and weight copies, fp32 master
+// weights, gradients of parameters, LayerNorm statistics and losses. CUDA only.
+struct Bf16Kernels {
+  decltype(&cuda::embedding_forward_bf16) embedding_forward;
+  decltype(&cuda::embedding_backward_bf16) embedding_backward;
+  decltype(&cuda::layernorm_forward_bf16) layernorm_forward;
+  decltype(&cuda::residual_layernorm_forward_bf16) residual_layernorm_forward;
+  decltype(&cuda::layernorm_backward_bf16) layernorm_backward;
+  decltype(&cuda::linear_forward_bf16) linear_forward;
+  decltype(&cuda::linear_forward_gelu_bf16) linear_forward_gelu;
+  decltype(&cuda::linear_backward_bf16) linear_backward;
+  decltype(&cuda::gelu_backward_bf16) gelu_backward;
+  decltype(&cuda::attention_forward_bf16) attention_forward;
+  decltype(&cuda::attention_backward_bf16) attention_backward;
+  decltype(&cuda::softmax_cross_entropy_bf16) softmax_cross_entropy;
+  decltype(&cuda::matmul_bf16_inputs) matmul;
+  decltype(&cuda::convert_f32_to_bf16) convert;
+  decltype(&cuda::adamw_update_bf16_copy) adamw_update_copy;
+};
 
 struct KernelTable {
   decltype(&cpu::matmul) matmul;
@@ -40,6 +61,7 @@ struct KernelTable {
   decltype(&cpu::accumulate) accumulate;
   decltype(&cpu::adamw_update) adamw_update;
   decltype(&cpu::sum_squares) sum_squares;
+  const Bf16Kernels* bf16 = nullptr;  // null where there is no bf16 path (the cpu)
 };
 
 // Throws kiln::Error for a device this build has no kernels for.

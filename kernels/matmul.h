@@ -107,6 +107,12 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
                      const float* inp, const float* weight, std::int64_t rows,
                      std::int64_t in_dim, std::int64_t out_dim, bool bf16);
 
+// c (m, n) = op(a) op(b) + beta * c with bf16 a and b, fp32 accumulation, and c stored as bf16
+// (c_bf16) or fp32. The tied LM head of bf16 training: logits = x @ wte^T in bf16, dx = dlogits
+// @ wte in bf16, and dwte += dlogits^T @ x into the fp32 gradient (beta = 1).
+void matmul_bf16_inputs(void* c, bool c_bf16, const bf16* a, const bf16* b, std::int64_t m,
+                        std::int64_t n, std::int64_t k, bool trans_a, bool trans_b, float beta);
+
 // The bf16 training path: bf16 activations and weight copies, fp32 bias, fp32 master weights and
 // fp32 weight gradients. Products accumulate in fp32; bf16 outputs are rounded once at the end.
 //

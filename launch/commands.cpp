@@ -99,7 +99,11 @@ int sample(const SampleArgs& args) {
   const std::string dir = resolve_checkpoint(args.checkpoint);
   const ExperimentConfig config = checkpoint_config(dir);
   const auto tokenizer = make_tokenizer(config.data.tokenizer, config.data.tokenizer_dir);
-  Gpt model(GptShape::from_config(config.model, tokenizer->vocab_size()));
+  // Sampling runs on the cpu in fp32, whatever device and precision the run trained with.
+  GptShape shape = GptShape::from_config(config.model, tokenizer->vocab_size());
+  shape.bf16 = false;
+  shape.recompute = false;
+  Gpt model(shape);
   load_model(model, dir + "/model.safetensors");
   std::vector<std::int32_t> prompt;
   for (auto id : tokenizer->encode(args.prompt)) prompt.push_back(static_cast<std::int32_t>(id));

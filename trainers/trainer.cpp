@@ -19,6 +19,7 @@
 #include "core/checkpoint/model_io.h"
 #include "core/checkpoint/run_dir.h"
 #include "core/data/corpus_cache.h"
+#include "kernels/device.h"
 #include "parallel/tensor_parallel_group.h"
 #include "trainers/metrics.h"
 
@@ -146,11 +147,24 @@ Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext&
       owned_parallel_(&parallel == &owned_parallel_ ? single_process_context() : ParallelContext{}),
       parallel_(parallel) {
   omp_set_num_threads(threads_per_rank(config_.train, *parallel_.world));
+  if (config_.train.device == "cuda") {
+    KILN_CHECK(device::cuda_available(), "train.device=cuda, but ", device::cuda_description(),
+               "; train on the cpu (train.device=cpu) or on a machine with a GPU and a kiln "
+               "built with nvcc");
+    KILN_CHECK(parallel_.dims.world == 1, "train.device=cuda runs as one process in this "
+               "version (", parallel_.dims.world, " ranks were started): data and tensor "
+               "parallelism over NCCL are not wired into the trainer yet; start one process, or "
+               "train.device=cpu for MPI");
+    device_ = Device::cuda;
+    std::size_t free_bytes = 0, total_bytes = 0;
+    device::mem_info(&free_bytes, &total_bytes);
+    device_used_at_start_ = total_bytes - free_bytes;
+  }
   stage_ = make_stage(with_corpus_shards(config_), parallel_.dp_rank, parallel_.dims.dp);
   if (parallel_.dims.tp > 1) tp_ops_ = std::make_unique<TensorParallelGroup>(*parallel_.tp);
   model_ = std::make_unique<Gpt>(GptShape::from_config(config_.model, stage_->vocab_size(),
                                                        parallel_.dims.tp, parallel_.tp_rank),
-                                 Device::cpu, tp_ops_.get());
+                                 device_, tp_ops_.get());
   const std::int64_t n = model_->parameter_buffer().numel();
   if (config_.parallel.zero == 1 && parallel_.dims.dp > 1) {
     const Chunk mine = chunk_of(n, parallel_.dims.dp, parallel_.dp_rank);
@@ -210,7 +224,7 @@ void Trainer::save_checkpoint(std::int64_t step) {
   // Moments of the whole model: with ZeRO-1 each rank contributes its slice.
   const std::int64_t n = model_->parameter_buffer().numel();
   Tensor m = optimizer_->exp_avg(), v = optimizer_->exp_avg_sq();
-  if (optimizer_->end() - optimizer_->begin() != n) {
+  if (optimizer_->end() - optimizer_->begin() != n) {  // ZeRO-1 (cpu only)
     m = Tensor::empty({n});
     v = Tensor::empty({n});
     parallel_.dp->all_gather(optimizer_->exp_avg().f32(), m.f32(), n);
@@ -238,10 +252,58 @@ void Trainer::save_checkpoint(std::int64_t step) {
   parallel_.world->barrier();  // nobody runs ahead of a checkpoint that is not on disk yet
 }
 
+namespace {
+std::string mib(double bytes) { return message(static_cast<long long>(std::llround(bytes / (1 << 20))), " MiB"); }
+}  // namespace
+
+void Trainer::print_memory_plan() {
+  model_->reserve_activations(config_.train.micro_batch, config_.train.seq_len);
+  const Tensor& copy = model_->bf16_weights();  // model.dtype bf16: the weights products read
+  const double params = static_cast<double>(model_->parameter_buffer().nbytes()) +
+                        (copy.defined() ? static_cast<double>(copy.nbytes()) : 0.0);
+  const double grads = static_cast<double>(model_->gradient_buffer().nbytes());
+  const double optimizer = static_cast<double>(optimizer_->exp_avg().nbytes() + optimizer_->exp_avg_sq().nbytes()) +
+                           (grad_shard_.defined() ? static_cast<double>(grad_shard_.nbytes()) : 0.0);
+  const double activations = static_cast<double>(model_->activation_bytes());
+  // cuda: the cuBLASLt workspace and kernel scratch (sort buffers, reduction partials); with
+  // bf16 products on fp32 activations (model.matmul bf16), the rounded copies of the largest
+  // product's inputs, the LM head's gradient (logits and activations).
+  double workspace = 0.0;
+  if (device_ == Device::cuda) {
+    workspace = 40.0 * (1 << 20);
+    const GptShape& s = model_->shape();
+    if (s.bf16_matmul && !s.bf16) {
+      const double rows = static_cast<double>(config_.train.micro_batch) * config_.train.seq_len;
+      workspace += 2.0 * (rows * s.local_vocab() + rows * s.n_embd + static_cast<double>(s.local_vocab()) * s.n_embd);
+    }
+  }
+  const double total = params + grads + optimizer + activations + workspace;
+  planned_bytes_ = static_cast<std::int64_t>(total);
+  say(message("memory plan (", device_name(device_), "): parameters ", mib(params), ", gradients ",
+              mib(grads), ", optimizer ", mib(optimizer), ", activations ", mib(activations),
+              device_ == Device::cuda ? ", workspace " + mib(workspace) : std::string(), " = ",
+              mib(total)));
+}
+
+void Trainer::print_measured_memory() {
+  if (device_ != Device::cuda) return;
+  std::size_t free_bytes = 0, total_bytes = 0;
+  device::mem_info(&free_bytes, &total_bytes);
+  const double used = static_cast<double>(total_bytes - free_bytes) - static_cast<double>(device_used_at_start_);
+  measured_bytes_ = static_cast<std::int64_t>(used);
+  const device::AllocatorStats stats = device::allocator_stats();
+  say(message("memory after step 1 (cudaMemGetInfo): ", mib(used), " used by this run (plan ",
+              mib(static_cast<double>(planned_bytes_)), ", ",
+              std::llround(100.0 * (used - static_cast<double>(planned_bytes_)) / static_cast<double>(planned_bytes_)),
+              "% off); allocator: ", mib(static_cast<double>(stats.peak_in_use)), " peak in use, ",
+              mib(static_cast<double>(stats.reserved)), " reserved"));
+}
+
 double Trainer::grad_sum_squares(const float* grads, std::int64_t begin, std::int64_t end) const {
   // Over elements [begin, end) of the flat buffer (grads points at element begin). Parameters
   // every tensor-parallel rank holds whole count on one rank only.
-  const KernelTable& k = kernels_for(Device::cpu);
+  const KernelTable& k = kernels_for(device_);
+  if (parallel_.dims.tp == 1) return k.sum_squares(grads, end - begin);  // one pass (one wait on cuda)
   const float* base = model_->parameter_buffer().f32();
   double total = 0.0;
   for (const Parameter& p : model_->parameters()) {
@@ -306,6 +368,7 @@ TrainResult Trainer::run() {
               " tokens per step; ", omp_get_max_threads(), " thread(s) per rank"));
   say(stage_->describe());
   say("run dir: " + config_.train.run_dir);
+  print_memory_plan();
 
   // Under mpirun stdout is often a forwarded pseudo-terminal: "auto" draws no bar there.
   const bool bar = !options_.quiet && main &&
@@ -358,6 +421,7 @@ TrainResult Trainer::run() {
       record.comm_wait_s += seconds;
     }
     if (log) log->step(record);
+    if (step == start_step_ + 1) print_measured_memory();
     result.losses.push_back(record.loss);
     if (step > start_step_ + 1 || last == start_step_ + 1) {
       timed_seconds += seconds;

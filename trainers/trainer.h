@@ -55,6 +55,10 @@ class Trainer {
   TrainResult run();
 
   Gpt& model() { return *model_; }
+  // The memory plan printed before step 1, and (cuda) the device memory this run used after
+  // step 1 by cudaMemGetInfo; 0 until run() gets there.
+  std::int64_t planned_memory_bytes() const { return planned_bytes_; }
+  std::int64_t measured_memory_bytes() const { return measured_bytes_; }
 
  private:
   void start_or_resume();
@@ -65,6 +69,10 @@ class Trainer {
   double comm_wait_s_ = 0.0, comm_bytes_ = 0.0;  // of the last step
   void say(const std::string& line) const;
   ExperimentConfig with_corpus_shards(const ExperimentConfig& config) const;
+  // Before step 1: what the model, gradients, optimizer and activations will hold; on cuda,
+  // after step 1, what cudaMemGetInfo says beside it.
+  void print_memory_plan();
+  void print_measured_memory();
 
   ExperimentConfig config_;
   TrainOptions options_;
@@ -78,6 +86,10 @@ class Trainer {
   Tensor grad_shard_;                   // ZeRO-1: this rank's summed gradient slice
   std::int64_t start_step_ = 0;
   std::int64_t tokens_seen_ = 0;
+  Device device_ = Device::cpu;
+  std::size_t device_used_at_start_ = 0;  // cuda: bytes in use before kiln allocated anything
+  std::int64_t planned_bytes_ = 0;
+  std::int64_t measured_bytes_ = 0;
 };
 
 // Reads the resolved config saved in a checkpoint folder.

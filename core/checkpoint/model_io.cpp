@@ -36,12 +36,17 @@ void read_shard(const Gpt& model, const SafetensorsFile& file, const std::string
 std::int64_t offset_of(const Gpt& model, const Parameter& p) {
   return p.value.f32() - model.parameter_buffer().f32();
 }
+
+// Files are read and written from host memory: a device buffer is copied to the host first.
+Tensor on_host(const Tensor& t) { return t.device() == Device::cpu ? t : t.to(Device::cpu); }
 }  // namespace
 
 void save_model(const Gpt& model, const std::string& path,
                 const std::map<std::string, std::string>& metadata, bool write) {
   std::vector<NamedTensor> tensors;
-  for (const Parameter& p : model.parameters()) tensors.push_back({p.name, stored(model, p, p.value.f32())});
+  const Tensor params = on_host(model.parameter_buffer());
+  for (const Parameter& p : model.parameters())
+    tensors.push_back({p.name, stored(model, p, params.f32() + offset_of(model, p))});
   if (!write) return;
   std::map<std::string, std::string> meta = metadata;
   meta["format"] = "pt";  // what transformers expects to find
@@ -50,23 +55,28 @@ void save_model(const Gpt& model, const std::string& path,
 
 void load_model(Gpt& model, const std::string& path) {
   const SafetensorsFile file(path);
+  Tensor& buffer = model.parameter_buffer();
+  Tensor params = buffer.device() == Device::cpu ? buffer : Tensor::zeros(buffer.shape());
   for (Parameter& p : model.parameters()) {
-    read_shard(model, file, p.name, p, p.value.f32());
-    const float* w = p.value.f32();
+    float* w = params.f32() + offset_of(model, p);
+    read_shard(model, file, p.name, p, w);
     for (std::int64_t i = 0; i < p.value.numel(); ++i)
       KILN_CHECK(std::isfinite(w[i]), path, ": tensor '", p.name, "' holds a non-finite value (",
                  w[i], "); the checkpoint is damaged or training diverged");
   }
+  if (buffer.device() != Device::cpu) buffer.copy_from(params);
+  model.refresh_bf16_weights();
 }
 
 void save_optimizer(const Gpt& model, const Tensor& exp_avg, const Tensor& exp_avg_sq,
                     std::int64_t steps, const std::string& path, bool write) {
   KILN_ASSERT(exp_avg.numel() == model.parameter_buffer().numel() && exp_avg_sq.numel() == exp_avg.numel());
   std::vector<NamedTensor> tensors;
+  const Tensor m = on_host(exp_avg), v = on_host(exp_avg_sq);
   for (const Parameter& p : model.parameters()) {
     const std::int64_t offset = offset_of(model, p);
-    tensors.push_back({p.name + ".exp_avg", stored(model, p, exp_avg.f32() + offset)});
-    tensors.push_back({p.name + ".exp_avg_sq", stored(model, p, exp_avg_sq.f32() + offset)});
+    tensors.push_back({p.name + ".exp_avg", stored(model, p, m.f32() + offset)});
+    tensors.push_back({p.name + ".exp_avg_sq", stored(model, p, v.f32() + offset)});
   }
   if (!write) return;
   write_safetensors(path, tensors, {{"optimizer", "adamw"}, {"steps", std::to_string(steps)}});
@@ -75,6 +85,7 @@ void save_optimizer(const Gpt& model, const Tensor& exp_avg, const Tensor& exp_a
 std::int64_t load_optimizer(const Gpt& model, Tensor& exp_avg, Tensor& exp_avg_sq,
                             const std::string& path) {
   KILN_ASSERT(exp_avg.numel() == model.parameter_buffer().numel() && exp_avg_sq.numel() == exp_avg.numel());
+  KILN_ASSERT(exp_avg.device() == Device::cpu && exp_avg_sq.device() == Device::cpu);
   const SafetensorsFile file(path);
   for (const Parameter& p : model.parameters()) {
     const std::int64_t offset = offset_of(model, p);

@@ -11,6 +11,8 @@ namespace kiln {
 
 Generator::Generator(const Gpt& model)
     : model_(model), kernels_(&kernels_for(model.parameter_buffer().device())) {
+  KILN_CHECK(model.device() == Device::cpu, "generation runs on the cpu; load the model there "
+             "(kiln sample does)");
   KILN_CHECK(model.shape().tp_size == 1, "generation runs on one process; load the checkpoint "
              "into an unsharded model (kiln sample does)");
   const GptShape& s = model.shape();

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/rng.h"
+#include "kernels/device.h"
 
 namespace kiln {
 
@@ -26,6 +27,8 @@ GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp
   s.padded_vocab = (s.vocab + multiple - 1) / multiple * multiple;
   s.post_norm = config.norm == "post";
   s.bf16_matmul = config.matmul == "bf16";
+  s.bf16 = config.dtype == "bf16";
+  s.recompute = config.recompute != 0;
   s.attention_block = config.attention_block;
   s.tp_size = tp_size;
   s.tp_rank = tp_rank;
@@ -79,6 +82,15 @@ Gpt::Gpt(const GptShape& shape, Device device, TensorParallel* tp)
              "a tensor-parallel model needs the tensor-parallel group it is sharded over");
   KILN_CHECK(shape.padded_vocab % shape.tp_size == 0 && shape.n_head % shape.tp_size == 0,
              "model shape does not split over ", shape.tp_size, " tensor-parallel ranks");
+  KILN_CHECK(!shape.bf16 || (kernels_->bf16 != nullptr && !shape.post_norm && shape.tp_size == 1),
+             "model.dtype=bf16 (bf16 activations) trains a pre-LN model on one GPU; this model is",
+             shape.post_norm ? " post-LN" : "", kernels_->bf16 ? "" : " on the cpu",
+             shape.tp_size > 1 ? " tensor-parallel" : "", "; use model.dtype=f32 (model.matmul=bf16 "
+             "gives bf16 products with fp32 activations)");
+  KILN_CHECK(device == Device::cpu || shape.tp_size == 1,
+             "tensor parallelism (parallel.tp=", shape.tp_size, ") runs on the cpu only in this "
+             "version; its reductions on cuda need the NCCL path, which is not wired in yet: set "
+             "parallel.tp=1 or train.device=cpu");
   build_parameters();
 }
 
@@ -119,6 +131,7 @@ void Gpt::build_parameters() {
   for (const auto& s : specs) total += shape_numel(s.shape);
   param_buffer_ = Tensor::zeros({total}, DType::f32, device_);
   grad_buffer_ = Tensor::zeros({total}, DType::f32, device_);
+  if (shape_.bf16) weights16_ = Tensor::zeros({total}, DType::bf16, device_);
   std::int64_t offset = 0;
   for (const auto& s : specs) {
     Shape full = s.shape;
@@ -165,7 +178,7 @@ std::int64_t Gpt::full_index(const Parameter& p, std::int64_t local) const {
 }
 
 Tensor Gpt::gather_full(const Parameter& p, const float* local) const {
-  Tensor full = Tensor::zeros(p.full_shape, DType::f32, device_);
+  Tensor full = Tensor::zeros(p.full_shape);  // host memory, like `local`
   float* out = full.f32();
   for (std::int64_t i = 0; i < p.value.numel(); ++i) out[full_index(p, i)] = local[i];
   // Shards are disjoint, so a sum over the ranks assembles the whole tensor.
@@ -190,9 +203,12 @@ const Parameter& Gpt::parameter(const std::string& name) const {
 }
 
 void Gpt::init_weights(std::uint64_t seed, float std) {
+  // Drawn on the host, then copied to the device (the same weights on every device).
+  Tensor host = device_ == Device::cpu ? param_buffer_ : Tensor::empty(param_buffer_.shape());
+  const float* base = param_buffer_.f32();
   for (std::size_t p = 0; p < params_.size(); ++p) {
     Parameter& param = params_[p];
-    float* w = param.value.f32();
+    float* w = host.f32() + (param.value.f32() - base);
     const std::int64_t n = param.value.numel();
     if (param.init_std == 0.0f) {
       for (std::int64_t i = 0; i < n; ++i) w[i] = param.init_value;
@@ -212,6 +228,13 @@ void Gpt::init_weights(std::uint64_t seed, float std) {
       w[i] = g < real ? s * rng.normal(static_cast<std::uint64_t>(g)) : 0.0f;
     }
   }
+  if (device_ != Device::cpu) param_buffer_.copy_from(host);
+  refresh_bf16_weights();
+}
+
+void Gpt::refresh_bf16_weights() {
+  if (!shape_.bf16) return;
+  kernels_->bf16->convert(static_cast<bf16*>(weights16_.raw()), param_buffer_.f32(), param_buffer_.numel());
 }
 
 void Gpt::ensure_activations(int batch, int seq_len) {
@@ -223,7 +246,14 @@ void Gpt::ensure_activations(int batch, int seq_len) {
   // The activation table: every buffer and its shape, laid out in one arena.
   std::vector<std::pair<Tensor*, Shape>> table;
   acts_.assign(shape_.n_layer, LayerActs{});
-  for (auto& a : acts_) {
+  for (int l = 0; l < shape_.n_layer; ++l) {
+    LayerActs& a = acts_[l];
+    if (l > 0 && shape_.recompute) {
+      // Recomputation: only the block's output (res3; ln2 for a post-LN block) is kept per
+      // layer; the rest is layer 0's buffers, rewritten by each block in turn.
+      table.push_back({shape_.post_norm ? &a.ln2 : &a.res3, {n, c}});
+      continue;
+    }
     table.insert(table.end(), {{&a.ln1, {n, c}}, {&a.ln1_mean, {n}}, {&a.ln1_rstd, {n}},
                                {&a.qkv, {n, 3 * cl}}, {&a.atty, {n, cl}}, {&a.lse, {batch, nh, seq_len}},
                                {&a.res2, {n, c}}, {&a.ln2, {n, c}}, {&a.ln2_mean, {n}},
@@ -236,17 +266,35 @@ void Gpt::ensure_activations(int batch, int seq_len) {
                              {&target_logit_, {n}}, {&scratch_, {n, c}}, {&dres_, {n, c}},
                              {&dtmp_, {n, c}}, {&dtmp2_, {n, c}}, {&dqkv_, {n, 3 * cl}},
                              {&dfch_, {n, fl}}});
-  std::int64_t total = 0;
-  for (auto& [tensor, shape] : table) total += (shape_numel(shape) + 15) / 16 * 16;  // 64-byte aligned
-  arena_ = Tensor();  // free the old arena before making the new one
+  // Statistics and losses stay fp32; with model.dtype bf16 everything else is bf16, in a second
+  // arena.
+  std::vector<const Tensor*> stats = {&lnf_mean_, &lnf_rstd_, &losses_, &row_max_, &row_sum_, &target_logit_};
+  for (const auto& a : acts_)
+    stats.insert(stats.end(), {&a.ln1_mean, &a.ln1_rstd, &a.lse, &a.ln2_mean, &a.ln2_rstd});
+  auto wide = [&](const Tensor* t) {
+    return shape_.bf16 && std::find(stats.begin(), stats.end(), t) == stats.end();
+  };
+  std::int64_t total = 0, total16 = 0;
+  for (auto& [tensor, shape] : table)
+    (wide(tensor) ? total16 : total) += (shape_numel(shape) + 31) / 32 * 32;  // 64-byte aligned
+  arena_ = Tensor();  // free the old arenas before making the new ones
+  arena16_ = Tensor();
   arena_ = Tensor::empty({total}, DType::f32, device_);
-  std::int64_t offset = 0;
+  if (total16 > 0) arena16_ = Tensor::empty({total16}, DType::bf16, device_);
+  std::int64_t offset = 0, offset16 = 0;
   for (auto& [tensor, shape] : table) {
-    *tensor = arena_.view(offset, shape);
-    offset += (shape_numel(shape) + 15) / 16 * 16;
+    std::int64_t& at = wide(tensor) ? offset16 : offset;
+    *tensor = (wide(tensor) ? arena16_ : arena_).view(at, shape);
+    at += (shape_numel(shape) + 31) / 32 * 32;
+  }
+  for (int l = 1; shape_.recompute && l < shape_.n_layer; ++l) {
+    const Tensor output = shape_.post_norm ? acts_[l].ln2 : acts_[l].res3;
+    acts_[l] = acts_[0];
+    (shape_.post_norm ? acts_[l].ln2 : acts_[l].res3) = output;
   }
   positions_.resize(n);
   for (std::int64_t i = 0; i < n; ++i) positions_[i] = static_cast<std::int32_t>(i % seq_len);
+  if (device_ != Device::cpu) stage(positions_, default_positions_);
   // One layout per distinct pattern (dense when the shape names none).
   layouts_.clear();
   layer_layout_.assign(shape_.n_layer, 0);
@@ -264,8 +312,79 @@ void Gpt::ensure_activations(int batch, int seq_len) {
     }
     layer_layout_[l] = static_cast<int>(i);
   }
+  device_layouts_.clear();
+  if (device_ != Device::cpu) {
+    // One int32 buffer per layout: row_ptr | cols | col_ptr | col_rows.
+    for (const BlockLayout& layout : layouts_) {
+      const std::size_t rows = layout.row_ptr.size(), nnz = layout.cols.size();
+      std::vector<std::int32_t> packed(2 * (rows + nnz));
+      std::copy(layout.row_ptr.begin(), layout.row_ptr.end(), packed.begin());
+      std::copy(layout.cols.begin(), layout.cols.end(), packed.begin() + rows);
+      cpu::transpose_block_layout(packed.data() + rows + nnz, packed.data() + 2 * rows + nnz,
+                                  layout.row_ptr.data(), layout.cols.data(), layout.num_blocks,
+                                  layout.num_layouts);
+      DeviceLayout d;
+      const std::int32_t* dev = stage(packed, d.storage);
+      d.view = layout.view();
+      d.view.row_ptr = dev;
+      d.view.cols = dev + rows;
+      d.view.col_ptr = dev + rows + nnz;
+      d.view.col_rows = dev + 2 * rows + nnz;
+      device_layouts_.push_back(std::move(d));
+    }
+  }
   act_batch_ = batch;
   act_seq_ = seq_len;
+}
+
+std::int64_t Gpt::activation_bytes() const {
+  std::int64_t bytes = arena_.defined() ? static_cast<std::int64_t>(arena_.nbytes()) : 0;
+  if (arena16_.defined()) bytes += static_cast<std::int64_t>(arena16_.nbytes());
+  for (const Tensor* t : {&staged_inputs_, &staged_targets_, &staged_positions_, &staged_mask_,
+                          &staged_segments_, &default_positions_})
+    if (t->defined()) bytes += static_cast<std::int64_t>(t->nbytes());
+  for (const DeviceLayout& d : device_layouts_) bytes += static_cast<std::int64_t>(d.storage.nbytes());
+  return bytes;
+}
+
+// Host vector -> device buffer (grown when too small; int32 and uint8 data kept in an f32
+// tensor's bytes), on the stream. The copy is from pageable memory: the source may be reused as
+// soon as this returns, and the driver may order it with the stream's earlier work. On the cpu
+// the vector itself is used.
+template <class T>
+const T* Gpt::stage(const std::vector<T>& host, Tensor& buffer) {
+  if (device_ == Device::cpu) return host.data();
+  const auto bytes = static_cast<std::int64_t>(host.size() * sizeof(T));
+  const std::int64_t words = std::max<std::int64_t>(1, (bytes + 3) / 4);
+  if (!buffer.defined() || buffer.numel() < words) buffer = Tensor::empty({words}, DType::f32, device_);
+  device::copy_to_device(buffer.raw(), host.data(), static_cast<std::size_t>(bytes));
+  return static_cast<const T*>(buffer.raw());
+}
+
+Gpt::DeviceBatch Gpt::stage_batch(const Batch& batch) {
+  DeviceBatch d;
+  d.inputs = stage(batch.inputs, staged_inputs_);
+  d.targets = stage(batch.targets, staged_targets_);
+  d.positions = batch.positions.empty()
+                    ? (device_ == Device::cpu ? positions_.data()
+                                              : static_cast<const std::int32_t*>(default_positions_.raw()))
+                    : stage(batch.positions, staged_positions_);
+  d.mask = batch.mask.empty() ? nullptr : stage(batch.mask, staged_mask_);
+  d.segments = batch.segments.empty() ? nullptr : stage(batch.segments, staged_segments_);
+  return d;
+}
+
+double Gpt::loss_sum(std::int64_t n) const {
+  std::vector<float> host;
+  const float* losses = losses_.f32();
+  if (device_ != Device::cpu) {
+    host.resize(static_cast<std::size_t>(n));
+    device::copy_to_host(host.data(), losses, static_cast<std::size_t>(n) * sizeof(float));
+    losses = host.data();
+  }
+  double sum = 0.0;
+  for (std::int64_t i = 0; i < n; ++i) sum += losses[i];
+  return sum;
 }
 
 void Gpt::check_batch(const Batch& batch) const {
@@ -313,7 +432,9 @@ const float* Gpt::block_output(int l) const {
 
 BlockLayoutView Gpt::layout_view(int l) const {
   // Heads of a tensor-parallel shard are global heads tp_rank * local_heads ...
-  BlockLayoutView view = layouts_[layer_layout_[l]].view(shape_.tp_rank * shape_.local_heads());
+  BlockLayoutView view = device_layouts_.empty()
+                             ? layouts_[layer_layout_[l]].view(shape_.tp_rank * shape_.local_heads())
+                             : device_layouts_[layer_layout_[l]].view;
   view.segments = segments_;
   return view;
 }
@@ -365,15 +486,16 @@ void Gpt::block_forward_post(int l, const float* in) {
 void Gpt::run_forward(const Batch& batch) {
   check_batch(batch);
   ensure_activations(batch.batch, batch.seq_len);
-  segments_ = batch.segments.empty() ? nullptr : batch.segments.data();
+  staged_ = stage_batch(batch);
+  segments_ = staged_.segments;
+  if (shape_.bf16) return run_forward_bf16();
   const KernelTable& k = *kernels_;
   const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len, c = shape_.n_embd;
-  const std::int32_t* positions = batch.positions.empty() ? positions_.data() : batch.positions.data();
   const Parameter& wte = params_[param_index_.at("transformer.wte.weight")];
   const Parameter& wpe = params_[param_index_.at("transformer.wpe.weight")];
   // Vocabulary-parallel: each rank embeds the tokens of its shard (one rank adds positions), and
   // the sum over ranks is the embedding.
-  k.embedding_forward(encoded_.f32(), batch.inputs.data(), positions, wte.value.f32(),
+  k.embedding_forward(encoded_.f32(), staged_.inputs, staged_.positions, wte.value.f32(),
                       shape_.tp_rank == 0 ? wpe.value.f32() : nullptr, n, c, shape_.vocab_first(),
                       shape_.local_vocab());
   tp_sum(encoded_.f32(), n * c);
@@ -397,9 +519,9 @@ void Gpt::run_forward(const Batch& batch) {
 void Gpt::cross_entropy(const Batch& batch, float loss_scale) {
   const KernelTable& k = *kernels_;
   const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len;
-  const std::uint8_t* mask = batch.mask.empty() ? nullptr : batch.mask.data();
+  const std::uint8_t* mask = staged_.mask;
   if (!tp_) {
-    k.softmax_cross_entropy(losses_.f32(), logits_.f32(), batch.targets.data(), mask, n,
+    k.softmax_cross_entropy(losses_.f32(), logits_.f32(), staged_.targets, mask, n,
                             shape_.vocab, shape_.padded_vocab, loss_scale);
     return;
   }
@@ -410,24 +532,25 @@ void Gpt::cross_entropy(const Batch& batch, float loss_scale) {
   k.cross_entropy_local_max(row_max_.f32(), logits_.f32(), n, real, cols);
   tp_->all_reduce_max(row_max_.f32(), n);
   k.cross_entropy_local_sums(row_sum_.f32(), target_logit_.f32(), logits_.f32(), row_max_.f32(),
-                             batch.targets.data(), n, real, cols, first);
+                             staged_.targets, n, real, cols, first);
   tp_->all_reduce_sum(row_sum_.f32(), n);
   tp_->all_reduce_sum(target_logit_.f32(), n);
   float* losses = losses_.f32();
   for (std::int64_t i = 0; i < n; ++i)
     losses[i] = mask && !mask[i] ? 0.0f : std::log(row_sum_.f32()[i]) + row_max_.f32()[i] - target_logit_.f32()[i];
   if (loss_scale != 0.0f)
-    k.cross_entropy_local_grad(logits_.f32(), row_max_.f32(), row_sum_.f32(), batch.targets.data(),
+    k.cross_entropy_local_grad(logits_.f32(), row_max_.f32(), row_sum_.f32(), staged_.targets,
                                mask, n, real, cols, first, loss_scale);
 }
 
 double Gpt::forward(const Batch& batch) {
   run_forward(batch);
   const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len;
-  cross_entropy(batch, 0.0f);
-  double sum = 0.0;
-  for (std::int64_t i = 0; i < n; ++i) sum += losses_.f32()[i];
-  return sum;
+  if (shape_.bf16)
+    cross_entropy_bf16(0.0f);
+  else
+    cross_entropy(batch, 0.0f);
+  return loss_sum(n);
 }
 
 double Gpt::forward_backward(const Batch& batch, float loss_scale) {
@@ -435,10 +558,16 @@ double Gpt::forward_backward(const Batch& batch, float loss_scale) {
   run_forward(batch);
   const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len;
   // Fused: losses, and dlogits written over the logits.
-  cross_entropy(batch, loss_scale);
-  double sum = 0.0;
-  for (std::int64_t i = 0; i < n; ++i) sum += losses_.f32()[i];
-  run_backward(batch);
+  if (shape_.bf16)
+    cross_entropy_bf16(loss_scale);
+  else
+    cross_entropy(batch, loss_scale);
+  if (shape_.bf16)
+    run_backward_bf16();
+  else
+    run_backward(batch);
+  // After backward (which leaves the losses alone), so the device is not idle while it waits.
+  const double sum = loss_sum(n);
   return sum;
 }
 
@@ -476,7 +605,8 @@ void Gpt::block_backward_post(int l, const float* in, float* dres) {
   k.linear_backward(dtmp2_.f32(), g.fc_w.f32(), g.fc_b.f32(), dfch_.f32(), a.ln1.f32(), p.fc_w.f32(), n, c, fl, bf16);
   tp_sum(dtmp2_.f32(), n * c);
   k.accumulate(dtmp2_.f32(), dtmp_.f32(), n * c);  // d ln1 through both paths
-  std::fill(dres, dres + n * c, 0.0f);
+  KILN_ASSERT(dres == dres_.f32());
+  dres_.zero_();
   k.layernorm_backward(dres, g.ln1_w.f32(), g.ln1_b.f32(), dtmp2_.f32(), a.res2.f32(), p.ln1_w.f32(), a.ln1_mean.f32(), a.ln1_rstd.f32(), n, c);
   // dres: gradient of res2 = in + Attn(in).
   k.linear_backward(dtmp_.f32(), g.proj_w.f32(), g.proj_b.f32(), dres, a.atty.f32(), p.proj_w.f32(), n, cl, c, bf16);
@@ -510,14 +640,20 @@ void Gpt::run_backward(const Batch& batch) {
   // Parameters are laid out wte, wpe, then 12 per block, then ln_f (pre-LN).
   constexpr std::size_t kPerBlock = 12;
   for (int l = shape_.n_layer - 1; l >= 0; --l) {
+    if (shape_.recompute && l + 1 < shape_.n_layer) {
+      // The shared buffers hold the last block's activations: run this block's forward again.
+      if (shape_.post_norm)
+        block_forward_post(l, block_output(l - 1));
+      else
+        block_forward_pre(l, block_output(l - 1));
+    }
     if (shape_.post_norm)
       block_backward_post(l, block_output(l - 1), dres);
     else
       block_backward_pre(l, block_output(l - 1), dres);
     if (gradient_ready_) gradient_ready_(2 + kPerBlock * l, 2 + kPerBlock * (l + 1));
   }
-  const std::int32_t* positions = batch.positions.empty() ? positions_.data() : batch.positions.data();
-  k.embedding_backward(wte.grad.f32(), wpe.grad.f32(), dres, batch.inputs.data(), positions, n, c,
+  k.embedding_backward(wte.grad.f32(), wpe.grad.f32(), dres, staged_.inputs, staged_.positions, n, c,
                        shape_.vocab_first(), shape_.local_vocab());
   if (gradient_ready_) gradient_ready_(0, 2);  // wte (also the head) and wpe
 }

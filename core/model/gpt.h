@@ -33,6 +33,8 @@ struct GptShape {
   int padded_vocab = 0;  // vocab rounded up to a multiple of vocab_multiple
   bool post_norm = false;
   bool bf16_matmul = false;
+  bool recompute = false;  // model.recompute: blocks keep only their output for backward
+  bool bf16 = false;  // model.dtype bf16: bf16 activations and weight copies (core/model/gpt_bf16.cpp)
   int attention_block = 64;
   // Each layer's attention pattern (empty: dense everywhere, in blocks of attention_block).
   std::vector<AttentionPattern> attention;
@@ -132,6 +134,17 @@ class Gpt {
 
   const Tensor& logits() const { return logits_; }   // (B, T, Vp) after forward()
   const Tensor& losses() const { return losses_; }   // (B, T)
+  Device device() const { return device_; }
+  // model.dtype bf16: the bf16 copy of the parameter buffer that forward and backward read
+  // (undefined otherwise). The optimizer's fused update rewrites it; whoever else writes the
+  // fp32 parameters (initialisation, checkpoint loading) calls refresh_bf16_weights().
+  const Tensor& bf16_weights() const { return weights16_; }
+  void refresh_bf16_weights();
+  // Allocates activations for (batch, seq_len) micro-batches now rather than at the first
+  // forward pass (so a memory plan can be printed before step 1).
+  void reserve_activations(int batch, int seq_len) { ensure_activations(batch, seq_len); }
+  // Bytes held for activations and batch staging (after reserve_activations or a forward).
+  std::int64_t activation_bytes() const;
 
  private:
   // Views of one block's parameters (and, in LayerGrads, of their gradients).
@@ -167,6 +180,15 @@ class Gpt {
   void block_backward_pre(int l, const float* in, float* dres);
   void block_backward_post(int l, const float* in, float* dres);
   const float* block_output(int l) const;
+  // model.dtype bf16 (core/model/gpt_bf16.cpp): pre-LN blocks with fused residual + LayerNorm,
+  // bf16 products through the table's bf16 kernels.
+  void run_forward_bf16();
+  void block_forward_bf16(int l, const bf16* in, bool write_output = true);
+  void cross_entropy_bf16(float loss_scale);
+  void run_backward_bf16();
+  void block_backward_bf16(int l, const bf16* in, bf16* dres);
+  const bf16* w16(const Tensor& value) const;  // the bf16 copy of a parameter (a view's offset)
+  Tensor weights16_;
   // Sums a partial result over the tensor-parallel ranks (no-op with one rank).
   void tp_sum(float* data, std::int64_t n) const;
   // Per-token losses (and, with loss_scale != 0, dlogits in place) over a possibly sharded
@@ -188,7 +210,7 @@ class Gpt {
 
   // Activations for the current (batch, seq_len), all views into one arena.
   int act_batch_ = 0, act_seq_ = 0;
-  Tensor arena_;
+  Tensor arena_, arena16_;  // fp32 (everything, or statistics only) and bf16 activations
   std::vector<LayerActs> acts_;
   Tensor encoded_, lnf_, lnf_mean_, lnf_rstd_, logits_, losses_;
   Tensor row_max_, row_sum_, target_logit_;  // (N) vocabulary-parallel cross-entropy
@@ -197,8 +219,33 @@ class Gpt {
   // Layouts for the current sequence length: one per distinct pattern, and each layer's.
   std::vector<BlockLayout> layouts_;
   std::vector<int> layer_layout_;
-  const std::int32_t* segments_ = nullptr;  // of the batch in flight
+  const std::int32_t* segments_ = nullptr;  // of the batch in flight (device memory on cuda)
   BlockLayoutView layout_view(int l) const;
+
+  // On cuda the batch's token ids, targets, positions, mask and segments are copied into device
+  // buffers before the forward pass (stream-ordered, no wait); on the cpu the kernels read the
+  // Batch's vectors directly. Layouts are copied once per sequence length, with the key-major
+  // (transposed) index the GPU backward walks.
+  struct DeviceBatch {
+    const std::int32_t* inputs = nullptr;
+    const std::int32_t* targets = nullptr;
+    const std::int32_t* positions = nullptr;
+    const std::uint8_t* mask = nullptr;
+    const std::int32_t* segments = nullptr;
+  };
+  DeviceBatch stage_batch(const Batch& batch);
+  template <class T>
+  const T* stage(const std::vector<T>& host, Tensor& buffer);
+  DeviceBatch staged_;
+  Tensor staged_inputs_, staged_targets_, staged_positions_, staged_mask_, staged_segments_,
+      default_positions_;
+  struct DeviceLayout {
+    Tensor storage;  // row_ptr | cols | col_ptr | col_rows as int32
+    BlockLayoutView view;
+  };
+  std::vector<DeviceLayout> device_layouts_;
+  // Sum of losses_ over n tokens (a copy to the host on cuda: the logged loss).
+  double loss_sum(std::int64_t n) const;
 };
 
 }  // namespace kiln

@@ -61,8 +61,16 @@ AdamW::StepStats AdamW::step(float lr, const float* grads, double norm) {
     scale = static_cast<float>(config_.grad_clip / (norm + 1e-6));
   ++steps_;
   const AdamWStep s{lr, config_.beta1, config_.beta2, config_.eps, scale, steps_};
-  kernels_->adamw_update(model_.parameter_buffer().f32() + begin_, grads, exp_avg_.f32(),
-                         exp_avg_sq_.f32(), segments_.data(), static_cast<int>(segments_.size()), s);
+  float* params = model_.parameter_buffer().f32() + begin_;
+  if (model_.bf16_weights().defined()) {
+    // model.dtype bf16: the same update, also writing the bf16 weights the next forward reads.
+    bf16* copy = static_cast<bf16*>(const_cast<void*>(model_.bf16_weights().raw())) + begin_;
+    kernels_->bf16->adamw_update_copy(params, copy, grads, exp_avg_.f32(), exp_avg_sq_.f32(),
+                                      segments_.data(), static_cast<int>(segments_.size()), s);
+  } else {
+    kernels_->adamw_update(params, grads, exp_avg_.f32(), exp_avg_sq_.f32(), segments_.data(),
+                           static_cast<int>(segments_.size()), s);
+  }
   return {norm, scale};
 }
 

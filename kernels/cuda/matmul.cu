@@ -446,6 +446,15 @@ void matmul_bf16(float* c, const float* a, const float* b, std::int64_t m, std::
   run_gemm(g);
 }
 
+void matmul_bf16_inputs(void* c, bool c_bf16, const bf16* a, const bf16* b, std::int64_t m,
+                        std::int64_t n, std::int64_t k, bool trans_a, bool trans_b, float beta) {
+  if (m == 0 || n == 0) return;
+  Gemm g;
+  g.c = c, g.c_type = c_bf16 ? CUDA_R_16BF : CUDA_R_32F, g.a = a, g.b = b, g.ab_type = CUDA_R_16BF;
+  g.m = m, g.n = n, g.k = k, g.trans_a = trans_a, g.trans_b = trans_b, g.beta = beta;
+  run_gemm(g);
+}
+
 void linear_forward(float* out, const float* inp, const float* weight, const float* bias,
                     std::int64_t rows, std::int64_t in_dim, std::int64_t out_dim, bool bf16) {
   linear_forward_fp32_api(out, nullptr, false, inp, weight, bias, rows, in_dim, out_dim, bf16);

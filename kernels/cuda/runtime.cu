@@ -73,7 +73,7 @@ struct CachingAllocator {
         throw Error(message("out of GPU memory allocating ", size >> 20, " MiB (", stats.in_use >> 20,
                             " MiB in use by kiln, ", free_b >> 20, " MiB free of ", total_b >> 20,
                             "); reduce train.micro_batch or train.seq_len, or set "
-                            "train.recompute: true"));
+                            "model.recompute=1"));
       }
       cuda::check(status, "cudaMallocAsync", __FILE__, __LINE__);
       stats.reserved += size;

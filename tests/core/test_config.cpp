@@ -308,7 +308,7 @@ TEST(Config, ReferenceListsEveryKey) {
     ++keys;
     EXPECT_NE(ref.find(section + "." + name.substr(2)), std::string::npos) << line;
   }
-  EXPECT_EQ(keys, 53);  // every field of config.h (source aside)
+  EXPECT_EQ(keys, 56);  // every field of config.h (source aside)
 }
 
 TEST(Config, LoadMissingFileNamesPath) {
@@ -356,6 +356,14 @@ TEST(Config, ShippedGpt2SmallParses) {
 }
 
 }  // namespace
+
+TEST(Config, Bf16ActivationsNeedTheGpuAndPreLn) {
+  expect_contains(parse_error("model:\n  dtype: bf16\n"),
+                  {"configs/x.yaml:2", "model.dtype=bf16", "train.device=cuda", "model.matmul=bf16"});
+  expect_contains(parse_error("model:\n  dtype: bf16\n  norm: post\ntrain:\n  device: cuda\n"),
+                  {"model.dtype=bf16", "model.norm=pre"});
+  EXPECT_NO_THROW(parse_config("model:\n  dtype: bf16\ntrain:\n  device: cuda\n", kFile));
+}
 
 TEST(Config, CorpusAndShardsAreExclusive) {
   expect_contains(parse_error("data:\n  train: d/train_*.bin\n  corpus: text/\n"),

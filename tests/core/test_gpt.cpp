@@ -82,6 +82,26 @@ void check_model_gradients(bool post_norm) {
 TEST(Gpt, PreLnGradientsMatchFiniteDifferences) { check_model_gradients(false); }
 TEST(Gpt, PostLnGradientsMatchFiniteDifferences) { check_model_gradients(true); }
 
+// model.recompute: the same losses and gradients, bit for bit, from less activation memory.
+TEST(Gpt, RecomputationGivesIdenticalGradientsWithLessMemory) {
+  for (bool post_norm : {false, true}) {
+    kiln::GptShape plain = tiny_shape(post_norm), again = tiny_shape(post_norm);
+    plain.n_layer = again.n_layer = 4;
+    again.recompute = true;
+    kiln::Gpt a(plain), b(again);
+    a.init_weights(3, 0.3f);
+    b.init_weights(3, 0.3f);
+    const kiln::Batch batch = tiny_batch(2, 24, 37, true);
+    for (int step = 0; step < 2; ++step) {  // twice: the second pass reuses every buffer
+      EXPECT_EQ(a.forward_backward(batch, 0.01f), b.forward_backward(batch, 0.01f)) << post_norm;
+    }
+    const auto& ga = a.gradient_buffer();
+    auto& gb = b.gradient_buffer();
+    EXPECT_EQ(0, std::memcmp(ga.raw(), gb.raw(), ga.nbytes())) << "post_norm=" << post_norm;
+    EXPECT_LT(b.activation_bytes(), a.activation_bytes());
+  }
+}
+
 TEST(Gpt, InitialisationIsIndependentOfThreadCount) {
   kiln::Gpt a(tiny_shape(false)), b(tiny_shape(false));
   const int threads = omp_get_max_threads();

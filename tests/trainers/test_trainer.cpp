@@ -13,6 +13,7 @@
 #include "core/data/corpus_cache.h"
 #include "core/data/shard.h"
 #include "core/rng.h"
+#include "kernels/device.h"
 #include "trainers/trainer.h"
 
 namespace fs = std::filesystem;
@@ -263,4 +264,17 @@ TEST_F(TrainerTest, CorpusIsTokenizedOnceAndCachedPerTokenizer) {
   EXPECT_EQ(second.model().shape().vocab, 50257);
   std::ifstream manifest(gpt2.dir + "/manifest.json");
   EXPECT_EQ(nlohmann::json::parse(manifest)["tokenizer"], "gpt2");
+}
+
+TEST(Trainer, CudaWithoutADeviceIsAClearError) {
+  if (kiln::device::cuda_available()) GTEST_SKIP() << "a device is present";
+  kiln::ExperimentConfig c;
+  c.train.device = "cuda";
+  c.data.train = "/nonexistent/*.bin";
+  try {
+    kiln::Trainer trainer(c, kiln::TrainOptions{});
+    FAIL() << "expected an error";
+  } catch (const kiln::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("train.device=cuda"), std::string::npos) << e.what();
+  }
 }

@@ -1,0 +1,136 @@
+// GPT forward and backward in mixed precision (model.dtype: bf16, on cuda): the same pre-LN
+// model as gpt.cpp, with activations and the weights the products read in bf16, and fp32 where
+// precision is lost otherwise: master weights and their gradients (the optimizer's), LayerNorm
+// statistics, attention's log-sum-exp and the losses. Shapes as in gpt.cpp (N = B*T rows).
+//
+// Each block ends with one fused residual-add + LayerNorm that writes the residual stream and
+// the next LayerNorm's output in one pass (the next block's LN1, or the final LN after the last
+// block), so a block reads and writes the residual stream once:
+//
+//   ln1 = LN1(x)                               (by the previous block's fused kernel)
+//   qkv = ln1 W_qkv + b;  y = attn(qkv);  a = y W_proj + b
+//   res2, ln2 = x + a, LN2(x + a)              (fused)
+//   h = gelu(ln2 W_fc + b)                      (GELU in the matmul's epilogue where it wins)
+//   m = h W_fcproj + b
+//   res3, next_ln = res2 + m, LN(res2 + m)     (fused)
+#include "core/model/gpt.h"
+
+namespace kiln {
+
+namespace {
+bf16* b16(const Tensor& t) { return static_cast<bf16*>(const_cast<void*>(t.raw())); }
+}  // namespace
+
+const bf16* Gpt::w16(const Tensor& value) const {
+  return static_cast<const bf16*>(weights16_.raw()) + (value.f32() - param_buffer_.f32());
+}
+
+void Gpt::run_forward_bf16() {
+  const Bf16Kernels& k = *kernels_->bf16;
+  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
+  const Parameter& wte = params_[param_index_.at("transformer.wte.weight")];
+  const Parameter& wpe = params_[param_index_.at("transformer.wpe.weight")];
+  k.embedding_forward(b16(encoded_), staged_.inputs, staged_.positions, w16(wte.value), w16(wpe.value),
+                      n, c, 0, shape_.local_vocab());
+  const LayerParams& first = layer_params_[0];
+  LayerActs& a0 = acts_[0];
+  k.layernorm_forward(b16(a0.ln1), a0.ln1_mean.f32(), a0.ln1_rstd.f32(), b16(encoded_),
+                      first.ln1_w.f32(), first.ln1_b.f32(), n, c);
+  for (int l = 0; l < shape_.n_layer; ++l) block_forward_bf16(l, l == 0 ? b16(encoded_) : b16(acts_[l - 1].res3));
+  // logits (N, Vp) bf16 = lnf (N, C) @ wte^T (C, Vp)
+  k.matmul(logits_.raw(), true, b16(lnf_), w16(wte.value), n, shape_.padded_vocab, c, false, true, 0.0f);
+}
+
+void Gpt::block_forward_bf16(int l, const bf16* in, bool write_output) {
+  const Bf16Kernels& k = *kernels_->bf16;
+  const LayerParams& p = layer_params_[l];
+  LayerActs& a = acts_[l];
+  [[maybe_unused]] const auto [n, c, cl, fl, bf16_matmul, add_bias] = block_dims();
+  const std::int64_t nh = shape_.local_heads();
+  k.linear_forward(b16(a.qkv), b16(a.ln1), w16(p.qkv_w), p.qkv_b.f32(), n, c, 3 * cl);
+  k.attention_forward(b16(a.atty), a.lse.f32(), b16(a.qkv), act_batch_, act_seq_, cl, nh, layout_view(l));
+  k.linear_forward(b16(scratch_), b16(a.atty), w16(p.proj_w), p.proj_b.f32(), n, cl, c);
+  k.residual_layernorm_forward(b16(a.res2), b16(a.ln2), a.ln2_mean.f32(), a.ln2_rstd.f32(), in,
+                               b16(scratch_), p.ln2_w.f32(), p.ln2_b.f32(), n, c);
+  k.linear_forward_gelu(b16(a.fch_gelu), b16(a.fch), b16(a.ln2), w16(p.fc_w), p.fc_b.f32(), n, c, fl);
+  k.linear_forward(b16(scratch_), b16(a.fch_gelu), w16(p.fcproj_w), p.fcproj_b.f32(), n, fl, c);
+  // The residual stream after this block, and the LayerNorm that reads it next (not when
+  // recomputing for backward: res3 is kept, and the next LN1 would overwrite this block's).
+  if (!write_output) return;
+  if (l + 1 < shape_.n_layer) {
+    const LayerParams& next = layer_params_[l + 1];
+    LayerActs& an = acts_[l + 1];
+    k.residual_layernorm_forward(b16(a.res3), b16(an.ln1), an.ln1_mean.f32(), an.ln1_rstd.f32(),
+                                 b16(a.res2), b16(scratch_), next.ln1_w.f32(), next.ln1_b.f32(), n, c);
+  } else {
+    const Parameter& w = params_[param_index_.at("transformer.ln_f.weight")];
+    const Parameter& b = params_[param_index_.at("transformer.ln_f.bias")];
+    k.residual_layernorm_forward(b16(a.res3), b16(lnf_), lnf_mean_.f32(), lnf_rstd_.f32(),
+                                 b16(a.res2), b16(scratch_), w.value.f32(), b.value.f32(), n, c);
+  }
+}
+
+void Gpt::cross_entropy_bf16(float loss_scale) {
+  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_;
+  kernels_->bf16->softmax_cross_entropy(losses_.f32(), b16(logits_), staged_.targets, staged_.mask, n,
+                                        shape_.vocab, shape_.padded_vocab, loss_scale);
+}
+
+void Gpt::run_backward_bf16() {
+  const Bf16Kernels& k = *kernels_->bf16;
+  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
+  const std::int64_t vp = shape_.padded_vocab;
+  Parameter& wte = params_[param_index_.at("transformer.wte.weight")];
+  Parameter& wpe = params_[param_index_.at("transformer.wpe.weight")];
+  // logits = lnf @ wte^T: d lnf (N, C) = dlogits @ wte (bf16), dwte (Vp, C) += dlogits^T @ lnf.
+  k.matmul(dtmp_.raw(), true, b16(logits_), w16(wte.value), n, c, vp, false, false, 0.0f);
+  k.matmul(wte.grad.f32(), false, b16(logits_), b16(lnf_), vp, c, n, true, false, 1.0f);
+  Parameter& w = params_[param_index_.at("transformer.ln_f.weight")];
+  Parameter& b = params_[param_index_.at("transformer.ln_f.bias")];
+  dres_.zero_();
+  k.layernorm_backward(b16(dres_), w.grad.f32(), b.grad.f32(), b16(dtmp_), b16(acts_.back().res3),
+                       w.value.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), n, c);
+  if (gradient_ready_) gradient_ready_(params_.size() - 2, params_.size());  // ln_f
+  constexpr std::size_t kPerBlock = 12;  // wte, wpe, then 12 per block, then ln_f
+  for (int l = shape_.n_layer - 1; l >= 0; --l) {
+    const bf16* in = l == 0 ? b16(encoded_) : b16(acts_[l - 1].res3);
+    if (shape_.recompute && l + 1 < shape_.n_layer) {
+      // The shared buffers hold the last block's activations: this block's LN1 (made by the
+      // previous block's fused kernel in the forward pass) and then the block again.
+      const LayerParams& p = layer_params_[l];
+      LayerActs& a = acts_[l];
+      k.layernorm_forward(b16(a.ln1), a.ln1_mean.f32(), a.ln1_rstd.f32(), in, p.ln1_w.f32(),
+                          p.ln1_b.f32(), n, c);
+      block_forward_bf16(l, in, false);
+    }
+    block_backward_bf16(l, in, b16(dres_));
+    if (gradient_ready_) gradient_ready_(2 + kPerBlock * l, 2 + kPerBlock * (l + 1));
+  }
+  k.embedding_backward(wte.grad.f32(), wpe.grad.f32(), b16(dres_), staged_.inputs, staged_.positions,
+                       n, c, 0, shape_.local_vocab());
+  if (gradient_ready_) gradient_ready_(0, 2);
+}
+
+void Gpt::block_backward_bf16(int l, const bf16* in, bf16* dres) {
+  const Bf16Kernels& k = *kernels_->bf16;
+  const LayerParams& p = layer_params_[l];
+  LayerParams& g = layer_grads_[l];
+  const LayerActs& a = acts_[l];
+  [[maybe_unused]] const auto [n, c, cl, fl, bf16_matmul, add_bias] = block_dims();
+  const std::int64_t nh = shape_.local_heads();
+  // dres: gradient of res3 = res2 + MLP(LN2(res2)); LayerNorm backward adds into it.
+  k.linear_backward(b16(dfch_), g.fcproj_w.f32(), g.fcproj_b.f32(), dres, b16(a.fch_gelu), w16(p.fcproj_w), n, fl, c);
+  k.gelu_backward(b16(dfch_), b16(a.fch), b16(dfch_), n * fl);
+  k.linear_backward(b16(dtmp_), g.fc_w.f32(), g.fc_b.f32(), b16(dfch_), b16(a.ln2), w16(p.fc_w), n, c, fl);
+  k.layernorm_backward(dres, g.ln2_w.f32(), g.ln2_b.f32(), b16(dtmp_), b16(a.res2), p.ln2_w.f32(),
+                       a.ln2_mean.f32(), a.ln2_rstd.f32(), n, c);
+  // dres: gradient of res2 = in + Attn(LN1(in)).
+  k.linear_backward(b16(dtmp_), g.proj_w.f32(), g.proj_b.f32(), dres, b16(a.atty), w16(p.proj_w), n, cl, c);
+  k.attention_backward(b16(dqkv_), b16(dtmp_), b16(a.qkv), b16(a.atty), a.lse.f32(), act_batch_, act_seq_,
+                       cl, nh, layout_view(l));
+  k.linear_backward(b16(dtmp2_), g.qkv_w.f32(), g.qkv_b.f32(), b16(dqkv_), b16(a.ln1), w16(p.qkv_w), n, c, 3 * cl);
+  k.layernorm_backward(dres, g.ln1_w.f32(), g.ln1_b.f32(), b16(dtmp2_), in, p.ln1_w.f32(),
+                       a.ln1_mean.f32(), a.ln1_rstd.f32(), n, c);
+}
+
+}  // namespace kiln
