@@ -28,6 +28,10 @@ else:
     rows.append(("gpu tests", "did not run (no gpu_tests.xml)", ""))
 
 # Benchmarks: every counter that is a rate (GB/s, TFLOP/s, ratios) beside the time.
+for log in sorted(logs.glob("cuda_*.log")):
+    if not log.with_suffix(".json").exists():
+        last = (log.read_text().strip().splitlines() or ["(empty log)"])[-1]
+        rows.append((log.stem, "no results: " + last, ""))
 for path in sorted(logs.glob("cuda_*.json")):
     try:
         data = json.loads(path.read_text())
@@ -65,7 +69,8 @@ if metrics.exists():
     rows.append(("train GPT-2 124M T=1024 bf16", f"{tps:,.0f} tok/s, MFU {100 * mfu:.1f}% "
                  f"(loss {steps[0]['loss']:.3f} -> {steps[-1]['loss']:.3f})", f"{len(steps)} steps"))
 else:
-    rows.append(("train GPT-2 124M T=1024 bf16", "did not finish (see train124m.log)", ""))
+    last = (logs / "train124m.log").read_text().strip().splitlines()[-1:] if (logs / "train124m.log").exists() else []
+    rows.append(("train GPT-2 124M T=1024 bf16", "did not finish: " + (last[0] if last else "no log"), ""))
 log = logs / "train124m.log"
 if log.exists():
     for line in log.read_text().splitlines():
