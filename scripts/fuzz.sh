@@ -21,7 +21,7 @@ libs=(-lyaml-cpp $(pkg-config --libs libpcre2-8))
 
 build() {  # name, sources...
   local name=$1; shift
-  clang++ "${flags[@]}" "fuzz/$name.cpp" "$@" core/tensor.cpp "${libs[@]}" -o "$out/$name"
+  clang++ "${flags[@]}" "fuzz/$name.cpp" "$@" core/tensor.cpp kernels/no_cuda.cpp "${libs[@]}" -o "$out/$name"
 }
 build fuzz_shard core/data/shard.cpp
 build fuzz_safetensors core/checkpoint/safetensors.cpp core/checkpoint/atomic_file.cpp
