@@ -156,6 +156,10 @@ Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext&
                "parallelism over NCCL are not wired into the trainer yet; start one process, or "
                "train.device=cpu for MPI");
     device_ = Device::cuda;
+    // The baseline of the memory report: blocks cached from earlier work in this process go
+    // back to CUDA first, so what this run allocates is measured, not what it reuses.
+    device::release_cached();
+    device::synchronize();
     std::size_t free_bytes = 0, total_bytes = 0;
     device::mem_info(&free_bytes, &total_bytes);
     device_used_at_start_ = total_bytes - free_bytes;
