@@ -21,14 +21,6 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Element-wise kernels: fp32 -> bf16 rounding, scaling by beta, the unfused bias+GELU epilogue.
 
-__device__ __forceinline__ float as_float(float x) { return x; }
-__device__ __forceinline__ float as_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <class T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 // GELU, tanh form, as kernels/cpu/gelu.cpp.
 __device__ __forceinline__ float gelu_tanh(float x) {
