@@ -6,8 +6,9 @@
 //    before it: density ~1/8) at T = 8k, 16k, 64k beside dense at the same T, with the speed-up.
 // FLOPs: 4 * b * hd * (query, key) pairs the layout computes, summed over heads
 // (attention_tiling.h); forward + backward counts 3.5x the forward (FlashAttention's convention:
-// 2 forward and 5 backward matmuls; kiln's deterministic backward does 7). MiB: device memory held
-// (inputs, outputs, layout, and the backward's scratch). H200 peak: ~990 TFLOP/s dense bf16.
+// 2 forward and 5 backward matmuls; kiln's deterministic backward does 7). MiB: device memory the
+// case holds (inputs, outputs, lse, layout, the backward's scratch); peak_MiB: the caching
+// allocator's peak over the process. H200 peak: ~990 TFLOP/s dense bf16.
 // Run: build/bench/cuda_attention (about 20 s on an H200).
 #include <benchmark/benchmark.h>
 
@@ -15,6 +16,7 @@
 #include <chrono>
 #include <cstdio>
 #include <map>
+#include <memory>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -86,53 +88,83 @@ std::map<std::tuple<std::int64_t, std::int64_t, bool>, double>& dense_seconds() 
   return m;
 }
 
+// Device tensors of one shape, kept while consecutive benchmarks share it (Google Benchmark calls
+// a benchmark function more than once).
+struct Tensors {
+  std::int64_t b, t, nh, hd, c;
+  DeviceArray qkv, out, dout, dqkv, lse;
+  Tensors(std::int64_t b_, std::int64_t t_, std::int64_t nh_, std::int64_t hd_)
+      : b(b_), t(t_), nh(nh_), hd(hd_), c(nh_ * hd_), qkv(bytes_qkv()), out(bytes_out()),
+        dout(bytes_out()), dqkv(bytes_qkv()), lse(b * nh * t * sizeof(float)) {
+    fill_random(qkv.as<kiln::bf16>(), bytes_qkv() / 2);
+    fill_random(dout.as<kiln::bf16>(), bytes_out() / 2);
+  }
+  std::size_t bytes_qkv() const { return b * t * 3 * c * sizeof(kiln::bf16); }
+  std::size_t bytes_out() const { return b * t * c * sizeof(kiln::bf16); }
+  std::size_t bytes() const { return 2 * bytes_qkv() + 2 * bytes_out() + b * nh * t * sizeof(float); }
+};
+
+// A layout and its transpose on the device.
+struct Layout {
+  kiln::BlockLayout host;
+  DeviceArray row_ptr, cols, col_ptr, col_rows;
+  kiln::cpu::BlockLayoutView view;
+  explicit Layout(kiln::BlockLayout layout)
+      : host(std::move(layout)), row_ptr(host.row_ptr.size() * sizeof(int)),
+        cols(host.cols.size() * sizeof(int)), col_ptr(host.row_ptr.size() * sizeof(int)),
+        col_rows(host.cols.size() * sizeof(int)) {
+    std::vector<int> cp(host.row_ptr.size()), cr(host.cols.size());
+    kiln::cpu::transpose_block_layout(cp.data(), cr.data(), host.row_ptr.data(), host.cols.data(),
+                                      host.num_blocks, host.num_layouts);
+    upload(row_ptr, host.row_ptr);
+    upload(cols, host.cols);
+    upload(col_ptr, cp);
+    upload(col_rows, cr);
+    view = host.view();
+    view.row_ptr = row_ptr.as<int>();
+    view.cols = cols.as<int>();
+    view.col_ptr = col_ptr.as<int>();
+    view.col_rows = col_rows.as<int>();
+  }
+  std::size_t bytes() const { return 2 * (host.row_ptr.size() + host.cols.size()) * sizeof(int); }
+};
+
 // args: t, hd, backward (0/1), sparse (0/1).
 void BM_Attention(benchmark::State& state) {
   const std::int64_t t = state.range(0), hd = state.range(1);
   const bool backward = state.range(2) != 0, sparse = state.range(3) != 0;
   const std::int64_t b = std::max<std::int64_t>(1, kTokens / t), nh = hd == 64 ? 12 : 8, c = nh * hd;
-  const std::size_t n_qkv = b * t * 3 * c, n_out = b * t * c;
-  const std::size_t need = (2 * n_qkv + 2 * n_out) * sizeof(kiln::bf16) + 2 * b * nh * t * sizeof(float);
-  std::size_t free_b = 0, total_b = 0;
-  kiln::device::mem_info(&free_b, &total_b);
-  if (need + (std::size_t{1} << 30) > free_b) {
-    const std::string why = (sparse ? "sparse skipped: needs " : "dense skipped: needs ") +
-                            std::to_string(need >> 20) + " MiB";
-    state.SkipWithError(why.c_str());
-    return;
+  static std::unique_ptr<Tensors> tensors;
+  static std::unique_ptr<Layout> layout;
+  static std::tuple<std::int64_t, bool> layout_key;
+  if (!tensors || tensors->t != t || tensors->hd != hd) {
+    tensors.reset();
+    layout.reset();
+    const std::size_t need = 2 * (b * t * 3 * c + b * t * c) * sizeof(kiln::bf16);
+    std::size_t free_b = 0, total_b = 0;
+    kiln::device::mem_info(&free_b, &total_b);
+    if (need + (std::size_t{1} << 30) > free_b) {
+      const std::string why = (sparse ? "sparse skipped: needs " : "dense skipped: needs ") +
+                              std::to_string(need >> 20) + " MiB";
+      state.SkipWithError(why.c_str());
+      return;
+    }
+    tensors = std::make_unique<Tensors>(b, t, nh, hd);
   }
-  const kiln::BlockLayout layout = make_layout(t, sparse);
-  std::vector<int> col_ptr(layout.row_ptr.size()), col_rows(layout.cols.size());
-  kiln::cpu::transpose_block_layout(col_ptr.data(), col_rows.data(), layout.row_ptr.data(),
-                                    layout.cols.data(), layout.num_blocks, layout.num_layouts);
-  const std::size_t in_use_before = kiln::device::allocator_stats().in_use;
-  DeviceArray qkv(n_qkv * 2), out(n_out * 2), dout(n_out * 2), dqkv(n_qkv * 2), lse(b * nh * t * 4);
-  DeviceArray row_ptr(layout.row_ptr.size() * 4), cols(layout.cols.size() * 4);
-  DeviceArray col_ptr_d(col_ptr.size() * 4), col_rows_d(col_rows.size() * 4);
-  upload(row_ptr, layout.row_ptr);
-  upload(cols, layout.cols);
-  upload(col_ptr_d, col_ptr);
-  upload(col_rows_d, col_rows);
-  fill_random(qkv.as<kiln::bf16>(), n_qkv);
-  fill_random(dout.as<kiln::bf16>(), n_out);
-  kiln::cpu::BlockLayoutView view = layout.view();
-  view.row_ptr = row_ptr.as<int>();
-  view.cols = cols.as<int>();
-  view.col_ptr = col_ptr_d.as<int>();
-  view.col_rows = col_rows_d.as<int>();
-
+  if (!layout || layout_key != std::make_tuple(t, sparse)) {
+    layout = std::make_unique<Layout>(make_layout(t, sparse));
+    layout_key = std::make_tuple(t, sparse);
+  }
+  Tensors& x = *tensors;
+  const kiln::cpu::BlockLayoutView& view = layout->view;
   auto run = [&] {
-    kiln::cuda::attention_forward_bf16(out.as<kiln::bf16>(), lse.as<float>(), qkv.as<kiln::bf16>(),
-                                       b, t, c, nh, view);
+    kiln::cuda::attention_forward_bf16(x.out.as<kiln::bf16>(), x.lse.as<float>(),
+                                       x.qkv.as<kiln::bf16>(), b, t, c, nh, view);
     if (backward)
-      kiln::cuda::attention_backward_bf16(dqkv.as<kiln::bf16>(), dout.as<kiln::bf16>(),
-                                          qkv.as<kiln::bf16>(), out.as<kiln::bf16>(),
-                                          lse.as<float>(), b, t, c, nh, view);
+      kiln::cuda::attention_backward_bf16(x.dqkv.as<kiln::bf16>(), x.dout.as<kiln::bf16>(),
+                                          x.qkv.as<kiln::bf16>(), x.out.as<kiln::bf16>(),
+                                          x.lse.as<float>(), b, t, c, nh, view);
   };
-  run();  // warm-up: kernel attributes, allocator cache
-  kiln::device::synchronize();
-  const std::size_t held = kiln::device::allocator_stats().in_use - in_use_before +
-                           (backward ? b * nh * t * sizeof(float) : 0);
   double seconds = 0.0;
   for (auto _ : state) {
     const auto start = std::chrono::steady_clock::now();
@@ -140,18 +172,22 @@ void BM_Attention(benchmark::State& state) {
     kiln::device::synchronize();
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   }
-  seconds /= static_cast<double>(state.iterations());
+  seconds /= static_cast<double>(std::max<benchmark::IterationCount>(1, state.iterations()));
 
+  const kiln::BlockLayout& host = layout->host;
   const double flops = kiln::attention_tiling::attention_forward_flops(
-                           layout.row_ptr.data(), layout.cols.data(), layout.num_blocks,
-                           layout.block, layout.num_layouts, 0, b, t, nh, hd) *
+                           host.row_ptr.data(), host.cols.data(), host.num_blocks, host.block,
+                           host.num_layouts, 0, b, t, nh, hd) *
                        (backward ? 3.5 : 1.0);
+  const std::size_t held = x.bytes() + layout->bytes() + (backward ? b * nh * t * sizeof(float) : 0);
   state.counters["TFLOP/s"] = benchmark::Counter(flops / 1e12, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["ms"] = seconds * 1e3;
   state.counters["MiB"] = static_cast<double>(held) / (1 << 20);
+  state.counters["peak_MiB"] =
+      static_cast<double>(kiln::device::allocator_stats().peak_in_use) / (1 << 20);
   state.counters["peak_TFLOP/s"] = kPeakTflops;
   std::string label = std::string(sparse ? "strided " : "dense ") + "b=" + std::to_string(b) +
-                      " nh=" + std::to_string(nh) + " density " + std::to_string(layout.density());
+                      " nh=" + std::to_string(nh) + " density " + std::to_string(host.density());
   const auto key = std::make_tuple(t, hd, backward);
   if (!sparse) {
     dense_seconds()[key] = seconds;

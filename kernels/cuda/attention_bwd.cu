@@ -383,12 +383,12 @@ template <int HD>
 void launch_backward(const Args& a, std::int64_t b) {
   using Kv = DkvConfig<HD>;
   using Q = DqConfig<HD>;
-  KILN_CUDA_CHECK(cudaFuncSetAttribute(dkdv_bf16_kernel<HD>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(Kv::kSmem)));
-  KILN_CUDA_CHECK(cudaFuncSetAttribute(dq_bf16_kernel<HD>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(Q::kSmem)));
+  static const cudaError_t opt_in_kv = cudaFuncSetAttribute(  // once per process (one device)
+      dkdv_bf16_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(Kv::kSmem));
+  static const cudaError_t opt_in_q = cudaFuncSetAttribute(
+      dq_bf16_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(Q::kSmem));
+  KILN_CUDA_CHECK(opt_in_kv);
+  KILN_CUDA_CHECK(opt_in_q);
   const dim3 grid_kv(static_cast<unsigned>(b * a.nh), static_cast<unsigned>(ceil_div(a.t, Kv::kKeys)));
   dkdv_bf16_kernel<HD><<<grid_kv, Kv::kThreads, Kv::kSmem, stream()>>>(a);
   KILN_CUDA_LAUNCH_CHECK();

@@ -256,9 +256,9 @@ __global__ void __launch_bounds__(FwdConfig<HD>::kThreads)
 template <int HD>
 void launch_forward(const Args& a, std::int64_t b) {
   using Cfg = FwdConfig<HD>;
-  KILN_CUDA_CHECK(cudaFuncSetAttribute(forward_bf16_kernel<HD>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(Cfg::kSmem)));
+  static const cudaError_t opt_in = cudaFuncSetAttribute(  // once per process (one device)
+      forward_bf16_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(Cfg::kSmem));
+  KILN_CUDA_CHECK(opt_in);
   const dim3 grid(static_cast<unsigned>(b * a.nh),
                   static_cast<unsigned>(ceil_div(a.t, Cfg::kRows)));
   forward_bf16_kernel<HD><<<grid, Cfg::kThreads, Cfg::kSmem, stream()>>>(a);
