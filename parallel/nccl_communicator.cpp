@@ -2,6 +2,7 @@
 #include "parallel/nccl_communicator.h"
 
 #include "core/error.h"
+#include "kernels/device.h"
 
 #ifdef KILN_WITH_NCCL
 #include <cuda_runtime.h>
@@ -16,8 +17,6 @@
 namespace kiln {
 
 #ifndef KILN_WITH_NCCL
-
-bool cuda_device_available() { return false; }
 
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator&, int, double) {
   throw Error("this build of kiln has no NCCL; build where the CUDA toolkit and NCCL are installed");
@@ -188,13 +187,8 @@ class NcclCommunicator : public Communicator {
 
 }  // namespace
 
-bool cuda_device_available() {
-  int count = 0;  // without a driver cudaGetDeviceCount fails and leaves count unwritten
-  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& world, int device, double timeout_s) {
-  KILN_CHECK(cuda_device_available(), "no CUDA device is visible to rank ", world.rank(),
+  KILN_CHECK(device::cuda_available(), "no CUDA device is visible to rank ", world.rank(),
              "; NCCL needs one GPU per rank");
   cuda_check(cudaSetDevice(device), "SetDevice");
   // The unique id travels over the MPI world as floats (a byte-exact copy).

@@ -11,9 +11,6 @@
 
 namespace kiln {
 
-// True when this process can see at least one CUDA device (any error counts as none).
-bool cuda_device_available();
-
 // An NCCL communicator over the same ranks as `world` (an MPI or single-rank communicator),
 // using CUDA device `device`. Throws kiln::Error when kiln was built without NCCL.
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& world, int device, double timeout_s);

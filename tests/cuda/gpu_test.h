@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -52,6 +53,20 @@ class DeviceBuffer {
   T* ptr_ = nullptr;
   std::size_t n_ = 0;
 };
+
+// `pad` leading elements, so that a tensor copied to the device starts off the 16-byte
+// alignment (the kernels' scalar paths); unpadded() reads it back without them.
+template <class T>
+std::vector<T> padded(const std::vector<T>& v, std::size_t pad) {
+  std::vector<T> out(pad + v.size(), T{});
+  std::copy(v.begin(), v.end(), out.begin() + static_cast<std::ptrdiff_t>(pad));
+  return out;
+}
+template <class T>
+std::vector<T> unpadded(const DeviceBuffer<T>& buffer, std::size_t pad) {
+  const std::vector<T> all = buffer.host();
+  return std::vector<T>(all.begin() + static_cast<std::ptrdiff_t>(pad), all.end());
+}
 
 // x rounded through bf16 (what a bf16 tensor holding x stores).
 inline float round_bf16(float x) { return to_float(to_bf16(x)); }

@@ -20,6 +20,8 @@ namespace {
 
 using kiln::bf16;
 using kiln::testing::DeviceBuffer;
+using kiln::testing::padded;
+using kiln::testing::unpadded;
 using kiln::testing::expect_close;
 using kiln::testing::round_bf16;
 
@@ -41,17 +43,6 @@ std::vector<float> rounded(std::vector<float> v) {
   return v;
 }
 
-template <class T>
-std::vector<T> padded(const std::vector<T>& v, std::size_t pad) {
-  std::vector<T> out(pad + v.size(), T{});
-  std::copy(v.begin(), v.end(), out.begin() + static_cast<std::ptrdiff_t>(pad));
-  return out;
-}
-template <class T>
-std::vector<T> unpadded(const DeviceBuffer<T>& buffer, std::size_t pad) {
-  const std::vector<T> all = buffer.host();
-  return std::vector<T>(all.begin() + static_cast<std::ptrdiff_t>(pad), all.end());
-}
 
 template <class T>
 void expect_bits_equal(const std::vector<T>& actual, const std::vector<T>& expected, const char* what) {

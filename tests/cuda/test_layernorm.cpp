@@ -19,6 +19,8 @@ namespace {
 
 using kiln::bf16;
 using kiln::testing::DeviceBuffer;
+using kiln::testing::padded;
+using kiln::testing::unpadded;
 using kiln::testing::expect_close;
 using kiln::testing::round_bf16;
 
@@ -62,18 +64,6 @@ std::vector<float> activations(std::int64_t rows, std::int64_t c, unsigned seed)
   return v;
 }
 
-// `pad` leading elements, so that the tensor starts off the 16-byte alignment.
-template <class T>
-std::vector<T> padded(const std::vector<T>& v, std::size_t pad) {
-  std::vector<T> out(pad + v.size(), T{});
-  std::copy(v.begin(), v.end(), out.begin() + static_cast<std::ptrdiff_t>(pad));
-  return out;
-}
-template <class T>
-std::vector<T> unpadded(const DeviceBuffer<T>& buffer, std::size_t pad) {
-  const std::vector<T> all = buffer.host();
-  return std::vector<T>(all.begin() + static_cast<std::ptrdiff_t>(pad), all.end());
-}
 
 std::vector<float> as_float(const std::vector<bf16>& v) { return kiln::testing::to_float(v); }
 

@@ -4,6 +4,7 @@
 
 #include <vector>
 
+#include "kernels/device.h"
 #include "parallel/nccl_communicator.h"
 #include "test_world.h"
 
@@ -17,7 +18,7 @@ TEST(Nccl, CollectivesMatchTheMpiCommunicator) {
 #ifndef KILN_WITH_NCCL
   GTEST_SKIP() << "built without NCCL";
 #else
-  if (!kiln::cuda_device_available()) GTEST_SKIP() << "no CUDA device";
+  if (!kiln::device::cuda_available()) GTEST_SKIP() << "no CUDA device";
   int devices = 0;
   cudaGetDeviceCount(&devices);
   auto nccl = kiln::make_nccl_communicator(world(), world().local_rank() % devices, 60.0);
