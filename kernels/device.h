@@ -6,8 +6,8 @@
 // All device work is ordered on one stream per process (kiln::cuda::stream() in
 // kernels/cuda/runtime.h): kernels, copies and the caching allocator's reuse of freed blocks.
 // A block freed here can be handed out again at once, because any later use is queued behind
-// every earlier use on that same stream. Host code reads device memory only through
-// copy_to_host, which synchronises; nothing else inside a training step blocks the host.
+// every earlier use on that same stream. Host code waits for the device only in copy_to_host,
+// synchronize and Event::wait; a training step uses them only where a logged value is read.
 #pragma once
 
 #include <cstddef>
@@ -47,5 +47,53 @@ void copy_on_device(void* dst, const void* src, std::size_t nbytes);
 void fill_zero(void* dst, std::size_t nbytes);
 // Waits for every queued kernel and copy; rethrows an asynchronous kernel error as kiln::Error.
 void synchronize();
+
+// Page-locked host memory. Copies between it and the device are queued and return at once (from
+// pageable memory the driver may make the host wait for the stream); the caller must not touch
+// the bytes until the copy is known to be done (Event::wait, synchronize).
+void* alloc_pinned(std::size_t nbytes);
+void free_pinned(void* ptr);
+// Queues a copy into pinned host memory without waiting for it.
+void copy_to_host_async(void* pinned_dst, const void* src, std::size_t nbytes);
+
+// Owns page-locked memory of at least the size last reserved (contents are not kept on growth).
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  ~PinnedBuffer() { free_pinned(ptr_); }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  void reserve(std::size_t nbytes) {
+    if (nbytes <= size_) return;
+    free_pinned(ptr_);
+    ptr_ = nullptr;
+    size_ = 0;
+    ptr_ = alloc_pinned(nbytes);
+    size_ = nbytes;
+  }
+  std::byte* data() const { return static_cast<std::byte*>(ptr_); }
+  std::size_t size() const { return size_; }
+
+ private:
+  void* ptr_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+// A point in the stream: record() marks the end of the work queued so far, wait() blocks the host
+// until the device has passed it (at once when never recorded). Used to reuse a pinned staging
+// buffer only after the device has read it.
+class Event {
+ public:
+  Event() = default;
+  ~Event();
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  void record();
+  void wait();
+
+ private:
+  void* handle_ = nullptr;  // cudaEvent_t, created on the first record()
+  bool recorded_ = false;
+};
 
 }  // namespace kiln::device

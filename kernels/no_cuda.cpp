@@ -31,5 +31,13 @@ void copy_to_host(void*, const void*, std::size_t) { no_cuda(); }
 void copy_on_device(void*, const void*, std::size_t) { no_cuda(); }
 void fill_zero(void*, std::size_t) { no_cuda(); }
 void synchronize() {}
+void* alloc_pinned(std::size_t) { no_cuda(); }
+void free_pinned(void* ptr) {
+  if (ptr) no_cuda();
+}
+void copy_to_host_async(void*, const void*, std::size_t) { no_cuda(); }
+Event::~Event() = default;
+void Event::record() { no_cuda(); }
+void Event::wait() {}
 
 }  // namespace kiln::device

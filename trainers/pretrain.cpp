@@ -72,8 +72,9 @@ StepLoss PretrainStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
   const float scale = static_cast<float>(1.0 / ctx.sum_over_replicas(static_cast<double>(step.tokens)));
   for (std::size_t i = 0; i < micro_.size(); ++i) {
     if (i + 1 == micro_.size()) ctx.before_last_backward();
-    step.loss_sum += model.forward_backward(micro_[i], scale);
+    model.queue_forward_backward(micro_[i], scale);
   }
+  step.loss_sum = model.take_loss_sum();  // the step's one wait for the device
   return step;
 }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "core/rng.h"
 #include "kernels/device.h"
@@ -294,7 +295,7 @@ void Gpt::ensure_activations(int batch, int seq_len) {
   }
   positions_.resize(n);
   for (std::int64_t i = 0; i < n; ++i) positions_[i] = static_cast<std::int32_t>(i % seq_len);
-  if (device_ != Device::cpu) stage(positions_, default_positions_);
+  if (device_ != Device::cpu) stage(positions_, default_positions_);  // pageable: once per shape
   // One layout per distinct pattern (dense when the shape names none).
   layouts_.clear();
   layer_layout_.assign(shape_.n_layer, 0);
@@ -348,29 +349,52 @@ std::int64_t Gpt::activation_bytes() const {
 }
 
 // Host vector -> device buffer (grown when too small; int32 and uint8 data kept in an f32
-// tensor's bytes), on the stream. The copy is from pageable memory: the source may be reused as
-// soon as this returns, and the driver may order it with the stream's earlier work. On the cpu
-// the vector itself is used.
+// tensor's bytes), on the stream. Through `pinned` when given (the bytes are copied there first
+// and the copy returns at once); otherwise from pageable memory, where the driver may wait for
+// the stream. On the cpu the vector itself is used.
 template <class T>
-const T* Gpt::stage(const std::vector<T>& host, Tensor& buffer) {
+const T* Gpt::stage(const std::vector<T>& host, Tensor& buffer, std::byte* pinned) {
   if (device_ == Device::cpu) return host.data();
   const auto bytes = static_cast<std::int64_t>(host.size() * sizeof(T));
   const std::int64_t words = std::max<std::int64_t>(1, (bytes + 3) / 4);
   if (!buffer.defined() || buffer.numel() < words) buffer = Tensor::empty({words}, DType::f32, device_);
-  device::copy_to_device(buffer.raw(), host.data(), static_cast<std::size_t>(bytes));
+  const void* src = host.data();
+  if (pinned) {
+    std::memcpy(pinned, host.data(), static_cast<std::size_t>(bytes));
+    src = pinned;
+  }
+  device::copy_to_device(buffer.raw(), src, static_cast<std::size_t>(bytes));
   return static_cast<const T*>(buffer.raw());
 }
 
 Gpt::DeviceBatch Gpt::stage_batch(const Batch& batch) {
+  // Pinned offsets, 64-byte aligned, for the parts this batch has (none on the cpu).
+  std::size_t offsets[5] = {}, total = 0;
+  const std::size_t sizes[5] = {batch.inputs.size() * sizeof(std::int32_t),
+                                batch.targets.size() * sizeof(std::int32_t),
+                                batch.positions.size() * sizeof(std::int32_t),
+                                batch.mask.size() * sizeof(std::uint8_t),
+                                batch.segments.size() * sizeof(std::int32_t)};
+  std::byte* at[5] = {};
+  if (device_ != Device::cpu) {
+    for (int i = 0; i < 5; ++i) {
+      offsets[i] = total;
+      total += (sizes[i] + 63) / 64 * 64;
+    }
+    staged_event_.wait();  // the device has copied the previous batch out of staging_
+    staging_.reserve(total);
+    for (int i = 0; i < 5; ++i) at[i] = staging_.data() + offsets[i];
+  }
   DeviceBatch d;
-  d.inputs = stage(batch.inputs, staged_inputs_);
-  d.targets = stage(batch.targets, staged_targets_);
+  d.inputs = stage(batch.inputs, staged_inputs_, at[0]);
+  d.targets = stage(batch.targets, staged_targets_, at[1]);
   d.positions = batch.positions.empty()
                     ? (device_ == Device::cpu ? positions_.data()
                                               : static_cast<const std::int32_t*>(default_positions_.raw()))
-                    : stage(batch.positions, staged_positions_);
-  d.mask = batch.mask.empty() ? nullptr : stage(batch.mask, staged_mask_);
-  d.segments = batch.segments.empty() ? nullptr : stage(batch.segments, staged_segments_);
+                    : stage(batch.positions, staged_positions_, at[2]);
+  d.mask = batch.mask.empty() ? nullptr : stage(batch.mask, staged_mask_, at[3]);
+  d.segments = batch.segments.empty() ? nullptr : stage(batch.segments, staged_segments_, at[4]);
+  if (device_ != Device::cpu) staged_event_.record();
   return d;
 }
 
@@ -553,7 +577,7 @@ double Gpt::forward(const Batch& batch) {
   return loss_sum(n);
 }
 
-double Gpt::forward_backward(const Batch& batch, float loss_scale) {
+void Gpt::queue_forward_backward(const Batch& batch, float loss_scale) {
   KILN_CHECK(loss_scale > 0.0f, "forward_backward needs a positive loss scale, got ", loss_scale);
   run_forward(batch);
   const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len;
@@ -566,9 +590,44 @@ double Gpt::forward_backward(const Batch& batch, float loss_scale) {
     run_backward_bf16();
   else
     run_backward(batch);
-  // After backward (which leaves the losses alone), so the device is not idle while it waits.
-  const double sum = loss_sum(n);
-  return sum;
+  queue_losses(n);  // backward leaves the losses alone
+}
+
+void Gpt::queue_losses(std::int64_t n) {
+  if (device_ == Device::cpu) {
+    loss_sums_.push_back(loss_sum(n));
+    return;
+  }
+  const auto bytes = static_cast<std::size_t>(n) * sizeof(float);
+  if ((static_cast<std::size_t>(loss_queued_) + static_cast<std::size_t>(n)) * sizeof(float) > loss_host_.size()) {
+    drain_losses();  // waits: only while the buffer grows to the step's size
+    loss_host_.reserve(std::max(bytes, 2 * loss_host_.size()));
+  }
+  device::copy_to_host_async(loss_host_.data() + loss_queued_ * sizeof(float), losses_.raw(), bytes);
+  loss_counts_.push_back(n);
+  loss_queued_ += n;
+}
+
+void Gpt::drain_losses() {
+  if (loss_counts_.empty()) return;
+  device::synchronize();
+  const auto* losses = reinterpret_cast<const float*>(loss_host_.data());
+  for (const std::int64_t n : loss_counts_) {
+    double sum = 0.0;
+    for (std::int64_t i = 0; i < n; ++i) sum += losses[i];
+    loss_sums_.push_back(sum);
+    losses += n;
+  }
+  loss_counts_.clear();
+  loss_queued_ = 0;
+}
+
+double Gpt::take_loss_sum() {
+  drain_losses();
+  double total = 0.0;
+  for (const double s : loss_sums_) total += s;
+  loss_sums_.clear();
+  return total;
 }
 
 void Gpt::block_backward_pre(int l, const float* in, float* dres) {

@@ -21,6 +21,7 @@
 #include "core/model/attention_layout.h"
 #include "core/model/tensor_parallel.h"
 #include "core/tensor.h"
+#include "kernels/device.h"
 
 namespace kiln {
 
@@ -120,9 +121,17 @@ class Gpt {
   // the logits (B, T, Vp).
   double forward(const Batch& batch);
   // Forward, fused cross-entropy and backward; gradients are ACCUMULATED into the gradient
-  // buffer with loss scaled by loss_scale (1 / tokens in the whole step). Returns the
-  // unscaled sum of per-token losses.
-  double forward_backward(const Batch& batch, float loss_scale);
+  // buffer with loss scaled by loss_scale (1 / tokens in the whole step). Queued on cuda: the
+  // host does not wait for the device, and the batch may be reused as soon as this returns.
+  void queue_forward_backward(const Batch& batch, float loss_scale);
+  // The unscaled sum of per-token losses of every queued_forward_backward since the last call,
+  // summed micro-batch by micro-batch in queue order. Waits for the device: once per step.
+  double take_loss_sum();
+  // Both of the above for one batch.
+  double forward_backward(const Batch& batch, float loss_scale) {
+    queue_forward_backward(batch, loss_scale);
+    return take_loss_sum();
+  }
   void zero_grad() { grad_buffer_.zero_(); }
 
   // Called during backward each time parameters [first, end) (indices into parameters()) hold
@@ -233,10 +242,14 @@ class Gpt {
     const std::uint8_t* mask = nullptr;
     const std::int32_t* segments = nullptr;
   };
+  // A batch is copied through one pinned buffer, reused once the device has read the last batch
+  // from it (staged_event_), so the host never waits on pageable copies.
   DeviceBatch stage_batch(const Batch& batch);
   template <class T>
-  const T* stage(const std::vector<T>& host, Tensor& buffer);
+  const T* stage(const std::vector<T>& host, Tensor& buffer, std::byte* pinned = nullptr);
   DeviceBatch staged_;
+  device::PinnedBuffer staging_;
+  device::Event staged_event_;
   Tensor staged_inputs_, staged_targets_, staged_positions_, staged_mask_, staged_segments_,
       default_positions_;
   struct DeviceLayout {
@@ -246,6 +259,14 @@ class Gpt {
   std::vector<DeviceLayout> device_layouts_;
   // Sum of losses_ over n tokens (a copy to the host on cuda: the logged loss).
   double loss_sum(std::int64_t n) const;
+  // Queued losses: on cuda each micro-batch's losses_ are copied into loss_host_ without waiting
+  // (loss_counts_ holds their lengths); drain_losses() waits once and sums them into loss_sums_.
+  void queue_losses(std::int64_t n);
+  void drain_losses();
+  device::PinnedBuffer loss_host_;
+  std::vector<std::int64_t> loss_counts_;
+  std::int64_t loss_queued_ = 0;  // floats in loss_host_
+  std::vector<double> loss_sums_;
 };
 
 }  // namespace kiln

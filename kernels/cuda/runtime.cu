@@ -176,4 +176,33 @@ void fill_zero(void* dst, std::size_t nbytes) {
 }
 void synchronize() { KILN_CUDA_CHECK(cudaStreamSynchronize(cuda::stream())); }
 
+void* alloc_pinned(std::size_t nbytes) {
+  void* ptr = nullptr;
+  KILN_CUDA_CHECK(cudaMallocHost(&ptr, nbytes ? nbytes : 1));
+  return ptr;
+}
+void free_pinned(void* ptr) {
+  if (ptr) cudaFreeHost(ptr);  // implicitly synchronises the device: only on growth or exit
+}
+void copy_to_host_async(void* pinned_dst, const void* src, std::size_t nbytes) {
+  if (nbytes == 0) return;
+  KILN_CUDA_CHECK(cudaMemcpyAsync(pinned_dst, src, nbytes, cudaMemcpyDeviceToHost, cuda::stream()));
+}
+
+Event::~Event() {
+  if (handle_) cudaEventDestroy(static_cast<cudaEvent_t>(handle_));
+}
+void Event::record() {
+  if (!handle_) {
+    cudaEvent_t created = nullptr;
+    KILN_CUDA_CHECK(cudaEventCreateWithFlags(&created, cudaEventDisableTiming));
+    handle_ = created;
+  }
+  KILN_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(handle_), cuda::stream()));
+  recorded_ = true;
+}
+void Event::wait() {
+  if (recorded_) KILN_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(handle_)));
+}
+
 }  // namespace kiln::device

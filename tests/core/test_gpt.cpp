@@ -102,6 +102,24 @@ TEST(Gpt, RecomputationGivesIdenticalGradientsWithLessMemory) {
   }
 }
 
+// Micro-batches queued and collected once give the losses and gradients of one call per batch,
+// in order; a second collection finds nothing queued.
+TEST(Gpt, QueuedMicroBatchesMatchOneCallPerBatch) {
+  kiln::Gpt a(tiny_shape(false)), b(tiny_shape(false));
+  a.init_weights(5, 0.3f);
+  b.init_weights(5, 0.3f);
+  const kiln::Batch first = tiny_batch(2, 20, 37, true), second = tiny_batch(3, 24, 37, false);
+  double one_by_one = 0.0;
+  one_by_one += a.forward_backward(first, 0.01f);
+  one_by_one += a.forward_backward(second, 0.01f);
+  b.queue_forward_backward(first, 0.01f);
+  b.queue_forward_backward(second, 0.01f);
+  EXPECT_EQ(one_by_one, b.take_loss_sum());
+  EXPECT_EQ(0.0, b.take_loss_sum());
+  EXPECT_GT(one_by_one, 0.0);
+  EXPECT_EQ(0, std::memcmp(a.gradient_buffer().raw(), b.gradient_buffer().raw(), a.gradient_buffer().nbytes()));
+}
+
 TEST(Gpt, InitialisationIsIndependentOfThreadCount) {
   kiln::Gpt a(tiny_shape(false)), b(tiny_shape(false));
   const int threads = omp_get_max_threads();
