@@ -121,7 +121,7 @@ void log_keys(Schema& s) {
       .key("every", &LogConfig::every, at_least(1), "steps between log lines")
       .key("progress", &LogConfig::progress, one_of(kProgressChoices),
            "progress bar (auto: on when stdout is a terminal)")
-      .key("peak_flops", &LogConfig::peak_flops, above(0), "peak FLOP/s of the hardware, for MFU");
+      .key("peak_flops", &LogConfig::peak_flops, above(0), "peak FLOP/s for MFU: of one machine (cpu) or of one GPU (cuda)");
 }
 
 void parallel_keys(Schema& s) {

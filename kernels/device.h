@@ -21,6 +21,11 @@ namespace kiln::device {
 bool cuda_available();
 // "NVIDIA H200 (sm_90, 139.8 GiB)" or why there is none.
 std::string cuda_description();
+// How many CUDA devices this process sees (0 on any error).
+int device_count();
+// Makes `index` this process's device (one process per GPU under mpirun). Must come before
+// anything touches the device: the stream and every allocation belong to the current device.
+void use_device(int index);
 
 // Caching allocator: blocks are kept after free and reused for requests of their size class
 // (sizes round up to 512 bytes below 1 MiB and to 2 MiB above), so a training step allocates
@@ -90,6 +95,8 @@ class Event {
   Event& operator=(const Event&) = delete;
   void record();
   void wait();
+  // The cudaEvent_t, for another stream to wait on (nullptr before the first record()).
+  void* native() const { return handle_; }
 
  private:
   void* handle_ = nullptr;  // cudaEvent_t, created on the first record()

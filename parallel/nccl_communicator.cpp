@@ -18,7 +18,7 @@ namespace kiln {
 
 #ifndef KILN_WITH_NCCL
 
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator&, int, double) {
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator&, int, double, const std::string&) {
   throw Error("this build of kiln has no NCCL; build where the CUDA toolkit and NCCL are installed");
 }
 
@@ -91,11 +91,13 @@ class NcclCommunicator : public Communicator {
   std::string name() const override { return "nccl:" + label_; }
 
   std::unique_ptr<CommHandle> all_reduce_async(float* data, std::int64_t n, ReduceOp op) override {
+    after_compute();
     nccl_check(ncclAllReduce(data, data, n, ncclFloat, op == ReduceOp::max ? ncclMax : ncclSum, comm_, stream_),
                "AllReduce");
     return record("all_reduce", n);
   }
   std::unique_ptr<CommHandle> reduce_scatter_async(const float* input, float* output, std::int64_t n) override {
+    after_compute();
     // NCCL's reduce-scatter takes equal chunks: uneven sizes go through a padded temporary.
     const std::int64_t chunk = (n + size_ - 1) / size_;
     if (chunk * size_ == n) {
@@ -116,6 +118,7 @@ class NcclCommunicator : public Communicator {
     return record("reduce_scatter", n);
   }
   std::unique_ptr<CommHandle> all_gather_async(const float* input, float* output, std::int64_t n) override {
+    after_compute();
     const std::int64_t chunk = (n + size_ - 1) / size_;
     if (chunk * size_ == n) {
       nccl_check(ncclAllGather(input, output, chunk, ncclFloat, comm_, stream_), "AllGather");
@@ -134,6 +137,7 @@ class NcclCommunicator : public Communicator {
     return record("all_gather", n);
   }
   std::unique_ptr<CommHandle> broadcast_async(float* data, std::int64_t n, int root) override {
+    after_compute();
     nccl_check(ncclBroadcast(data, data, n, ncclFloat, root, comm_, stream_), "Broadcast");
     return record("broadcast", n);
   }
@@ -155,6 +159,14 @@ class NcclCommunicator : public Communicator {
   }
 
  private:
+  // The data comes from kernels on kiln's compute stream (kiln::cuda::stream()), queued but
+  // perhaps not yet run: this communicator's stream waits for them before the collective reads
+  // it. The caller waits on the returned handle before the compute stream uses the result.
+  void after_compute() {
+    compute_done_.record();
+    cuda_check(cudaStreamWaitEvent(stream_, static_cast<cudaEvent_t>(compute_done_.native()), 0),
+               "StreamWaitEvent");
+  }
   std::unique_ptr<CommHandle> record(const char* op, std::int64_t n) {
     cudaEvent_t event;
     cuda_check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "EventCreate");
@@ -183,14 +195,16 @@ class NcclCommunicator : public Communicator {
   double* scalar_ = nullptr;
   float* scratch_ = nullptr;
   std::int64_t scratch_size_ = 0;
+  device::Event compute_done_;
 };
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator& world, int device, double timeout_s) {
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& world, int device, double timeout_s,
+                                                    const std::string& label) {
   KILN_CHECK(device::cuda_available(), "no CUDA device is visible to rank ", world.rank(),
              "; NCCL needs one GPU per rank");
-  cuda_check(cudaSetDevice(device), "SetDevice");
+  device::use_device(device);
   // The unique id travels over the MPI world as floats (a byte-exact copy).
   ncclUniqueId id;
   std::vector<float> packed((sizeof id + sizeof(float) - 1) / sizeof(float), 0.0f);
@@ -202,7 +216,7 @@ std::unique_ptr<Communicator> make_nccl_communicator(Communicator& world, int de
   std::memcpy(&id, packed.data(), sizeof id);
   ncclComm_t comm = nullptr;
   nccl_check(ncclCommInitRank(&comm, world.size(), id, world.rank()), "CommInitRank");
-  return std::make_unique<NcclCommunicator>(comm, "world", timeout_s, world.local_rank(), world.local_size());
+  return std::make_unique<NcclCommunicator>(comm, label, timeout_s, world.local_rank(), world.local_size());
 }
 
 #endif

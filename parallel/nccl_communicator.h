@@ -6,13 +6,17 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "parallel/communicator.h"
 
 namespace kiln {
 
-// An NCCL communicator over the same ranks as `world` (an MPI or single-rank communicator),
-// using CUDA device `device`. Throws kiln::Error when kiln was built without NCCL.
-std::unique_ptr<Communicator> make_nccl_communicator(Communicator& world, int device, double timeout_s);
+// An NCCL communicator over the same ranks as `world` (an MPI or single-rank communicator, or a
+// group split from one), using CUDA device `device` (device::use_device); `label` names the
+// group in errors. Collectives read device memory that kernels on kiln's compute stream wrote,
+// after those kernels. Throws kiln::Error when kiln was built without NCCL.
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& world, int device, double timeout_s,
+                                                    const std::string& label = "world");
 
 }  // namespace kiln

@@ -20,6 +20,7 @@
 #include "core/checkpoint/run_dir.h"
 #include "core/data/corpus_cache.h"
 #include "kernels/device.h"
+#include "parallel/nccl_communicator.h"
 #include "parallel/tensor_parallel_group.h"
 #include "trainers/metrics.h"
 
@@ -151,10 +152,23 @@ Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext&
     KILN_CHECK(device::cuda_available(), "train.device=cuda, but ", device::cuda_description(),
                "; train on the cpu (train.device=cpu) or on a machine with a GPU and a kiln "
                "built with nvcc");
-    KILN_CHECK(parallel_.dims.world == 1, "train.device=cuda runs as one process in this "
-               "version (", parallel_.dims.world, " ranks were started): data and tensor "
-               "parallelism over NCCL are not wired into the trainer yet; start one process, or "
-               "train.device=cpu for MPI");
+    KILN_CHECK(parallel_.dims.tp == 1, "train.device=cuda with parallel.tensor=", parallel_.dims.tp,
+               ": tensor parallelism runs on the cpu only in this version; use data parallelism "
+               "(parallel.tensor=1) on GPUs");
+    KILN_CHECK(config_.parallel.zero == 0 || parallel_.dims.dp == 1, "train.device=cuda with "
+               "parallel.zero=1: ZeRO-1 runs on the cpu only in this version; set parallel.zero=0");
+    // One GPU per rank: the rank's place on its machine, or the one device a launcher that
+    // binds GPUs (srun --gpus-per-task=1) leaves visible.
+    const int devices = device::device_count(), local = parallel_.world->local_rank();
+    KILN_CHECK(devices == 1 || local < devices, "rank ", parallel_.rank, " is rank ", local,
+               " on its machine, which shows only ", devices, " CUDA devices: start at most one "
+               "rank per GPU");
+    const int gpu = devices == 1 ? 0 : local;
+    device::use_device(gpu);
+    // Gradients are summed over the data-parallel group on the GPUs, by NCCL (before the memory
+    // baseline below: NCCL's own buffers are not kiln's to plan).
+    if (parallel_.dims.dp > 1)
+      grad_comm_ = make_nccl_communicator(*parallel_.dp, gpu, config_.parallel.timeout_s, "data-parallel");
     device_ = Device::cuda;
     // The baseline of the memory report: blocks cached from earlier work in this process go
     // back to CUDA first, so what this run allocates is measured, not what it reuses.
@@ -176,7 +190,9 @@ Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext&
     grad_shard_ = Tensor::zeros({mine.size()});
   } else {
     optimizer_ = std::make_unique<AdamW>(config_.optim, *model_);
-    if (parallel_.dims.dp > 1) sync_ = std::make_unique<GradientSync>(*model_, *parallel_.dp, config_.parallel.bucket_mb);
+    if (parallel_.dims.dp > 1)
+      sync_ = std::make_unique<GradientSync>(*model_, grad_comm_ ? *grad_comm_ : *parallel_.dp,
+                                             config_.parallel.bucket_mb);
   }
 }
 
@@ -358,8 +374,9 @@ TrainResult Trainer::run() {
   const int dp = parallel_.dims.dp;
   const std::int64_t global_batch = static_cast<std::int64_t>(config_.train.micro_batch) * config_.train.grad_accum * dp;
   const double flops_per_token = shape.flops_per_token(config_.train.seq_len);
-  // log.peak_flops is one machine's; ranks on one machine share it.
-  const double peak = config_.log.peak_flops * parallel_.dims.world / parallel_.world->local_size();
+  // log.peak_flops is one machine's on the cpu (its ranks share it) and one GPU's on cuda.
+  const double peak = config_.log.peak_flops * parallel_.dims.world /
+                      (device_ == Device::cuda ? 1 : parallel_.world->local_size());
   say(message("model: ", shape.n_layer, " layers, ", shape.n_head, " heads, width ", shape.n_embd,
               ", vocab ", shape.vocab, " (padded ", shape.padded_vocab, "), ",
               shape.post_norm ? "post" : "pre", "-LN, ", shape.num_params(), " parameters, ",

@@ -82,6 +82,7 @@ class Trainer {
   std::unique_ptr<TensorParallelGroup> tp_ops_;  // the model's tensor-parallel group (tp > 1)
   std::unique_ptr<Gpt> model_;
   std::unique_ptr<AdamW> optimizer_;    // the whole model, or this rank's slice (ZeRO-1)
+  std::unique_ptr<Communicator> grad_comm_;  // cuda with dp > 1: NCCL over parallel_.dp's ranks
   std::unique_ptr<GradientSync> sync_;  // data parallelism without ZeRO
   Tensor grad_shard_;                   // ZeRO-1: this rank's summed gradient slice
   std::int64_t start_step_ = 0;

@@ -16,10 +16,15 @@ void check(cudaError_t status, const char* what, const char* file, int line) {
                       ") in ", what, " at ", file, ":", line));
 }
 
+namespace {
+bool stream_made = false;  // device::use_device may not switch devices after this
+}  // namespace
+
 cudaStream_t stream() {
   static cudaStream_t s = [] {
     cudaStream_t created = nullptr;
     KILN_CUDA_CHECK(cudaStreamCreateWithFlags(&created, cudaStreamNonBlocking));
+    stream_made = true;
     return created;
   }();
   return s;
@@ -137,6 +142,24 @@ std::string cuda_description() {
   KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
   return message(prop.name, " (sm_", prop.major, prop.minor, ", ",
                  static_cast<double>(prop.totalGlobalMem) / (1 << 30), " GiB)");
+}
+
+int device_count() {
+  if (!cuda_available()) return 0;
+  int count = 0;
+  KILN_CUDA_CHECK(cudaGetDeviceCount(&count));
+  return count;
+}
+
+void use_device(int index) {
+  const int count = device_count();
+  KILN_CHECK(index >= 0 && index < count, "CUDA device ", index, " asked for, but this process sees ",
+             count, " (check CUDA_VISIBLE_DEVICES and the number of ranks per machine)");
+  int current = 0;
+  KILN_CUDA_CHECK(cudaGetDevice(&current));
+  KILN_CHECK(current == index || !cuda::stream_made, "use_device(", index, ") after device ", current,
+             " was already in use by this process");
+  KILN_CUDA_CHECK(cudaSetDevice(index));
 }
 
 void* alloc(std::size_t nbytes) { return allocator().allocate(nbytes); }

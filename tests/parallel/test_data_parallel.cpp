@@ -10,6 +10,7 @@
 
 #include "core/data/shard.h"
 #include "core/rng.h"
+#include "kernels/device.h"
 #include "parallel/layout.h"
 #include "test_world.h"
 #include "trainers/trainer.h"
@@ -114,6 +115,21 @@ TEST_F(DataParallelTest, MatchesOneRankAtTheSameGlobalBatch) {
   expect_close(many.losses, one.losses, 0, 1e-5);
   ASSERT_TRUE(many.last_val_loss && one.last_val_loss);
   EXPECT_NEAR(*many.last_val_loss, *one.last_val_loss, 1e-5 * *one.last_val_loss);
+}
+
+// train.device=cuda over NCCL, one GPU per rank, against the CPU at the same global batch (fp32
+// kernels that differ only in summation order: within 1e-3 over 20 steps). Needs a GPU for each
+// rank of the machine; skipped otherwise (NCCL refuses two ranks on one GPU).
+TEST_F(DataParallelTest, OnGpusOverNcclMatchesOneCpuRank) {
+  if (world().size() < 2 || kiln::device::device_count() < world().local_size())
+    GTEST_SKIP() << "needs one CUDA device per rank (" << world().local_size() << " ranks here, "
+                 << kiln::device::device_count() << " devices)";
+  const kiln::TrainResult one = single("one");
+  kiln::ExperimentConfig c = config("dp_cuda", world().size());
+  c.train.device = "cuda";
+  const kiln::TrainResult many = parallel(c);
+  ASSERT_EQ(many.losses.size(), 20u);
+  expect_close(many.losses, one.losses, 0, 1e-3);
 }
 
 TEST_F(DataParallelTest, ZeroOneMatchesPlainAllReduce) {
