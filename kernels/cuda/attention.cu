@@ -63,7 +63,7 @@ __device__ __forceinline__ float dot_rows(const float* x, const float* y, int hd
 // grid (b * nh, query tiles of 16, last first). Thread (ty, tx): query row ty; key tx for scores,
 // columns tx, tx + 16, ... for the output.
 __global__ void __launch_bounds__(kThreadsF32) forward_f32_kernel(const F32Args a) {
-  extern __shared__ float smem[];
+  KILN_DYNAMIC_SHARED(float, smem);
   const int hd = a.hd, pitch = hd + 1;
   float* q_s = smem;               // (16, pitch)
   float* k_s = q_s + kT * pitch;   // (16, pitch)
@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(kThreadsF32) forward_f32_kernel(const F32Args 
 // grid (b * nh, key tiles of 16). Thread (ty, tx): key ty; query tx for scores, columns tx,
 // tx + 16, ... for dK and dV. Walks the query blocks of the key's layout column.
 __global__ void __launch_bounds__(kThreadsF32) dkdv_f32_kernel(const F32Args a) {
-  extern __shared__ float smem[];
+  KILN_DYNAMIC_SHARED(float, smem);
   const int hd = a.hd, pitch = hd + 1;
   float* k_s = smem;                // (16, pitch)
   float* v_s = k_s + kT * pitch;    // (16, pitch)
@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(kThreadsF32) dkdv_f32_kernel(const F32Args a) 
 
 // grid (b * nh, query tiles of 16, last first): dQ = scale * sum dS K over the row's keys.
 __global__ void __launch_bounds__(kThreadsF32) dq_f32_kernel(const F32Args a) {
-  extern __shared__ float smem[];
+  KILN_DYNAMIC_SHARED(float, smem);
   const int hd = a.hd, pitch = hd + 1;
   float* q_s = smem;                // (16, pitch)
   float* do_s = q_s + kT * pitch;   // (16, pitch)
@@ -274,7 +274,7 @@ void row_dot(float* delta, const T* dout, const T* out, std::int64_t b, std::int
   const std::int64_t rows = b * t * nh;
   constexpr int kThreads = 256;
   const std::int64_t blocks = ceil_div(rows * 32, kThreads);
-  row_dot_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream()>>>(
+  KILN_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, row_dot_kernel<T>)(
       delta, dout, out, rows, static_cast<int>(t), static_cast<int>(nh), static_cast<int>(c / nh), c);
   KILN_CUDA_LAUNCH_CHECK();
 }
@@ -288,7 +288,7 @@ __global__ void __launch_bounds__(32 * kDecodeWarps)
     decode_partial_kernel(float* part, const float* q, const float* k_cache, const float* v_cache,
                           std::int64_t n, std::int64_t c, int hd, int splits,
                           const std::uint8_t* key_mask, float scale) {
-  extern __shared__ float smem[];
+  KILN_DYNAMIC_SHARED(float, smem);
   float* q_s = smem;               // (hd)
   float* acc_s = q_s + hd;         // (warps, hd), element d of warp w owned by lane d % 32
   float* stat_s = acc_s + kDecodeWarps * hd;  // (warps, 2): max, sum
@@ -403,7 +403,7 @@ void launch_f32(Kernel kernel, const F32Args& a, std::int64_t b, std::size_t sme
   KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem)));
   const dim3 grid(static_cast<unsigned>(b * a.nh), static_cast<unsigned>(ceil_div(a.t, kT)));
-  kernel<<<grid, kThreadsF32, smem, stream()>>>(a);
+  KILN_LAUNCH(grid, kThreadsF32, smem, kernel)(a);
   KILN_CUDA_LAUNCH_CHECK();
 }
 
@@ -504,11 +504,10 @@ void attention_decode(float* out, const float* q, const float* k_cache, const fl
                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem)));
   const float scale = 1.0f / sqrtf(static_cast<float>(hd));
-  decode_partial_kernel<<<dim3(static_cast<unsigned>(nh), static_cast<unsigned>(splits)),
-                          32 * kDecodeWarps, smem, stream()>>>(part.as<float>(), q, k_cache, v_cache,
-                                                               n, c, hd, splits, key_mask, scale);
+  KILN_LAUNCH(dim3(static_cast<unsigned>(nh), static_cast<unsigned>(splits)), 32 * kDecodeWarps, smem,
+              decode_partial_kernel)(part.as<float>(), q, k_cache, v_cache, n, c, hd, splits, key_mask, scale);
   KILN_CUDA_LAUNCH_CHECK();
-  decode_combine_kernel<<<static_cast<unsigned>(nh), 128, 0, stream()>>>(out, part.as<float>(), hd, splits);
+  KILN_LAUNCH(static_cast<unsigned>(nh), 128, 0, decode_combine_kernel)(out, part.as<float>(), hd, splits);
   KILN_CUDA_LAUNCH_CHECK();
 }
 

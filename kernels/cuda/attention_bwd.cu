@@ -123,7 +123,7 @@ template <int HD>
 __global__ void __launch_bounds__(DkvConfig<HD>::kThreads) dkdv_bf16_kernel(const Args a) {
   using Cfg = DkvConfig<HD>;
   constexpr int kPitch = Cfg::kPitch, kQ = Cfg::kQueries, kThreads = Cfg::kThreads;
-  extern __shared__ uint4 smem_raw[];
+  KILN_DYNAMIC_SHARED(uint4, smem_raw);
   bf16_t* k_s = reinterpret_cast<bf16_t*>(smem_raw);  // (kKeys, kPitch); later dK
   bf16_t* v_s = k_s + Cfg::kKeys * kPitch;             // (kKeys, kPitch); later dV
   bf16_t* q_s = v_s + Cfg::kKeys * kPitch;             // 2 x (kQ, kPitch)
@@ -290,7 +290,7 @@ template <int HD>
 __global__ void __launch_bounds__(DqConfig<HD>::kThreads) dq_bf16_kernel(const Args a) {
   using Cfg = DqConfig<HD>;
   constexpr int kPitch = Cfg::kPitch, kKeys = Cfg::kKeys, kThreads = Cfg::kThreads;
-  extern __shared__ uint4 smem_raw[];
+  KILN_DYNAMIC_SHARED(uint4, smem_raw);
   bf16_t* q_s = reinterpret_cast<bf16_t*>(smem_raw);  // (kRows, kPitch); later dQ
   bf16_t* do_s = q_s + Cfg::kRows * kPitch;            // (kRows, kPitch)
   bf16_t* k_s = do_s + Cfg::kRows * kPitch;            // 2 x (kKeys, kPitch)
@@ -390,10 +390,10 @@ void launch_backward(const Args& a, std::int64_t b) {
   KILN_CUDA_CHECK(opt_in_kv);
   KILN_CUDA_CHECK(opt_in_q);
   const dim3 grid_kv(static_cast<unsigned>(b * a.nh), static_cast<unsigned>(ceil_div(a.t, Kv::kKeys)));
-  dkdv_bf16_kernel<HD><<<grid_kv, Kv::kThreads, Kv::kSmem, stream()>>>(a);
+  KILN_LAUNCH(grid_kv, Kv::kThreads, Kv::kSmem, dkdv_bf16_kernel<HD>)(a);
   KILN_CUDA_LAUNCH_CHECK();
   const dim3 grid_q(static_cast<unsigned>(b * a.nh), static_cast<unsigned>(ceil_div(a.t, Q::kRows)));
-  dq_bf16_kernel<HD><<<grid_q, Q::kThreads, Q::kSmem, stream()>>>(a);
+  KILN_LAUNCH(grid_q, Q::kThreads, Q::kSmem, dq_bf16_kernel<HD>)(a);
   KILN_CUDA_LAUNCH_CHECK();
 }
 

@@ -145,7 +145,7 @@ __global__ void __launch_bounds__(FwdConfig<HD>::kThreads)
   using Cfg = FwdConfig<HD>;
   constexpr int kMT = Cfg::kTilesPerWarp, kPitch = Cfg::kPitch, kKeys = Cfg::kKeys;
   constexpr int kThreads = Cfg::kThreads;
-  extern __shared__ uint4 smem_raw[];
+  KILN_DYNAMIC_SHARED(uint4, smem_raw);
   bf16_t* q_s = reinterpret_cast<bf16_t*>(smem_raw);  // (kRows, kPitch); later the output
   bf16_t* k_s = q_s + Cfg::kRows * kPitch;             // 2 x (kKeys, kPitch)
   bf16_t* v_s = k_s + 2 * kKeys * kPitch;              // 2 x (kKeys, kPitch)
@@ -261,7 +261,7 @@ void launch_forward(const Args& a, std::int64_t b) {
   KILN_CUDA_CHECK(opt_in);
   const dim3 grid(static_cast<unsigned>(b * a.nh),
                   static_cast<unsigned>(ceil_div(a.t, Cfg::kRows)));
-  forward_bf16_kernel<HD><<<grid, Cfg::kThreads, Cfg::kSmem, stream()>>>(a);
+  KILN_LAUNCH(grid, Cfg::kThreads, Cfg::kSmem, forward_bf16_kernel<HD>)(a);
   KILN_CUDA_LAUNCH_CHECK();
 }
 

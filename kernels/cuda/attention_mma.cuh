@@ -1,7 +1,7 @@
 // Device building blocks of the bf16 attention kernels (attention_fwd.cu, attention_bwd.cu):
-// tensor-core fragments (ldmatrix, mma.sync m16n8k16 bf16 -> fp32), cp.async tile loads with
-// zero-fill, staged 128-bit stores, the kernel arguments, and the step queue through which one
-// thread walks the layout (attention_tiling.h) for the whole CTA.
+// tensor-core fragments (ldmatrix, mma.sync m16n8k16 bf16 -> fp32; the PTX itself is in ptx.cuh),
+// cp.async tile loads with zero-fill, staged 128-bit stores, the kernel arguments, and the step
+// queue through which one thread walks the layout (attention_tiling.h) for the whole CTA.
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16 with .bf16; lane = 4 g + q):
 //   A (16 x 16, row-major): a0 (row g, cols 2q, 2q+1), a1 (row g+8, same cols), a2 (row g,
@@ -20,6 +20,7 @@
 
 #include "kernels/attention.h"
 #include "kernels/cuda/attention_tiling.h"
+#include "kernels/cuda/ptx.cuh"
 #include "kernels/cuda/runtime.h"
 
 namespace kiln::cuda::attention_detail {
@@ -52,32 +53,6 @@ struct Args {
   int aligned;       // qkv, out, dout, dst all 16-byte aligned: cp.async and 128-bit stores
 };
 
-__device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void ldsm_x4(std::uint32_t (&r)[4], const bf16_t* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-
-__device__ __forceinline__ void ldsm_x4_trans(std::uint32_t (&r)[4], const bf16_t* p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(smem_u32(p)));
-}
-
-// d += a (16 x 16) * b (16 x 8), fp32 accumulation.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const std::uint32_t (&a)[4],
-                                         std::uint32_t b0, std::uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Two floats as bf16x2 (lo in the low half: the lower column index).
 __device__ __forceinline__ std::uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -105,19 +80,6 @@ __device__ __forceinline__ int a_offset(int lane, int r0, int c0) {
 template <int P>
 __device__ __forceinline__ int b_offset(int lane, int r0, int c0) {
   return (r0 + (lane & 7) + ((lane >> 4) << 3)) * P + c0 + (((lane >> 3) & 1) << 3);
-}
-
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
-               "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 // Rows [first, first + rows) of a (t x HD) slice with row stride `stride` elements into a shared

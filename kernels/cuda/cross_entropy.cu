@@ -225,7 +225,7 @@ void softmax_cross_entropy(float* losses, float* logits, const std::int32_t* tar
                            const std::uint8_t* mask, std::int64_t n, std::int64_t vocab,
                            std::int64_t padded_vocab, float dlogits_scale) {
   if (n == 0) return;
-  softmax_cross_entropy_kernel<float><<<row_blocks(n), kThreads, 0, stream()>>>(
+  KILN_LAUNCH(row_blocks(n), kThreads, 0, softmax_cross_entropy_kernel<float>)(
       losses, logits, targets, mask, vocab, padded_vocab, dlogits_scale);
   KILN_CUDA_LAUNCH_CHECK();
 }
@@ -234,7 +234,7 @@ void softmax_cross_entropy_bf16(float* losses, bf16* logits, const std::int32_t*
                                 const std::uint8_t* mask, std::int64_t n, std::int64_t vocab,
                                 std::int64_t padded_vocab, float dlogits_scale) {
   if (n == 0) return;
-  softmax_cross_entropy_kernel<__nv_bfloat16><<<row_blocks(n), kThreads, 0, stream()>>>(
+  KILN_LAUNCH(row_blocks(n), kThreads, 0, softmax_cross_entropy_kernel<__nv_bfloat16>)(
       losses, reinterpret_cast<__nv_bfloat16*>(logits), targets, mask, vocab, padded_vocab, dlogits_scale);
   KILN_CUDA_LAUNCH_CHECK();
 }
@@ -242,7 +242,7 @@ void softmax_cross_entropy_bf16(float* losses, bf16* logits, const std::int32_t*
 void cross_entropy_local_max(float* row_max, const float* logits, std::int64_t n,
                              std::int64_t real_cols, std::int64_t padded_cols) {
   if (n == 0) return;
-  local_max_kernel<<<row_blocks(n), kThreads, 0, stream()>>>(row_max, logits, real_cols, padded_cols);
+  KILN_LAUNCH(row_blocks(n), kThreads, 0, local_max_kernel)(row_max, logits, real_cols, padded_cols);
   KILN_CUDA_LAUNCH_CHECK();
 }
 
@@ -251,8 +251,8 @@ void cross_entropy_local_sums(float* row_sum, float* target_logit, const float* 
                               std::int64_t real_cols, std::int64_t padded_cols,
                               std::int64_t vocab_first) {
   if (n == 0) return;
-  local_sums_kernel<<<row_blocks(n), kThreads, 0, stream()>>>(row_sum, target_logit, logits, row_max,
-                                                               targets, real_cols, padded_cols, vocab_first);
+  KILN_LAUNCH(row_blocks(n), kThreads, 0, local_sums_kernel)(row_sum, target_logit, logits, row_max, targets,
+                                                             real_cols, padded_cols, vocab_first);
   KILN_CUDA_LAUNCH_CHECK();
 }
 
@@ -261,8 +261,8 @@ void cross_entropy_local_grad(float* logits, const float* row_max, const float* 
                               std::int64_t n, std::int64_t real_cols, std::int64_t padded_cols,
                               std::int64_t vocab_first, float dlogits_scale) {
   if (n == 0) return;
-  local_grad_kernel<<<row_blocks(n), kThreads, 0, stream()>>>(logits, row_max, row_sum, targets, mask,
-                                                               real_cols, padded_cols, vocab_first, dlogits_scale);
+  KILN_LAUNCH(row_blocks(n), kThreads, 0, local_grad_kernel)(logits, row_max, row_sum, targets, mask, real_cols,
+                                                             padded_cols, vocab_first, dlogits_scale);
   KILN_CUDA_LAUNCH_CHECK();
 }
 

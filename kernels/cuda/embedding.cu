@@ -214,22 +214,22 @@ void embedding_backward_impl(float* dwte, float* dwpe, const T* dout, const std:
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(accumulate_chunks(c)));
   const dim3 block(static_cast<unsigned>(accumulate_threads(c)));
   if (wte_pass) {
-    token_keys_kernel<<<grid_for(n), kThreads, 0, stream()>>>(keys_in, order_in, tokens, n, vocab_first, vocab_rows);
+    KILN_LAUNCH(grid_for(n), kThreads, 0, token_keys_kernel)(keys_in, order_in, tokens, n, vocab_first, vocab_rows);
     KILN_CUDA_LAUNCH_CHECK();
     std::size_t bytes = temp_bytes;
     KILN_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, bytes, keys_in, keys_out, order_in, order_out, num, 0,
                                                     token_bits, stream()));
-    accumulate_sorted_kernel<T><<<grid, block, 0, stream()>>>(dwte, dout, keys_out, order_out, n, c,
-                                                              static_cast<std::uint32_t>(vocab_rows));
+    KILN_LAUNCH(grid, block, 0, accumulate_sorted_kernel<T>)(dwte, dout, keys_out, order_out, n, c,
+                                                             static_cast<std::uint32_t>(vocab_rows));
     KILN_CUDA_LAUNCH_CHECK();
   }
   if (wpe_pass) {
-    position_keys_kernel<<<grid_for(n), kThreads, 0, stream()>>>(keys_in, order_in, positions, n);
+    KILN_LAUNCH(grid_for(n), kThreads, 0, position_keys_kernel)(keys_in, order_in, positions, n);
     KILN_CUDA_LAUNCH_CHECK();
     std::size_t bytes = temp_bytes;
     KILN_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, bytes, keys_in, keys_out, order_in, order_out, num, 0, 32,
                                                     stream()));
-    accumulate_sorted_kernel<T><<<grid, block, 0, stream()>>>(dwpe, dout, keys_out, order_out, n, c, kNoPositionKey);
+    KILN_LAUNCH(grid, block, 0, accumulate_sorted_kernel<T>)(dwpe, dout, keys_out, order_out, n, c, kNoPositionKey);
     KILN_CUDA_LAUNCH_CHECK();
   }
 }
@@ -241,11 +241,11 @@ void embedding_forward(float* out, const std::int32_t* tokens, const std::int32_
                        std::int64_t vocab_first, std::int64_t vocab_rows) {
   if (n <= 0 || c <= 0) return;
   if (c % 4 == 0 && aligned(out, 16) && aligned(wte, 16) && aligned(wpe, 16)) {
-    embedding_forward_kernel<4><<<grid_for(n * (c / 4)), kThreads, 0, stream()>>>(
+    KILN_LAUNCH(grid_for(n * (c / 4)), kThreads, 0, embedding_forward_kernel<4>)(
         out, tokens, positions, wte, wpe, n, c, vocab_first, vocab_rows);
   } else {
-    embedding_forward_kernel<1><<<grid_for(n * c), kThreads, 0, stream()>>>(out, tokens, positions, wte, wpe, n, c,
-                                                                            vocab_first, vocab_rows);
+    KILN_LAUNCH(grid_for(n * c), kThreads, 0, embedding_forward_kernel<1>)(out, tokens, positions, wte, wpe, n, c,
+                                                                           vocab_first, vocab_rows);
   }
   KILN_CUDA_LAUNCH_CHECK();
 }
@@ -264,11 +264,11 @@ void embedding_forward_bf16(bf16* out, const std::int32_t* tokens, const std::in
   const auto* te = reinterpret_cast<const std::uint16_t*>(wte);
   const auto* pe = reinterpret_cast<const std::uint16_t*>(wpe);
   if (c % 8 == 0 && aligned(o, 16) && aligned(te, 16) && aligned(pe, 16)) {
-    embedding_forward_bf16_kernel<8><<<grid_for(n * (c / 8)), kThreads, 0, stream()>>>(
+    KILN_LAUNCH(grid_for(n * (c / 8)), kThreads, 0, embedding_forward_bf16_kernel<8>)(
         o, tokens, positions, te, pe, n, c, vocab_first, vocab_rows);
   } else {
-    embedding_forward_bf16_kernel<1><<<grid_for(n * c), kThreads, 0, stream()>>>(o, tokens, positions, te, pe, n, c,
-                                                                                 vocab_first, vocab_rows);
+    KILN_LAUNCH(grid_for(n * c), kThreads, 0, embedding_forward_bf16_kernel<1>)(o, tokens, positions, te, pe, n,
+                                                                                c, vocab_first, vocab_rows);
   }
   KILN_CUDA_LAUNCH_CHECK();
 }

@@ -210,7 +210,7 @@ __global__ void __launch_bounds__(kBackwardMaxGroup)
     backward_kernel(T* dinp, float* __restrict__ partials, const T* dout, const T* __restrict__ inp,
                     const float* __restrict__ gamma, const float* __restrict__ mean,
                     const float* __restrict__ rstd, std::int64_t rows, int c, int group) {
-  extern __shared__ float smem[];
+  KILN_DYNAMIC_SHARED(float, smem);
   float* scratch = smem;
   const int lane = threadIdx.x % group, slot = threadIdx.x / group;
   const int rows_per_block = blockDim.x / group, accesses = c / V;
@@ -409,7 +409,7 @@ void forward(T* residual, T* out, float* mean, float* rstd, const T* inp, const 
   const int ci = static_cast<int>(c);
   if (plan.units == 0) {
     const auto blocks = static_cast<unsigned>(std::min(rows, kMaxGrid));
-    forward_long_kernel<T, kResidual><<<blocks, plan.group, 0, stream()>>>(
+    KILN_LAUNCH(blocks, plan.group, 0, forward_long_kernel<T, kResidual>)(
         residual, out, mean, rstd, inp, delta, gamma, beta, rows, ci);
     KILN_CUDA_LAUNCH_CHECK();
     return;
@@ -418,7 +418,7 @@ void forward(T* residual, T* out, float* mean, float* rstd, const T* inp, const 
   const auto blocks = static_cast<unsigned>(std::min(ceil_div(rows, plan.rows_per_block), kMaxGrid));
   dispatch_plan<T>(plan, [&](auto v, auto k) {
     constexpr int V = decltype(v)::value, K = decltype(k)::value;
-    forward_kernel<T, V, K, kResidual><<<blocks, threads, 0, stream()>>>(
+    KILN_LAUNCH(blocks, threads, 0, forward_kernel<T, V, K, kResidual>)(
         residual, out, mean, rstd, inp, delta, gamma, beta, rows, ci, plan.group);
     KILN_CUDA_LAUNCH_CHECK();
   });
@@ -447,14 +447,14 @@ void backward(T* dinp, float* dgamma, float* dbeta, const T* dout, const T* inp,
   // The partials live until param_grad_kernel has read them: both are queued before ws is freed.
   auto reduce = [&](const Workspace& ws) {
     const dim3 grid(static_cast<unsigned>(ceil_div(c, 32)), 2);
-    param_grad_kernel<<<grid, dim3(32, 32), 0, stream()>>>(dgamma, dbeta, ws.as<float>(),
-                                                           static_cast<int>(blocks), ci);
+    KILN_LAUNCH(grid, dim3(32, 32), 0, param_grad_kernel)(dgamma, dbeta, ws.as<float>(),
+                                                          static_cast<int>(blocks), ci);
     KILN_CUDA_LAUNCH_CHECK();
   };
   if (plan.units == 0) {
     blocks = resident_blocks(backward_long_kernel<T>, plan.group, 0, rows);
     Workspace ws(static_cast<std::size_t>(blocks) * 2 * c * sizeof(float));
-    backward_long_kernel<T><<<static_cast<unsigned>(blocks), plan.group, 0, stream()>>>(
+    KILN_LAUNCH(static_cast<unsigned>(blocks), plan.group, 0, backward_long_kernel<T>)(
         dinp, ws.as<float>(), dout, inp, gamma, mean, rstd, rows, ci);
     KILN_CUDA_LAUNCH_CHECK();
     reduce(ws);
@@ -469,7 +469,7 @@ void backward(T* dinp, float* dgamma, float* dbeta, const T* dout, const T* inp,
     constexpr int V = decltype(v)::value, K = decltype(k)::value;
     blocks = resident_blocks(backward_kernel<T, V, K>, threads, smem, ceil_div(rows, plan.rows_per_block));
     Workspace ws(static_cast<std::size_t>(blocks) * 2 * c * sizeof(float));
-    backward_kernel<T, V, K><<<static_cast<unsigned>(blocks), threads, smem, stream()>>>(
+    KILN_LAUNCH(static_cast<unsigned>(blocks), threads, smem, backward_kernel<T, V, K>)(
         dinp, ws.as<float>(), dout, inp, gamma, mean, rstd, rows, ci, plan.group);
     KILN_CUDA_LAUNCH_CHECK();
     reduce(ws);

@@ -137,10 +137,10 @@ void adamw_launch(float* param, std::uint16_t* param_bf16, const float* grad, fl
   const bool vector = aligned(param, 16) && aligned(grad, 16) && aligned(m, 16) && aligned(v, 16) &&
                       aligned(param_bf16, 8);
   if (vector)
-    adamw_kernel<true><<<static_cast<unsigned>(blocks), kAdamWThreads, 0, stream()>>>(
+    KILN_LAUNCH(static_cast<unsigned>(blocks), kAdamWThreads, 0, adamw_kernel<true>)(
         param, param_bf16, grad, m, v, device_table, count, total_quads, k, scale_device);
   else
-    adamw_kernel<false><<<static_cast<unsigned>(blocks), kAdamWThreads, 0, stream()>>>(
+    KILN_LAUNCH(static_cast<unsigned>(blocks), kAdamWThreads, 0, adamw_kernel<false>)(
         param, param_bf16, grad, m, v, device_table, count, total_quads, k, scale_device);
   KILN_CUDA_LAUNCH_CHECK();
 }
@@ -206,11 +206,11 @@ __global__ void __launch_bounds__(kSumSquaresThreads)
 void sum_squares_queue(double* out_device, double* partials, const float* x, std::int64_t n) {
   const int blocks = optimizer_tiling::sum_squares_blocks(n);
   if (aligned(x, 16))
-    sum_squares_partial_kernel<true><<<blocks, kSumSquaresThreads, 0, stream()>>>(partials, x, n);
+    KILN_LAUNCH(blocks, kSumSquaresThreads, 0, sum_squares_partial_kernel<true>)(partials, x, n);
   else
-    sum_squares_partial_kernel<false><<<blocks, kSumSquaresThreads, 0, stream()>>>(partials, x, n);
+    KILN_LAUNCH(blocks, kSumSquaresThreads, 0, sum_squares_partial_kernel<false>)(partials, x, n);
   KILN_CUDA_LAUNCH_CHECK();
-  sum_squares_final_kernel<<<1, kSumSquaresThreads, 0, stream()>>>(out_device, partials, blocks);
+  KILN_LAUNCH(1, kSumSquaresThreads, 0, sum_squares_final_kernel)(out_device, partials, blocks);
   KILN_CUDA_LAUNCH_CHECK();
 }
 
@@ -264,7 +264,7 @@ void sum_squares_async(double* out_device, const float* x, std::int64_t n) {
 }
 
 void clip_scale_from_sum_squares(float* scale_out, const double* sum_squares_device, float max_norm) {
-  clip_scale_kernel<<<1, 1, 0, stream()>>>(scale_out, sum_squares_device, max_norm);
+  KILN_LAUNCH(1, 1, 0, clip_scale_kernel)(scale_out, sum_squares_device, max_norm);
   KILN_CUDA_LAUNCH_CHECK();
 }
 

@@ -23,6 +23,15 @@ void check(cudaError_t status, const char* what, const char* file, int line);
 #define KILN_CUDA_CHECK(call) ::kiln::cuda::check((call), #call, __FILE__, __LINE__)
 #define KILN_CUDA_LAUNCH_CHECK() ::kiln::cuda::check(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
 
+// KILN_LAUNCH(grid, block, smem, kernel)(args...) queues kernel<<<grid, block, smem>>> on stream();
+// KILN_DYNAMIC_SHARED(T, name) declares a kernel's dynamic shared memory (extern __shared__ T
+// name[]). The host emulator of the GPU tests (tests/emu/cuda_emu.h) defines both first. The
+// kernel is named with all its template arguments.
+#ifndef KILN_LAUNCH
+#define KILN_LAUNCH(grid, block, smem, ...) __VA_ARGS__<<<(grid), (block), (smem), ::kiln::cuda::stream()>>>
+#define KILN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 // Scratch device memory from the caching allocator, freed (returned to the cache) on scope
 // exit. Safe to free right after queuing the kernels that use it: reuse is stream-ordered.
 class Workspace {

@@ -165,10 +165,11 @@ void launch_map(TOut* out, const TA* a, const TB* b, std::int64_t n, Op op) {
   const std::int64_t units = vector ? n / kVec : n;
   std::int64_t blocks = ceil_div(units > 0 ? units : 1, 2 * kThreads);
   if (blocks > (std::int64_t{1} << 20)) blocks = std::int64_t{1} << 20;  // grid-stride beyond
+  const auto grid = static_cast<unsigned>(blocks);
   if (vector)
-    map_kernel<kVec, kInputs><<<static_cast<unsigned>(blocks), kThreads, 0, stream()>>>(out, a, b, n, op);
+    KILN_LAUNCH(grid, kThreads, 0, map_kernel<kVec, kInputs, TOut, TA, TB, Op>)(out, a, b, n, op);
   else
-    map_kernel<1, kInputs><<<static_cast<unsigned>(blocks), kThreads, 0, stream()>>>(out, a, b, n, op);
+    KILN_LAUNCH(grid, kThreads, 0, map_kernel<1, kInputs, TOut, TA, TB, Op>)(out, a, b, n, op);
   KILN_CUDA_LAUNCH_CHECK();
 }
 
