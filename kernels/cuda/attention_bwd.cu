@@ -132,25 +132,15 @@ __global__ void __launch_bounds__(DkvConfig<HD>::kThreads) dkdv_bf16_kernel(cons
   float* dl_s = lse_s + 2 * kQ;                                                                            // 2 x kQ
   __shared__ StepQueue queue;
 
-  const int bi = blockIdx.x / a.nh, h = blockIdx.x % a.nh;
-  const std::int64_t bh = static_cast<std::int64_t>(bi) * a.nh + h;
-  const int k0 = blockIdx.y * Cfg::kKeys;
-  const int t = a.t, block = a.block;
-  const int len = tiling::chunk_len(block, kQ);
+  // Unit u: keys [k0 + 16 u, +16).
+  const TileWalk<true> walk(a, blockIdx.y * Cfg::kKeys, Cfg::kKeys, kQ);
+  const std::int64_t bh = static_cast<std::int64_t>(walk.bi) * a.nh + walk.h;
+  const int k0 = walk.first, t = a.t, len = walk.len;
   const std::int64_t stride = 3 * a.c;
-  const bf16_t* q_g = a.qkv + static_cast<std::int64_t>(bi) * t * stride + static_cast<std::int64_t>(h) * HD;
-  const bf16_t* do_g = a.dout + static_cast<std::int64_t>(bi) * t * a.c + static_cast<std::int64_t>(h) * HD;
-  const std::int32_t* seg = a.segments ? a.segments + static_cast<std::int64_t>(bi) * t : nullptr;
-  const tiling::BlockSpan span = tiling::blocks_spanned(k0, Cfg::kKeys, block, a.num_blocks);
+  const bf16_t* q_g = a.qkv + walk.slice(stride, HD);
+  const bf16_t* do_g = a.dout + walk.slice(a.c, HD);
+  const std::int32_t* seg = walk.seg;
   const bool aligned = a.aligned != 0;
-
-  // Unit u: keys [k0 + 16 u, +16) of layout column (k0 + 16 u) / block.
-  auto unit_active = [&](int u, int q_first, unsigned mask) {
-    const int k_first = k0 + tiling::kUnit * u;
-    if (k_first >= t || !((mask >> (k_first / block - span.first)) & 1u)) return false;
-    if (!tiling::may_see(q_first, len, k_first, tiling::kUnit, t)) return false;
-    return seg == nullptr || !tiling::other_documents(seg, q_first, k_first, tiling::kUnit, t);
-  };
   auto load_step = [&](int buf, int q_first) {
     load_tile<HD, kThreads>(q_s + buf * kQ * kPitch, q_g, stride, q_first, len, t, aligned);
     load_tile<HD, kThreads>(do_s + buf * kQ * kPitch, do_g, a.c, q_first, len, t, aligned);
@@ -160,12 +150,7 @@ __global__ void __launch_bounds__(DkvConfig<HD>::kThreads) dkdv_bf16_kernel(cons
       dl_s[buf * kQ + i] = query < t ? a.delta[bh * t + query] : 0.0f;
     }
   };
-  if (threadIdx.x == 0) {
-    const int* lists = tiling::head_lists(a.col_ptr, a.num_layouts, a.first_head, a.num_blocks, h);
-    tiling::union_init(queue.walk, lists, span.first, span.count, block / len);
-    produce_step(queue, 0, a.col_rows, block, len, Cfg::kWarps, unit_active);
-    produce_step(queue, 1, a.col_rows, block, len, Cfg::kWarps, unit_active);
-  }
+  if (threadIdx.x == 0) walk.start(queue, a, Cfg::kWarps);
   load_tile<HD, kThreads>(k_s, q_g + a.c, stride, k0, Cfg::kKeys, t, aligned);
   load_tile<HD, kThreads>(v_s, q_g + 2 * a.c, stride, k0, Cfg::kKeys, t, aligned);
   __syncthreads();
@@ -189,10 +174,10 @@ __global__ void __launch_bounds__(DkvConfig<HD>::kThreads) dkdv_bf16_kernel(cons
     if (nxt >= 0) load_step(buf ^ 1, nxt);
     cp_async_commit();
     if (threadIdx.x == 0)
-      produce_step(queue, (i + 2) % 3, a.col_rows, block, len, Cfg::kWarps, unit_active);
+      walk.produce(queue, (i + 2) % 3, Cfg::kWarps);
     cp_async_wait<1>();
     __syncthreads();
-    if (unit_active(warp, cur, cur_mask))  // warp-uniform
+    if (walk.unit_active(warp, cur, cur_mask))  // warp-uniform
       dkdv_step<HD, kQ>(dk, dv, k_s, v_s, q_s + buf * kQ * kPitch, do_s + buf * kQ * kPitch,
                         lse_s + buf * kQ, dl_s + buf * kQ, row0, k0 + row0, cur, len, a, seg);
     __syncthreads();
@@ -206,7 +191,7 @@ __global__ void __launch_bounds__(DkvConfig<HD>::kThreads) dkdv_bf16_kernel(cons
   stage_rows<HD / 8, kPitch>(k_s, row0, dk, a.scale, a.scale);
   stage_rows<HD / 8, kPitch>(v_s, row0, dv, 1.0f, 1.0f);
   __syncthreads();
-  bf16_t* dk_g = a.dst + static_cast<std::int64_t>(bi) * t * stride + a.c + static_cast<std::int64_t>(h) * HD;
+  bf16_t* dk_g = a.dst + walk.slice(stride, HD) + a.c;
   store_tile<HD, kThreads>(dk_g, stride, k_s, k0, Cfg::kKeys, t, aligned);
   store_tile<HD, kThreads>(dk_g + a.c, stride, v_s, k0, Cfg::kKeys, t, aligned);
 }
@@ -297,32 +282,18 @@ __global__ void __launch_bounds__(DqConfig<HD>::kThreads) dq_bf16_kernel(const A
   bf16_t* v_s = k_s + 2 * kKeys * kPitch;              // 2 x (kKeys, kPitch)
   __shared__ StepQueue queue;
 
-  const int bi = blockIdx.x / a.nh, h = blockIdx.x % a.nh;
-  const std::int64_t bh = static_cast<std::int64_t>(bi) * a.nh + h;
-  const int q0 = (gridDim.y - 1 - blockIdx.y) * Cfg::kRows;
-  const int t = a.t, block = a.block;
-  const int len = tiling::chunk_len(block, kKeys);
+  // Unit u (warp u): queries [q0 + 16 u, +16).
+  const TileWalk<false> walk(a, (gridDim.y - 1 - blockIdx.y) * Cfg::kRows, Cfg::kRows, kKeys);
+  const std::int64_t bh = static_cast<std::int64_t>(walk.bi) * a.nh + walk.h;
+  const int q0 = walk.first, t = a.t, len = walk.len;
   const std::int64_t stride = 3 * a.c;
-  const bf16_t* q_g = a.qkv + static_cast<std::int64_t>(bi) * t * stride + static_cast<std::int64_t>(h) * HD;
+  const bf16_t* q_g = a.qkv + walk.slice(stride, HD);
   const bf16_t* k_g = q_g + a.c;
   const bf16_t* v_g = q_g + 2 * a.c;
-  const bf16_t* do_g = a.dout + static_cast<std::int64_t>(bi) * t * a.c + static_cast<std::int64_t>(h) * HD;
-  const std::int32_t* seg = a.segments ? a.segments + static_cast<std::int64_t>(bi) * t : nullptr;
-  const tiling::BlockSpan span = tiling::blocks_spanned(q0, Cfg::kRows, block, a.num_blocks);
+  const bf16_t* do_g = a.dout + walk.slice(a.c, HD);
+  const std::int32_t* seg = walk.seg;
   const bool aligned = a.aligned != 0;
-
-  auto unit_active = [&](int u, int key0, unsigned mask) {
-    const int q_first = q0 + tiling::kUnit * u;
-    if (q_first >= t || !((mask >> (q_first / block - span.first)) & 1u)) return false;
-    if (!tiling::may_see(q_first, tiling::kUnit, key0, len, t)) return false;
-    return seg == nullptr || !tiling::other_documents(seg, q_first, key0, len, t);
-  };
-  if (threadIdx.x == 0) {
-    const int* rows = tiling::head_lists(a.row_ptr, a.num_layouts, a.first_head, a.num_blocks, h);
-    tiling::union_init(queue.walk, rows, span.first, span.count, block / len);
-    produce_step(queue, 0, a.cols, block, len, Cfg::kWarps, unit_active);
-    produce_step(queue, 1, a.cols, block, len, Cfg::kWarps, unit_active);
-  }
+  if (threadIdx.x == 0) walk.start(queue, a, Cfg::kWarps);
   load_tile<HD, kThreads>(q_s, q_g, stride, q0, Cfg::kRows, t, aligned);
   load_tile<HD, kThreads>(do_s, do_g, a.c, q0, Cfg::kRows, t, aligned);
   __syncthreads();
@@ -360,10 +331,10 @@ __global__ void __launch_bounds__(DqConfig<HD>::kThreads) dq_bf16_kernel(const A
     }
     cp_async_commit();
     if (threadIdx.x == 0)
-      produce_step(queue, (i + 2) % 3, a.cols, block, len, Cfg::kWarps, unit_active);
+      walk.produce(queue, (i + 2) % 3, Cfg::kWarps);
     cp_async_wait<1>();
     __syncthreads();
-    if (unit_active(warp, cur, cur_mask))  // warp-uniform
+    if (walk.unit_active(warp, cur, cur_mask))  // warp-uniform
       dq_step<HD>(dq, q_s, do_s, k_s + buf * kKeys * kPitch, v_s + buf * kKeys * kPitch, lse_l2,
                   delta, row0, q0 + row0, cur, len, a, seg);
     __syncthreads();
@@ -375,7 +346,7 @@ __global__ void __launch_bounds__(DqConfig<HD>::kThreads) dq_bf16_kernel(const A
 
   stage_rows<HD / 8, kPitch>(q_s, row0, dq, a.scale, a.scale);
   __syncthreads();
-  bf16_t* dq_g = a.dst + static_cast<std::int64_t>(bi) * t * stride + static_cast<std::int64_t>(h) * HD;
+  bf16_t* dq_g = a.dst + walk.slice(stride, HD);
   store_tile<HD, kThreads>(dq_g, stride, q_s, q0, Cfg::kRows, t, aligned);
 }
 

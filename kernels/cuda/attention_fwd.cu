@@ -151,31 +151,16 @@ __global__ void __launch_bounds__(FwdConfig<HD>::kThreads)
   bf16_t* v_s = k_s + 2 * kKeys * kPitch;              // 2 x (kKeys, kPitch)
   __shared__ StepQueue queue;
 
-  const int bi = blockIdx.x / a.nh, h = blockIdx.x % a.nh;
-  const int q0 = (gridDim.y - 1 - blockIdx.y) * Cfg::kRows;
-  const int t = a.t, block = a.block;
-  const int len = tiling::chunk_len(block, kKeys);
+  // Unit u: queries [q0 + 16 u, +16).
+  const TileWalk<false> walk(a, (gridDim.y - 1 - blockIdx.y) * Cfg::kRows, Cfg::kRows, kKeys);
+  const int q0 = walk.first, t = a.t, len = walk.len;
   const std::int64_t stride = 3 * a.c;
-  const bf16_t* q_g = a.qkv + static_cast<std::int64_t>(bi) * t * stride + static_cast<std::int64_t>(h) * HD;
+  const bf16_t* q_g = a.qkv + walk.slice(stride, HD);
   const bf16_t* k_g = q_g + a.c;
   const bf16_t* v_g = q_g + 2 * a.c;
-  const std::int32_t* seg = a.segments ? a.segments + static_cast<std::int64_t>(bi) * t : nullptr;
-  const tiling::BlockSpan span = tiling::blocks_spanned(q0, Cfg::kRows, block, a.num_blocks);
+  const std::int32_t* seg = walk.seg;
   const bool aligned = a.aligned != 0;
-
-  // Unit u: queries [q0 + 16 u, +16) of layout row (q0 + 16 u) / block.
-  auto unit_active = [&](int u, int key0, unsigned mask) {
-    const int q_first = q0 + tiling::kUnit * u;
-    if (q_first >= t || !((mask >> (q_first / block - span.first)) & 1u)) return false;
-    if (!tiling::may_see(q_first, tiling::kUnit, key0, len, t)) return false;
-    return seg == nullptr || !tiling::other_documents(seg, q_first, key0, len, t);
-  };
-  if (threadIdx.x == 0) {
-    const int* rows = tiling::head_lists(a.row_ptr, a.num_layouts, a.first_head, a.num_blocks, h);
-    tiling::union_init(queue.walk, rows, span.first, span.count, block / len);
-    produce_step(queue, 0, a.cols, block, len, Cfg::kUnits, unit_active);
-    produce_step(queue, 1, a.cols, block, len, Cfg::kUnits, unit_active);
-  }
+  if (threadIdx.x == 0) walk.start(queue, a, Cfg::kUnits);
   load_tile<HD, kThreads>(q_s, q_g, stride, q0, Cfg::kRows, t, aligned);
   __syncthreads();
   int cur = queue.start[0];
@@ -210,14 +195,14 @@ __global__ void __launch_bounds__(FwdConfig<HD>::kThreads)
     }
     cp_async_commit();
     if (threadIdx.x == 0)
-      produce_step(queue, (i + 2) % 3, a.cols, block, len, Cfg::kUnits, unit_active);
+      walk.produce(queue, (i + 2) % 3, Cfg::kUnits);
     cp_async_wait<1>();  // everything but the prefetch just issued has landed
     __syncthreads();
     bool act[kMT];
     bool any = false;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
-      act[mt] = unit_active(kMT * warp + mt, cur, cur_mask);
+      act[mt] = walk.unit_active(kMT * warp + mt, cur, cur_mask);
       any = any || act[mt];
     }
     if (any)  // warp-uniform
@@ -243,13 +228,13 @@ __global__ void __launch_bounds__(FwdConfig<HD>::kThreads)
       inv[hf] = l > 0.0f ? 1.0f / l : 0.0f;
       const int row = q0 + row0 + 16 * mt + g + 8 * hf;
       if (qd == 0 && row < t)
-        a.lse_out[(static_cast<std::int64_t>(bi) * a.nh + h) * t + row] =
+        a.lse_out[(static_cast<std::int64_t>(walk.bi) * a.nh + walk.h) * t + row] =
             l > 0.0f ? m_run[mt][hf] * kLn2 + logf(l) : INFINITY;
     }
     stage_rows<HD / 8, kPitch>(q_s, row0 + 16 * mt, o[mt], inv[0], inv[1]);
   }
   __syncthreads();
-  bf16_t* out_g = a.dst + static_cast<std::int64_t>(bi) * t * a.c + static_cast<std::int64_t>(h) * HD;
+  bf16_t* out_g = a.dst + walk.slice(a.c, HD);
   store_tile<HD, kThreads>(out_g, a.c, q_s, q0, Cfg::kRows, t, aligned);
 }
 

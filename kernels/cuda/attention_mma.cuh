@@ -183,6 +183,61 @@ __device__ void produce_step(StepQueue& queue, int slot, const int* ids, int blo
   queue.mask[slot] = 0;
 }
 
+// One CTA's tile of 16-position units along one (batch row, head) slice, and its walk through
+// the layout. Query tiles (forward, dQ) walk layout rows (row_ptr, cols) in steps of `len` keys;
+// key tiles (dK/dV, kByKeys) walk layout columns (col_ptr, col_rows) in steps of `len` queries.
+// Unit u takes part in a step when its layout block is in the step's mask, causality lets some
+// query of the pair of ranges see some key, and (packed documents) not every key belongs to an
+// earlier document than every query.
+template <bool kByKeys>
+struct TileWalk {
+  int bi, h, first, t, block, len;
+  const std::int32_t* seg;  // document ids of the batch row, or null
+  tiling::BlockSpan span;   // layout blocks [first, first + rows) covers
+  const int* ids;           // cols, or col_rows
+
+  // Units at [first, first + rows); steps of `chunk` positions, cut to the layout block.
+  __device__ TileWalk(const Args& a, int first_position, int rows, int chunk)
+      : bi(blockIdx.x / a.nh),
+        h(blockIdx.x % a.nh),
+        first(first_position),
+        t(a.t),
+        block(a.block),
+        len(tiling::chunk_len(a.block, chunk)),
+        seg(a.segments ? a.segments + static_cast<std::int64_t>(bi) * a.t : nullptr),
+        span(tiling::blocks_spanned(first_position, rows, a.block, a.num_blocks)),
+        ids(kByKeys ? a.col_rows : a.cols) {}
+
+  // Offset of (bi, position 0, head h) in a (b, t, row_stride) tensor of heads of hd elements.
+  __device__ std::int64_t slice(std::int64_t row_stride, int hd) const {
+    return static_cast<std::int64_t>(bi) * t * row_stride + static_cast<std::int64_t>(h) * hd;
+  }
+
+  __device__ bool unit_active(int u, int step, unsigned mask) const {
+    const int mine = first + tiling::kUnit * u;
+    if (mine >= t || !((mask >> (mine / block - span.first)) & 1u)) return false;
+    const int q_first = kByKeys ? step : mine, q_len = kByKeys ? len : tiling::kUnit;
+    const int k_first = kByKeys ? mine : step, k_len = kByKeys ? tiling::kUnit : len;
+    if (!tiling::may_see(q_first, q_len, k_first, k_len, t)) return false;
+    return seg == nullptr || !tiling::other_documents(seg, q_first, k_first, k_len, t);
+  }
+
+  // Thread 0: queues into `slot` the next step some of the `units` units take part in.
+  __device__ void produce(StepQueue& queue, int slot, int units) const {
+    produce_step(queue, slot, ids, block, len, units,
+                 [this](int u, int step, unsigned mask) { return unit_active(u, step, mask); });
+  }
+
+  // Thread 0: starts the walk over the lists of the blocks the tile spans and queues steps 0, 1.
+  __device__ void start(StepQueue& queue, const Args& a, int units) const {
+    const int* lists = tiling::head_lists(kByKeys ? a.col_ptr : a.row_ptr, a.num_layouts,
+                                          a.first_head, a.num_blocks, h);
+    tiling::union_init(queue.walk, lists, span.first, span.count, block / len);
+    produce(queue, 0, units);
+    produce(queue, 1, units);
+  }
+};
+
 // Host side, in attention.cu. Checks the arguments every bf16 entry point shares (head size
 // among the supported ones, layout block and size, grid limits for tiles of max_tile).
 void check_bf16_shape(const char* what, std::int64_t b, std::int64_t t, std::int64_t c,
