@@ -50,19 +50,20 @@ __global__ void scale_kernel(float* x, float beta, std::int64_t n) {
     x[i] *= beta;
 }
 
-// The epilogue after an unfused product, on (rows, cols) row-major: v = source + bias[col] (bias
-// may be null); pre (when given) = v; out = gelu ? gelu(v) : v. The product was written to pre
-// when given, else to out (then updated in place). Blocks over rows, threads over columns.
+// The epilogue after an unfused product, on (rows, cols) row-major: v = product + bias[col] (bias
+// may be null); pre (when given) = v; out = gelu ? gelu(v) : v, each rounded once to T. The fp32
+// product may be out or pre itself (updated in place). Blocks over rows, threads over columns.
 template <class T>
-__global__ void bias_gelu_kernel(T* out, T* pre, const float* bias, std::int64_t rows,
-                                 std::int64_t cols, bool gelu) {
+__global__ void bias_gelu_kernel(T* out, T* pre, const float* product, const float* bias,
+                                 std::int64_t rows, std::int64_t cols, bool gelu) {
   for (std::int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     T* out_row = out + r * cols;
     T* pre_row = pre != nullptr ? pre + r * cols : nullptr;
+    const float* product_row = product + r * cols;
     for (std::int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-      float v = as_float(pre_row != nullptr ? pre_row[c] : out_row[c]);
+      float v = product_row[c];
       if (bias != nullptr) v += bias[c];
-      if (pre_row != nullptr && bias != nullptr) pre_row[c] = from_float<T>(v);  // else unchanged
+      if (pre_row != nullptr) pre_row[c] = from_float<T>(v);
       out_row[c] = from_float<T>(gelu ? gelu_tanh(v) : v);
     }
   }
@@ -70,7 +71,7 @@ __global__ void bias_gelu_kernel(T* out, T* pre, const float* bias, std::int64_t
 
 void round_to_bf16(__nv_bfloat16* out, const float* in, std::int64_t n) {
   if (n == 0) return;
-  round_to_bf16_kernel<<<elementwise_blocks(n), kElementwiseThreads, 0, stream()>>>(out, in, n);
+  KILN_LAUNCH(elementwise_blocks(n), kElementwiseThreads, 0, round_to_bf16_kernel)(out, in, n);
   KILN_CUDA_LAUNCH_CHECK();
 }
 
@@ -123,10 +124,10 @@ void accumulate_column_sums(float* out, const T* x, std::int64_t rows, std::int6
   chunks = ceil_div(rows, rows_per_chunk);
   Workspace partial(static_cast<std::size_t>(chunks * cols) * sizeof(float));
   const dim3 grid(static_cast<unsigned>(ceil_div(cols, kSumColumns)), static_cast<unsigned>(chunks));
-  column_sum_partials_kernel<T><<<grid, dim3(kSumColumns, kSumLanes), 0, stream()>>>(
+  KILN_LAUNCH(grid, dim3(kSumColumns, kSumLanes), 0, column_sum_partials_kernel<T>)(
       partial.as<float>(), x, rows, cols, rows_per_chunk);
   KILN_CUDA_LAUNCH_CHECK();
-  column_sum_finish_kernel<<<static_cast<unsigned>(ceil_div(cols, 256)), 256, 0, stream()>>>(
+  KILN_LAUNCH(static_cast<unsigned>(ceil_div(cols, 256)), 256, 0, column_sum_finish_kernel)(
       out, partial.as<float>(), chunks, cols);
   KILN_CUDA_LAUNCH_CHECK();
 }
@@ -336,7 +337,7 @@ bool run_product(const Gemm& g) {
     if (g.beta == 0.0f) {
       device::fill_zero(g.c, static_cast<std::size_t>(count * element_size(g.c_type)));
     } else if (g.beta != 1.0f) {
-      scale_kernel<<<elementwise_blocks(count), kElementwiseThreads, 0, stream()>>>(static_cast<float*>(g.c), g.beta, count);
+      KILN_LAUNCH(elementwise_blocks(count), kElementwiseThreads, 0, scale_kernel)(static_cast<float*>(g.c), g.beta, count);
       KILN_CUDA_LAUNCH_CHECK();
     }
     return false;
@@ -367,22 +368,37 @@ void run_gemm(const Gemm& g) {
   const bool fuse_gelu = g.gelu && g.k > 0 && g.c_type == CUDA_R_16BF && g_fuse_epilogues.load() &&
                          (!(epilogue & kAux) || g.n % 8 == 0);
   if (fuse_gelu && try_launch(g, epilogue)) return;
+  const bool bf16_out = g.c_type == CUDA_R_16BF;
+  if (bf16_out && !g.gelu && g.bias != nullptr && g.k > 0 && g_fuse_epilogues.load() && try_launch(g, kBias))
+    return;
 
-  // The product (+ bias), into pre_gelu when GELU follows and keeps its input, then the kernel.
+  // The product (+ bias) in fp32, then the kernel: into pre_gelu (when GELU keeps its input) or c
+  // when they are fp32, else into fp32 scratch, so that bf16 results are rounded once, as in
+  // cuBLASLt's epilogues (a product rounded to bf16 before the bias is added is off by half an
+  // ulp of the product, several ulps of a sum that cancels).
+  const bool via_scratch = bf16_out && (g.gelu || g.bias != nullptr);
+  Workspace scratch(via_scratch ? static_cast<std::size_t>(g.m * g.n) * sizeof(float) : 0);
   Gemm product = g;
   product.gelu = false;
   product.pre_gelu = nullptr;
-  if (epilogue & kAux) product.c = g.pre_gelu;
+  if (via_scratch) {
+    product.c = scratch.as<float>();
+    product.c_type = CUDA_R_32F;
+  } else if (epilogue & kAux) {
+    product.c = g.pre_gelu;
+  }
   const bool bias_added = run_product(product);
-  if (!g.gelu && (g.bias == nullptr || bias_added)) return;
+  if (!g.gelu && (g.bias == nullptr || bias_added) && !via_scratch) return;
   const float* bias = bias_added ? nullptr : g.bias;
+  const float* product_fp32 = static_cast<const float*>(product.c);
   const unsigned blocks = static_cast<unsigned>(g.m < 65536 ? g.m : 65536);
-  if (g.c_type == CUDA_R_16BF) {
-    bias_gelu_kernel<__nv_bfloat16><<<blocks, kElementwiseThreads, 0, stream()>>>(
-        static_cast<__nv_bfloat16*>(g.c), static_cast<__nv_bfloat16*>(g.pre_gelu), bias, g.m, g.n, g.gelu);
+  if (bf16_out) {
+    KILN_LAUNCH(blocks, kElementwiseThreads, 0, bias_gelu_kernel<__nv_bfloat16>)(
+        static_cast<__nv_bfloat16*>(g.c), static_cast<__nv_bfloat16*>(g.pre_gelu), product_fp32, bias, g.m,
+        g.n, g.gelu);
   } else {
-    bias_gelu_kernel<float><<<blocks, kElementwiseThreads, 0, stream()>>>(
-        static_cast<float*>(g.c), static_cast<float*>(g.pre_gelu), bias, g.m, g.n, g.gelu);
+    KILN_LAUNCH(blocks, kElementwiseThreads, 0, bias_gelu_kernel<float>)(
+        static_cast<float*>(g.c), static_cast<float*>(g.pre_gelu), product_fp32, bias, g.m, g.n, g.gelu);
   }
   KILN_CUDA_LAUNCH_CHECK();
 }

@@ -23,6 +23,15 @@
 
 namespace kiln::testing {
 
+// Whether this binary runs the GPU tests on the host emulator of CUDA (test_cuda_emu, tests/emu/)
+// rather than on a device. Emulated kernels are many thousand times slower than a GPU's, so the
+// training tests use smaller problems there; each says where.
+#ifdef KILN_CUDA_EMULATOR
+inline constexpr bool kEmulated = true;
+#else
+inline constexpr bool kEmulated = false;
+#endif
+
 // Device memory holding a copy of a host vector (or n zeroed elements); read back with host().
 template <class T>
 class DeviceBuffer {

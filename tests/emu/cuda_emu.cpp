@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <new>
@@ -158,14 +159,21 @@ struct Emulator {
   std::map<const void*, int> max_dynamic_shared;
   std::map<void*, std::size_t> allocations;
   std::size_t allocated = 0;
+  std::map<const void*, std::size_t> pinned;  // cudaMallocHost blocks
+  // The stream: work queued and not yet run; `queued` and `done` count ops ever queued and run.
+  std::mutex stream_mutex;
+  std::deque<std::function<void()>> stream;
+  std::uint64_t queued = 0, done = 0;
 };
 Emulator& state() {
   static auto* s = new Emulator;  // outlives static destructors that free device memory
   return *s;
 }
 
+// The same string; literals from one call site share an address, so that is compared first.
+bool same_text(const char* a, const char* b) { return a == b || std::strcmp(a, b) == 0; }
 bool same_site(const Where& a, const Where& b) {
-  return a.line() == b.line() && a.column() == b.column() && std::strcmp(a.file_name(), b.file_name()) == 0;
+  return a.line() == b.line() && a.column() == b.column() && same_text(a.file_name(), b.file_name());
 }
 std::string site(const Where& w) {
   std::string file = w.file_name();
@@ -216,7 +224,7 @@ bool arrive(Barrier& b, int n, const char* op, const Where& where) {
   if (b.arrived == 0) {
     b.op = op;
     b.where = where;
-  } else if (std::strcmp(b.op, op) != 0 || !same_site(b.where, where)) {
+  } else if (!same_text(b.op, op) || !same_site(b.where, where)) {
     fail(("threads meet at different barriers or collectives: " + std::string(b.op) + " at " + site(b.where) +
           " and " + op + " at " + site(where)).c_str(), where);
   }
@@ -480,14 +488,20 @@ void cp_async_wait(int pending) {
 
 void set_max_dynamic_shared(const void* kernel, int bytes) { state().max_dynamic_shared[kernel] = bytes; }
 
+bool in_device_memory(const void* p, std::size_t bytes) {
+  const auto& allocations = state().allocations;
+  auto it = allocations.upper_bound(const_cast<void*>(p));
+  if (it == allocations.begin()) return false;
+  --it;
+  const auto* begin = static_cast<const unsigned char*>(it->first);
+  const auto* q = static_cast<const unsigned char*>(p);
+  return q >= begin && bytes <= it->second && static_cast<std::size_t>(q - begin) <= it->second - bytes;
+}
+
+// Runs every block of a grid whose configuration launch() checked.
 void run_grid(const LaunchConfig& config, void (*body)(const void*), const void* ctx) {
   Emulator& s = state();
   std::lock_guard lock(s.launch_mutex);
-  const cudaError_t status = check_config(config);
-  if (status != cudaSuccess) {
-    s.last_error = status;
-    return;
-  }
   install_crash_handler();
   s.config = config;
   s.body = body;
@@ -506,6 +520,40 @@ void run_grid(const LaunchConfig& config, void (*body)(const void*), const void*
         run_block();
       }
 }
+
+void launch(const LaunchConfig& config, void (*body)(const void*), std::shared_ptr<const void> ctx) {
+  const cudaError_t status = check_config(config);
+  if (status != cudaSuccess) {
+    state().last_error = status;
+    return;
+  }
+  enqueue([config, body, ctx = std::move(ctx)] { run_grid(config, body, ctx.get()); });
+}
+
+void enqueue(std::function<void()> op) {
+  Emulator& s = state();
+  std::lock_guard lock(s.stream_mutex);
+  s.stream.push_back(std::move(op));
+  ++s.queued;
+}
+
+// Runs queued work, in order, until `target` ops have run in all.
+void run_stream_until(std::uint64_t target) {
+  Emulator& s = state();
+  for (;;) {
+    std::function<void()> op;
+    {
+      std::lock_guard lock(s.stream_mutex);
+      if (s.done >= target || s.stream.empty()) return;
+      op = std::move(s.stream.front());
+      s.stream.pop_front();
+    }
+    op();
+    std::lock_guard lock(s.stream_mutex);
+    ++s.done;
+  }
+}
+void run_stream() { run_stream_until(UINT64_MAX); }
 
 }  // namespace kiln::emu
 
@@ -573,7 +621,10 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
   *stream = reinterpret_cast<cudaStream_t>(&the_stream);
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  kiln::emu::run_stream();
+  return cudaSuccess;
+}
 // Fresh device memory holds 0xff bytes (NaN as fp32 and bf16): reading it unwritten shows.
 cudaError_t cudaMallocAsync(void** ptr, std::size_t nbytes, cudaStream_t) {
   if (nbytes > kTotalMemory - rt().allocated) return rt().last_error = cudaErrorMemoryAllocation;
@@ -583,37 +634,98 @@ cudaError_t cudaMallocAsync(void** ptr, std::size_t nbytes, cudaStream_t) {
   rt().allocated += nbytes;
   return cudaSuccess;
 }
+// Freed when the stream gets there (stream-ordered).
 cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) {
-  const auto it = rt().allocations.find(ptr);
-  if (it == rt().allocations.end()) return cudaErrorInvalidValue;
-  rt().allocated -= it->second;
-  rt().allocations.erase(it);
-  ::operator delete(ptr, std::align_val_t{256});
+  if (rt().allocations.find(ptr) == rt().allocations.end()) return cudaErrorInvalidValue;
+  kiln::emu::enqueue([ptr] {
+    const auto it = rt().allocations.find(ptr);
+    if (it == rt().allocations.end()) return;
+    rt().allocated -= it->second;
+    rt().allocations.erase(it);
+    ::operator delete(ptr, std::align_val_t{256});
+  });
   return cudaSuccess;
 }
 cudaError_t cudaMallocHost(void** ptr, std::size_t nbytes) {
   *ptr = ::operator new(nbytes ? nbytes : 1, std::align_val_t{256});
+  rt().pinned[*ptr] = nbytes;
   return cudaSuccess;
 }
-cudaError_t cudaFreeHost(void* ptr) {
+cudaError_t cudaFreeHost(void* ptr) {  // synchronises the device
+  kiln::emu::run_stream();
+  if (rt().pinned.erase(ptr) == 0) return cudaErrorInvalidValue;
   ::operator delete(ptr, std::align_val_t{256});
   return cudaSuccess;
 }
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t nbytes, cudaMemcpyKind, cudaStream_t) {
-  std::memmove(dst, src, nbytes);
-  return cudaSuccess;
+namespace {
+// Whether [p, p + bytes) lies inside one cudaMallocHost block.
+bool in_pinned_memory(const void* p, std::size_t bytes) {
+  auto it = rt().pinned.upper_bound(p);
+  if (it == rt().pinned.begin()) return false;
+  --it;
+  const auto* begin = static_cast<const unsigned char*>(it->first);
+  const auto* q = static_cast<const unsigned char*>(p);
+  return q >= begin && bytes <= it->second && static_cast<std::size_t>(q - begin) <= it->second - bytes;
+}
+}  // namespace
+// As late as CUDA allows (cuda_emu.h): pinned host memory is read or written when the copy runs;
+// pageable memory is read at once (staged) or written before the call returns.
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t nbytes, cudaMemcpyKind kind, cudaStream_t) {
+  if (nbytes == 0) return cudaSuccess;
+  switch (kind) {
+    case cudaMemcpyHostToDevice:
+      if (!kiln::emu::in_device_memory(dst, nbytes)) return cudaErrorInvalidValue;
+      if (in_pinned_memory(src, nbytes)) {
+        kiln::emu::enqueue([=] { std::memmove(dst, src, nbytes); });
+      } else {
+        auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(src),
+                                                                   static_cast<const unsigned char*>(src) + nbytes);
+        kiln::emu::enqueue([=] { std::memcpy(dst, staged->data(), nbytes); });
+      }
+      return cudaSuccess;
+    case cudaMemcpyDeviceToHost:
+      if (!kiln::emu::in_device_memory(src, nbytes)) return cudaErrorInvalidValue;
+      if (in_pinned_memory(dst, nbytes)) {
+        std::memset(dst, 0xff, nbytes);
+        kiln::emu::enqueue([=] { std::memmove(dst, src, nbytes); });
+      } else {
+        kiln::emu::run_stream();
+        std::memmove(dst, src, nbytes);
+      }
+      return cudaSuccess;
+    case cudaMemcpyDeviceToDevice:
+      if (!kiln::emu::in_device_memory(src, nbytes) || !kiln::emu::in_device_memory(dst, nbytes))
+        return cudaErrorInvalidValue;
+      kiln::emu::enqueue([=] { std::memmove(dst, src, nbytes); });
+      return cudaSuccess;
+    default:  // host to host, or cudaMemcpyDefault: not emulated
+      return cudaErrorInvalidValue;
+  }
 }
 cudaError_t cudaMemsetAsync(void* dst, int value, std::size_t nbytes, cudaStream_t) {
-  std::memset(dst, value, nbytes);
+  if (nbytes == 0) return cudaSuccess;
+  if (!kiln::emu::in_device_memory(dst, nbytes)) return cudaErrorInvalidValue;
+  kiln::emu::enqueue([=] { std::memset(dst, value, nbytes); });
   return cudaSuccess;
 }
+// An event is the count of ops queued when it was recorded: synchronising runs the stream that far.
+struct CUevent_st {
+  std::uint64_t recorded = 0;
+};
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
-  *event = reinterpret_cast<cudaEvent_t>(new char);
+  *event = new CUevent_st;
   return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  delete reinterpret_cast<char*>(event);
+  delete event;
   return cudaSuccess;
 }
-cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+  std::lock_guard lock(rt().stream_mutex);
+  event->recorded = rt().queued;
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  kiln::emu::run_stream_until(event->recorded);
+  return cudaSuccess;
+}

@@ -2,13 +2,13 @@
 // real kernels/cuda/*.cu against their CPU twins on machines without a GPU (target test_cuda_emu,
 // ctest label "emu"). The .cu files are compiled unchanged by the host compiler; the seams are
 // KILN_LAUNCH / KILN_DYNAMIC_SHARED (kernels/cuda/runtime.h, defined here first), the CUDA headers
-// (tests/emu/include/cuda_runtime.h, cuda_bf16.h, cub/...) and kernels/cuda/ptx.cuh, the one file
-// with inline PTX (tests/emu/include/kernels/cuda/ptx.cuh stands in for it).
+// (tests/emu/include/cuda_runtime.h, cuda_bf16.h, cub/..., and cublasLt.h with its own notes) and
+// kernels/cuda/ptx.cuh, the one file with inline PTX (tests/emu/include/kernels/cuda/ptx.cuh stands
+// in for it).
 //
 // What is emulated, and how:
 //  - Every CUDA thread is a fiber (its own stack) on one host thread. The blocks of a grid run one
-//    after another in blockIdx order (x fastest), so a launch has finished when it returns. In a
-//    block, a thread runs until it finishes or waits at a barrier or warp collective; the lowest
+//    after another in blockIdx order (x fastest). In a block, a thread runs until it finishes or waits at a barrier or warp collective; the lowest
 //    threadIdx that can go on runs first (the highest in odd blocks), so one warp gets as far
 //    ahead of the others as the barriers allow: a missing barrier shows whether the race needs a
 //    reader too early or a writer too early.
@@ -29,7 +29,15 @@
 //  - Launch checks as on an H100/H200 (sm_90): block <= 1024 threads, grid.y/z <= 65535, dynamic
 //    shared memory over 48 KiB only after cudaFuncSetAttribute allowed it, at most 227 KiB; a bad
 //    launch runs nothing and cudaGetLastError reports it. 8 SMs are reported (grid-stride loops
-//    then cover several rows per block). Device memory is host memory (16 GiB reported).
+//    then cover several rows per block). Device memory is host memory (16 GiB
+//    reported; cudaMemGetInfo's free memory is that minus what is allocated).
+//  - One stream, run as late as CUDA allows: kernels, copies, memsets, stream-ordered frees and
+//    library calls (cuBLASLt, CUB) are queued, and run only when the host must see their effect --
+//    cudaStreamSynchronize, cudaEventSynchronize (up to the event's record), a copy to pageable
+//    host memory, cudaFreeHost. A copy from pinned host memory reads it when it runs (the host may
+//    have overwritten it by then); a copy to pinned host memory turns it to 0xff bytes when queued
+//    and lands when it runs; a copy from pageable memory reads it at once (the driver stages it).
+//    So a host that reads or reuses pinned memory without waiting for the copy sees it.
 //  - cub::DeviceRadixSort::SortPairs is a host stable sort on the bits [begin_bit, end_bit).
 //  - atomicAdd is a plain read-modify-write (one thread runs at a time).
 // What is not: timing and concurrency (no two threads truly run together, so races that need two
@@ -47,6 +55,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <source_location>
 #include <tuple>
 #include <type_traits>
@@ -203,10 +213,14 @@ struct LaunchConfig {
   const char* name;
   const void* kernel;
 };
-// Runs every block of the grid (nothing when the configuration is bad); body(ctx) is one thread.
-// The result is what cudaGetLastError returns next.
-void run_grid(const LaunchConfig& config, void (*body)(const void*), const void* ctx);
+// Queues every block of the grid on the stream; body(ctx) is one thread. A bad configuration
+// queues nothing, and cudaGetLastError reports it next.
+void launch(const LaunchConfig& config, void (*body)(const void*), std::shared_ptr<const void> ctx);
+// Queues host work (a library call: cuBLASLt, CUB) on the stream.
+void enqueue(std::function<void()> op);
 void set_max_dynamic_shared(const void* kernel, int bytes);
+// Whether [p, p + bytes) lies inside one live device allocation (cudaMallocAsync).
+bool in_device_memory(const void* p, std::size_t bytes);
 
 // KILN_LAUNCH(grid, block, smem, kernel)(args...): the arguments are converted to the kernel's
 // parameter types once, and every thread calls the kernel with its own copy of them.
@@ -218,11 +232,11 @@ class Launch {
   template <class... A>
   void operator()(A&&... args) const {
     static_assert(sizeof...(A) == sizeof...(P), "wrong number of kernel arguments");
-    const Call call{kernel_, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
-    run_grid(config_, [](const void* c) {
+    auto call = std::make_shared<const Call>(Call{kernel_, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)});
+    launch(config_, [](const void* c) {
       const Call& call = *static_cast<const Call*>(c);
       std::apply(call.kernel, call.params);
-    }, &call);
+    }, std::move(call));
   }
 
  private:

@@ -23,20 +23,23 @@ struct DeviceRadixSort {
     }
     if (begin_bit < 0 || end_bit > static_cast<int>(sizeof(Key) * 8) || begin_bit > end_bit)
       return cudaErrorInvalidValue;
-    const int bits = end_bit - begin_bit;
-    const Key mask = bits == static_cast<int>(sizeof(Key) * 8) ? ~Key{0} : static_cast<Key>((Key{1} << bits) - 1);
-    auto sort_key = [&](std::size_t i) { return static_cast<Key>(keys_in[i] >> begin_bit) & mask; };
-    std::vector<std::size_t> order(static_cast<std::size_t>(count));
-    std::iota(order.begin(), order.end(), std::size_t{0});
-    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return sort_key(a) < sort_key(b); });
-    std::vector<Key> keys(order.size());
-    std::vector<Value> values(order.size());
-    for (std::size_t i = 0; i < order.size(); ++i) {
-      keys[i] = keys_in[order[i]];
-      values[i] = values_in[order[i]];
-    }
-    std::copy(keys.begin(), keys.end(), keys_out);
-    std::copy(values.begin(), values.end(), values_out);
+    // Queued on the stream like the kernels it stands for (cuda_emu.h).
+    kiln::emu::enqueue([=] {
+      const int bits = end_bit - begin_bit;
+      const Key mask = bits == static_cast<int>(sizeof(Key) * 8) ? ~Key{0} : static_cast<Key>((Key{1} << bits) - 1);
+      auto sort_key = [&](std::size_t i) { return static_cast<Key>(keys_in[i] >> begin_bit) & mask; };
+      std::vector<std::size_t> order(static_cast<std::size_t>(count));
+      std::iota(order.begin(), order.end(), std::size_t{0});
+      std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return sort_key(a) < sort_key(b); });
+      std::vector<Key> keys(order.size());
+      std::vector<Value> values(order.size());
+      for (std::size_t i = 0; i < order.size(); ++i) {
+        keys[i] = keys_in[order[i]];
+        values[i] = values_in[order[i]];
+      }
+      std::copy(keys.begin(), keys.end(), keys_out);
+      std::copy(values.begin(), values.end(), values_out);
+    });
     return cudaSuccess;
   }
 };
