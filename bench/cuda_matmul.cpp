@@ -84,7 +84,7 @@ void BM_LinearForwardBf16(benchmark::State& state) {
   auto* w = p.get<kiln::bf16>(kWeight, in * out);
   auto* y = p.get<kiln::bf16>(kOut, kRows * out);
   auto* pre = p.get<kiln::bf16>(kPre, kRows * out);
-  auto* bias = p.get<float>(kBias, out);
+  auto* bias = p.get<kiln::bf16>(kBias, out);
   kiln::cuda::set_matmul_epilogue_fusion(epilogue != kBiasUnfused && epilogue != kGeluUnfused);
   auto run = [&] {
     if (epilogue == kGeluFused || epilogue == kGeluUnfused)

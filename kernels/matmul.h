@@ -113,19 +113,20 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
 void matmul_bf16_inputs(void* c, bool c_bf16, const bf16* a, const bf16* b, std::int64_t m,
                         std::int64_t n, std::int64_t k, bool trans_a, bool trans_b, float beta);
 
-// The bf16 training path: bf16 activations and weight copies, fp32 bias, fp32 master weights and
-// fp32 weight gradients. Products accumulate in fp32; bf16 outputs are rounded once at the end.
+// The bf16 training path: bf16 activations and weight copies (biases too, as cuBLASLt's
+// epilogues want the output's type), fp32 master weights and fp32 gradients. Products accumulate
+// in fp32 and the bias is added in fp32; bf16 outputs are rounded once at the end.
 //
-// out (rows, out_dim) bf16 = inp (rows, in_dim) @ weight (in_dim, out_dim) + bias (out_dim,
-// fp32, may be null).
-void linear_forward_bf16(bf16* out, const bf16* inp, const bf16* weight, const float* bias,
+// out (rows, out_dim) bf16 = inp (rows, in_dim) @ weight (in_dim, out_dim) + bias (out_dim, may
+// be null).
+void linear_forward_bf16(bf16* out, const bf16* inp, const bf16* weight, const bf16* bias,
                          std::int64_t rows, std::int64_t in_dim, std::int64_t out_dim);
 // The same followed by GELU (tanh form): pre_gelu = the linear output (bf16, may be null),
 // out = gelu(pre_gelu) computed from the fp32 pre-activation. Fused into cuBLASLt's
 // GELU(_AUX)(_BIAS) epilogue when it offers one (with pre_gelu: out_dim a multiple of 8, the
 // aux matrix's leading-dimension rule), else the product then one bias+GELU kernel.
 void linear_forward_gelu_bf16(bf16* out, bf16* pre_gelu, const bf16* inp, const bf16* weight,
-                              const float* bias, std::int64_t rows, std::int64_t in_dim,
+                              const bf16* bias, std::int64_t rows, std::int64_t in_dim,
                               std::int64_t out_dim);
 // dinp (rows, in_dim) bf16 = dout @ weight^T (overwritten); dweight (in_dim, out_dim) fp32 +=
 // inp^T @ dout; dbias (out_dim) fp32 += column sums of dout. dinp and dbias may be null.

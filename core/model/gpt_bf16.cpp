@@ -47,13 +47,13 @@ void Gpt::block_forward_bf16(int l, const bf16* in, bool write_output) {
   LayerActs& a = acts_[l];
   [[maybe_unused]] const auto [n, c, cl, fl, bf16_matmul, add_bias] = block_dims();
   const std::int64_t nh = shape_.local_heads();
-  k.linear_forward(b16(a.qkv), b16(a.ln1), w16(p.qkv_w), p.qkv_b.f32(), n, c, 3 * cl);
+  k.linear_forward(b16(a.qkv), b16(a.ln1), w16(p.qkv_w), w16(p.qkv_b), n, c, 3 * cl);
   k.attention_forward(b16(a.atty), a.lse.f32(), b16(a.qkv), act_batch_, act_seq_, cl, nh, layout_view(l));
-  k.linear_forward(b16(scratch_), b16(a.atty), w16(p.proj_w), p.proj_b.f32(), n, cl, c);
+  k.linear_forward(b16(scratch_), b16(a.atty), w16(p.proj_w), w16(p.proj_b), n, cl, c);
   k.residual_layernorm_forward(b16(a.res2), b16(a.ln2), a.ln2_mean.f32(), a.ln2_rstd.f32(), in,
                                b16(scratch_), p.ln2_w.f32(), p.ln2_b.f32(), n, c);
-  k.linear_forward_gelu(b16(a.fch_gelu), b16(a.fch), b16(a.ln2), w16(p.fc_w), p.fc_b.f32(), n, c, fl);
-  k.linear_forward(b16(scratch_), b16(a.fch_gelu), w16(p.fcproj_w), p.fcproj_b.f32(), n, fl, c);
+  k.linear_forward_gelu(b16(a.fch_gelu), b16(a.fch), b16(a.ln2), w16(p.fc_w), w16(p.fc_b), n, c, fl);
+  k.linear_forward(b16(scratch_), b16(a.fch_gelu), w16(p.fcproj_w), w16(p.fcproj_b), n, fl, c);
   // The residual stream after this block, and the LayerNorm that reads it next (not when
   // recomputing for backward: res3 is kept, and the next LN1 would overwrite this block's).
   if (!write_output) return;

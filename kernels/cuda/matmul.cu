@@ -1,5 +1,5 @@
-// CUDA matrix products through cuBLASLt (kernels/matmul.h): one handle and one 32 MiB workspace
-// per process, a cache of matmul descriptors + heuristic algorithms per problem, the row-major to
+// CUDA matrix products through cuBLASLt (kernels/matmul.h): one handle per process, a 32 MiB
+// workspace from the caching allocator per call (so release_cached returns it too), a cache of matmul descriptors + heuristic algorithms per problem, the row-major to
 // column-major mapping of column_major_gemm, fused bias/GELU epilogues where cuBLASLt offers
 // them (else a separate bias+GELU kernel), and a deterministic column sum for bias gradients.
 #include <cublasLt.h>
@@ -54,7 +54,7 @@ __global__ void scale_kernel(float* x, float beta, std::int64_t n) {
 // may be null); pre (when given) = v; out = gelu ? gelu(v) : v, each rounded once to T. The fp32
 // product may be out or pre itself (updated in place). Blocks over rows, threads over columns.
 template <class T>
-__global__ void bias_gelu_kernel(T* out, T* pre, const float* product, const float* bias,
+__global__ void bias_gelu_kernel(T* out, T* pre, const float* product, const T* bias,
                                  std::int64_t rows, std::int64_t cols, bool gelu) {
   for (std::int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     T* out_row = out + r * cols;
@@ -62,7 +62,7 @@ __global__ void bias_gelu_kernel(T* out, T* pre, const float* product, const flo
     const float* product_row = product + r * cols;
     for (std::int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
       float v = product_row[c];
-      if (bias != nullptr) v += bias[c];
+      if (bias != nullptr) v += as_float(bias[c]);
       if (pre_row != nullptr) pre_row[c] = from_float<T>(v);
       out_row[c] = from_float<T>(gelu ? gelu_tanh(v) : v);
     }
@@ -177,7 +177,7 @@ struct Gemm {
   std::int64_t m = 0, n = 0, k = 0;
   bool trans_a = false, trans_b = false;
   float alpha = 1.0f, beta = 0.0f;
-  const float* bias = nullptr;
+  const void* bias = nullptr;  // (n), of c_type: cuBLASLt's bias has D's type (cublasLt.h)
   bool gelu = false;
   void* pre_gelu = nullptr;
 };
@@ -224,7 +224,6 @@ struct Plan {
 struct Lt {
   std::mutex mutex;  // plans and descriptor attributes are shared state
   cublasLtHandle_t handle = nullptr;
-  void* workspace = nullptr;
   std::unordered_map<PlanKey, Plan, PlanKeyHash> plans;
 };
 
@@ -232,7 +231,6 @@ Lt& lt() {
   static Lt* instance = [] {
     auto* created = new Lt;  // never destroyed: outlives static destructors that may still queue work
     KILN_CUBLAS_CHECK(cublasLtCreate(&created->handle));
-    created->workspace = device::alloc(kWorkspaceBytes);
     return created;
   }();
   return *instance;
@@ -265,8 +263,8 @@ Plan make_plan(const Gemm& g, unsigned epilogue, const PlanKey& key) {
                 static_cast<std::int32_t>(cm.second.transpose ? CUBLAS_OP_T : CUBLAS_OP_N));
   set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<std::uint32_t>(to_cublas(epilogue)));
   if (epilogue & kBias) {
-    set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<std::int32_t>(CUDA_R_32F));
-    set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(g.bias));
+    set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, static_cast<std::int32_t>(g.c_type));
+    set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
   }
   if (epilogue & kAux) {
     set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.pre_gelu);
@@ -315,11 +313,12 @@ bool try_launch(const Gemm& g, unsigned epilogue) {
   Plan& plan = it->second;
   if (!plan.usable) return false;
   // Per-call pointers (the plan was chosen for pointers of the same alignments).
-  if (epilogue & kBias) set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, static_cast<const void*>(g.bias));
+  if (epilogue & kBias) set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, g.bias);
   if (epilogue & kAux) set_attribute(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, g.pre_gelu);
+  const Workspace workspace(kWorkspaceBytes);  // the same cached block every call
   const cublasStatus_t status =
       cublasLtMatmul(state.handle, plan.desc, &g.alpha, g.b, plan.first, g.a, plan.second, &g.beta,
-                     g.c, plan.result, g.c, plan.result, &plan.algo, state.workspace,
+                     g.c, plan.result, g.c, plan.result, &plan.algo, workspace.as<void>(),
                      kWorkspaceBytes, stream());
   if (status == CUBLAS_STATUS_SUCCESS) return true;
   if (epilogue == 0) check_cublas(status, "cublasLtMatmul", __FILE__, __LINE__);
@@ -364,18 +363,17 @@ void run_gemm(const Gemm& g) {
   KILN_ASSERT(epilogue == 0 || g.beta == 0.0f);
   KILN_ASSERT(g.c_type == CUDA_R_32F || g.beta == 0.0f);
   std::lock_guard<std::mutex> lock(lt().mutex);
-  // The GELU aux matrix needs a leading dimension divisible by 8 (cublasLt.h).
-  const bool fuse_gelu = g.gelu && g.k > 0 && g.c_type == CUDA_R_16BF && g_fuse_epilogues.load() &&
-                         (!(epilogue & kAux) || g.n % 8 == 0);
-  if (fuse_gelu && try_launch(g, epilogue)) return;
+  // bf16 outputs: bias and GELU in cuBLASLt's epilogue when it offers one. The GELU aux matrix
+  // needs a leading dimension divisible by 8 (cublasLt.h).
   const bool bf16_out = g.c_type == CUDA_R_16BF;
-  if (bf16_out && !g.gelu && g.bias != nullptr && g.k > 0 && g_fuse_epilogues.load() && try_launch(g, kBias))
+  if (bf16_out && epilogue != 0 && g.k > 0 && g_fuse_epilogues.load() &&
+      (!(epilogue & kAux) || g.n % 8 == 0) && try_launch(g, epilogue))
     return;
 
   // The product (+ bias) in fp32, then the kernel: into pre_gelu (when GELU keeps its input) or c
-  // when they are fp32, else into fp32 scratch, so that bf16 results are rounded once, as in
-  // cuBLASLt's epilogues (a product rounded to bf16 before the bias is added is off by half an
-  // ulp of the product, several ulps of a sum that cancels).
+  // when they are fp32, else into fp32 scratch with the bias left to the kernel, so that bf16
+  // results are rounded once, as in cuBLASLt's epilogues (a product rounded to bf16 before the
+  // bias is added is off by half an ulp of the product, several ulps of a sum that cancels).
   const bool via_scratch = bf16_out && (g.gelu || g.bias != nullptr);
   Workspace scratch(via_scratch ? static_cast<std::size_t>(g.m * g.n) * sizeof(float) : 0);
   Gemm product = g;
@@ -384,21 +382,23 @@ void run_gemm(const Gemm& g) {
   if (via_scratch) {
     product.c = scratch.as<float>();
     product.c_type = CUDA_R_32F;
+    product.bias = nullptr;  // bf16: not the scratch's type
   } else if (epilogue & kAux) {
     product.c = g.pre_gelu;
   }
   const bool bias_added = run_product(product);
   if (!g.gelu && (g.bias == nullptr || bias_added) && !via_scratch) return;
-  const float* bias = bias_added ? nullptr : g.bias;
+  const void* bias = bias_added ? nullptr : g.bias;
   const float* product_fp32 = static_cast<const float*>(product.c);
   const unsigned blocks = static_cast<unsigned>(g.m < 65536 ? g.m : 65536);
   if (bf16_out) {
     KILN_LAUNCH(blocks, kElementwiseThreads, 0, bias_gelu_kernel<__nv_bfloat16>)(
-        static_cast<__nv_bfloat16*>(g.c), static_cast<__nv_bfloat16*>(g.pre_gelu), product_fp32, bias, g.m,
-        g.n, g.gelu);
+        static_cast<__nv_bfloat16*>(g.c), static_cast<__nv_bfloat16*>(g.pre_gelu), product_fp32,
+        static_cast<const __nv_bfloat16*>(bias), g.m, g.n, g.gelu);
   } else {
     KILN_LAUNCH(blocks, kElementwiseThreads, 0, bias_gelu_kernel<float>)(
-        static_cast<float*>(g.c), static_cast<float*>(g.pre_gelu), product_fp32, bias, g.m, g.n, g.gelu);
+        static_cast<float*>(g.c), static_cast<float*>(g.pre_gelu), product_fp32,
+        static_cast<const float*>(bias), g.m, g.n, g.gelu);
   }
   KILN_CUDA_LAUNCH_CHECK();
 }
@@ -498,22 +498,22 @@ void linear_backward(float* dinp, float* dweight, float* dbias, const float* dou
   if (dbias != nullptr) accumulate_column_sums(dbias, dout, rows, out_dim);
 }
 
-void linear_forward_bf16(bf16* out, const bf16* inp, const bf16* weight, const float* bias,
+void linear_forward_bf16(bf16* out, const bf16* inp, const bf16* weight, const bf16* bias,
                          std::int64_t rows, std::int64_t in_dim, std::int64_t out_dim) {
   if (rows == 0 || out_dim == 0) return;
   Gemm g;
   g.c = out, g.c_type = CUDA_R_16BF, g.a = device_bf16(inp), g.b = device_bf16(weight), g.ab_type = CUDA_R_16BF;
-  g.m = rows, g.n = out_dim, g.k = in_dim, g.bias = bias;
+  g.m = rows, g.n = out_dim, g.k = in_dim, g.bias = device_bf16(bias);
   run_gemm(g);
 }
 
 void linear_forward_gelu_bf16(bf16* out, bf16* pre_gelu, const bf16* inp, const bf16* weight,
-                              const float* bias, std::int64_t rows, std::int64_t in_dim,
+                              const bf16* bias, std::int64_t rows, std::int64_t in_dim,
                               std::int64_t out_dim) {
   if (rows == 0 || out_dim == 0) return;
   Gemm g;
   g.c = out, g.c_type = CUDA_R_16BF, g.a = device_bf16(inp), g.b = device_bf16(weight), g.ab_type = CUDA_R_16BF;
-  g.m = rows, g.n = out_dim, g.k = in_dim, g.bias = bias, g.gelu = true, g.pre_gelu = pre_gelu;
+  g.m = rows, g.n = out_dim, g.k = in_dim, g.bias = device_bf16(bias), g.gelu = true, g.pre_gelu = pre_gelu;
   run_gemm(g);
 }
 

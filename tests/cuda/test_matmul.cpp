@@ -254,7 +254,7 @@ TEST(CudaLinearBf16, ForwardMatchesCpuOnRoundedInputs) {
             SCOPED_TRACE(testing::Message() << "rows=" << s.rows << " in=" << s.in << " out=" << s.out << " bias="
                                             << with_bias << " gelu=" << gelu << " pre=" << keep_pre << " fused=" << fused);
             const auto x = rounded(random_normal(s.rows * s.in, seed++)), w = rounded(random_normal(s.in * s.out, seed++));
-            const auto bias = random_normal(s.out, seed++);  // fp32
+            const auto bias = rounded(random_normal(s.out, seed++));  // the bf16 weight copy's
             std::vector<float> out(s.rows * s.out), pre(s.rows * s.out);
             const float* b = with_bias ? bias.data() : nullptr;
             if (gelu)
@@ -263,8 +263,8 @@ TEST(CudaLinearBf16, ForwardMatchesCpuOnRoundedInputs) {
               kiln::cpu::linear_forward(out.data(), x.data(), w.data(), b, s.rows, s.in, s.out, false);
             DeviceBuffer<bf16> hx(kiln::testing::to_bf16(x)), hw(kiln::testing::to_bf16(w));
             DeviceBuffer<bf16> hout(s.rows * s.out), hpre(s.rows * s.out);
-            DeviceBuffer<float> dbias(bias);
-            const float* gb = with_bias ? dbias.get() : nullptr;
+            DeviceBuffer<bf16> dbias(kiln::testing::to_bf16(bias));
+            const bf16* gb = with_bias ? dbias.get() : nullptr;
             if (gelu)
               kiln::cuda::linear_forward_gelu_bf16(hout.get(), keep_pre ? hpre.get() : nullptr, hx.get(), hw.get(), gb,
                                                    s.rows, s.in, s.out);
@@ -302,7 +302,7 @@ TEST(CudaLinearBf16, GeluEpilogueIsTheTanhForm) {
   for (bool with_bias : {false, true}) {
     DeviceBuffer<bf16> hx(kiln::testing::to_bf16(x)), hw(kiln::testing::to_bf16(std::vector<float>(out, 1.0f)));
     DeviceBuffer<bf16> hout(rows * out), hpre(rows * out);
-    DeviceBuffer<float> zero_bias(out);
+    DeviceBuffer<bf16> zero_bias(out);
     kiln::cuda::linear_forward_gelu_bf16(hout.get(), hpre.get(), hx.get(), hw.get(), with_bias ? zero_bias.get() : nullptr,
                                          rows, 1, out);
     expect_close(device_to_float(hout), expected, 1e-4, 8e-3, "gelu");

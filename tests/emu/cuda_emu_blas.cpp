@@ -91,8 +91,10 @@ cublasStatus_t check_problem(const cublasLtMatmulDescOpaque_t* desc, const cubla
   const std::uint32_t e = desc->epilogue;
   const auto bias_type = static_cast<cudaDataType_t>(desc->bias_type == -1 ? d->type : desc->bias_type);
   const auto aux_type = static_cast<cudaDataType_t>(desc->aux_type == -1 ? d->type : desc->aux_type);
-  if (with_bias(e) && (desc->bias == nullptr || (bias_type != CUDA_R_32F && bias_type != d->type)))
-    return CUBLAS_STATUS_INVALID_VALUE;
+  if (with_bias(e) && desc->bias == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+  // "Bias vector elements are the same type as the elements of output matrix (Dtype)", the
+  // exceptions being IMMA and fp8 kernels (cublasLt.h, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE).
+  if (with_bias(e) && bias_type != d->type) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (with_aux(e) && (desc->aux == nullptr || aux_type != d->type || desc->aux_ld % 8 != 0 ||
                       static_cast<std::uint64_t>(desc->aux_ld) < m))
     return CUBLAS_STATUS_INVALID_VALUE;

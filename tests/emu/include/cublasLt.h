@@ -14,8 +14,8 @@
 //    asserts); the AUX variants store the GELU input to the aux matrix. bf16 results (D, aux) are
 //    rounded to nearest even.
 //  - Types: A and B both CUDA_R_32F (then C, D fp32) or both CUDA_R_16BF (C, D fp32 or bf16).
-//    The bias is fp32 or D's type (BIAS_DATA_TYPE; unset: D's type). fp32 bias with bf16 D is
-//    accepted (the accepting path: kiln falls back when a real cuBLASLt refuses it).
+//    The bias has D's type, as cublasLt.h says of BIAS_DATA_TYPE (unset: D's type); another
+//    type is CUBLAS_STATUS_NOT_SUPPORTED (the IMMA and fp8 exceptions are not emulated).
 //  - Checked as documented, with CUBLAS_STATUS_INVALID_VALUE: attribute sizes, ld >= rows, shapes
 //    that agree, a bias / aux pointer for the epilogues that need one, the aux ld (>= D's rows, a
 //    multiple of 8), in-place C == D with the same layout, requestedAlgoCount > 0, a workspace at
