@@ -10,6 +10,7 @@
 // synchronize and Event::wait; a training step uses them only where a logged value is read.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -23,6 +24,8 @@ bool cuda_available();
 std::string cuda_description();
 // How many CUDA devices this process sees (0 on any error).
 int device_count();
+// The 16-byte UUID of this process's current device: ranks compare them to find two on one GPU.
+std::array<unsigned char, 16> device_uuid();
 // Makes `index` this process's device (one process per GPU under mpirun). Must come before
 // anything touches the device: the stream and every allocation belong to the current device.
 void use_device(int index);

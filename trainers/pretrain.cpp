@@ -74,7 +74,7 @@ StepLoss PretrainStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
     if (i + 1 == micro_.size()) ctx.before_last_backward();
     model.queue_forward_backward(micro_[i], scale);
   }
-  step.loss_sum = model.take_loss_sum();  // the step's one wait for the device
+  step.loss_sum = model.take_loss_sum();  // waits for the device: after the last backward is queued
   return step;
 }
 

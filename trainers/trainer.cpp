@@ -118,6 +118,24 @@ void prepare_run_dir(const std::string& run_dir, bool overwrite) {
   KILN_CHECK(!ec && fs::is_directory(run_dir), "cannot create train.run_dir=", run_dir, ": ",
              ec ? ec.message() : "a file of that name exists", "; choose another train.run_dir");
 }
+
+// NCCL needs one GPU per rank of a group; two ranks on one GPU (both see only the same device)
+// would get NCCL's "invalid usage". Every rank compares the UUIDs of the group's GPUs.
+void check_one_rank_per_gpu(Communicator& group) {
+  constexpr int kWords = 4;  // 16 bytes carried as floats (a byte-exact copy)
+  const auto mine = device::device_uuid();
+  std::vector<float> all(static_cast<std::size_t>(kWords * group.size()));
+  float* slot = all.data() + kWords * group.rank();
+  std::memcpy(slot, mine.data(), mine.size());
+  group.all_gather(slot, all.data(), static_cast<std::int64_t>(all.size()));
+  for (int r = 0; r < group.size(); ++r)
+    KILN_CHECK(r == group.rank() || std::memcmp(all.data() + kWords * r, mine.data(), mine.size()) != 0,
+               "ranks ", r, " and ", group.rank(), " of the data-parallel group share one GPU (",
+               device::cuda_description(), "); NCCL needs a GPU per rank: start at most as many "
+               "ranks per machine as it has GPUs, or give each rank its own (srun "
+               "--gpus-per-task=1, CUDA_VISIBLE_DEVICES)");
+}
+
 }  // namespace
 
 // data.corpus: rank 0 tokenizes it into the cache (or finds it current) while the others wait;
@@ -166,9 +184,12 @@ Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext&
     const int gpu = devices == 1 ? 0 : local;
     device::use_device(gpu);
     // Gradients are summed over the data-parallel group on the GPUs, by NCCL (before the memory
-    // baseline below: NCCL's own buffers are not kiln's to plan).
-    if (parallel_.dims.dp > 1)
+    // baseline below: NCCL's own buffers are not kiln's to plan; a NCCL that connects lazily, on
+    // the first collective, still adds its buffers to the report after step 1).
+    if (parallel_.dims.dp > 1) {
+      check_one_rank_per_gpu(*parallel_.dp);
       grad_comm_ = make_nccl_communicator(*parallel_.dp, gpu, config_.parallel.timeout_s, "data-parallel");
+    }
     device_ = Device::cuda;
     // The baseline of the memory report: blocks cached from earlier work in this process go
     // back to CUDA first, so what this run allocates is measured, not what it reuses.

@@ -338,6 +338,14 @@ void Gpt::ensure_activations(int batch, int seq_len) {
   act_seq_ = seq_len;
 }
 
+Gpt::~Gpt() {
+  if (device_ == Device::cpu) return;
+  try {
+    device::synchronize();
+  } catch (...) {  // an earlier kernel error: it was reported where it happened
+  }
+}
+
 std::int64_t Gpt::activation_bytes() const {
   std::int64_t bytes = arena_.defined() ? static_cast<std::int64_t>(arena_.nbytes()) : 0;
   if (arena16_.defined()) bytes += static_cast<std::int64_t>(arena16_.nbytes());

@@ -95,6 +95,10 @@ class Gpt {
  public:
   // tp must be given (and outlive the model) when shape.tp_size > 1.
   explicit Gpt(const GptShape& shape, Device device = Device::cpu, TensorParallel* tp = nullptr);
+  // On cuda, waits for queued work first: copies may still read or write the pinned buffers.
+  ~Gpt();
+  Gpt(const Gpt&) = delete;
+  Gpt& operator=(const Gpt&) = delete;
 
   const GptShape& shape() const { return shape_; }
   std::vector<Parameter>& parameters() { return params_; }
@@ -124,10 +128,11 @@ class Gpt {
   // buffer with loss scaled by loss_scale (1 / tokens in the whole step). Queued on cuda: the
   // host does not wait for the device, and the batch may be reused as soon as this returns.
   void queue_forward_backward(const Batch& batch, float loss_scale);
-  // The unscaled sum of per-token losses of every queued_forward_backward since the last call,
-  // summed micro-batch by micro-batch in queue order. Waits for the device: once per step.
+  // The unscaled sum of per-token losses of every queue_forward_backward since the last call,
+  // summed micro-batch by micro-batch in queue order. Waits for the device. After an exception
+  // thrown mid-step the queue is not reset: a Gpt is then only fit to be destroyed.
   double take_loss_sum();
-  // Both of the above for one batch.
+  // Both of the above for one batch (with nothing queued before it).
   double forward_backward(const Batch& batch, float loss_scale) {
     queue_forward_backward(batch, loss_scale);
     return take_loss_sum();

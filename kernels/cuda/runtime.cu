@@ -1,4 +1,5 @@
 // The device runtime (kernels/device.h) on CUDA: one stream, a caching allocator, copies.
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <unordered_map>
@@ -145,10 +146,22 @@ std::string cuda_description() {
 }
 
 int device_count() {
-  if (!cuda_available()) return 0;
   int count = 0;
-  KILN_CUDA_CHECK(cudaGetDeviceCount(&count));
+  if (!cuda_available() || cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
   return count;
+}
+
+std::array<unsigned char, 16> device_uuid() {
+  int dev = 0;
+  cudaDeviceProp prop{};
+  KILN_CUDA_CHECK(cudaGetDevice(&dev));
+  KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  std::array<unsigned char, 16> uuid{};
+  std::memcpy(uuid.data(), prop.uuid.bytes, uuid.size());
+  return uuid;
 }
 
 void use_device(int index) {

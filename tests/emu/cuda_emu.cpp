@@ -599,6 +599,7 @@ cudaError_t cudaSetDevice(int device) { return device == 0 ? cudaSuccess : cudaE
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int) {
   *prop = cudaDeviceProp{};
   std::snprintf(prop->name, sizeof prop->name, "kiln CUDA emulator on the host");
+  std::memcpy(prop->uuid.bytes, "kiln-emulator-00", 16);
   prop->totalGlobalMem = kTotalMemory;
   prop->major = 9;
   prop->minor = 0;
