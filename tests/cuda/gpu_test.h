@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <random>
 #include <vector>
 
 #include "kernels/bf16.h"
@@ -79,6 +80,19 @@ std::vector<T> unpadded(const DeviceBuffer<T>& buffer, std::size_t pad) {
 
 // x rounded through bf16 (what a bf16 tensor holding x stores).
 inline float round_bf16(float x) { return to_float(to_bf16(x)); }
+// Every element rounded to bf16 and back (what a bf16 copy of the values holds).
+inline std::vector<float> rounded(std::vector<float> v) {
+  for (float& x : v) x = round_bf16(x);
+  return v;
+}
+// n seeded draws from N(0, 1).
+inline std::vector<float> random_normal(std::size_t n, unsigned seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(gen);
+  return v;
+}
 inline std::vector<bf16> to_bf16(const std::vector<float>& x) {
   std::vector<bf16> out(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) out[i] = kiln::to_bf16(x[i]);

@@ -24,6 +24,7 @@ using kiln::testing::padded;
 using kiln::testing::unpadded;
 using kiln::testing::expect_close;
 using kiln::testing::round_bf16;
+using kiln::testing::rounded;
 
 // Sizes: single elements, tails of every length below 8 after the vector units, large.
 const std::int64_t kSizes[] = {1, 3, 7, 8, 9, 1000, 4097, (1 << 20) + 5};
@@ -35,11 +36,6 @@ std::vector<float> uniform(std::size_t n, unsigned seed, float lo, float hi) {
   std::uniform_real_distribution<float> dist(lo, hi);
   std::vector<float> v(n);
   for (float& x : v) x = dist(rng);
-  return v;
-}
-
-std::vector<float> rounded(std::vector<float> v) {
-  for (float& x : v) x = round_bf16(x);
   return v;
 }
 

@@ -15,6 +15,7 @@ namespace {
 
 using kiln::bf16;
 using kiln::testing::DeviceBuffer;
+using kiln::testing::rounded;
 
 struct Shape {
   std::int64_t n;
@@ -60,11 +61,6 @@ std::vector<float> random_floats(std::size_t n, std::uint32_t seed) {
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   std::vector<float> v(n);
   for (float& x : v) x = dist(rng);
-  return v;
-}
-
-std::vector<float> rounded(std::vector<float> v) {
-  for (float& x : v) x = kiln::testing::round_bf16(x);
   return v;
 }
 

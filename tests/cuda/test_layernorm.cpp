@@ -27,6 +27,7 @@ using kiln::testing::padded;
 using kiln::testing::unpadded;
 using kiln::testing::expect_close;
 using kiln::testing::round_bf16;
+using kiln::testing::rounded;
 
 struct Shape {
   std::int64_t rows, c;
@@ -48,11 +49,6 @@ std::vector<float> normal(std::size_t n, unsigned seed, float mean, float stddev
   std::normal_distribution<float> dist(mean, stddev);
   std::vector<float> v(n);
   for (float& x : v) x = dist(rng);
-  return v;
-}
-
-std::vector<float> rounded(std::vector<float> v) {
-  for (float& x : v) x = round_bf16(x);
   return v;
 }
 

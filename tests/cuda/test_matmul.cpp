@@ -22,20 +22,9 @@ namespace {
 using kiln::bf16;
 using kiln::testing::DeviceBuffer;
 using kiln::testing::expect_close;
+using kiln::testing::random_normal;
 using kiln::testing::round_bf16;
-
-std::vector<float> random_normal(std::size_t n, unsigned seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(gen);
-  return v;
-}
-
-std::vector<float> rounded(std::vector<float> v) {
-  for (auto& x : v) x = round_bf16(x);
-  return v;
-}
+using kiln::testing::rounded;
 
 double fp32_atol(std::int64_t k) { return 2e-5 * std::sqrt(static_cast<double>(k > 0 ? k : 1)); }
 double bf16_atol(std::int64_t k) { return 1e-4 * std::sqrt(static_cast<double>(k > 0 ? k : 1)); }

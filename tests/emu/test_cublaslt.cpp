@@ -19,20 +19,16 @@ using kiln::emu::EpilogueRefusal;
 using kiln::testing::DeviceBuffer;
 using kiln::testing::expect_close;
 
-std::vector<float> random_bf16_values(std::size_t n, unsigned seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  std::vector<float> v(n);
-  for (auto& x : v) x = kiln::testing::round_bf16(dist(gen));
-  return v;
+std::vector<float> bf16_normal(std::size_t n, unsigned seed) {
+  return kiln::testing::rounded(kiln::testing::random_normal(n, seed));
 }
 
 // A bf16 linear layer (with GELU, bias and pre-activation as asked) on the device, checked against
 // the CPU twin; returns the epilogues cuBLASLt ran for it.
 std::vector<unsigned> run_bf16_linear(std::int64_t rows, std::int64_t in, std::int64_t out, bool gelu,
                                       bool with_bias, bool keep_pre, unsigned seed) {
-  const auto x = random_bf16_values(rows * in, seed), w = random_bf16_values(in * out, seed + 1);
-  const auto bias = random_bf16_values(out, seed + 2);
+  const auto x = bf16_normal(rows * in, seed), w = bf16_normal(in * out, seed + 1);
+  const auto bias = bf16_normal(out, seed + 2);
   std::vector<float> expected(rows * out), expected_pre(rows * out);
   const float* b = with_bias ? bias.data() : nullptr;
   if (gelu)
