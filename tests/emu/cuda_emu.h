@@ -31,13 +31,28 @@
 //    launch runs nothing and cudaGetLastError reports it. 8 SMs are reported (grid-stride loops
 //    then cover several rows per block). Device memory is host memory (16 GiB
 //    reported; cudaMemGetInfo's free memory is that minus what is allocated).
-//  - One stream, run as late as CUDA allows: kernels, copies, memsets, stream-ordered frees and
-//    library calls (cuBLASLt, CUB) are queued, and run only when the host must see their effect --
-//    cudaStreamSynchronize, cudaEventSynchronize (up to the event's record), a copy to pageable
-//    host memory, cudaFreeHost. A copy from pinned host memory reads it when it runs (the host may
+//  - Streams, run as late as CUDA allows: kernels (on kiln::cuda::stream(), as KILN_LAUNCH says),
+//    copies, memsets, stream-ordered frees and library calls (cuBLASLt, CUB, NCCL) are queued on
+//    their stream (one queue each; the legacy stream is one more, with no implicit ordering, as
+//    kiln's streams are non-blocking), and run only when the host must see their effect --
+//    cudaStreamSynchronize (that stream), cudaEventSynchronize and cudaEventQuery (up to the
+//    event's record in its stream; a query always finds it complete), a copy to pageable host
+//    memory (its stream), cudaMemcpy (the legacy stream), cudaFree, cudaFreeHost and
+//    cudaDeviceSynchronize (all streams).
+//    An event is a position in one stream; cudaStreamWaitEvent queues a wait, and the stream's
+//    later work runs only after the event's stream has run that far. To reach what the host waits
+//    for, the emulator runs that stream in order, first running the streams it waits for as far
+//    as they must go; but streams that carry NCCL collectives (make_eager) run every op as soon as
+//    its waits allow, before anything else: a collective whose stream does not wait for the
+//    kernels that write its input reads the input before they run. Work no wait needs stays
+//    queued. A copy from pinned host memory reads it when it runs (the host may
 //    have overwritten it by then); a copy to pinned host memory turns it to 0xff bytes when queued
 //    and lands when it runs; a copy from pageable memory reads it at once (the driver stages it).
 //    So a host that reads or reuses pinned memory without waiting for the copy sees it.
+//  - Devices: one, or KILN_EMU_DEVICES (for ranks on one host that each take one, as
+//    parallel.emu_nccl_np2 does); all share the host's memory. Each process's GPUs have their own
+//    UUID (process id and device), so mpirun's ranks look like separate GPUs.
+//  - NCCL: tests/emu/include/nccl.h, collectives over MPI when their stream runs.
 //  - cub::DeviceRadixSort::SortPairs is a host stable sort on the bits [begin_bit, end_bit).
 //  - atomicAdd is a plain read-modify-write (one thread runs at a time).
 // What is not: timing and concurrency (no two threads truly run together, so races that need two
@@ -45,7 +60,9 @@
 // assumes lanes run in step without a _sync primitive is not emulated), out-of-bounds accesses to
 // device memory that stay inside the host heap (a crash names the kernel, block and thread),
 // host pointers passed to kernels, partial-mask shuffles, __launch_bounds__, register and occupancy
-// limits, streams beyond one, and PTX other than what ptx.cuh uses.
+// limits, streams running concurrently (a stream's ops run whole, one at a time), stream
+// priorities and blocking streams' implicit sync with the legacy stream, and PTX other than what
+// ptx.cuh uses.
 #pragma once
 
 #include <bit>
@@ -138,6 +155,7 @@ enum cudaError_t {
   cudaErrorMemoryAllocation = 2,
   cudaErrorInvalidConfiguration = 9,
   cudaErrorInvalidDeviceFunction = 98,
+  cudaErrorNotReady = 600,
 };
 enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault };
 enum cudaDeviceAttr { cudaDevAttrMaxThreadsPerBlock = 1, cudaDevAttrMultiProcessorCount = 16 };
@@ -166,7 +184,16 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device);
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
 cudaError_t cudaMemGetInfo(std::size_t* free_bytes, std::size_t* total_bytes);
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaDeviceSynchronize();
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags = 0);
+cudaError_t cudaMalloc(void** ptr, std::size_t nbytes);
+template <class T>
+cudaError_t cudaMalloc(T** ptr, std::size_t nbytes) {
+  return cudaMalloc(reinterpret_cast<void**>(ptr), nbytes);
+}
+cudaError_t cudaFree(void* ptr);
 cudaError_t cudaMallocAsync(void** ptr, std::size_t nbytes, cudaStream_t stream);
 cudaError_t cudaFreeAsync(void* ptr, cudaStream_t stream);
 cudaError_t cudaMallocHost(void** ptr, std::size_t nbytes);
@@ -174,10 +201,12 @@ cudaError_t cudaFreeHost(void* ptr);
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t nbytes, cudaMemcpyKind kind,
                             cudaStream_t stream = nullptr);
 cudaError_t cudaMemsetAsync(void* dst, int value, std::size_t nbytes, cudaStream_t stream = nullptr);
+cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t nbytes, cudaMemcpyKind kind);
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags);
 cudaError_t cudaEventDestroy(cudaEvent_t event);
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = nullptr);
 cudaError_t cudaEventSynchronize(cudaEvent_t event);
+cudaError_t cudaEventQuery(cudaEvent_t event);
 
 // ---- The emulator -------------------------------------------------------------------------------
 namespace kiln::emu {
@@ -219,9 +248,12 @@ struct LaunchConfig {
 };
 // Queues every block of the grid on the stream; body(ctx) is one thread. A bad configuration
 // queues nothing, and cudaGetLastError reports it next.
-void launch(const LaunchConfig& config, void (*body)(const void*), std::shared_ptr<const void> ctx);
-// Queues host work (a library call: cuBLASLt, CUB) on the stream.
-void enqueue(std::function<void()> op);
+void launch(const LaunchConfig& config, cudaStream_t stream, void (*body)(const void*),
+            std::shared_ptr<const void> ctx);
+// Queues host work (a library call: cuBLASLt, CUB, NCCL) on the stream.
+void enqueue(cudaStream_t stream, std::function<void()> op);
+// Marks a communication stream (the NCCL shim's): its work runs as early as its waits allow.
+void make_eager(cudaStream_t stream);
 void set_max_dynamic_shared(const void* kernel, int bytes);
 // Whether [p, p + bytes) lies inside one live device allocation (cudaMallocAsync).
 bool in_device_memory(const void* p, std::size_t bytes);
@@ -231,13 +263,13 @@ bool in_device_memory(const void* p, std::size_t bytes);
 template <class... P>
 class Launch {
  public:
-  Launch(dim3 grid, dim3 block, std::size_t smem, const char* name, void (*kernel)(P...))
-      : config_{grid, block, smem, name, reinterpret_cast<const void*>(kernel)}, kernel_(kernel) {}
+  Launch(dim3 grid, dim3 block, std::size_t smem, const char* name, void (*kernel)(P...), cudaStream_t stream)
+      : config_{grid, block, smem, name, reinterpret_cast<const void*>(kernel)}, kernel_(kernel), stream_(stream) {}
   template <class... A>
   void operator()(A&&... args) const {
     static_assert(sizeof...(A) == sizeof...(P), "wrong number of kernel arguments");
     auto call = std::make_shared<const Call>(Call{kernel_, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)});
-    launch(config_, [](const void* c) {
+    launch(config_, stream_, [](const void* c) {
       const Call& call = *static_cast<const Call*>(c);
       std::apply(call.kernel, call.params);
     }, std::move(call));
@@ -250,6 +282,7 @@ class Launch {
   };
   LaunchConfig config_;
   void (*kernel_)(P...);
+  cudaStream_t stream_;
 };
 
 template <class T>
@@ -319,5 +352,7 @@ cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, void (*)(
   return cudaSuccess;
 }
 
-#define KILN_LAUNCH(grid, block, smem, ...) ::kiln::emu::Launch(grid, block, smem, #__VA_ARGS__, __VA_ARGS__)
+// On kiln's stream, as kernels/cuda/runtime.h's KILN_LAUNCH (expanded where runtime.h declares it).
+#define KILN_LAUNCH(grid, block, smem, ...) \
+  ::kiln::emu::Launch(grid, block, smem, #__VA_ARGS__, __VA_ARGS__, ::kiln::cuda::stream())
 #define KILN_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::kiln::emu::dynamic_shared())

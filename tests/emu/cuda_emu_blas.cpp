@@ -334,7 +334,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                               cublasLtMatrixLayout_t a_layout, const void* b, cublasLtMatrixLayout_t b_layout,
                               const void* beta, const void* c, cublasLtMatrixLayout_t c_layout, void* d,
                               cublasLtMatrixLayout_t d_layout, const cublasLtMatmulAlgo_t* algo, void* workspace,
-                              std::size_t workspace_bytes, cudaStream_t) {
+                              std::size_t workspace_bytes, cudaStream_t stream) {
   if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
   if (alpha == nullptr || beta == nullptr || algo == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
   Problem p{};
@@ -369,7 +369,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
   require_device(workspace, w[kWorkspace], "the workspace");
 
   // The product runs when the stream gets there, with the descriptor and layouts of now.
-  kiln::emu::enqueue([=, desc = *desc, a_layout = *a_layout, b_layout = *b_layout, c_ld = c_layout->ld,
+  kiln::emu::enqueue(stream, [=, desc = *desc, a_layout = *a_layout, b_layout = *b_layout, c_ld = c_layout->ld,
                       d_ld = d_layout->ld] {
     const std::vector<float> op_a = pack(a, a_layout, desc.trans_a == CUBLAS_OP_T, m, k, true);
     const std::vector<float> op_b = pack(b, b_layout, desc.trans_b == CUBLAS_OP_T, n, k, false);

@@ -33,6 +33,7 @@ TEST(Nccl, CollectivesMatchTheMpiCommunicator) {
     ASSERT_EQ(cudaMalloc(&shard, n * sizeof(float)), cudaSuccess);
     ASSERT_EQ(cudaMalloc(&all, n * sizeof(float)), cudaSuccess);
     cudaMemcpy(data, host.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+    cudaDeviceSynchronize();  // a pageable copy may return before it lands; NCCL's stream is another
     nccl->reduce_scatter(data, shard, n);
     nccl->all_gather(shard, all, n);
     cudaMemcpy(gathered.data(), all, n * sizeof(float), cudaMemcpyDeviceToHost);

@@ -24,7 +24,7 @@
 //    device memory (so a wrong ld or shape shows), a pointer less aligned than the heuristic was
 //    told (MIN_ALIGNMENT_*, or the bias / aux pointer set when it ran), and an algorithm used for a
 //    problem other than the one it was chosen for.
-//  - Queued on the emulator's one stream, like a kernel (tests/emu/cuda_emu.h).
+//  - Queued on the given stream, like a kernel (tests/emu/cuda_emu.h).
 // Not emulated: other attributes, types and epilogues (an error names them), batches, row-major
 // orders, device pointer modes, algorithm selection and timing.
 #pragma once

@@ -16,7 +16,7 @@ struct DeviceRadixSort {
   template <class Key, class Value, class Count>
   static cudaError_t SortPairs(void* temp_storage, std::size_t& temp_storage_bytes, const Key* keys_in,
                                Key* keys_out, const Value* values_in, Value* values_out, Count count,
-                               int begin_bit = 0, int end_bit = sizeof(Key) * 8, cudaStream_t = nullptr) {
+                               int begin_bit = 0, int end_bit = sizeof(Key) * 8, cudaStream_t stream = nullptr) {
     if (temp_storage == nullptr) {
       temp_storage_bytes = 256;
       return cudaSuccess;
@@ -24,7 +24,7 @@ struct DeviceRadixSort {
     if (begin_bit < 0 || end_bit > static_cast<int>(sizeof(Key) * 8) || begin_bit > end_bit)
       return cudaErrorInvalidValue;
     // Queued on the stream like the kernels it stands for (cuda_emu.h).
-    kiln::emu::enqueue([=] {
+    kiln::emu::enqueue(stream, [=] {
       const int bits = end_bit - begin_bit;
       const Key mask = bits == static_cast<int>(sizeof(Key) * 8) ? ~Key{0} : static_cast<Key>((Key{1} << bits) - 1);
       auto sort_key = [&](std::size_t i) { return static_cast<Key>(keys_in[i] >> begin_bit) & mask; };
