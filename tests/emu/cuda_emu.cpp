@@ -1,6 +1,8 @@
 // The host emulator's machinery (what and how: tests/emu/cuda_emu.h): fibers and their scheduler,
-// block barriers and warp collectives, the emulated PTX, and the CUDA runtime API on host memory.
+// block barriers and warp collectives, the emulated PTX, and kernel launch. Streams and the CUDA
+// runtime API, which run the launched grids, are in cuda_emu_runtime.cpp.
 #include "cuda_emu.h"
+#include "cuda_emu_internal.h"
 
 #include <signal.h>
 #include <sys/mman.h>
@@ -140,26 +142,7 @@ struct Warp {
   Lane lanes[32];
 };
 
-}  // namespace
-}  // namespace kiln::emu
-
-// A stream: work queued and not yet run, in order; `queued` and `done` count the ops ever queued
-// and run. An op may first wait until another stream has run `after` ops (cudaStreamWaitEvent).
-struct CUstream_st {
-  struct Op {
-    std::function<void()> run;
-    CUstream_st* after_stream = nullptr;
-    std::uint64_t after = 0;
-  };
-  std::deque<Op> ops;
-  std::uint64_t queued = 0, done = 0;
-  bool eager = false;  // a communication stream: runs as early as its waits allow
-};
-
-namespace kiln::emu {
-namespace {
-
-struct Emulator {
+struct LaunchState {
   std::mutex launch_mutex;  // one launch at a time
   LaunchConfig config{};
   void (*body)(const void*) = nullptr;
@@ -174,19 +157,10 @@ struct Emulator {
   Context scheduler;
   bool reverse = false;  // this block scans its threads from the last
   int rescan_from = 0;   // scan position to go back to after the running thread
-  cudaError_t last_error = cudaSuccess;
   std::map<const void*, int> max_dynamic_shared;
-  std::map<void*, std::size_t> allocations;
-  std::size_t allocated = 0;
-  std::map<const void*, std::size_t> pinned;  // cudaMallocHost blocks
-  // The streams (cuda_emu.h): the legacy default stream and every one created, never freed (an
-  // event may still name a destroyed one).
-  std::mutex stream_mutex;
-  CUstream_st legacy;
-  std::vector<CUstream_st*> streams{&legacy};
 };
-Emulator& state() {
-  static auto* s = new Emulator;  // outlives static destructors that free device memory
+LaunchState& state() {
+  static auto* s = new LaunchState;  // outlives static destructors, whose cudaFree runs queued grids
   return *s;
 }
 
@@ -202,7 +176,7 @@ std::string site(const Where& w) {
 }
 
 void thread_entry() {
-  Emulator& s = state();
+  LaunchState& s = state();
   s.body(s.ctx);
   s.current->phase = Thread::Phase::kDone;
   switch_context(s.current->context, s.scheduler);
@@ -210,7 +184,7 @@ void thread_entry() {
 }
 
 void resume(Thread& t) {
-  Emulator& s = state();
+  LaunchState& s = state();
   if (t.phase == Thread::Phase::kFresh) {
     t.stack = take_stack();
     make_context(t.context, t.stack, kStackBytes, thread_entry);
@@ -228,7 +202,7 @@ void resume(Thread& t) {
 
 // Suspends the running thread until b's generation moves on.
 void wait_at(Barrier& b, const char* op, const Where& where) {
-  Emulator& s = state();
+  LaunchState& s = state();
   Thread& t = *s.current;
   t.phase = Thread::Phase::kWaiting;
   t.wait_generation = &b.generation;
@@ -255,7 +229,7 @@ bool arrive(Barrier& b, int n, const char* op, const Where& where) {
 }
 
 [[noreturn]] void deadlock() {
-  Emulator& s = state();
+  LaunchState& s = state();
   std::map<std::string, int> waiting;
   int done = 0;
   for (const Thread& t : s.threads) {
@@ -274,7 +248,7 @@ bool arrive(Barrier& b, int n, const char* op, const Where& where) {
 // warp (the last, in odd blocks) runs as far ahead of the others as the barriers allow, and a
 // missing barrier shows whichever way round the race goes.
 void run_block() {
-  Emulator& s = state();
+  LaunchState& s = state();
   const dim3 b = s.config.block;
   const int n = static_cast<int>(b.x * b.y * b.z);
   s.threads.resize(n);
@@ -316,7 +290,7 @@ void run_block() {
 
 // Threads [first, first + count) may go on: the scan goes back to them.
 void released(int first, int count) {
-  Emulator& s = state();
+  LaunchState& s = state();
   const int n = static_cast<int>(s.threads.size());
   const int pos = s.reverse ? n - std::min(first + count, n) : first;
   s.rescan_from = std::min(s.rescan_from, pos);
@@ -337,7 +311,7 @@ cudaError_t check_config(const LaunchConfig& c) {
 
 // A crash inside a kernel names it.
 void on_crash(int sig) {
-  const Emulator& s = state();
+  const LaunchState& s = state();
   if (s.current != nullptr) {
     char line[512];
     const int len = std::snprintf(line, sizeof line,
@@ -368,7 +342,7 @@ void install_crash_handler() {
 }
 
 bool in_shared(const void* p, std::size_t bytes) {
-  const Emulator& s = state();
+  const LaunchState& s = state();
   const auto* c = static_cast<const char*>(p);
   const auto* dyn = reinterpret_cast<const char*>(s.shared);
   return (c >= dyn && c + bytes <= dyn + s.config.smem) ||
@@ -394,7 +368,7 @@ void ldmatrix_fragments(Lane* lanes, bool trans) {
 
 // ---- What kernels call -------------------------------------------------------------------------
 void fail(const char* what, const Where& where) {
-  const Emulator& s = state();
+  const LaunchState& s = state();
   if (s.current != nullptr)
     std::fprintf(stderr, "kiln CUDA emulator: %s\n  in kernel %s, block (%u,%u,%u), thread (%u,%u,%u), at %s\n", what,
                  s.config.name, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z,
@@ -412,7 +386,7 @@ Lane& lane() {
 }
 
 void warp_collective(const char* op, const Where& where, void (*compute)(Lane* lanes)) {
-  Emulator& s = state();
+  LaunchState& s = state();
   const int linear = s.current->linear, n = static_cast<int>(s.threads.size());
   if (linear - linear % 32 + 32 > n) fail("a warp collective in a partial warp (threads not a multiple of 32)", where);
   Warp& w = s.warps[linear / 32];
@@ -425,7 +399,7 @@ void warp_collective(const char* op, const Where& where, void (*compute)(Lane* l
 }
 
 void sync_block(const Where& where) {
-  Emulator& s = state();
+  LaunchState& s = state();
   const int n = static_cast<int>(s.threads.size());
   if (arrive(s.block_barrier, n, "__syncthreads", where)) released(0, n);
   else wait_at(s.block_barrier, "__syncthreads", where);
@@ -508,19 +482,9 @@ void cp_async_wait(int pending) {
 
 void set_max_dynamic_shared(const void* kernel, int bytes) { state().max_dynamic_shared[kernel] = bytes; }
 
-bool in_device_memory(const void* p, std::size_t bytes) {
-  const auto& allocations = state().allocations;
-  auto it = allocations.upper_bound(const_cast<void*>(p));
-  if (it == allocations.begin()) return false;
-  --it;
-  const auto* begin = static_cast<const unsigned char*>(it->first);
-  const auto* q = static_cast<const unsigned char*>(p);
-  return q >= begin && bytes <= it->second && static_cast<std::size_t>(q - begin) <= it->second - bytes;
-}
-
 // Runs every block of a grid whose configuration launch() checked.
 void run_grid(const LaunchConfig& config, void (*body)(const void*), const void* ctx) {
-  Emulator& s = state();
+  LaunchState& s = state();
   std::lock_guard lock(s.launch_mutex);
   install_crash_handler();
   s.config = config;
@@ -544,307 +508,10 @@ void run_grid(const LaunchConfig& config, void (*body)(const void*), const void*
 void launch(const LaunchConfig& config, cudaStream_t stream, void (*body)(const void*), std::shared_ptr<const void> ctx) {
   const cudaError_t status = check_config(config);
   if (status != cudaSuccess) {
-    state().last_error = status;
+    set_last_error(status);
     return;
   }
   enqueue(stream, [config, body, ctx = std::move(ctx)] { run_grid(config, body, ctx.get()); });
 }
 
-CUstream_st* stream_of(cudaStream_t stream) { return stream != nullptr ? stream : &state().legacy; }
-
-void enqueue(cudaStream_t stream, std::function<void()> op) {
-  std::lock_guard lock(state().stream_mutex);
-  CUstream_st* s = stream_of(stream);
-  s->ops.push_back({std::move(op)});
-  ++s->queued;
-}
-void make_eager(cudaStream_t stream) {
-  std::lock_guard lock(state().stream_mutex);
-  stream_of(stream)->eager = true;
-}
-
-namespace {
-// Whether s's next op may run (it has one, and what it waits for has run).
-bool ready(const CUstream_st* s) {
-  return !s->ops.empty() && (s->ops.front().after_stream == nullptr ||
-                             s->ops.front().after_stream->done >= s->ops.front().after);
-}
-void run_next(CUstream_st* s) {
-  CUstream_st::Op op;
-  {
-    std::lock_guard lock(state().stream_mutex);
-    op = std::move(s->ops.front());
-    s->ops.pop_front();
-  }
-  if (op.run) op.run();
-  std::lock_guard lock(state().stream_mutex);
-  ++s->done;
-}
-// Runs one op of an eager stream that is ready; false if none is.
-bool run_eager() {
-  for (CUstream_st* s : state().streams)
-    if (s->eager && ready(s)) {
-      run_next(s);
-      return true;
-    }
-  return false;
-}
-// Runs one op toward s's next: that op, or first one of the stream it waits for.
-void step(CUstream_st* s) {
-  while (!ready(s)) s = s->ops.front().after_stream;  // a waited-for stream has ops left
-  run_next(s);
-}
-}  // namespace
-
-// Runs queued work until s has run `target` ops in all (or has none left), eager streams first.
-void run_stream_until(CUstream_st* s, std::uint64_t target) {
-  while (s->done < target && !s->ops.empty())
-    if (!run_eager()) step(s);
-}
-// Runs every stream's work (a device-wide synchronisation).
-void run_all() {
-  for (bool left = true; left;) {
-    left = false;
-    for (CUstream_st* s : state().streams)
-      if (!s->ops.empty()) {
-        run_stream_until(s, UINT64_MAX);
-        left = true;
-      }
-  }
-}
-
 }  // namespace kiln::emu
-
-// ---- The runtime API ---------------------------------------------------------------------------
-namespace {
-constexpr std::size_t kTotalMemory = std::size_t{16} << 30;
-constexpr int kSmCount = 8;
-kiln::emu::Emulator& rt() { return kiln::emu::state(); }
-}  // namespace
-
-const char* cudaGetErrorName(cudaError_t error) {
-  switch (error) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
-    default: return "cudaErrorUnknown";
-  }
-}
-const char* cudaGetErrorString(cudaError_t error) {
-  switch (error) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    default: return "unknown error";
-  }
-}
-cudaError_t cudaGetLastError() {
-  const cudaError_t e = rt().last_error;
-  rt().last_error = cudaSuccess;
-  return e;
-}
-namespace {
-// One device, or KILN_EMU_DEVICES of them (for mpirun's ranks on one host, each using its own).
-int device_count() {
-  static const int count = [] {
-    const char* env = std::getenv("KILN_EMU_DEVICES");
-    return env != nullptr && std::atoi(env) > 0 ? std::atoi(env) : 1;
-  }();
-  return count;
-}
-int current_device = 0;
-}  // namespace
-cudaError_t cudaGetDeviceCount(int* count) {
-  *count = device_count();
-  return cudaSuccess;
-}
-cudaError_t cudaGetDevice(int* device) {
-  *device = current_device;
-  return cudaSuccess;
-}
-cudaError_t cudaSetDevice(int device) {
-  if (device < 0 || device >= device_count()) return cudaErrorInvalidValue;
-  current_device = device;
-  return cudaSuccess;
-}
-// Every process is its own GPU: the UUID holds the process id and the device (a pair of ranks
-// checks that they use two GPUs).
-cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-  *prop = cudaDeviceProp{};
-  std::snprintf(prop->name, sizeof prop->name, "kiln CUDA emulator on the host");
-  char uuid[17];
-  std::snprintf(uuid, sizeof uuid, "kiln%02x%010x", device & 0xff, static_cast<unsigned>(getpid()));
-  std::memcpy(prop->uuid.bytes, uuid, 16);
-  prop->totalGlobalMem = kTotalMemory;
-  prop->major = 9;
-  prop->minor = 0;
-  prop->multiProcessorCount = kSmCount;
-  return cudaSuccess;
-}
-cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
-  if (attr == cudaDevAttrMultiProcessorCount) *value = kSmCount;
-  else if (attr == cudaDevAttrMaxThreadsPerBlock) *value = 1024;
-  else return cudaErrorInvalidValue;
-  return cudaSuccess;
-}
-cudaError_t cudaMemGetInfo(std::size_t* free_bytes, std::size_t* total_bytes) {
-  *free_bytes = kTotalMemory - rt().allocated;
-  *total_bytes = kTotalMemory;
-  return cudaSuccess;
-}
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
-  std::lock_guard lock(rt().stream_mutex);
-  *stream = new CUstream_st;
-  rt().streams.push_back(*stream);
-  return cudaSuccess;
-}
-// The work queued runs first; the stream itself stays (events may name it).
-cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-  if (stream == nullptr) return cudaErrorInvalidValue;
-  kiln::emu::run_stream_until(stream, UINT64_MAX);
-  return cudaSuccess;
-}
-cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  kiln::emu::run_stream_until(kiln::emu::stream_of(stream), UINT64_MAX);
-  return cudaSuccess;
-}
-cudaError_t cudaDeviceSynchronize() {
-  kiln::emu::run_all();
-  return cudaSuccess;
-}
-// Fresh device memory holds 0xff bytes (NaN as fp32 and bf16): reading it unwritten shows.
-cudaError_t cudaMallocAsync(void** ptr, std::size_t nbytes, cudaStream_t) {
-  if (nbytes > kTotalMemory - rt().allocated) return rt().last_error = cudaErrorMemoryAllocation;
-  *ptr = ::operator new(nbytes ? nbytes : 1, std::align_val_t{256});
-  std::memset(*ptr, 0xff, nbytes);
-  rt().allocations[*ptr] = nbytes;
-  rt().allocated += nbytes;
-  return cudaSuccess;
-}
-// Freed when the stream gets there (stream-ordered).
-cudaError_t cudaFreeAsync(void* ptr, cudaStream_t stream) {
-  if (rt().allocations.find(ptr) == rt().allocations.end()) return cudaErrorInvalidValue;
-  kiln::emu::enqueue(stream, [ptr] {
-    const auto it = rt().allocations.find(ptr);
-    if (it == rt().allocations.end()) return;
-    rt().allocated -= it->second;
-    rt().allocations.erase(it);
-    ::operator delete(ptr, std::align_val_t{256});
-  });
-  return cudaSuccess;
-}
-cudaError_t cudaMalloc(void** ptr, std::size_t nbytes) { return cudaMallocAsync(ptr, nbytes, nullptr); }
-cudaError_t cudaFree(void* ptr) {  // synchronises the device
-  if (ptr == nullptr) return cudaSuccess;
-  kiln::emu::run_all();
-  const auto it = rt().allocations.find(ptr);
-  if (it == rt().allocations.end()) return cudaErrorInvalidValue;
-  rt().allocated -= it->second;
-  rt().allocations.erase(it);
-  ::operator delete(ptr, std::align_val_t{256});
-  return cudaSuccess;
-}
-cudaError_t cudaMallocHost(void** ptr, std::size_t nbytes) {
-  *ptr = ::operator new(nbytes ? nbytes : 1, std::align_val_t{256});
-  rt().pinned[*ptr] = nbytes;
-  return cudaSuccess;
-}
-cudaError_t cudaFreeHost(void* ptr) {  // synchronises the device
-  kiln::emu::run_all();
-  if (rt().pinned.erase(ptr) == 0) return cudaErrorInvalidValue;
-  ::operator delete(ptr, std::align_val_t{256});
-  return cudaSuccess;
-}
-namespace {
-// Whether [p, p + bytes) lies inside one cudaMallocHost block.
-bool in_pinned_memory(const void* p, std::size_t bytes) {
-  auto it = rt().pinned.upper_bound(p);
-  if (it == rt().pinned.begin()) return false;
-  --it;
-  const auto* begin = static_cast<const unsigned char*>(it->first);
-  const auto* q = static_cast<const unsigned char*>(p);
-  return q >= begin && bytes <= it->second && static_cast<std::size_t>(q - begin) <= it->second - bytes;
-}
-}  // namespace
-// As late as CUDA allows (cuda_emu.h): pinned host memory is read or written when the copy runs;
-// pageable memory is read at once (staged) or written before the call returns.
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t nbytes, cudaMemcpyKind kind, cudaStream_t stream) {
-  if (nbytes == 0) return cudaSuccess;
-  switch (kind) {
-    case cudaMemcpyHostToDevice:
-      if (!kiln::emu::in_device_memory(dst, nbytes)) return cudaErrorInvalidValue;
-      if (in_pinned_memory(src, nbytes)) {
-        kiln::emu::enqueue(stream, [=] { std::memmove(dst, src, nbytes); });
-      } else {
-        auto staged = std::make_shared<std::vector<unsigned char>>(static_cast<const unsigned char*>(src),
-                                                                   static_cast<const unsigned char*>(src) + nbytes);
-        kiln::emu::enqueue(stream, [=] { std::memcpy(dst, staged->data(), nbytes); });
-      }
-      return cudaSuccess;
-    case cudaMemcpyDeviceToHost:
-      if (!kiln::emu::in_device_memory(src, nbytes)) return cudaErrorInvalidValue;
-      if (in_pinned_memory(dst, nbytes)) {
-        std::memset(dst, 0xff, nbytes);
-        kiln::emu::enqueue(stream, [=] { std::memmove(dst, src, nbytes); });
-      } else {
-        kiln::emu::run_stream_until(kiln::emu::stream_of(stream), UINT64_MAX);
-        std::memmove(dst, src, nbytes);
-      }
-      return cudaSuccess;
-    case cudaMemcpyDeviceToDevice:
-      if (!kiln::emu::in_device_memory(src, nbytes) || !kiln::emu::in_device_memory(dst, nbytes))
-        return cudaErrorInvalidValue;
-      kiln::emu::enqueue(stream, [=] { std::memmove(dst, src, nbytes); });
-      return cudaSuccess;
-    default:  // host to host, or cudaMemcpyDefault: not emulated
-      return cudaErrorInvalidValue;
-  }
-}
-cudaError_t cudaMemsetAsync(void* dst, int value, std::size_t nbytes, cudaStream_t stream) {
-  if (nbytes == 0) return cudaSuccess;
-  if (!kiln::emu::in_device_memory(dst, nbytes)) return cudaErrorInvalidValue;
-  kiln::emu::enqueue(stream, [=] { std::memset(dst, value, nbytes); });
-  return cudaSuccess;
-}
-// As a copy on the legacy stream that the host then waits for.
-cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t nbytes, cudaMemcpyKind kind) {
-  const cudaError_t status = cudaMemcpyAsync(dst, src, nbytes, kind, nullptr);
-  cudaStreamSynchronize(nullptr);
-  return status;
-}
-// An event is a point in one stream: the count of its ops queued when it was recorded.
-struct CUevent_st {
-  CUstream_st* stream = nullptr;
-  std::uint64_t recorded = 0;
-};
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
-  *event = new CUevent_st;
-  return cudaSuccess;
-}
-cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  delete event;
-  return cudaSuccess;
-}
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
-  std::lock_guard lock(rt().stream_mutex);
-  event->stream = kiln::emu::stream_of(stream);
-  event->recorded = event->stream->queued;
-  return cudaSuccess;
-}
-cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  if (event->stream != nullptr) kiln::emu::run_stream_until(event->stream, event->recorded);
-  return cudaSuccess;
-}
-// Lazy: the host asks, so the work runs now and the event has always completed.
-cudaError_t cudaEventQuery(cudaEvent_t event) { return cudaEventSynchronize(event); }
-// The stream's later work waits until the event's stream has run to the record.
-cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned) {
-  if (event->stream == nullptr) return cudaSuccess;
-  std::lock_guard lock(rt().stream_mutex);
-  CUstream_st* s = kiln::emu::stream_of(stream);
-  s->ops.push_back({nullptr, event->stream, event->recorded});
-  ++s->queued;
-  return cudaSuccess;
-}
