@@ -413,8 +413,7 @@ void check_bf16_shape(const char* what, std::int64_t b, std::int64_t t, std::int
                       std::int64_t nh, const cpu::BlockLayoutView& layout, int max_tile) {
   KILN_CHECK(nh > 0 && c % nh == 0, what, ": c=", c, " is not a multiple of nh=", nh);
   const std::int64_t hd = c / nh;
-  KILN_CHECK(hd == 32 || hd == 48 || hd == 64 || hd == 80 || hd == 96 || hd == 128, what,
-             ": head size hd=", hd, " (c=", c, ", nh=", nh,
+  KILN_CHECK(with_head_dim(hd, [](auto) {}), what, ": head size hd=", hd, " (c=", c, ", nh=", nh,
              ") is not supported; the bf16 kernels support hd = 32, 48, 64, 80, 96 or 128");
   check_layout(what, b, t, c, nh, layout, max_tile);
 }

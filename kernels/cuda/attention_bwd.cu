@@ -394,15 +394,8 @@ void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qkv, cons
   a.aligned = reinterpret_cast<std::uintptr_t>(qkv) % 16 == 0 &&
               reinterpret_cast<std::uintptr_t>(dout) % 16 == 0 &&
               reinterpret_cast<std::uintptr_t>(dqkv) % 16 == 0;
-  switch (c / nh) {
-    case 32: launch_backward<32>(a, b); break;
-    case 48: launch_backward<48>(a, b); break;
-    case 64: launch_backward<64>(a, b); break;
-    case 80: launch_backward<80>(a, b); break;
-    case 96: launch_backward<96>(a, b); break;
-    case 128: launch_backward<128>(a, b); break;
-    default: KILN_ASSERT(false);  // check_bf16_shape rejected it
-  }
+  const bool built = with_head_dim(c / nh, [&](auto hd) { launch_backward<decltype(hd)::value>(a, b); });
+  KILN_ASSERT(built);  // check_bf16_shape rejected the others
 }
 
 }  // namespace kiln::cuda

@@ -264,15 +264,8 @@ void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, std::int64_t
   a.lse_out = lse;
   a.aligned = reinterpret_cast<std::uintptr_t>(qkv) % 16 == 0 &&
               reinterpret_cast<std::uintptr_t>(out) % 16 == 0;
-  switch (c / nh) {
-    case 32: launch_forward<32>(a, b); break;
-    case 48: launch_forward<48>(a, b); break;
-    case 64: launch_forward<64>(a, b); break;
-    case 80: launch_forward<80>(a, b); break;
-    case 96: launch_forward<96>(a, b); break;
-    case 128: launch_forward<128>(a, b); break;
-    default: KILN_ASSERT(false);  // check_bf16_shape rejected it
-  }
+  const bool built = with_head_dim(c / nh, [&](auto hd) { launch_forward<decltype(hd)::value>(a, b); });
+  KILN_ASSERT(built);  // check_bf16_shape rejected the others
 }
 
 }  // namespace kiln::cuda

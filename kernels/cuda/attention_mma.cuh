@@ -17,6 +17,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/attention.h"
 #include "kernels/cuda/attention_tiling.h"
@@ -238,7 +239,22 @@ struct TileWalk {
   }
 };
 
-// Host side, in attention.cu. Checks the arguments every bf16 entry point shares (head size
+// Host side. The head sizes the bf16 kernels are built for: calls f(std::integral_constant<int,
+// hd>) and returns true for one of them, false (calling nothing) for any other.
+template <class F>
+bool with_head_dim(std::int64_t hd, F&& f) {
+  switch (hd) {
+    case 32: f(std::integral_constant<int, 32>{}); return true;
+    case 48: f(std::integral_constant<int, 48>{}); return true;
+    case 64: f(std::integral_constant<int, 64>{}); return true;
+    case 80: f(std::integral_constant<int, 80>{}); return true;
+    case 96: f(std::integral_constant<int, 96>{}); return true;
+    case 128: f(std::integral_constant<int, 128>{}); return true;
+    default: return false;
+  }
+}
+
+// In attention.cu. Checks the arguments every bf16 entry point shares (head size
 // among the supported ones, layout block and size, grid limits for tiles of max_tile).
 void check_bf16_shape(const char* what, std::int64_t b, std::int64_t t, std::int64_t c,
                       std::int64_t nh, const cpu::BlockLayoutView& layout, int max_tile);
