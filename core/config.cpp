@@ -93,20 +93,54 @@ std::string nearest(const std::string& word, const std::vector<std::string>& can
   return best;
 }
 
-// The valid key a mistyped dotted key most likely meant: the same name in another section
-// (model.lr -> optim.lr), else the nearest by edit distance among all keys.
+// The first letters of a snake_case name: "learning_rate" -> "lr".
+std::string initials(const std::string& name) {
+  std::string out;
+  for (std::size_t i = 0; i < name.size(); ++i)
+    if (name[i] != '_' && (i == 0 || name[i - 1] == '_')) out += name[i];
+  return out;
+}
+
+// The valid key a mistyped dotted key most likely meant, or "" when none is close: a key that other
+// tools call by that name (optim.learning_rate -> optim.lr), the same name in another section
+// (model.lr -> optim.lr), a key named by the typed name's initials (train.max_steps for max_s),
+// else the nearest by edit distance if it is within a third of the name, the typed section first.
 std::string suggest_key(const std::string& dotted) {
-  const std::string leaf = dotted.substr(dotted.find('.') + 1);
-  std::vector<std::string> all;
-  for (const Key& key : schema().keys) {
+  const std::size_t dot = dotted.find('.');
+  const std::string section = dot == std::string::npos ? "" : dotted.substr(0, dot);
+  const std::string leaf = dotted.substr(dot + 1);
+  for (const Key& key : schema().keys)
+    if (std::ranges::count(key.aliases, leaf) > 0) return key.dotted;
+  for (const Key& key : schema().keys)
     if (key.name == leaf) return key.dotted;
+  if (leaf.find('_') != std::string::npos)
+    for (const Key& key : schema().keys)
+      if (key.name == initials(leaf)) return key.dotted;
+  const std::size_t close = std::max<std::size_t>(2, leaf.size() / 3);
+  std::vector<std::string> in_section, all;
+  for (const Key& key : schema().keys) {
+    if (key.section == section) in_section.push_back(key.name);
     all.push_back(key.dotted);
   }
-  return nearest(dotted, all);
+  if (!in_section.empty()) {
+    const std::string best = nearest(leaf, in_section);
+    if (levenshtein(leaf, best) <= close) return section + "." + best;
+  }
+  const std::string best = nearest(dotted, all);
+  return levenshtein(dotted, best) <= close ? best : "";
 }
 
 std::string unknown_key_message(const std::string& dotted) {
-  return "unknown key '" + dotted + "'; did you mean '" + suggest_key(dotted) + "'?";
+  const std::string suggestion = suggest_key(dotted);
+  if (!suggestion.empty()) return "unknown key '" + dotted + "'; did you mean '" + suggestion + "'?";
+  const std::string section = dotted.substr(0, dotted.find('.'));
+  std::vector<std::string> names;
+  for (const Key& key : schema().keys)
+    if (key.section == section) names.push_back(key.name);
+  return "unknown key '" + dotted + "'; " +
+         (names.empty() ? "sections: " + join(section_names(), ", ")
+                        : "the keys of '" + section + "' are " + join(names, ", ")) +
+         " (`kiln config` describes every key)";
 }
 
 std::string unknown_section_message(const std::string& name) {
@@ -368,14 +402,59 @@ void read_section(const YAML::Node& name_node, const YAML::Node& body, const std
   }
 }
 
+// Line `line` (0-based) of text, without its newline.
+std::string line_of(const std::string& text, int line) {
+  std::size_t begin = 0;
+  for (int i = 0; i < line && begin != std::string::npos; ++i) {
+    begin = text.find('\n', begin);
+    if (begin != std::string::npos) ++begin;
+  }
+  if (begin == std::string::npos || begin > text.size()) return "";
+  return text.substr(begin, text.find('\n', begin) - begin);
+}
+
+// A config must be UTF-8 text: a binary file (a checkpoint, a token shard) passed by mistake is
+// named as such, not reported as whatever YAML syntax its bytes happen to break.
+void check_text(const std::string& text, const std::string& name) {
+  const std::string fix = "pass an experiment YAML file such as configs/quickstart.yaml";
+  int line = 1;
+  for (std::size_t i = 0; i < text.size();) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    const std::size_t length = byte < 0x80               ? 1
+                               : (byte & 0xE0) == 0xC0 ? 2
+                               : (byte & 0xF0) == 0xE0 ? 3
+                               : (byte & 0xF8) == 0xF0 ? 4
+                                                       : 0;
+    bool utf8 = length > 0 && i + length <= text.size();
+    for (std::size_t k = 1; utf8 && k < length; ++k)
+      utf8 = (static_cast<unsigned char>(text[i + k]) & 0xC0) == 0x80;
+    const std::string where = name + ":" + std::to_string(line);
+    if (byte == 0)
+      fail(where, "this is a binary file, not a YAML config (a NUL byte at offset " +
+                      std::to_string(i) + "); " + fix);
+    if (!utf8) {
+      char hex[8];
+      std::snprintf(hex, sizeof(hex), "0x%02x", byte);
+      fail(where, std::string("byte ") + hex + " at offset " + std::to_string(i) +
+                      " is not UTF-8 text; a config is a YAML text file in UTF-8: re-save it as UTF-8, or " + fix);
+    }
+    line += byte == '\n';
+    i += length;
+  }
+}
+
 void read_yaml(const std::string& text, const std::string& name, ExperimentConfig& config,
                Origins& origins) {
+  check_text(text, name);
   YAML::Node root;
   try {
     root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
-    fail(at(name, e.mark),
-         "YAML syntax error: " + e.msg + " (indent with spaces, not tabs, and write 'key: value')");
+    const bool tab = line_of(text, e.mark.line).find('\t') != std::string::npos;
+    fail(at(name, e.mark), "YAML syntax error: " + e.msg +
+                               (tab ? " (this line has a tab: YAML indents with spaces only)"
+                                    : " (write 'section:' lines, and under each, indented "
+                                      "'key: value' lines)"));
   }
   if (root.IsNull()) return;  // an empty file: all defaults
   if (!root.IsMap())
@@ -429,9 +508,11 @@ void apply_override(ExperimentConfig& config, const std::string& text, Origins& 
   const std::string dotted = trim(text.substr(0, equals));
   if (dotted.empty()) fail(where, form);
   const Key* key = find_key(dotted);
-  if (key == nullptr && dotted.find('.') == std::string::npos)
-    fail(where, "'" + dotted + "' names no section; " + form + "; did you mean '" +
-                    suggest_key("." + dotted) + "'?");
+  if (key == nullptr && dotted.find('.') == std::string::npos) {
+    const std::string suggestion = suggest_key("." + dotted);
+    fail(where, "'" + dotted + "' names no section; " + form +
+                    (suggestion.empty() ? "" : "; did you mean '" + suggestion + "'?"));
+  }
   if (key == nullptr) fail(where, unknown_key_message(dotted));
   const std::string value = trim(text.substr(equals + 1));
   assign(*key, config, raw_from_override(*key, value, where), where);
@@ -541,18 +622,52 @@ void validate(const ExperimentConfig& config, const Origins& origins, const std:
   validate_cross(config, origins, name);
 }
 
+// ---- Paths ----
+
+// value made absolute against base: each comma-separated item for a list key (a blend's
+// PATTERN@WEIGHT included), the whole string otherwise; absolute paths and "" are kept.
+std::string absolute_path(const std::string& value, const std::filesystem::path& base, bool list) {
+  std::string out;
+  std::size_t begin = 0;
+  while (begin <= value.size()) {
+    const std::size_t end = list ? std::min(value.find(',', begin), value.size()) : value.size();
+    const std::string item = value.substr(begin, end - begin);
+    if (begin > 0) out += ',';
+    out += item.empty() || item.front() == '/' ? item : (base / item).lexically_normal().string();
+    begin = end + 1;
+  }
+  return out;
+}
+
+// Every path key relative to `which` (working_dir: every path key) made absolute against base.
+void resolve_paths(ExperimentConfig& config, PathBase which, const std::filesystem::path& base) {
+  for (const Key& key : schema().keys) {
+    if (key.path == PathBase::none || (which != PathBase::working_dir && key.path != which)) continue;
+    std::string& value = *std::get<std::string*>(key.slot(config));
+    value = absolute_path(value, base, key.path_list);
+  }
+}
+
+// YAML text, then overrides, then validation. With a base folder (the config file's), the
+// file's relative input paths are resolved against it before the command line is applied.
+ExperimentConfig parse(const std::string& yaml_text, const std::string& name,
+                       const std::vector<std::string>& overrides, const std::filesystem::path& base) {
+  ExperimentConfig config;
+  Origins origins{"default", {}};
+  read_yaml(yaml_text, name, config, origins);
+  if (!base.empty()) resolve_paths(config, PathBase::config_file, base);
+  for (const std::string& text : overrides) apply_override(config, text, origins);
+  validate(config, origins, name);
+  return config;
+}
+
 }  // namespace
 
 // ---- Public interface ----
 
 ExperimentConfig parse_config(const std::string& yaml_text, const std::string& name,
                               const std::vector<std::string>& overrides) {
-  ExperimentConfig config;
-  Origins origins{"default", {}};
-  read_yaml(yaml_text, name, config, origins);
-  for (const std::string& text : overrides) apply_override(config, text, origins);
-  validate(config, origins, name);
-  return config;
+  return parse(yaml_text, name, overrides, "");
 }
 
 void apply_overrides(ExperimentConfig& config, const std::vector<std::string>& overrides) {
@@ -576,7 +691,9 @@ ExperimentConfig load_config(const std::string& path, const std::vector<std::str
              "; check its permissions");
   std::ostringstream text;
   text << in.rdbuf();
-  ExperimentConfig config = parse_config(text.str(), path, overrides);
+  const std::filesystem::path cwd = std::filesystem::current_path();
+  ExperimentConfig config = parse(text.str(), path, overrides, (cwd / path).parent_path());
+  resolve_paths(config, PathBase::working_dir, cwd);  // and the rest: command line, defaults
   config.source = path;
   return config;
 }

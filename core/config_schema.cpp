@@ -19,12 +19,17 @@ const std::vector<std::string> kDeviceChoices = {"cpu", "cuda"};
 void model_keys(Schema& s) {
   SectionBuilder<ModelConfig>(s, "model", &ExperimentConfig::model, "network shape and numerics")
       .key("n_layer", &ModelConfig::n_layer, between(1, 1024), "number of transformer blocks")
+      .aka({"num_layers", "num_hidden_layers", "n_layers", "layers", "depth"})
       .key("n_head", &ModelConfig::n_head, between(1, 1024), "attention heads per block")
+      .aka({"num_heads", "num_attention_heads", "n_heads", "heads"})
       .key("n_embd", &ModelConfig::n_embd, between(1, 65536), "width of the residual stream")
+      .aka({"hidden_size", "d_model", "n_embed", "dim", "width", "embed_dim"})
       .key("context", &ModelConfig::context, between(1, 1 << 20),
            "number of learned positions (longest sequence the model can read)")
+      .aka({"n_positions", "n_ctx", "block_size", "max_position_embeddings", "context_length"})
       .key("vocab_size", &ModelConfig::vocab_size, between(0, 1 << 24),
            "0: take it from data.tokenizer (byte: 257, gpt2: encoder.json's, 50257 for GPT-2's)")
+      .aka({"vocab", "n_vocab"})
       .key("vocab_multiple", &ModelConfig::vocab_multiple, between(1, 65536),
            "the embedding is padded to a multiple of this")
       .key("norm", &ModelConfig::norm, one_of(kNormChoices), "LayerNorm placement")
@@ -53,30 +58,40 @@ void model_keys(Schema& s) {
 
 void data_keys(Schema& s) {
   SectionBuilder<DataConfig>(s, "data", &ExperimentConfig::data, "token shards and tokenizer")
-      .key("train", &DataConfig::train, Limits(), "training shards: a file, folder or glob, or a blend PATTERN@WEIGHT,...")
+      .key("train", &DataConfig::train, Limits(),
+           "training shards: a file, folder or glob, or a blend PATTERN@WEIGHT,... (relative to the config file)")
+      .path(PathBase::config_file, true)
       .key("val", &DataConfig::val, Limits(), "validation shards, the same way (\"\": none)")
+      .path(PathBase::config_file, true)
       .key("corpus", &DataConfig::corpus, Limits(),
            "instead of train/val: text files, a folder or a glob that kiln tokenizes with "
-           "data.tokenizer (cached; 5% of documents for validation)")
+           "data.tokenizer (cached; 5% of documents for validation; relative to the config file)")
+      .path(PathBase::config_file)
       .key("separator", &DataConfig::separator, Limits(),
            "corpus: a line equal to this separates documents (\"\": one document per file)")
       .key("jsonl_field", &DataConfig::jsonl_field, Limits(),
            "corpus: the field of .jsonl records that holds the text")
       .key("cache_dir", &DataConfig::cache_dir, Limits(),
-           "corpus: folder for its token shards, one subfolder per corpus and tokenizer")
+           "corpus: folder for its token shards, one subfolder per corpus and tokenizer "
+           "(relative to the working directory)")
+      .path(PathBase::working_dir)
       .key("tokenizer", &DataConfig::tokenizer, one_of(kTokenizerChoices),
            "tokenizer the shards were written with")
       .key("tokenizer_dir", &DataConfig::tokenizer_dir, Limits(),
-           "gpt2: folder holding encoder.json and vocab.bpe (\"\": $KILN_GPT2_BPE_DIR)");
+           "gpt2: folder holding encoder.json and vocab.bpe (relative to the config file; "
+           "\"\": $KILN_GPT2_BPE_DIR)")
+      .path(PathBase::config_file);
 }
 
 void optim_keys(Schema& s) {
   SectionBuilder<OptimConfig>(s, "optim", &ExperimentConfig::optim, "AdamW and the LR schedule")
       .key("lr", &OptimConfig::lr, above(0).up_to(10), "peak learning rate")
+      .aka({"learning_rate", "max_lr", "peak_lr"})
       .key("min_lr_ratio", &OptimConfig::min_lr_ratio, between(0, 1),
            "cosine decays to lr * min_lr_ratio")
       .key("warmup_steps", &OptimConfig::warmup_steps, at_least(0),
            "linear warmup from 0 to lr over this many steps")
+      .aka({"warmup", "warmup_iters", "num_warmup_steps"})
       .key("schedule", &OptimConfig::schedule, one_of(kScheduleChoices),
            "learning-rate schedule after warmup")
       .key("beta1", &OptimConfig::beta1, at_least(0).below(1), "AdamW first-moment decay")
@@ -84,24 +99,32 @@ void optim_keys(Schema& s) {
       .key("eps", &OptimConfig::eps, above(0), "AdamW denominator epsilon")
       .key("weight_decay", &OptimConfig::weight_decay, at_least(0),
            "decoupled weight decay, matmul weights only")
-      .key("grad_clip", &OptimConfig::grad_clip, at_least(0), "global-norm clip; 0 disables");
+      .aka({"wd", "decay"})
+      .key("grad_clip", &OptimConfig::grad_clip, at_least(0), "global-norm clip; 0 disables")
+      .aka({"max_grad_norm", "clip_grad_norm", "gradient_clipping", "clip"});
 }
 
 void train_keys(Schema& s) {
   SectionBuilder<TrainConfig>(s, "train", &ExperimentConfig::train, "the training loop")
       .key("micro_batch", &TrainConfig::micro_batch, at_least(1),
            "sequences per forward/backward pass")
+      .aka({"batch_size", "micro_batch_size", "per_device_train_batch_size", "batch"})
       .key("seq_len", &TrainConfig::seq_len, at_least(1),
            "tokens per training sequence (<= model.context)")
+      .aka({"sequence_length", "seq_length", "max_seq_len", "max_length"})
       .key("grad_accum", &TrainConfig::grad_accum, at_least(1),
            "micro-batches accumulated per optimizer step")
+      .aka({"gradient_accumulation_steps", "accumulation_steps", "grad_accum_steps"})
       .key("max_steps", &TrainConfig::max_steps, at_least(1), "optimizer steps to train")
+      .aka({"max_iters", "steps", "train_steps", "num_steps", "iterations", "train_iters"})
       .key("seed", &TrainConfig::seed, Limits(), "seed of weight init and data order")
       .key("eval_every", &TrainConfig::eval_every, at_least(0),
            "steps between validations; 0 disables")
       .key("eval_batches", &TrainConfig::eval_batches, at_least(1), "micro-batches per validation")
       .key("run_dir", &TrainConfig::run_dir, not_empty(),
-           "folder for checkpoints, logs and the resolved config.yaml")
+           "folder for checkpoints, logs and the resolved config.yaml (relative to the working directory)")
+      .path(PathBase::working_dir)
+      .aka({"output_dir", "out_dir", "save_dir", "checkpoint_dir"})
       .key("threads", &TrainConfig::threads, at_least(0), "CPU threads; 0: all cores")
       .key("stage", &TrainConfig::stage, one_of(kStageChoices), "what the loop trains")
       .key("device", &TrainConfig::device, one_of(kDeviceChoices),
@@ -129,6 +152,7 @@ void parallel_keys(Schema& s) {
                                  "data and tensor parallelism (docs/parallel.md)")
       .key("tp", &ParallelConfig::tp, between(1, 1024),
            "tensor-parallel ranks; data-parallel ranks = world size / tp")
+      .aka({"tensor_parallel", "tensor_parallel_size", "tensor_model_parallel_size", "tp_size"})
       .key("zero", &ParallelConfig::zero, between(0, 1),
            "1: shard AdamW state over data-parallel ranks (ZeRO-1)")
       .key("bucket_mb", &ParallelConfig::bucket_mb, above(0),

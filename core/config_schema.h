@@ -54,6 +54,12 @@ inline Limits not_empty() {
   return l;
 }
 
+// What a relative path in a string key is relative to. Inputs a config file names (data, the
+// tokenizer) are found beside that file, wherever kiln runs from; outputs (run and cache
+// folders), and every path given on the command line, are relative to the working directory.
+// load_config stores every path absolute, so a saved config means the same from anywhere.
+enum class PathBase { none, config_file, working_dir };
+
 struct Key {
   std::string section;  // "model"
   std::string name;     // "n_layer"
@@ -61,6 +67,9 @@ struct Key {
   Limits limits;
   std::string help;
   std::function<Slot(ExperimentConfig&)> slot;
+  PathBase path = PathBase::none;
+  bool path_list = false;            // comma-separated paths, each maybe PATH@WEIGHT (blends)
+  std::vector<std::string> aliases;  // names other tools use for it (learning_rate: optim.lr)
 };
 
 struct Section {
@@ -85,9 +94,24 @@ class SectionBuilder {
   template <class T>
   SectionBuilder& key(const char* name, T Part::*member, Limits limits, const char* help) {
     Part ExperimentConfig::*part = part_;
-    schema_.keys.push_back(
-        {name_, name, name_ + "." + name, std::move(limits), help,
-         [part, member](ExperimentConfig& c) -> Slot { return &((c.*part).*member); }});
+    Key& key = schema_.keys.emplace_back();
+    key.section = name_;
+    key.name = name;
+    key.dotted = name_ + "." + name;
+    key.limits = std::move(limits);
+    key.help = help;
+    key.slot = [part, member](ExperimentConfig& c) -> Slot { return &((c.*part).*member); };
+    return *this;
+  }
+  // The key just declared holds a path (or, with list, comma-separated paths) relative to base.
+  SectionBuilder& path(PathBase base, bool list = false) {
+    schema_.keys.back().path = base;
+    schema_.keys.back().path_list = list;
+    return *this;
+  }
+  // Names other frameworks use for the key just declared, for "did you mean" suggestions.
+  SectionBuilder& aka(std::vector<std::string> names) {
+    schema_.keys.back().aliases = std::move(names);
     return *this;
   }
 

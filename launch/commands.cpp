@@ -98,7 +98,8 @@ int tokenizer_train(const TokenizerTrainArgs& args) {
 int sample(const SampleArgs& args) {
   const std::string dir = resolve_checkpoint(args.checkpoint);
   const ExperimentConfig config = checkpoint_config(dir);
-  const auto tokenizer = make_tokenizer(config.data.tokenizer, config.data.tokenizer_dir);
+  const auto tokenizer = make_tokenizer(
+      config.data.tokenizer, args.tokenizer_dir.empty() ? config.data.tokenizer_dir : args.tokenizer_dir);
   // Sampling runs on the cpu in fp32, whatever device and precision the run trained with.
   GptShape shape = GptShape::from_config(config.model, tokenizer->vocab_size());
   shape.bf16 = false;

@@ -38,6 +38,7 @@ int tokenizer_train(const TokenizerTrainArgs& args);
 struct SampleArgs {
   std::string checkpoint;
   std::string prompt;
+  std::string tokenizer_dir;  // gpt2: overrides the run's data.tokenizer_dir
   SampleOptions sample;
 };
 int sample(const SampleArgs& args);

@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "core/error.h"
 #include "launch/commands.h"
@@ -92,6 +93,8 @@ int main(int argc, char** argv) {
   auto* sample = app.add_subcommand("sample", "Generate text from a checkpoint");
   sample->add_option("--checkpoint", sample_args.checkpoint, "Checkpoint folder or run dir")->required();
   sample->add_option("--prompt", sample_args.prompt, "Text to continue");
+  sample->add_option("--tokenizer-dir", sample_args.tokenizer_dir,
+                     "gpt2: folder holding encoder.json and vocab.bpe (default: the run's data.tokenizer_dir)");
   sample->add_option("--max-tokens", sample_args.sample.max_tokens, "Tokens to generate")->capture_default_str();
   sample->add_option("--temperature", sample_args.sample.temperature, "Softmax temperature; 0 = greedy")->capture_default_str();
   sample->add_option("--top-k", sample_args.sample.top_k, "Keep the k most likely tokens; 0 = all")->capture_default_str();
@@ -121,6 +124,20 @@ int main(int argc, char** argv) {
   config->add_option("config", config_path, "Experiment YAML");
   config->add_option("overrides", config_overrides, "Overrides: section.key=value ...");
 
+  // CLI11 answers an unknown command with "A subcommand is required"; name it instead.
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string names;
+    bool known = false;
+    for (const CLI::App* command : app.get_subcommands({})) {
+      names += (names.empty() ? "" : ", ") + command->get_name();
+      known = known || command->get_name() == argv[1];
+    }
+    if (!known) {
+      std::fprintf(stderr, "kiln: unknown command '%s'; the commands are %s (kiln --help shows examples)\n",
+                   argv[1], names.c_str());
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -42,9 +42,10 @@ constexpr std::size_t kLargePiece = 256;  // longer pieces merge with a heap (n 
 constexpr std::uint32_t kNoRank = std::numeric_limits<std::uint32_t>::max();
 
 std::string fix_hint() {
-  return "; set data.tokenizer_dir (kiln tokenize: --tokenizer-dir, or the environment variable "
-         "KILN_GPT2_BPE_DIR) to a folder holding OpenAI's GPT-2 encoder.json and vocab.bpe (or "
-         "the two files written by `kiln tokenizer train`)";
+  return "; point data.tokenizer_dir (or --tokenizer-dir of kiln tokenize and kiln sample) at a "
+         "folder holding OpenAI's GPT-2 encoder.json and vocab.bpe (or the two files written by "
+         "`kiln tokenizer train`); the environment variable KILN_GPT2_BPE_DIR is read only when "
+         "neither names a folder";
 }
 
 std::string read_file(const std::string& path) {
@@ -480,9 +481,9 @@ std::string gpt2_bpe_dir(const std::string& dir) {
   if (!dir.empty()) return dir;
   const char* env = std::getenv("KILN_GPT2_BPE_DIR");
   if (env != nullptr && *env != '\0') return env;
-  throw Error("gpt2 tokenizer: no vocabulary folder given; set data.tokenizer_dir (kiln tokenize: "
-              "--tokenizer-dir) or the environment variable KILN_GPT2_BPE_DIR to the folder "
-              "holding encoder.json and vocab.bpe");
+  throw Error("gpt2 tokenizer: no vocabulary folder given; set data.tokenizer_dir (kiln tokenize "
+              "and kiln sample: --tokenizer-dir) or the environment variable KILN_GPT2_BPE_DIR to "
+              "the folder holding encoder.json and vocab.bpe");
 }
 
 }  // namespace kiln

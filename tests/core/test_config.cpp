@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "core/config.h"
 #include "core/error.h"
 
@@ -336,7 +338,11 @@ TEST(Config, ShippedQuickstartParses) {
   EXPECT_EQ(c.data.tokenizer, "byte");
   EXPECT_EQ(c.data.corpus, "/usr/share/games/fortunes");
   EXPECT_TRUE(c.data.train.empty());
-  EXPECT_EQ(c.train.run_dir, "runs/quickstart");
+  // Folders kiln writes are relative to the working directory, and stored absolute.
+  EXPECT_EQ(c.train.run_dir, (std::filesystem::current_path() / "runs/quickstart").string());
+  // Files it reads are relative to the config's folder: shared/ beside the checkout.
+  EXPECT_EQ(c.data.tokenizer_dir,
+            (std::filesystem::path(KILN_SOURCE_DIR).parent_path() / "shared/data/gpt2-bpe").string());
   // GPT-2's BPE is one key away.
   EXPECT_EQ(load_config(std::string(KILN_SOURCE_DIR) + "/configs/quickstart.yaml",
                         {"data.tokenizer=gpt2"}).data.tokenizer, "gpt2");
@@ -352,7 +358,59 @@ TEST(Config, ShippedGpt2SmallParses) {
   EXPECT_EQ(c.model.vocab_multiple, 128);
   EXPECT_EQ(c.train.grad_accum, 8);
   EXPECT_EQ(c.optim.beta2, 0.95f);
-  EXPECT_EQ(c.train.run_dir, "runs/gpt2-124m");
+  EXPECT_EQ(c.train.run_dir, (std::filesystem::current_path() / "runs/gpt2-124m").string());
+  EXPECT_EQ(c.data.train, std::string(KILN_SOURCE_DIR) + "/data/corpus/train_*.bin");
+}
+
+// A config means the same from any working directory: the paths it names for reading resolve
+// against its own folder, folders kiln writes and command-line paths against the working
+// directory, and the resolved config holds them all absolute.
+TEST(Config, PathsResolveAgainstTheFileThatNamesThem) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("kiln_paths_" + std::to_string(::getpid()));
+  fs::create_directories(dir / "configs");
+  const std::string path = (dir / "configs/x.yaml").string();
+  std::ofstream(path) << "data:\n  train: \"shards/a_*.bin@0.7,/abs/b.bin@0.3\"\n"
+                         "  tokenizer_dir: ../tok\n  cache_dir: cache\ntrain:\n  run_dir: runs/x\n";
+  const fs::path cwd = fs::current_path();
+  const ExperimentConfig c = load_config(path, {"data.val=v/val_*.bin"});
+  EXPECT_EQ(c.data.train, (dir / "configs/shards/a_*.bin").string() + "@0.7,/abs/b.bin@0.3");
+  EXPECT_EQ(c.data.tokenizer_dir, (dir / "tok").string());
+  EXPECT_EQ(c.data.val, (cwd / "v/val_*.bin").string());   // from the command line
+  EXPECT_EQ(c.data.cache_dir, (cwd / "cache").string());   // written, so the working directory's
+  EXPECT_EQ(c.train.run_dir, (cwd / "runs/x").string());
+  // The saved config reads back the same from anywhere.
+  const std::string saved = (dir / "saved.yaml").string();
+  std::ofstream(saved) << to_yaml(c);
+  fs::current_path(dir / "configs");
+  const ExperimentConfig again = load_config(saved);
+  fs::current_path(cwd);
+  expect_same(again, c);
+  fs::remove_all(dir);
+}
+
+TEST(Config, NamesOtherToolsUseSuggestTheKey) {
+  expect_contains(parse_error("optim:\n  learning_rate: 1e-3\n"), {"did you mean 'optim.lr'?"});
+  expect_contains(parse_error("train:\n  batch_size: 8\n"), {"did you mean 'train.micro_batch'?"});
+  expect_contains(parse_error("model:\n  hidden_size: 8\n"), {"did you mean 'model.n_embd'?"});
+  expect_contains(error_of([] { parse_config("", kFile, {"train.gradient_accumulation_steps=2"}); }),
+                  {"did you mean 'train.grad_accum'?"});
+  // Nothing close: no wild guess, the section's keys instead.
+  const std::string m = parse_error("optim:\n  momentum_schedule_kind: 1\n");
+  EXPECT_EQ(m.find("did you mean"), std::string::npos) << m;
+  expect_contains(m, {"unknown key 'optim.momentum_schedule_kind'", "lr, min_lr_ratio", "kiln config"});
+}
+
+TEST(Config, BinaryOrNonUtf8FileIsNamedAsSuch) {
+  expect_contains(parse_error(std::string("model:\n  n_layer: 4\n\x7f" "ELF\0\x02\x01", 27)),
+                  {"configs/x.yaml:3", "binary file, not a YAML config", "configs/quickstart.yaml"});
+  expect_contains(parse_error("model:\n  norm: pr\xe9\n"),
+                  {"configs/x.yaml:2", "0xe9", "not UTF-8"});
+  // The tab hint only where the failing line has a tab.
+  expect_contains(parse_error("model:\n\tn_layer: 4\n"), {"YAML syntax error", "tab"});
+  const std::string m = parse_error("model:\n  n_layer: [4\n");
+  expect_contains(m, {"YAML syntax error"});
+  EXPECT_EQ(m.find("tab"), std::string::npos) << m;
 }
 
 }  // namespace

@@ -96,7 +96,10 @@ TEST_F(CliTest, BadOverrideAndMissingFileAreErrors) {
 }
 
 TEST_F(CliTest, UsageErrorsExitWithTwo) {
-  EXPECT_EQ(kiln("frobnicate").code, 2);
+  const CliRun unknown = kiln("frobnicate --fast");
+  EXPECT_EQ(unknown.code, 2);
+  EXPECT_NE(unknown.output.find("unknown command 'frobnicate'; the commands are train, tokenize"),
+            std::string::npos) << unknown.output;
   EXPECT_EQ(kiln("sample").code, 2);  // --checkpoint is required
   const CliRun help = kiln("--help");
   EXPECT_EQ(help.code, 0);
@@ -141,6 +144,41 @@ TEST_F(CliTest, TokenizeTrainResumeSample) {
   // The same seed gives the same text.
   EXPECT_EQ(sample.output, kiln("sample --checkpoint " + (dir_ / "run").string() +
                                 " --prompt 'the ' --max-tokens 20 --seed 3 --no-stop").output);
+}
+
+// A config names its inputs relative to itself, the run keeps them absolute, and a run trained
+// on a gpt2 vocabulary samples from any working directory; a moved vocabulary is named with the
+// fix (--tokenizer-dir), which then works.
+TEST_F(CliTest, RelativePathsAndSamplingFromElsewhere) {
+  ASSERT_EQ(kiln("tokenizer train --input " + (dir_ / "corpus").string() +
+                 " --separator % --vocab-size 280 --threads 1 --out " + (dir_ / "bpe").string()).code, 0);
+  ASSERT_EQ(kiln("tokenize --input " + (dir_ / "corpus").string() + " --separator % --tokenizer gpt2 "
+                 "--tokenizer-dir " + (dir_ / "bpe").string() + " --out " + (dir_ / "data").string()).code, 0);
+  fs::create_directories(dir_ / "configs");
+  write("configs/tiny.yaml", "model:\n  n_layer: 1\n  n_head: 2\n  n_embd: 32\n  context: 32\n"
+                             "  attention_block: 16\n"
+                             "data:\n  train: \"../data/train_*.bin\"\n  tokenizer: gpt2\n"
+                             "  tokenizer_dir: ../bpe\n"
+                             "train:\n  micro_batch: 2\n  seq_len: 32\n  max_steps: 3\n  threads: 1\n"
+                             "  run_dir: run\n");
+  const CliRun train = run_shell("cd " + dir_.string() + " && " KILN_BINARY " train configs/tiny.yaml");
+  ASSERT_EQ(train.code, 0) << train.output;
+  std::ifstream saved_file(dir_ / "run" / "config.yaml");
+  std::stringstream saved;
+  saved << saved_file.rdbuf();
+  EXPECT_NE(saved.str().find("tokenizer_dir: \"" + (dir_ / "bpe").string() + "\""), std::string::npos)
+      << saved.str();
+  const std::string sample = " sample --checkpoint " + (dir_ / "run").string() + " --prompt 'the ' --max-tokens 5";
+  const CliRun elsewhere = run_shell("cd / && " KILN_BINARY + sample);
+  EXPECT_EQ(elsewhere.code, 0) << elsewhere.output;
+  fs::rename(dir_ / "bpe", dir_ / "moved");
+  const CliRun moved = kiln(sample);
+  EXPECT_EQ(moved.code, 1);
+  EXPECT_NE(moved.output.find((dir_ / "bpe").string()), std::string::npos) << moved.output;
+  EXPECT_NE(moved.output.find("--tokenizer-dir"), std::string::npos) << moved.output;
+  const CliRun pointed = kiln(sample + " --tokenizer-dir " + (dir_ / "moved").string());
+  EXPECT_EQ(pointed.code, 0) << pointed.output;
+  EXPECT_EQ(pointed.output, elsewhere.output);
 }
 
 TEST_F(CliTest, OverwriteReplacesARun) {
