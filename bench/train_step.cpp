@@ -39,10 +39,10 @@
 #include "core/model/gpt.h"
 #include "core/optim/adamw.h"
 #include "core/rng.h"
+#include "kernels/peak.h"
 
 namespace {
 
-constexpr double kPeakFlops = 2.28e11;  // measured fp32 FMA peak of 2 Zen4 cores (docs/performance.md)
 constexpr std::uint64_t kInitSeed = 1234;
 constexpr std::uint64_t kDataSeed = 4321;
 
@@ -345,6 +345,11 @@ int run(const Options& o) {
   }
   const double tps = median(tokens_per_s);
   const double flops_per_token = o.shape.flops_per_token(o.seq);
+  // MFU against this machine's peak in the matmuls' precision, measured now (kernels/peak.h);
+  // the fp32 peak too, for the fp32 PyTorch reference.
+  const kiln::PeakFlops peak = kiln::cpu::peak_flops(o.shape.bf16_matmul);
+  const kiln::PeakFlops peak_fp32 = o.shape.bf16_matmul ? kiln::cpu::peak_flops(false) : peak;
+  std::printf("peak %.3g FLOP/s (%s)\n", peak.flops_per_s, peak.how.c_str());
   nlohmann::json j = {
       {"format", "kiln-train-step-bench"}, {"version", 1},
       {"model", {{"n_layer", o.shape.n_layer}, {"n_head", o.shape.n_head}, {"n_embd", o.shape.n_embd},
@@ -357,10 +362,10 @@ int run(const Options& o) {
                  {"weight_decay", 0.1}, {"grad_clip", 1.0}, {"schedule", "constant"}}},
       {"init_seed", kInitSeed}, {"data_seed", kDataSeed},
       {"losses", losses}, {"step_seconds", seconds}, {"grad_norms", grad_norms},
-      {"tokens_per_s", tps}, {"flops_per_token", flops_per_token}, {"peak_flops", kPeakFlops},
-      {"mfu", tps * flops_per_token / kPeakFlops},
-      {"mfu_note", o.shape.bf16_matmul ? "against the fp32 peak (the bf16 peak is about twice)"
-                                       : "against the fp32 peak"}};
+      {"tokens_per_s", tps}, {"flops_per_token", flops_per_token},
+      {"peak_flops", peak.flops_per_s}, {"peak_how", peak.how}, {"peak_flops_fp32", peak_fp32.flops_per_s},
+      {"mfu", tps * flops_per_token / peak.flops_per_s},
+      {"mfu_note", o.shape.bf16_matmul ? "against the bf16 peak" : "against the fp32 peak"}};
   if (o.phases || o.profile) j["phases"] = time_phases(model, optimizer, batch_at(o, tokens, 0), o.lr);
   if (o.profile) {
     j["profile"] = profile_kernels(o, model);
@@ -368,7 +373,7 @@ int run(const Options& o) {
   }
   std::ofstream(o.out + "/kiln.json") << j.dump(1) << "\n";
   std::printf("kiln: %.0f tokens/s (median of steps 2..%d), MFU %.1f%%\n", tps, o.steps,
-              100.0 * tps * flops_per_token / kPeakFlops);
+              100.0 * tps * flops_per_token / peak.flops_per_s);
   return 0;
 }
 

@@ -86,7 +86,7 @@ struct CheckpointConfig {
 struct LogConfig {
   int every = 1;
   std::string progress = "auto";  // auto | on | off (auto: on when stdout is a terminal)
-  double peak_flops = 2.28e11;    // for MFU; default: measured fp32 FMA peak of 2 Zen4 cores
+  double peak_flops = 0.0;  // for MFU; 0: measured at start (cpu) or from the GPU's model (cuda)
 };
 
 struct ParallelConfig {

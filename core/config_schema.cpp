@@ -144,7 +144,9 @@ void log_keys(Schema& s) {
       .key("every", &LogConfig::every, at_least(1), "steps between log lines")
       .key("progress", &LogConfig::progress, one_of(kProgressChoices),
            "progress bar (auto: on when stdout is a terminal)")
-      .key("peak_flops", &LogConfig::peak_flops, above(0), "peak FLOP/s for MFU: of one machine (cpu) or of one GPU (cuda)");
+      .key("peak_flops", &LogConfig::peak_flops, at_least(0),
+           "peak FLOP/s for MFU: of one machine (cpu) or of one GPU (cuda); 0: measured at the "
+           "start (cpu) or derived from the GPU's model (cuda)");
 }
 
 void parallel_keys(Schema& s) {

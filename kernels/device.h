@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/peak.h"
+
 namespace kiln::device {
 
 // True when this build has CUDA and at least one device answers. Any CUDA error (no driver, no
@@ -22,6 +24,12 @@ namespace kiln::device {
 bool cuda_available();
 // "NVIDIA H200 (sm_90, 139.8 GiB)" or why there is none.
 std::string cuda_description();
+// The current device's dense multiply-add peak, from its model: SMs x peak clock x FLOPs per
+// clock per SM of its architecture (bf16: tensor cores with fp32 accumulation; else fp32 CUDA
+// cores, kiln's fp32 matmuls using no TF32). Where a generation has parts of two rates (GeForce
+// tensor cores accumulate fp32 at half the data-centre rate) the higher is taken, so MFU is never
+// overstated.
+PeakFlops cuda_peak_flops(bool bf16);
 // How many CUDA devices this process sees (0 on any error).
 int device_count();
 // The 16-byte UUID of this process's current device: ranks compare them to find two on one GPU.

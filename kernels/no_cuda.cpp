@@ -17,6 +17,7 @@ namespace {
 bool cuda_available() { return false; }
 std::string cuda_description() { return "no CUDA backend in this build"; }
 int device_count() { return 0; }
+PeakFlops cuda_peak_flops(bool) { no_cuda(); }
 std::array<unsigned char, 16> device_uuid() { no_cuda(); }
 void use_device(int) { no_cuda(); }
 void* alloc(std::size_t) { no_cuda(); }

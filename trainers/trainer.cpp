@@ -384,6 +384,22 @@ AdamW::StepStats Trainer::optimizer_step(float lr) {
   return optimizer_->step(lr, grads.f32(), norm);
 }
 
+PeakFlops Trainer::job_peak_flops() const {
+  const bool bf16 = model_->shape().bf16_matmul || model_->shape().bf16;
+  const int world = parallel_.dims.world;
+  if (config_.log.peak_flops > 0) {
+    const int sharing = device_ == Device::cuda ? 1 : parallel_.world->local_size();
+    return {config_.log.peak_flops * world / sharing,
+            message("log.peak_flops = ", config_.log.peak_flops, device_ == Device::cuda ? " per GPU" : " per machine")};
+  }
+  // Every rank measures its own threads while the others measure theirs, so ranks sharing a
+  // machine share its cores as they do in training; the job's peak is their sum.
+  parallel_.world->barrier();
+  const PeakFlops mine = device_ == Device::cuda ? device::cuda_peak_flops(bf16) : cpu::peak_flops(bf16);
+  const double total = parallel_.world->sum(mine.flops_per_s);
+  return {total, world > 1 ? message(mine.how, ", summed over ", world, " ranks") : mine.how};
+}
+
 TrainResult Trainer::run() {
   namespace fs = std::filesystem;
   const bool main = parallel_.is_main();
@@ -395,9 +411,8 @@ TrainResult Trainer::run() {
   const int dp = parallel_.dims.dp;
   const std::int64_t global_batch = static_cast<std::int64_t>(config_.train.micro_batch) * config_.train.grad_accum * dp;
   const double flops_per_token = shape.flops_per_token(config_.train.seq_len);
-  // log.peak_flops is one machine's on the cpu (its ranks share it) and one GPU's on cuda.
-  const double peak = config_.log.peak_flops * parallel_.dims.world /
-                      (device_ == Device::cuda ? 1 : parallel_.world->local_size());
+  const PeakFlops job_peak = job_peak_flops();
+  const double peak = job_peak.flops_per_s;
   say(message("model: ", shape.n_layer, " layers, ", shape.n_head, " heads, width ", shape.n_embd,
               ", vocab ", shape.vocab, " (padded ", shape.padded_vocab, "), ",
               shape.post_norm ? "post" : "pre", "-LN, ", shape.num_params(), " parameters, ",
@@ -409,6 +424,8 @@ TrainResult Trainer::run() {
               dp, " data-parallel = ", global_batch, " sequences of ", config_.train.seq_len,
               " tokens per step; ", omp_get_max_threads(), " thread(s) per rank"));
   say(stage_->describe());
+  say(message("MFU against ", peak, " FLOP/s", shape.bf16_matmul || shape.bf16 ? " (bf16)" : " (fp32)",
+              ", ", job_peak.how));
   say("run dir: " + config_.train.run_dir);
   print_memory_plan();
 

@@ -73,6 +73,10 @@ class Trainer {
   // after step 1, what cudaMemGetInfo says beside it.
   void print_memory_plan();
   void print_measured_memory();
+  // The whole job's peak FLOP/s for MFU: log.peak_flops (per machine on the cpu, per GPU on
+  // cuda) when set, else measured on every rank's threads at once (cpu) or derived from each
+  // GPU's model (cuda), in the precision of the model's matmuls. Collective.
+  PeakFlops job_peak_flops() const;
 
   ExperimentConfig config_;
   TrainOptions options_;

@@ -1,6 +1,7 @@
 // Builders for attention block layouts.
 #include "core/model/attention_layout.h"
 
+#include <algorithm>
 #include <sstream>
 
 #include "core/error.h"
@@ -44,6 +45,20 @@ std::string AttentionPattern::describe() const {
 double BlockLayout::density() const {
   const double causal = 0.5 * num_blocks * (num_blocks + 1.0) * num_layouts;
   return causal > 0 ? static_cast<double>(cols.size()) / causal : 0.0;
+}
+
+double BlockLayout::attended_pairs(std::int64_t t) const {
+  auto tokens_in = [&](int b) { return static_cast<double>(std::min<std::int64_t>(block, t - std::int64_t{b} * block)); };
+  double pairs = 0.0;
+  for (int layout = 0; layout < num_layouts; ++layout) {
+    const int* rows = row_ptr.data() + layout * (num_blocks + 1);
+    for (int q = 0; q < num_blocks; ++q)
+      for (int i = rows[q]; i < rows[q + 1]; ++i) {
+        const double n = tokens_in(q);
+        pairs += cols[i] == q ? n * (n + 1) / 2 : n * tokens_in(cols[i]);
+      }
+  }
+  return pairs / num_layouts;
 }
 
 bool BlockLayout::allows(int head, int query_block, int key_block) const {

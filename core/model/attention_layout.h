@@ -48,6 +48,9 @@ struct BlockLayout {
   // Active blocks over the causal (lower-triangular) blocks, averaged over layouts.
   double density() const;
   bool allows(int head, int query_block, int key_block) const;
+  // (query, key) token pairs with key <= query that the layout lets attend, in a sequence of t
+  // tokens (the last block may be partial), averaged over layouts: t(t+1)/2 for dense causal.
+  double attended_pairs(std::int64_t t) const;
 };
 
 // Every key block up to and including the query's own: full causal attention. t need not be a

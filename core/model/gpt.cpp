@@ -63,7 +63,15 @@ std::int64_t GptShape::num_params() const {
 double GptShape::flops_per_token(int seq_len) const {
   const double c = n_embd;
   const double matmul_params = n_layer * 12.0 * c * c + static_cast<double>(vocab) * c;
-  return 6.0 * matmul_params + 12.0 * n_layer * c * seq_len;
+  // Scores and weighted sum, forward and backward: 12 C per (query, key) pair the layer attends.
+  double attention_flops = 0.0;
+  for (int l = 0; l < n_layer; ++l) {
+    AttentionPattern p;
+    if (attention.empty()) p.block = attention_block;
+    else p = attention[l];
+    attention_flops += 12.0 * c * build_layout(p, seq_len, n_head).attended_pairs(seq_len) / seq_len;
+  }
+  return 6.0 * matmul_params + attention_flops;
 }
 
 std::int64_t Batch::loss_tokens() const {

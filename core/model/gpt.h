@@ -53,7 +53,9 @@ struct GptShape {
   int local_ffn() const { return 4 * n_embd / tp_size; }     // MLP width of the shard
   int local_vocab() const { return padded_vocab / tp_size; }  // vocabulary rows of the shard
   int vocab_first() const { return tp_rank * local_vocab(); }
-  // Training FLOPs per token: 6 * (matmul params incl. the tied head) + 12 * L * C * T (PaLM).
+  // Model FLOPs of training per token (docs/training.md): 6 * (matmul parameters, the tied head
+  // included) + 12 * C * (keys each query attends) per layer: about T/2 keys for dense causal
+  // attention, the layout's own count for block-sparse layers.
   double flops_per_token(int seq_len) const;
 };
 

@@ -145,6 +145,25 @@ std::string cuda_description() {
                  static_cast<double>(prop.totalGlobalMem) / (1 << 30), " GiB)");
 }
 
+PeakFlops cuda_peak_flops(bool bf16) {
+  int dev = 0, khz = 0;
+  cudaDeviceProp prop{};
+  KILN_CUDA_CHECK(cudaGetDevice(&dev));
+  KILN_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+  KILN_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev));
+  // FLOPs per clock per SM, dense (a multiply-add is two): fp32 CUDA cores; bf16 tensor cores.
+  const double fp32 = prop.major <= 8 && prop.minor == 0 ? 128.0 : 256.0;
+  const double tensor = prop.major < 8 ? 0.0 : prop.major == 8 ? (prop.minor == 0 ? 2048.0 : 1024.0)
+                        : prop.major == 9 ? 4096.0 : 8192.0;
+  const bool tensor_cores = bf16 && tensor > 0;
+  const double per_clock = tensor_cores ? tensor : fp32;
+  const double ghz = khz / 1e6;
+  return {per_clock * prop.multiProcessorCount * ghz * 1e9,
+          message("from the device's model: ", prop.name, " (sm_", prop.major, prop.minor, "), ",
+                  prop.multiProcessorCount, " SMs x ", ghz, " GHz x ", per_clock, " FLOP/clock/SM (",
+                  tensor_cores ? "bf16 tensor cores, dense" : "fp32 CUDA cores", ")")};
+}
+
 int device_count() {
   int count = 0;
   if (!cuda_available() || cudaGetDeviceCount(&count) != cudaSuccess) {

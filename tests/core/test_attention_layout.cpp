@@ -153,6 +153,37 @@ TEST(SparseAttention, DensityGrowsLikeNSqrtNForStrided) {
   EXPECT_DOUBLE_EQ(kiln::dense_causal_layout(1024, 64).density(), 1.0);
 }
 
+// The (query, key) pairs a layout lets attend, which MFU's FLOP count uses, against a count
+// token by token through allows(); and the model FLOPs that follow from it.
+TEST(SparseAttention, AttendedPairsCountTokensTheMaskAllows) {
+  auto brute = [](const kiln::BlockLayout& layout, int t) {
+    double pairs = 0;
+    for (int h = 0; h < layout.num_layouts; ++h)
+      for (int q = 0; q < t; ++q)
+        for (int k = 0; k <= q; ++k) pairs += layout.allows(h, q / layout.block, k / layout.block);
+    return pairs / layout.num_layouts;
+  };
+  EXPECT_DOUBLE_EQ(kiln::dense_causal_layout(100, 16).attended_pairs(100), 100.0 * 101 / 2);  // partial block
+  for (const auto& p : {pattern("local", 16, 3, 1), pattern("strided", 16, 2, 3), pattern("fixed", 16, 1, 4, 1, 0, true),
+                        pattern("local", 32, 2, 1, 1, 1)}) {
+    const kiln::BlockLayout layout = kiln::build_layout(p, 256, 4);
+    EXPECT_DOUBLE_EQ(layout.attended_pairs(256), brute(layout, 256)) << p.describe();
+  }
+  // 6 x matmul parameters (the tied head counted once) + 12 C per attended pair per token.
+  kiln::ModelConfig config;
+  config.n_layer = 2;
+  config.n_head = 2;
+  config.n_embd = 32;
+  config.context = 64;
+  config.attention_block = 16;
+  config.attention = "dense,local";
+  config.attention_window = 2;
+  const kiln::GptShape shape = kiln::GptShape::from_config(config, 100);
+  const double local = kiln::build_layout(pattern("local", 16, 2, 1), 64, 2).attended_pairs(64);
+  EXPECT_DOUBLE_EQ(shape.flops_per_token(64),
+                   6.0 * (2 * 12.0 * 32 * 32 + 100.0 * 32) + 12.0 * 32 * (64.0 * 65 / 2 + local) / 64);
+}
+
 TEST(SparseAttention, InvalidPatternsNameTheKeyToChange) {
   auto message_of = [](const kiln::AttentionPattern& p, int t) {
     try {

@@ -199,6 +199,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
   if (attr == cudaDevAttrMultiProcessorCount) *value = kSmCount;
   else if (attr == cudaDevAttrMaxThreadsPerBlock) *value = 1024;
+  else if (attr == cudaDevAttrClockRate) *value = 1980000;  // kHz, an H200's peak clock
   else return cudaErrorInvalidValue;
   return cudaSuccess;
 }

@@ -95,6 +95,15 @@ TEST_F(TrainerTest, ValidationLossFallsWellBelowUniform) {
   // Uniform over the 50 symbols the data uses would be ln(50) = 3.9.
   EXPECT_LT(*result.last_val_loss, 0.5 * std::log(50.0)) << "the model did not learn";
   EXPECT_LT(result.losses.back(), result.losses.front());
+  // MFU is against this machine's measured peak (log.peak_flops: 0), so it is a fraction.
+  EXPECT_GT(result.mfu, 0.0);
+  EXPECT_LE(result.mfu, 1.0);
+  // A peak given in the config is used as given.
+  kiln::ExperimentConfig fixed = config("fixed");
+  fixed.log.peak_flops = 1e6;  // far below the machine's: MFU far above 1, as the number says
+  fixed.train.max_steps = 3;
+  const kiln::TrainResult slow = kiln::Trainer(fixed, quiet()).run();
+  EXPECT_GT(slow.mfu, 1.0);
 }
 
 TEST_F(TrainerTest, ResumeIsBitIdentical) {
