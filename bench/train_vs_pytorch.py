@@ -13,14 +13,26 @@ Directories that share init weights, batches and settings (the fp32 and bf16 run
 share one PyTorch run. PyTorch uses 2 threads (torch.set_num_threads). Exit status 1 when a row
 fails its targets.
 
-    /usr/bin/python3 bench/train_vs_pytorch.py DIR [DIR ...]
+Before training it checks which BLAS PyTorch's fp32 matmuls really call (blas_report): Debian's
+python3-torch calls whatever Debian's alternatives point libblas.so.3 at, and without
+libopenblas0-pthread that is the reference (netlib) BLAS of libblas3, about 15x slower, against
+which a speed-up means nothing. It prints one line (torch version and threads, the BLAS file,
+for OpenBLAS its build config, the kernel it picked for this CPU and its threads, and the
+OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE it ran with), stores the same facts under "reference" in
+the --json file, and exits with status 2, naming the fix, when the BLAS is the reference BLAS
+or cannot be identified. --check does only that (bench/train_vs_pytorch.sh runs it first).
+
+    /usr/bin/python3 bench/train_vs_pytorch.py [--threads N] [--json FILE] DIR [DIR ...]
+    /usr/bin/python3 bench/train_vs_pytorch.py --check [--threads N]
 """
 
 import argparse
+import ctypes
 import hashlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -33,6 +45,124 @@ import gpt_torch  # noqa: E402
 
 SPEED_TARGET = 1.5
 LOSS_TARGET = {"f32": 1e-3, "bf16": 5e-2}
+# Set on some machines as a guard for old OpenBLAS builds; they slow a current one.
+OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+BLAS_FIX = ("install OpenBLAS: apt-get install libopenblas0-pthread (or KILN_WITH_TORCH=1 "
+            "scripts/install-deps.sh); if it is installed, point Debian's alternative at it: "
+            "update-alternatives --config libblas.so.3-x86_64-linux-gnu")
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def sgemm_provider():
+    """The shared library that gives libtorch_cpu its sgemm_ (the fp32 matmul PyTorch calls), as
+    the dynamic linker loaded it, or None (a torch with its BLAS linked in, like pip's MKL)."""
+    libtorch = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    try:
+        sgemm = ctypes.CDLL(libtorch, mode=os.RTLD_NOLOAD | os.RTLD_LAZY).sgemm_
+    except (OSError, AttributeError):
+        return None
+    info = _DlInfo()
+    if not ctypes.CDLL(None).dladdr(ctypes.cast(sgemm, ctypes.c_void_p), ctypes.byref(info)):
+        return None
+    return info.dli_fname.decode()
+
+
+def c_string(lib, name):
+    """The string the library's function `name` (no arguments) returns."""
+    function = getattr(lib, name)
+    function.restype = ctypes.c_char_p
+    return function().decode().strip()
+
+
+def identify_blas(path):
+    """Which BLAS the loaded library at `path` is, from the functions it exports."""
+    lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    if hasattr(lib, "openblas_get_config"):
+        info = {"kind": "OpenBLAS", "config": c_string(lib, "openblas_get_config"),
+                "core": c_string(lib, "openblas_get_corename")}
+        if hasattr(lib, "openblas_get_num_threads"):
+            info["threads"] = lib.openblas_get_num_threads()
+        if hasattr(lib, "openblas_get_parallel"):
+            info["threading"] = {0: "sequential", 1: "pthreads", 2: "OpenMP"}.get(
+                lib.openblas_get_parallel(), "unknown")
+        return info
+    if hasattr(lib, "bli_info_get_version_str"):
+        return {"kind": "BLIS", "config": c_string(lib, "bli_info_get_version_str")}
+    if hasattr(lib, "MKL_Get_Version_String"):
+        return {"kind": "MKL"}
+    if os.path.basename(os.path.dirname(path)) == "blas" and hasattr(lib, "sgemm_"):
+        return {"kind": "reference"}  # Debian's libblas3: .../x86_64-linux-gnu/blas/libblas.so.3
+    return {"kind": "unknown"}
+
+
+def debian_package(path):
+    """The Debian package that installed `path`, or None."""
+    try:
+        out = subprocess.run(["dpkg-query", "-S", path], capture_output=True, text=True)
+    except OSError:
+        return None
+    return out.stdout.split(":")[0] if out.returncode == 0 else None
+
+
+def torch_build_setting(name):
+    """A NAME=value build setting of torch.__config__.show() (BLAS_INFO is "generic" for
+    Debian's torch, which takes whatever libblas.so.3 is), or None."""
+    _, found, rest = torch.__config__.show().partition(f" {name}=")
+    return rest.split(",")[0].strip() if found else None
+
+
+def blas_report():
+    """What PyTorch's fp32 matmuls run on, in this process and its environment: torch's version
+    and threads, the BLAS library (as loaded and resolved), what identify_blas says of it, and
+    the OPENBLAS_* variables that change OpenBLAS's choice of kernel. Call torch.set_num_threads
+    first for the thread counts of the run."""
+    (torch.ones(64, 64) @ torch.ones(64, 64)).sum()  # the BLAS is loaded and started
+    report = {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+              "torch_blas_info": torch_build_setting("BLAS_INFO"),
+              "mkldnn": torch.backends.mkldnn.is_available(),
+              "env": {name: os.environ.get(name) for name in OPENBLAS_ENV}}
+    loaded = sgemm_provider()
+    if loaded is None:
+        kind = "MKL" if torch.backends.mkl.is_available() else "unknown"
+        report["blas"] = {"kind": kind, "file": "linked into torch" if kind == "MKL" else None}
+    else:
+        file = os.path.realpath(loaded)
+        report["blas"] = dict(identify_blas(file), loaded_as=loaded, file=file,
+                              package=debian_package(file))
+    return report
+
+
+def describe_reference(report):
+    """One line for the report of blas_report."""
+    blas = report["blas"]
+    if blas["kind"] == "OpenBLAS":
+        what = f"{blas['config']}, core {blas['core']}"
+        if "threads" in blas:
+            what += f", {blas['threads']} threads ({blas.get('threading', 'threading unknown')})"
+    elif blas["kind"] == "reference":
+        what = f"reference BLAS, netlib, package {blas.get('package') or 'libblas3'}"
+    else:
+        what = " ".join(filter(None, (blas["kind"], blas.get("config"))))
+    env = ", ".join(f"{k}={v}" if v is not None else f"{k} unset"
+                    for k, v in report["env"].items())
+    return (f"PyTorch reference: torch {report['torch']}, {report['torch_threads']} threads, "
+            f"BLAS {blas['file'] or 'not found'} ({what}); {env}")
+
+
+def blas_problem(report):
+    """Why a speed-up against this reference would mean nothing, or None."""
+    kind = report["blas"]["kind"]
+    if kind == "reference":
+        return ("PyTorch calls the reference (netlib) BLAS, about 15x slower than OpenBLAS, so a "
+                "speed-up against it means nothing. Fix: " + BLAS_FIX)
+    if kind == "unknown":
+        return ("cannot tell which BLAS PyTorch calls (none of OpenBLAS, BLIS, MKL), so a "
+                "speed-up against it would mean nothing. Fix: " + BLAS_FIX)
+    return None
 
 
 def run_key(folder, kiln):
@@ -73,7 +203,7 @@ def train_torch(folder, kiln, threads):
     tps = statistics.median(batch * seq / s for s in seconds[1:])
     return {"losses": losses, "step_seconds": seconds, "tokens_per_s": tps, "threads": threads,
             "torch_version": torch.__version__,
-            "mfu": tps * kiln["flops_per_token"] / kiln["peak_flops"]}
+            "mfu": tps * kiln["flops_per_token"] / kiln.get("peak_flops_fp32", kiln["peak_flops"])}  # torch runs fp32
 
 
 def describe(kiln):
@@ -112,10 +242,25 @@ def print_table(rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("dirs", nargs="+", help="folders written by bench/train_step")
+    parser.add_argument("dirs", nargs="*", help="folders written by bench/train_step")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--json", help="also write the table rows to this file")
+    parser.add_argument("--json", help="also write the table rows and the reference's BLAS "
+                        "report to this file")
+    parser.add_argument("--check", action="store_true",
+                        help="only check and report the BLAS PyTorch calls (exit status 2 when "
+                        "it is the reference BLAS or unknown)")
     args = parser.parse_args()
+    if not args.dirs and not args.check:
+        parser.error("give the folders written by bench/train_step, or --check")
+    torch.set_num_threads(args.threads)
+    reference = blas_report()
+    print(describe_reference(reference), flush=True)
+    problem = blas_problem(reference)
+    if problem:
+        print(f"train_vs_pytorch: {problem}", file=sys.stderr)
+        return 2
+    if args.check:
+        return 0
     runs, rows = {}, []
     for folder in args.dirs:
         with open(os.path.join(folder, "kiln.json")) as f:
@@ -135,7 +280,7 @@ def main():
     print_table(rows)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"reference": reference, "rows": rows}, f, indent=1)
     return 0 if all(r["pass"] for r in rows) else 1
 
 

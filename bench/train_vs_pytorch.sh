@@ -7,9 +7,16 @@
 #   bench/train_vs_pytorch.sh BUILD_DIR [OUT_DIR]      (OUT_DIR default: BUILD_DIR/bench-runs)
 #
 # Needs BUILD_DIR/bench/train_step (cmake --build BUILD_DIR) and Debian's python3-torch for
-# /usr/bin/python3. Exits 1 when a row misses its target (speed ratio >= 1.5, loss at step 10
-# within 1e-3 of PyTorch's; 5e-2 for bf16). Run it on an otherwise idle machine: both sides use
-# both cores, so any other load skews the ratio.
+# /usr/bin/python3 with an optimised BLAS (libopenblas0-pthread; KILN_WITH_TORCH=1
+# scripts/install-deps.sh installs both). Exits 1 when a row misses its target (speed ratio
+# >= 1.5, loss at step 10 within 1e-3 of PyTorch's; 5e-2 for bf16). Run it on an otherwise idle
+# machine: both sides use both cores, so any other load skews the ratio.
+#
+# The PyTorch reference runs with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (some machines
+# set them as a guard for old OpenBLAS builds; they slow a current one); the script prints the
+# values they had. Before kiln trains, `train_vs_pytorch.py --check` prints which BLAS PyTorch
+# calls (library, OpenBLAS kernel, threads) and exits 2 when that is the reference (netlib) BLAS
+# or unknown: a speed-up against it would mean nothing.
 set -euo pipefail
 
 build=${1:?usage: bench/train_vs_pytorch.sh BUILD_DIR [OUT_DIR]}
@@ -23,6 +30,15 @@ threads=2
 [[ -x $train_step ]] || { echo "no $train_step; build first: cmake --build $build" >&2; exit 2; }
 "$python" -c "import torch" 2>/dev/null ||
   { echo "$python cannot import torch; install Debian's python3-torch (KILN_WITH_TORCH=1 scripts/install-deps.sh)" >&2; exit 2; }
+
+# The PyTorch reference runs without these (see above); say what they were.
+reference_env=(env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE)
+was=()
+for v in OPENBLAS_CORETYPE OPENBLAS_L2_SIZE; do
+  if [[ -v $v ]]; then was+=("$v=${!v}"); else was+=("$v unset"); fi
+done
+echo "PyTorch reference runs with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (they were: ${was[0]}, ${was[1]})"
+"${reference_env[@]}" "$python" "$here/train_vs_pytorch.py" --check --threads $threads || exit
 
 # name: train_step arguments
 shapes=(
@@ -46,4 +62,4 @@ for entry in "${shapes[@]}"; do
   done
 done
 echo "== PyTorch (load average $(cut -d' ' -f1-3 /proc/loadavg))"
-"$python" "$here/train_vs_pytorch.py" --threads $threads --json "$out/table.json" "${dirs[@]}"
+"${reference_env[@]}" "$python" "$here/train_vs_pytorch.py" --threads $threads --json "$out/table.json" "${dirs[@]}"

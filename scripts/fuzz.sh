@@ -8,12 +8,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-30}
 out=${2:-build-fuzz}
-sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-for p in clang libclang-rt-14-dev libomp-dev; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || \
-    { $sudo apt-get update -qq && $sudo apt-get install -y -qq "$p" >/dev/null; }
+# What the fuzz build needs beyond kiln's own packages (scripts/install-deps.sh: pkg-config,
+# libpcre2-dev, libyaml-cpp-dev, nlohmann-json3-dev): clang++, the fuzzer and sanitizer runtime
+# (libclang_rt.fuzzer, asan, ubsan) and LLVM's OpenMP (omp.h and libomp for clang's -fopenmp).
+declare -A needed=([clang]="clang++" [libclang-rt-14-dev]="clang's fuzzer/sanitizer runtime"
+                   [libomp-dev]="-fopenmp with clang")
+missing=()
+for p in "${!needed[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-./scripts/install-deps.sh
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "fuzz.sh: installing ${missing[*]}"
+  $sudo apt-get update -qq || { echo "fuzz.sh: apt-get update failed" >&2; exit 1; }
+  for p in "${missing[@]}"; do
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null ||
+      { echo "fuzz.sh: could not install the Debian package $p (${needed[$p]})" >&2; exit 1; }
+  done
+fi
+./scripts/install-deps.sh || { echo "fuzz.sh: scripts/install-deps.sh failed (kiln's Debian packages)" >&2; exit 1; }
 mkdir -p "$out"
 flags=(-std=c++20 -O1 -g -fopenmp -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I.
        $(pkg-config --cflags libpcre2-8))

@@ -19,6 +19,10 @@ done
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 echo "kiln: installing ${missing[*]}"
 sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -qq
-$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# env, not export: sudo resets the environment of the command it runs.
+apt=($sudo env DEBIAN_FRONTEND=noninteractive apt-get)
+"${apt[@]}" update -qq
+if ! "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+  echo "kiln: apt-get could not install ${missing[*]} (see its message above); install them by hand" >&2
+  exit 1
+fi
