@@ -16,8 +16,9 @@ struct PeakFlops {
 
 namespace cpu {
 
-// The best rate of `repeats` timed runs (each at least `seconds`, after a warm-up) of independent
-// multiply-add chains on every OpenMP thread at once: 512-bit FMAs (AVX-512), 256-bit (AVX2),
+// The best rate of `repeats` runs (each about `seconds`, after a warm-up) of independent
+// multiply-add chains on every OpenMP thread at once, each thread timed in its own CPU time (so
+// other processes on a busy machine do not lower it), summed over the threads: 512-bit FMAs (AVX-512), 256-bit (AVX2),
 // or scalar code, whichever the CPU has; with bf16, the AVX-512 BF16 dot product (vdpbf16ps,
 // two multiply-adds per lane) where the CPU has it, else the fp32 rate. About 0.2 s in all.
 PeakFlops peak_flops(bool bf16, int repeats = 5, double seconds = 0.02);

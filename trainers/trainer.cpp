@@ -42,6 +42,13 @@ void check_same_model(const ModelConfig& saved, const ModelConfig& now, const st
   same("vocab_size", saved.vocab_size, now.vocab_size);
   same("vocab_multiple", saved.vocab_multiple, now.vocab_multiple);
   same("norm", saved.norm, now.norm);
+  same("norm_kind", saved.norm_kind, now.norm_kind);
+  same("position", saved.position, now.position);
+  same("mlp", saved.mlp, now.mlp);
+  same("mlp_width", saved.mlp_width, now.mlp_width);
+  same("n_kv_head", saved.n_kv_head, now.n_kv_head);
+  same("bias", saved.bias, now.bias);
+  same("tie_embeddings", saved.tie_embeddings, now.tie_embeddings);
 }
 
 // A test hook for failure handling (docs/parallel.md): KILN_FAULT="hang:RANK:STEP" makes that
@@ -395,7 +402,13 @@ PeakFlops Trainer::job_peak_flops() const {
   // Every rank measures its own threads while the others measure theirs, so ranks sharing a
   // machine share its cores as they do in training; the job's peak is their sum.
   parallel_.world->barrier();
-  const PeakFlops mine = device_ == Device::cuda ? device::cuda_peak_flops(bf16) : cpu::peak_flops(bf16);
+  PeakFlops mine = device_ == Device::cuda ? device::cuda_peak_flops(bf16) : cpu::peak_flops(bf16);
+  if (device_ == Device::cpu) {
+    // Each thread was timed in its own CPU time, as if it had a core; with more threads on the
+    // machine than cores, they share them.
+    const double threads = static_cast<double>(parallel_.world->local_size()) * omp_get_max_threads();
+    mine.flops_per_s *= std::min(1.0, std::thread::hardware_concurrency() / threads);
+  }
   const double total = parallel_.world->sum(mine.flops_per_s);
   return {total, world > 1 ? message(mine.how, ", summed over ", world, " ranks") : mine.how};
 }
