@@ -7,7 +7,7 @@ DEMO_DIR ?= runs/quickstart
 # Extra config overrides for the demo run, e.g. make demo DEMO_ARGS=data.tokenizer=gpt2
 DEMO_ARGS ?=
 
-.PHONY: deps configure build test test-all demo bench clean
+.PHONY: deps configure build build-kiln test test-fast demo bench clean
 
 deps:
 	./scripts/install-deps.sh
@@ -18,6 +18,10 @@ configure: deps
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
+# The kiln binary alone (what the demo needs; the tests and the CUDA emulator are not built).
+build-kiln: configure
+	cmake --build $(BUILD) -j $(JOBS) --target kiln
+
 # Every test, the few labelled "slow" included.
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
@@ -26,11 +30,12 @@ test: build
 test-fast: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -LE slow
 
-demo: build
+demo: build-kiln
 	./scripts/demo.sh $(BUILD)/kiln $(CORPUS) $(DEMO_DIR) $(DEMO_ARGS)
 
-bench: build
+bench: configure
 	KILN_WITH_TORCH=1 ./scripts/install-deps.sh
+	cmake --build $(BUILD) -j $(JOBS) --target train_step
 	./bench/train_vs_pytorch.sh $(BUILD)
 
 clean:
