@@ -26,7 +26,7 @@
 
 #include "core/data/bpe_train.h"
 #include "core/data/gpt2_bpe.h"
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace {
 

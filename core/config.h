@@ -19,6 +19,19 @@ struct ModelConfig {
   int vocab_size = 0;         // 0: take it from the tokenizer named in data.tokenizer
   int vocab_multiple = 64;    // the embedding is padded to a multiple of this
   std::string norm = "pre";   // pre | post (LayerNorm placement)
+  // The rest of the architecture, as data (docs/model.md). GPT-2 is a LayerNorm (eps 1e-5),
+  // learned positions, a GELU MLP 4 x n_embd wide, one key/value head per head, biases and a
+  // head tied to the embedding. Values listed for the next architectures (LLaMA's RMSNorm, RoPE,
+  // SwiGLU, grouped key/value heads, no biases, an untied head) are config errors until their
+  // kernels exist.
+  std::string norm_kind = "layernorm";  // layernorm | rmsnorm
+  float norm_eps = 1e-5f;
+  std::string position = "learned";     // learned | rope
+  std::string mlp = "gelu";             // gelu | swiglu
+  int mlp_width = 0;                    // 0: 4 * n_embd
+  int n_kv_head = 0;                    // 0: n_head
+  int bias = 1;                         // 1: linears and norms have biases
+  int tie_embeddings = 1;               // 1: the LM head is the token embedding
   std::string matmul = "f32"; // f32 | bf16 (bf16 inputs, fp32 accumulate, fp32 master weights)
   // f32 | bf16: bf16 activations and weight copies, fp32 master weights, parameter gradients,
   // optimizer moments, LayerNorm statistics and losses (train.device=cuda, pre-LN).

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "core/data/tokenizer.h"
-#include "core/error.h"
+#include "kernels/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static const std::unique_ptr<kiln::Tokenizer> tokenizer = kiln::make_tokenizer("gpt2");

@@ -3,7 +3,7 @@
 #include <string>
 
 #include "core/config.h"
-#include "core/error.h"
+#include "kernels/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);

@@ -7,7 +7,7 @@
 
 #include "core/data/instruct.h"
 #include "core/data/jsonl.h"
-#include "core/error.h"
+#include "kernels/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string path = "/tmp/kiln_fuzz_jsonl_" + std::to_string(getpid()) + ".jsonl";

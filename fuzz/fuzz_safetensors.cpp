@@ -5,7 +5,7 @@
 #include <unistd.h>
 
 #include "core/checkpoint/safetensors.h"
-#include "core/error.h"
+#include "kernels/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string path = "/tmp/kiln_fuzz_st_" + std::to_string(getpid()) + ".safetensors";

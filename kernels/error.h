@@ -1,5 +1,6 @@
 // Errors in kiln are exceptions whose message says what went wrong and how to fix it.
 // Library code never calls exit(); only the CLI (launch/) turns an Error into an exit code.
+// It sits in kernels/, the bottom of the include graph, because kernels throw it too.
 #pragma once
 
 #include <sstream>

@@ -2,7 +2,7 @@
 // Error that says how to get one.
 #include <cstdlib>
 
-#include "core/error.h"
+#include "kernels/error.h"
 #include "kernels/device.h"
 
 namespace kiln::device {

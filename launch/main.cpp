@@ -7,7 +7,7 @@
 #include <exception>
 #include <string>
 
-#include "core/error.h"
+#include "kernels/error.h"
 #include "launch/commands.h"
 #include "parallel/communicator.h"
 

@@ -1,7 +1,7 @@
 // Bucketed, overlapped gradient all-reduce for data parallelism.
 #include "parallel/grad_sync.h"
 
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 

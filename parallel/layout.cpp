@@ -1,7 +1,7 @@
 // Parallel layout checks and process groups.
 #include "parallel/layout.h"
 
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 

@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "core/error.h"
+#include "kernels/error.h"
 #include "parallel/communicator.h"
 
 namespace kiln {

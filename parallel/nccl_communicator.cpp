@@ -1,7 +1,7 @@
 // NCCL implementation of Communicator (see nccl_communicator.h).
 #include "parallel/nccl_communicator.h"
 
-#include "core/error.h"
+#include "kernels/error.h"
 #include "kernels/device.h"
 
 #ifdef KILN_WITH_NCCL

@@ -7,7 +7,7 @@
 #include <sstream>
 
 #include "core/checkpoint/atomic_file.h"
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 

@@ -4,7 +4,7 @@
 #include <algorithm>
 
 #include "core/data/tokenizer.h"
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 

@@ -9,7 +9,7 @@
 #include <cstring>
 #include <filesystem>
 
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 namespace {

@@ -13,7 +13,7 @@
 #include <filesystem>
 
 #include "core/checkpoint/atomic_file.h"
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 namespace {

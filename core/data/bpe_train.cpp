@@ -18,7 +18,7 @@
 
 #include "core/checkpoint/atomic_file.h"
 #include "core/data/gpt2_bpe.h"
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 

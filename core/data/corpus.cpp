@@ -15,7 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/data/jsonl.h"
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 

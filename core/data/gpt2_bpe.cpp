@@ -23,7 +23,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 namespace {

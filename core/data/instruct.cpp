@@ -13,7 +13,7 @@
 
 #include <yaml-cpp/yaml.h>
 
-#include "core/error.h"
+#include "kernels/error.h"
 #include "core/rng.h"
 
 namespace kiln {

@@ -3,7 +3,7 @@
 
 #include <fstream>
 
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 

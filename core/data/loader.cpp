@@ -13,7 +13,7 @@
 #include <filesystem>
 #include <system_error>
 
-#include "core/error.h"
+#include "kernels/error.h"
 #include "core/rng.h"
 
 namespace kiln {

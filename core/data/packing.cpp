@@ -1,7 +1,7 @@
 // Next-fit packing of Examples into rows with per-example positions, segments and loss masks.
 #include "core/data/packing.h"
 
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 namespace {

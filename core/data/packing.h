@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "core/data/instruct.h"
-#include "core/model/gpt.h"
+#include "core/data/batch.h"
 
 namespace kiln {
 

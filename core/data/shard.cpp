@@ -16,7 +16,7 @@
 #include <filesystem>
 #include <utility>
 
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 

@@ -21,7 +21,7 @@
 #include "core/data/corpus.h"
 #include "core/data/shard.h"
 #include "core/data/tokenizer.h"
-#include "core/error.h"
+#include "kernels/error.h"
 #include "core/rng.h"
 
 namespace kiln {

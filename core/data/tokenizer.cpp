@@ -3,7 +3,7 @@
 #include "core/data/tokenizer.h"
 
 #include "core/data/gpt2_bpe.h"
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <sstream>
 
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 

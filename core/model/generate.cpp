@@ -21,8 +21,8 @@ Generator::Generator(const Gpt& model)
   v_cache_.resize(k_cache_.size());
   for (auto* v : {&x_, &ln_, &att_, &tmp_}) v->resize(c);
   qkv_.resize(3 * c);
-  fc_.resize(4 * c);
-  fc_gelu_.resize(4 * c);
+  fc_.resize(s.ffn());
+  fc_gelu_.resize(s.ffn());
   mean_.resize(1);
   rstd_.resize(1);
   logits_.resize(s.padded_vocab);
@@ -71,9 +71,10 @@ const float* Generator::step(std::int32_t token) {
       k.layernorm_forward(ln_.data(), mean_.data(), rstd_.data(), x_.data(), w(p + "ln_2.weight"), w(p + "ln_2.bias"), 1, c);
       mlp_in = ln_.data();
     }
-    k.linear_forward(fc_.data(), mlp_in, w(p + "mlp.c_fc.weight"), w(p + "mlp.c_fc.bias"), 1, c, 4 * c, false);
-    k.gelu_forward(fc_gelu_.data(), fc_.data(), 4 * c);
-    k.linear_forward(tmp_.data(), fc_gelu_.data(), w(p + "mlp.c_proj.weight"), w(p + "mlp.c_proj.bias"), 1, 4 * c, c, false);
+    const std::int64_t f = s.ffn();
+    k.linear_forward(fc_.data(), mlp_in, w(p + "mlp.c_fc.weight"), w(p + "mlp.c_fc.bias"), 1, c, f, false);
+    k.gelu_forward(fc_gelu_.data(), fc_.data(), f);
+    k.linear_forward(tmp_.data(), fc_gelu_.data(), w(p + "mlp.c_proj.weight"), w(p + "mlp.c_proj.bias"), 1, f, c, false);
     k.accumulate(x_.data(), tmp_.data(), c);
     if (s.post_norm)
       k.layernorm_forward(x_.data(), mean_.data(), rstd_.data(), x_.data(), w(p + "ln_2.weight"), w(p + "ln_2.bias"), 1, c);

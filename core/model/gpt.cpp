@@ -11,78 +11,9 @@
 
 namespace kiln {
 
-GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp_size, int tp_rank) {
-  GptShape s;
-  s.n_layer = config.n_layer;
-  s.n_head = config.n_head;
-  s.n_embd = config.n_embd;
-  s.context = config.context;
-  s.vocab = config.vocab_size > 0 ? config.vocab_size : vocab_size;
-  KILN_CHECK(s.vocab > 0, "model.vocab_size is 0 and no tokenizer gave a vocabulary size");
-  KILN_CHECK(s.vocab >= vocab_size, "model.vocab_size=", s.vocab,
-             " is smaller than the tokenizer's vocabulary (", vocab_size,
-             "); set it to 0 to use the tokenizer's");
-  // Each tensor-parallel rank holds an equal, aligned part of the padded vocabulary (a
-  // multiple of 128 rows each, as Megatron pads).
-  const int multiple = (tp_size > 1 ? std::max(config.vocab_multiple, 128) : config.vocab_multiple) * tp_size;
-  s.padded_vocab = (s.vocab + multiple - 1) / multiple * multiple;
-  s.post_norm = config.norm == "post";
-  s.bf16_matmul = config.matmul == "bf16";
-  s.bf16 = config.dtype == "bf16";
-  s.recompute = config.recompute != 0;
-  s.attention_block = config.attention_block;
-  s.tp_size = tp_size;
-  s.tp_rank = tp_rank;
-  for (const std::string& kind : attention_kinds(config.attention, config.n_layer)) {
-    AttentionPattern p;
-    p.kind = kind;
-    p.block = config.attention_block;
-    p.window = config.attention_window;
-    p.stride = config.attention_stride;
-    p.summary = config.attention_summary;
-    p.global = config.attention_global;
-    p.per_head = config.attention_per_head != 0;
-    s.attention.push_back(p);
-  }
-  KILN_CHECK(s.n_embd % s.n_head == 0, "model.n_embd=", s.n_embd, " is not divisible by model.n_head=",
-             s.n_head, "; choose n_embd as a multiple of n_head");
-  KILN_CHECK(s.n_head % tp_size == 0, "model.n_head=", s.n_head, " is not divisible by parallel.tp=",
-             tp_size, ": tensor parallelism splits the heads; choose a tp that divides the heads");
-  KILN_CHECK(4 * s.n_embd % tp_size == 0, "the MLP width 4 x model.n_embd=", 4 * s.n_embd,
-             " is not divisible by parallel.tp=", tp_size);
-  return s;
-}
-
-std::int64_t GptShape::num_params() const {
-  const std::int64_t c = n_embd;
-  const std::int64_t per_layer = 12 * c * c + 13 * c;
-  return static_cast<std::int64_t>(padded_vocab) * c + static_cast<std::int64_t>(context) * c +
-         n_layer * per_layer + (post_norm ? 0 : 2 * c);
-}
-
-double GptShape::flops_per_token(int seq_len) const {
-  const double c = n_embd;
-  const double matmul_params = n_layer * 12.0 * c * c + static_cast<double>(vocab) * c;
-  // Scores and weighted sum, forward and backward: 12 C per (query, key) pair the layer attends.
-  double attention_flops = 0.0;
-  for (int l = 0; l < n_layer; ++l) {
-    AttentionPattern p;
-    if (attention.empty()) p.block = attention_block;
-    else p = attention[l];
-    attention_flops += 12.0 * c * build_layout(p, seq_len, n_head).attended_pairs(seq_len) / seq_len;
-  }
-  return 6.0 * matmul_params + attention_flops;
-}
-
-std::int64_t Batch::loss_tokens() const {
-  if (mask.empty()) return static_cast<std::int64_t>(batch) * seq_len;
-  std::int64_t n = 0;
-  for (auto m : mask) n += m != 0;
-  return n;
-}
-
 Gpt::Gpt(const GptShape& shape, Device device, TensorParallel* tp)
-    : shape_(shape), device_(device), kernels_(&kernels_for(device)), tp_(shape.tp_size > 1 ? tp : nullptr) {
+    : shape_(shape), device_(device), kernels_(&kernels_for(device)), tp_(shape.tp_size > 1 ? tp : nullptr),
+      table_(shape, device) {
   KILN_CHECK(shape.n_layer >= 1 && shape.n_head >= 1 && shape.n_embd >= 1 && shape.context >= 1,
              "model shape must have at least one layer, head, channel and position");
   KILN_CHECK(shape.n_embd % shape.n_head == 0, "model.n_embd=", shape.n_embd,
@@ -100,90 +31,22 @@ Gpt::Gpt(const GptShape& shape, Device device, TensorParallel* tp)
              "tensor parallelism (parallel.tp=", shape.tp_size, ") runs on the cpu only in this "
              "version; its reductions on cuda need the NCCL path, which is not wired in yet: set "
              "parallel.tp=1 or train.device=cpu");
-  build_parameters();
+  build_layer_views();
 }
 
-void Gpt::build_parameters() {
-  const std::int64_t c = shape_.n_embd, cl = shape_.local_width(), fl = shape_.local_ffn();
-  const std::int64_t vl = shape_.local_vocab(), tp = shape_.tp_size;
-  struct Spec {
-    std::string name;
-    Shape shape;
-    Split split;
-    bool decay;
-    float init_std, init_value;
-  };
-  const float residual_std = 1.0f / std::sqrt(2.0f * shape_.n_layer);  // times init std
-  // Local shapes: the shard this rank holds (the whole tensor when tp = 1).
-  std::vector<Spec> specs = {{"transformer.wte.weight", {vl, c}, Split::rows, false, 1, 0},
-                             {"transformer.wpe.weight", {shape_.context, c}, Split::none, false, 1, 0}};
-  for (int l = 0; l < shape_.n_layer; ++l) {
-    const std::string p = "transformer.h." + std::to_string(l) + ".";
-    specs.push_back({p + "ln_1.weight", {c}, Split::none, false, 0, 1});
-    specs.push_back({p + "ln_1.bias", {c}, Split::none, false, 0, 0});
-    specs.push_back({p + "attn.c_attn.weight", {c, 3 * cl}, Split::qkv, true, 1, 0});
-    specs.push_back({p + "attn.c_attn.bias", {3 * cl}, Split::qkv, false, 0, 0});
-    specs.push_back({p + "attn.c_proj.weight", {cl, c}, Split::rows, true, residual_std, 0});
-    specs.push_back({p + "attn.c_proj.bias", {c}, Split::none, false, 0, 0});
-    specs.push_back({p + "ln_2.weight", {c}, Split::none, false, 0, 1});
-    specs.push_back({p + "ln_2.bias", {c}, Split::none, false, 0, 0});
-    specs.push_back({p + "mlp.c_fc.weight", {c, fl}, Split::cols, true, 1, 0});
-    specs.push_back({p + "mlp.c_fc.bias", {fl}, Split::cols, false, 0, 0});
-    specs.push_back({p + "mlp.c_proj.weight", {fl, c}, Split::rows, true, residual_std, 0});
-    specs.push_back({p + "mlp.c_proj.bias", {c}, Split::none, false, 0, 0});
-  }
-  if (!shape_.post_norm) {
-    specs.push_back({"transformer.ln_f.weight", {c}, Split::none, false, 0, 1});
-    specs.push_back({"transformer.ln_f.bias", {c}, Split::none, false, 0, 0});
-  }
-  std::int64_t total = 0;
-  for (const auto& s : specs) total += shape_numel(s.shape);
-  param_buffer_ = Tensor::zeros({total}, DType::f32, device_);
-  grad_buffer_ = Tensor::zeros({total}, DType::f32, device_);
-  if (shape_.bf16) weights16_ = Tensor::zeros({total}, DType::bf16, device_);
-  std::int64_t offset = 0;
-  for (const auto& s : specs) {
-    Shape full = s.shape;
-    if (s.split == Split::rows) full.front() *= tp;
-    if (s.split == Split::cols || s.split == Split::qkv) full.back() *= tp;
-    param_index_[s.name] = params_.size();
-    params_.push_back({s.name, param_buffer_.view(offset, s.shape), grad_buffer_.view(offset, s.shape),
-                       s.split, full, s.decay, s.init_std, s.init_value});
-    offset += shape_numel(s.shape);
-  }
-  // Per-layer views, in the order of the specs above.
-  for (auto* table : {&layer_params_, &layer_grads_}) {
-    const bool grads = table == &layer_grads_;
+void Gpt::build_layer_views() {
+  if (shape_.bf16) weights16_ = Tensor::zeros(table_.values().shape(), DType::bf16, device_);
+  // Each block's weights (and gradients) by role.
+  for (auto* views : {&layer_params_, &layer_grads_}) {
+    const bool grads = views == &layer_grads_;
     for (int l = 0; l < shape_.n_layer; ++l) {
-      auto get = [&](const char* suffix) {
-        const Parameter& p = params_[param_index_.at("transformer.h." + std::to_string(l) + "." + suffix)];
-        return grads ? p.grad : p.value;
-      };
-      table->push_back({get("ln_1.weight"), get("ln_1.bias"), get("attn.c_attn.weight"),
-                        get("attn.c_attn.bias"), get("attn.c_proj.weight"), get("attn.c_proj.bias"),
-                        get("ln_2.weight"), get("ln_2.bias"), get("mlp.c_fc.weight"),
-                        get("mlp.c_fc.bias"), get("mlp.c_proj.weight"), get("mlp.c_proj.bias")});
+      auto get = [&](Role role) { return grads ? table_.get(role, l).grad : table_.get(role, l).value; };
+      views->push_back({get(Role::norm1_weight), get(Role::norm1_bias), get(Role::qkv_weight),
+                        get(Role::qkv_bias), get(Role::attn_out_weight), get(Role::attn_out_bias),
+                        get(Role::norm2_weight), get(Role::norm2_bias), get(Role::mlp_in_weight),
+                        get(Role::mlp_in_bias), get(Role::mlp_out_weight), get(Role::mlp_out_bias)});
     }
   }
-}
-
-std::int64_t Gpt::full_index(const Parameter& p, std::int64_t local) const {
-  const std::int64_t r = shape_.tp_rank;
-  const std::int64_t cols = p.value.shape().back();        // local last dimension
-  const std::int64_t full_cols = p.full_shape.back();
-  switch (p.split) {
-    case Split::none:
-      return local;
-    case Split::rows:
-      return r * p.value.numel() + local;
-    case Split::cols:
-      return local / cols * full_cols + r * cols + local % cols;
-    case Split::qkv: {
-      const std::int64_t part_width = cols / 3, j = local % cols;  // local: [q_r | k_r | v_r]
-      return local / cols * full_cols + (j / part_width) * (full_cols / 3) + r * part_width + j % part_width;
-    }
-  }
-  return local;
 }
 
 Tensor Gpt::gather_full(const Parameter& p, const float* local) const {
@@ -205,18 +68,15 @@ void Gpt::tp_sum(float* data, std::int64_t n) const {
   if (tp_) tp_->all_reduce_sum(data, n);
 }
 
-const Parameter& Gpt::parameter(const std::string& name) const {
-  auto it = param_index_.find(name);
-  KILN_CHECK(it != param_index_.end(), "the model has no parameter named '", name, "'");
-  return params_[it->second];
-}
+const Parameter& Gpt::parameter(const std::string& name) const { return table_.by_name(name); }
 
 void Gpt::init_weights(std::uint64_t seed, float std) {
   // Drawn on the host, then copied to the device (the same weights on every device).
-  Tensor host = device_ == Device::cpu ? param_buffer_ : Tensor::empty(param_buffer_.shape());
-  const float* base = param_buffer_.f32();
-  for (std::size_t p = 0; p < params_.size(); ++p) {
-    Parameter& param = params_[p];
+  Tensor& values = table_.values();
+  Tensor host = device_ == Device::cpu ? values : Tensor::empty(values.shape());
+  const float* base = values.f32();
+  for (std::size_t p = 0; p < table_.all().size(); ++p) {
+    Parameter& param = table_.all()[p];
     float* w = host.f32() + (param.value.f32() - base);
     const std::int64_t n = param.value.numel();
     if (param.init_std == 0.0f) {
@@ -226,7 +86,7 @@ void Gpt::init_weights(std::uint64_t seed, float std) {
     // Element i is drawn by its index in the whole tensor, so every sharding of the model
     // starts from the same weights. Padded vocabulary rows stay zero: they are never a target
     // and get no gradient.
-    const std::int64_t real = param.name == "transformer.wte.weight"
+    const std::int64_t real = param.role == Role::token_embedding
                                   ? static_cast<std::int64_t>(shape_.vocab) * shape_.n_embd
                                   : shape_numel(param.full_shape);
     const Rng rng(seed, p);
@@ -237,13 +97,13 @@ void Gpt::init_weights(std::uint64_t seed, float std) {
       w[i] = g < real ? s * rng.normal(static_cast<std::uint64_t>(g)) : 0.0f;
     }
   }
-  if (device_ != Device::cpu) param_buffer_.copy_from(host);
+  if (device_ != Device::cpu) values.copy_from(host);
   refresh_bf16_weights();
 }
 
 void Gpt::refresh_bf16_weights() {
   if (!shape_.bf16) return;
-  kernels_->bf16->convert(static_cast<bf16*>(weights16_.raw()), param_buffer_.f32(), param_buffer_.numel());
+  kernels_->bf16->convert(static_cast<bf16*>(weights16_.raw()), table_.values().f32(), table_.values().numel());
 }
 
 void Gpt::ensure_activations(int batch, int seq_len) {
@@ -531,8 +391,8 @@ void Gpt::run_forward(const Batch& batch) {
   if (shape_.bf16) return run_forward_bf16();
   const KernelTable& k = *kernels_;
   const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len, c = shape_.n_embd;
-  const Parameter& wte = params_[param_index_.at("transformer.wte.weight")];
-  const Parameter& wpe = params_[param_index_.at("transformer.wpe.weight")];
+  const Parameter& wte = table_.get(Role::token_embedding);
+  const Parameter& wpe = table_.get(Role::position_embedding);
   // Vocabulary-parallel: each rank embeds the tokens of its shard (one rank adds positions), and
   // the sum over ranks is the embedding.
   k.embedding_forward(encoded_.f32(), staged_.inputs, staged_.positions, wte.value.f32(),
@@ -547,8 +407,8 @@ void Gpt::run_forward(const Batch& batch) {
   }
   const float* final_in = block_output(shape_.n_layer - 1);
   if (!shape_.post_norm) {
-    const Parameter& w = params_[param_index_.at("transformer.ln_f.weight")];
-    const Parameter& b = params_[param_index_.at("transformer.ln_f.bias")];
+    const Parameter& w = table_.get(Role::final_norm_weight);
+    const Parameter& b = table_.get(Role::final_norm_bias);
     k.layernorm_forward(lnf_.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), final_in, w.value.f32(), b.value.f32(), n, c);
     final_in = lnf_.f32();
   }
@@ -694,8 +554,8 @@ void Gpt::block_backward_post(int l, const float* in, float* dres) {
 void Gpt::run_backward(const Batch& batch) {
   const KernelTable& k = *kernels_;
   const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len, c = shape_.n_embd;
-  Parameter& wte = params_[param_index_.at("transformer.wte.weight")];
-  Parameter& wpe = params_[param_index_.at("transformer.wpe.weight")];
+  Parameter& wte = table_.get(Role::token_embedding);
+  Parameter& wpe = table_.get(Role::position_embedding);
   const float* final_in = shape_.post_norm ? block_output(shape_.n_layer - 1) : lnf_.f32();
   float* dres = dres_.f32();
   // logits = x @ wte^T: dx (N, C) = dlogits @ wte, dwte (Vp, C) += dlogits^T @ x.
@@ -705,15 +565,13 @@ void Gpt::run_backward(const Batch& batch) {
   tp_sum(dx, n * c);  // vocabulary shards each give part of dx
   matmul(wte.grad.f32(), logits_.f32(), final_in, vp, c, n, true, false, 1.0f);
   if (!shape_.post_norm) {
-    Parameter& w = params_[param_index_.at("transformer.ln_f.weight")];
-    Parameter& b = params_[param_index_.at("transformer.ln_f.bias")];
+    Parameter& w = table_.get(Role::final_norm_weight);
+    Parameter& b = table_.get(Role::final_norm_bias);
     dres_.zero_();
     k.layernorm_backward(dres, w.grad.f32(), b.grad.f32(), dx, block_output(shape_.n_layer - 1),
                          w.value.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), n, c);
-    if (gradient_ready_) gradient_ready_(params_.size() - 2, params_.size());  // ln_f
+    ready(table_.final_norm());
   }
-  // Parameters are laid out wte, wpe, then 12 per block, then ln_f (pre-LN).
-  constexpr std::size_t kPerBlock = 12;
   for (int l = shape_.n_layer - 1; l >= 0; --l) {
     if (shape_.recompute && l + 1 < shape_.n_layer) {
       // The shared buffers hold the last block's activations: run this block's forward again.
@@ -726,11 +584,11 @@ void Gpt::run_backward(const Batch& batch) {
       block_backward_post(l, block_output(l - 1), dres);
     else
       block_backward_pre(l, block_output(l - 1), dres);
-    if (gradient_ready_) gradient_ready_(2 + kPerBlock * l, 2 + kPerBlock * (l + 1));
+    ready(table_.block(l));
   }
   k.embedding_backward(wte.grad.f32(), wpe.grad.f32(), dres, staged_.inputs, staged_.positions, n, c,
                        shape_.vocab_first(), shape_.local_vocab());
-  if (gradient_ready_) gradient_ready_(0, 2);  // wte (also the head) and wpe
+  ready(table_.embeddings());  // wte (also the head) and wpe
 }
 
 }  // namespace kiln

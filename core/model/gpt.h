@@ -17,81 +17,18 @@
 #include <vector>
 
 #include "core/config.h"
+#include "core/data/batch.h"
 #include "core/kernel_table.h"
 #include "core/model/attention_layout.h"
+#include "core/model/params.h"
+#include "core/model/spec.h"
 #include "core/model/tensor_parallel.h"
 #include "core/tensor.h"
 #include "kernels/device.h"
 
 namespace kiln {
 
-struct GptShape {
-  int n_layer = 0;
-  int n_head = 0;
-  int n_embd = 0;
-  int context = 0;       // learned positions
-  int vocab = 0;         // real vocabulary
-  int padded_vocab = 0;  // vocab rounded up to a multiple of vocab_multiple
-  bool post_norm = false;
-  bool bf16_matmul = false;
-  bool recompute = false;  // model.recompute: blocks keep only their output for backward
-  bool bf16 = false;  // model.dtype bf16: bf16 activations and weight copies (core/model/gpt_bf16.cpp)
-  int attention_block = 64;
-  // Each layer's attention pattern (empty: dense everywhere, in blocks of attention_block).
-  std::vector<AttentionPattern> attention;
-  // Tensor parallelism (the sharding plan): this model holds shard tp_rank of tp_size. Heads,
-  // the MLP width and the padded vocabulary are split; everything else is replicated.
-  int tp_size = 1;
-  int tp_rank = 0;
 
-  // tp_size > 1 pads the vocabulary to a multiple of vocab_multiple * tp_size and checks that
-  // heads and the MLP width divide.
-  static GptShape from_config(const ModelConfig& config, int vocab_size, int tp_size = 1, int tp_rank = 0);
-  std::int64_t num_params() const;  // of the whole (unsharded) model
-  int local_heads() const { return n_head / tp_size; }
-  int local_width() const { return n_embd / tp_size; }       // attention width of the shard
-  int local_ffn() const { return 4 * n_embd / tp_size; }     // MLP width of the shard
-  int local_vocab() const { return padded_vocab / tp_size; }  // vocabulary rows of the shard
-  int vocab_first() const { return tp_rank * local_vocab(); }
-  // Model FLOPs of training per token (docs/training.md): 6 * (matmul parameters, the tied head
-  // included) + 12 * C * (keys each query attends) per layer: about T/2 keys for dense causal
-  // attention, the layout's own count for block-sparse layers.
-  double flops_per_token(int seq_len) const;
-};
-
-// How a parameter's shard sits in the whole tensor under tensor parallelism.
-enum class Split {
-  none,  // replicated: every rank holds all of it
-  rows,  // dimension 0 cut in tp_size equal runs (wte by vocabulary, row-parallel weights)
-  cols,  // the last dimension cut in equal runs (column-parallel weights and biases)
-  qkv,   // the last dimension is [q | k | v], each cut by heads (c_attn)
-};
-
-struct Parameter {
-  std::string name;  // Hugging Face GPT-2 name, e.g. "transformer.h.0.attn.c_attn.weight"
-  Tensor value;      // view into the parameter buffer (this rank's shard)
-  Tensor grad;       // view into the gradient buffer
-  Split split;
-  Shape full_shape;  // of the whole tensor (equal to value's shape when not split)
-  bool decay;        // AdamW weight decay applies (matmul weights only)
-  float init_std;    // 0 with init_value: constant initialisation
-  float init_value;
-};
-
-// One micro-batch. positions may be empty (then 0..T-1 in every row); mask may be empty (then
-// every token counts in the loss).
-struct Batch {
-  int batch = 0;
-  int seq_len = 0;
-  std::vector<std::int32_t> inputs;     // (B*T)
-  std::vector<std::int32_t> targets;    // (B*T)
-  std::vector<std::int32_t> positions;  // (B*T) or empty
-  std::vector<std::uint8_t> mask;       // (B*T) or empty
-  // (B*T) document ids for packed rows, or empty: a token attends only to earlier tokens of its
-  // own document (with positions restarting per document, each example trains as if alone).
-  std::vector<std::int32_t> segments;
-  std::int64_t loss_tokens() const;     // tokens that count in the loss
-};
 
 class Gpt {
  public:
@@ -103,12 +40,14 @@ class Gpt {
   Gpt& operator=(const Gpt&) = delete;
 
   const GptShape& shape() const { return shape_; }
-  std::vector<Parameter>& parameters() { return params_; }
-  const std::vector<Parameter>& parameters() const { return params_; }
+  // The parameter table (params.h): every parameter by role, name and group.
+  const ParamTable& params() const { return table_; }
+  std::vector<Parameter>& parameters() { return table_.all(); }
+  const std::vector<Parameter>& parameters() const { return table_.all(); }
   const Parameter& parameter(const std::string& name) const;
-  Tensor& parameter_buffer() { return param_buffer_; }
-  const Tensor& parameter_buffer() const { return param_buffer_; }
-  Tensor& gradient_buffer() { return grad_buffer_; }
+  Tensor& parameter_buffer() { return table_.values(); }
+  const Tensor& parameter_buffer() const { return table_.values(); }
+  Tensor& gradient_buffer() { return table_.grads(); }
 
   // GPT-2 initialisation from a seed: N(0, 0.02) weights and embeddings, residual projections
   // scaled by 1/sqrt(2 * n_layer), zero biases, unit LayerNorm gains, zero padded vocab rows.
@@ -116,7 +55,7 @@ class Gpt {
   void init_weights(std::uint64_t seed, float std = 0.02f);
 
   // The offset in the whole tensor of element `local` of this rank's shard of p.
-  std::int64_t full_index(const Parameter& p, std::int64_t local) const;
+  std::int64_t full_index(const Parameter& p, std::int64_t local) const { return table_.full_index(p, local); }
   // The whole tensor from every rank's shard (collective over the tensor-parallel group: every
   // rank must call it for the same parameter). `local` is laid out like p.value.
   Tensor gather_full(const Parameter& p, const float* local) const;
@@ -139,7 +78,7 @@ class Gpt {
     queue_forward_backward(batch, loss_scale);
     return take_loss_sum();
   }
-  void zero_grad() { grad_buffer_.zero_(); }
+  void zero_grad() { table_.grads().zero_(); }
 
   // Called during backward each time parameters [first, end) (indices into parameters()) hold
   // their final gradient for the current micro-batch, in the order backward produces them (the
@@ -186,7 +125,11 @@ class Gpt {
     bool bf16, add_bias;
   };
   BlockDims block_dims() const;
-  void build_parameters();
+  void build_layer_views();
+  // Tells the gradient-ready hook that these parameters hold their final gradient.
+  void ready(ParamRange range) const {
+    if (gradient_ready_ && range.end > range.first) gradient_ready_(range.first, range.end);
+  }
   void ensure_activations(int batch, int seq_len);
   void check_batch(const Batch& batch) const;
   void run_forward(const Batch& batch);
@@ -218,9 +161,7 @@ class Gpt {
   Device device_;
   const KernelTable* kernels_;
   TensorParallel* tp_;  // null with one rank
-  std::vector<Parameter> params_;
-  std::map<std::string, std::size_t> param_index_;
-  Tensor param_buffer_, grad_buffer_;
+  ParamTable table_;
   std::vector<LayerParams> layer_params_, layer_grads_;
   GradientReadyHook gradient_ready_;
 

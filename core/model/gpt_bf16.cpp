@@ -22,14 +22,14 @@ bf16* b16(const Tensor& t) { return static_cast<bf16*>(const_cast<void*>(t.raw()
 }  // namespace
 
 const bf16* Gpt::w16(const Tensor& value) const {
-  return static_cast<const bf16*>(weights16_.raw()) + (value.f32() - param_buffer_.f32());
+  return static_cast<const bf16*>(weights16_.raw()) + (value.f32() - table_.values().f32());
 }
 
 void Gpt::run_forward_bf16() {
   const Bf16Kernels& k = *kernels_->bf16;
   const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
-  const Parameter& wte = params_[param_index_.at("transformer.wte.weight")];
-  const Parameter& wpe = params_[param_index_.at("transformer.wpe.weight")];
+  const Parameter& wte = table_.get(Role::token_embedding);
+  const Parameter& wpe = table_.get(Role::position_embedding);
   k.embedding_forward(b16(encoded_), staged_.inputs, staged_.positions, w16(wte.value), w16(wpe.value),
                       n, c, 0, shape_.local_vocab());
   const LayerParams& first = layer_params_[0];
@@ -63,8 +63,8 @@ void Gpt::block_forward_bf16(int l, const bf16* in, bool write_output) {
     k.residual_layernorm_forward(b16(a.res3), b16(an.ln1), an.ln1_mean.f32(), an.ln1_rstd.f32(),
                                  b16(a.res2), b16(scratch_), next.ln1_w.f32(), next.ln1_b.f32(), n, c);
   } else {
-    const Parameter& w = params_[param_index_.at("transformer.ln_f.weight")];
-    const Parameter& b = params_[param_index_.at("transformer.ln_f.bias")];
+    const Parameter& w = table_.get(Role::final_norm_weight);
+    const Parameter& b = table_.get(Role::final_norm_bias);
     k.residual_layernorm_forward(b16(a.res3), b16(lnf_), lnf_mean_.f32(), lnf_rstd_.f32(),
                                  b16(a.res2), b16(scratch_), w.value.f32(), b.value.f32(), n, c);
   }
@@ -80,18 +80,17 @@ void Gpt::run_backward_bf16() {
   const Bf16Kernels& k = *kernels_->bf16;
   const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
   const std::int64_t vp = shape_.padded_vocab;
-  Parameter& wte = params_[param_index_.at("transformer.wte.weight")];
-  Parameter& wpe = params_[param_index_.at("transformer.wpe.weight")];
+  Parameter& wte = table_.get(Role::token_embedding);
+  Parameter& wpe = table_.get(Role::position_embedding);
   // logits = lnf @ wte^T: d lnf (N, C) = dlogits @ wte (bf16), dwte (Vp, C) += dlogits^T @ lnf.
   k.matmul(dtmp_.raw(), true, b16(logits_), w16(wte.value), n, c, vp, false, false, 0.0f);
   k.matmul(wte.grad.f32(), false, b16(logits_), b16(lnf_), vp, c, n, true, false, 1.0f);
-  Parameter& w = params_[param_index_.at("transformer.ln_f.weight")];
-  Parameter& b = params_[param_index_.at("transformer.ln_f.bias")];
+  Parameter& w = table_.get(Role::final_norm_weight);
+  Parameter& b = table_.get(Role::final_norm_bias);
   dres_.zero_();
   k.layernorm_backward(b16(dres_), w.grad.f32(), b.grad.f32(), b16(dtmp_), b16(acts_.back().res3),
                        w.value.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), n, c);
-  if (gradient_ready_) gradient_ready_(params_.size() - 2, params_.size());  // ln_f
-  constexpr std::size_t kPerBlock = 12;  // wte, wpe, then 12 per block, then ln_f
+  ready(table_.final_norm());
   for (int l = shape_.n_layer - 1; l >= 0; --l) {
     const bf16* in = l == 0 ? b16(encoded_) : b16(acts_[l - 1].res3);
     if (shape_.recompute && l + 1 < shape_.n_layer) {
@@ -104,11 +103,11 @@ void Gpt::run_backward_bf16() {
       block_forward_bf16(l, in, false);
     }
     block_backward_bf16(l, in, b16(dres_));
-    if (gradient_ready_) gradient_ready_(2 + kPerBlock * l, 2 + kPerBlock * (l + 1));
+    ready(table_.block(l));
   }
   k.embedding_backward(wte.grad.f32(), wpe.grad.f32(), b16(dres_), staged_.inputs, staged_.positions,
                        n, c, 0, shape_.local_vocab());
-  if (gradient_ready_) gradient_ready_(0, 2);
+  ready(table_.embeddings());
 }
 
 void Gpt::block_backward_bf16(int l, const bf16* in, bf16* dres) {

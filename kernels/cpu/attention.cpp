@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "core/error.h"
+#include "kernels/error.h"
 #include "kernels/cpu/fast_math.h"
 
 namespace kiln::cpu {

@@ -8,7 +8,7 @@
 
 #include <cstdint>
 
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln::cuda {
 

@@ -20,7 +20,7 @@
 #include "core/data/shard.h"
 #include "core/data/tokenize.h"
 #include "core/data/tokenizer.h"
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 namespace {

@@ -12,8 +12,9 @@
 
 namespace {
 
-kiln::GptShape tiny_shape(bool post_norm) {
+kiln::GptShape tiny_shape(bool post_norm, int mlp_width = 0) {
   kiln::GptShape s;
+  s.mlp_width = mlp_width;
   s.n_layer = 2;
   s.n_head = 2;
   s.n_embd = 16;
@@ -40,8 +41,8 @@ kiln::Batch tiny_batch(int b, int t, int vocab, bool with_mask) {
   return batch;
 }
 
-void check_model_gradients(bool post_norm) {
-  kiln::Gpt model(tiny_shape(post_norm));
+void check_model_gradients(bool post_norm, int mlp_width = 0) {
+  kiln::Gpt model(tiny_shape(post_norm, mlp_width));
   model.init_weights(11, 0.3f);  // larger weights than GPT-2's so every path carries signal
   const kiln::Batch batch = tiny_batch(2, 20, 37, true);
   const double tokens = static_cast<double>(batch.loss_tokens());
@@ -80,6 +81,36 @@ void check_model_gradients(bool post_norm) {
 }  // namespace
 
 TEST(Gpt, PreLnGradientsMatchFiniteDifferences) { check_model_gradients(false); }
+TEST(Gpt, MlpWidthOtherThanFourTimesTheWidth) { check_model_gradients(false, 24); }
+
+// The parameter table: every parameter once, found by role; the groups (embeddings, each block,
+// the final norm) cover the table in order; the buffer holds num_params() values.
+TEST(Gpt, ParameterTableGroupsCoverEveryParameterInOrder) {
+  for (bool post : {false, true}) {
+    const kiln::GptShape shape = tiny_shape(post, 40);
+    kiln::Gpt model(shape);
+    const kiln::ParamTable& t = model.params();
+    std::size_t next = 0;
+    auto take = [&](kiln::ParamRange r) {
+      EXPECT_EQ(r.first, next);
+      next = r.end;
+    };
+    take(t.embeddings());
+    EXPECT_EQ(t.embeddings().end - t.embeddings().first, 2u);
+    for (int l = 0; l < shape.n_layer; ++l) {
+      take(t.block(l));
+      EXPECT_EQ(t.block(l).end - t.block(l).first, static_cast<std::size_t>(kiln::kBlockRoles));
+      for (std::size_t i = t.block(l).first; i < t.block(l).end; ++i) EXPECT_EQ(t.all()[i].layer, l);
+    }
+    take(t.final_norm());
+    EXPECT_EQ(next, t.all().size());
+    EXPECT_EQ(t.final_norm().end - t.final_norm().first, post ? 0u : 2u);
+    EXPECT_EQ(t.get(kiln::Role::mlp_in_weight, 1).name, "transformer.h.1.mlp.c_fc.weight");
+    EXPECT_EQ(t.get(kiln::Role::mlp_in_weight, 1).value.shape(), (kiln::Shape{16, 40}));
+    // num_params (of the whole model, padded vocabulary rows included) is the table's size.
+    EXPECT_EQ(model.parameter_buffer().numel(), shape.num_params());
+  }
+}
 TEST(Gpt, PostLnGradientsMatchFiniteDifferences) { check_model_gradients(true); }
 
 // model.recompute: the same losses and gradients, bit for bit, from less activation memory.
@@ -169,8 +200,8 @@ TEST(Gpt, RejectsTokensOutsideTheVocabulary) {
 }
 
 // The KV-cached decoder must produce, position by position, the logits of a full forward pass.
-void check_generator_matches_forward(bool post_norm) {
-  kiln::Gpt model(tiny_shape(post_norm));
+void check_generator_matches_forward(bool post_norm, int mlp_width = 0) {
+  kiln::Gpt model(tiny_shape(post_norm, mlp_width));
   model.init_weights(21, 0.3f);
   kiln::Batch batch = tiny_batch(1, 20, 37, false);
   batch.positions.clear();
@@ -187,6 +218,7 @@ void check_generator_matches_forward(bool post_norm) {
 
 TEST(Generator, PreLnCacheMatchesFullForward) { check_generator_matches_forward(false); }
 TEST(Generator, PostLnCacheMatchesFullForward) { check_generator_matches_forward(true); }
+TEST(Generator, CacheMatchesFullForwardWithAnotherMlpWidth) { check_generator_matches_forward(false, 24); }
 
 TEST(Generator, SamplingIsSeededAndTopKOneIsGreedy) {
   kiln::Gpt model(tiny_shape(false));

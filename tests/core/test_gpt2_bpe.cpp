@@ -20,7 +20,7 @@
 
 #include "core/data/gpt2_bpe.h"
 #include "core/data/tokenizer.h"
-#include "core/error.h"
+#include "kernels/error.h"
 
 namespace kiln {
 namespace {

@@ -12,7 +12,7 @@
 #include "core/data/jsonl.h"
 #include "core/data/packing.h"
 #include "core/data/tokenizer.h"
-#include "core/error.h"
+#include "kernels/error.h"
 #include "core/model/gpt.h"
 
 namespace {

@@ -18,7 +18,7 @@
 #include <random>
 #include <string>
 
-#include "core/error.h"
+#include "kernels/error.h"
 #include "core/model/attention_layout.h"
 #include "gpu_test.h"
 #include "kernels/attention.h"

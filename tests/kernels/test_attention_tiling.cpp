@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/error.h"
+#include "kernels/error.h"
 #include "kernels/attention.h"
 #include "kernels/cuda/attention_tiling.h"
 

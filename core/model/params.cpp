@@ -1,0 +1,115 @@
+// The parameter table (params.h): GPT-2's parameters declared once, and their buffers.
+#include "core/model/params.h"
+
+#include <cmath>
+
+#include "kernels/error.h"
+
+namespace kiln {
+
+std::vector<ParamSpec> declare_parameters(const GptShape& s) {
+  const std::int64_t c = s.n_embd, f = s.ffn();
+  const float residual = 1.0f / std::sqrt(2.0f * s.n_layer);  // GPT-2's scaled residual projections
+  // name, role, layer, whole shape, split, decay, init std (x model.init_std), constant
+  std::vector<ParamSpec> t = {
+      {"transformer.wte.weight", Role::token_embedding, -1, {s.padded_vocab, c}, Split::rows, false, 1, 0},
+      {"transformer.wpe.weight", Role::position_embedding, -1, {s.context, c}, Split::none, false, 1, 0}};
+  for (int l = 0; l < s.n_layer; ++l) {
+    const std::string p = "transformer.h." + std::to_string(l) + ".";
+    t.insert(t.end(), {
+        {p + "ln_1.weight", Role::norm1_weight, l, {c}, Split::none, false, 0, 1},
+        {p + "ln_1.bias", Role::norm1_bias, l, {c}, Split::none, false, 0, 0},
+        {p + "attn.c_attn.weight", Role::qkv_weight, l, {c, 3 * c}, Split::qkv, true, 1, 0},
+        {p + "attn.c_attn.bias", Role::qkv_bias, l, {3 * c}, Split::qkv, false, 0, 0},
+        {p + "attn.c_proj.weight", Role::attn_out_weight, l, {c, c}, Split::rows, true, residual, 0},
+        {p + "attn.c_proj.bias", Role::attn_out_bias, l, {c}, Split::none, false, 0, 0},
+        {p + "ln_2.weight", Role::norm2_weight, l, {c}, Split::none, false, 0, 1},
+        {p + "ln_2.bias", Role::norm2_bias, l, {c}, Split::none, false, 0, 0},
+        {p + "mlp.c_fc.weight", Role::mlp_in_weight, l, {c, f}, Split::cols, true, 1, 0},
+        {p + "mlp.c_fc.bias", Role::mlp_in_bias, l, {f}, Split::cols, false, 0, 0},
+        {p + "mlp.c_proj.weight", Role::mlp_out_weight, l, {f, c}, Split::rows, true, residual, 0},
+        {p + "mlp.c_proj.bias", Role::mlp_out_bias, l, {c}, Split::none, false, 0, 0}});
+  }
+  if (!s.post_norm) {
+    t.push_back({"transformer.ln_f.weight", Role::final_norm_weight, -1, {c}, Split::none, false, 0, 1});
+    t.push_back({"transformer.ln_f.bias", Role::final_norm_bias, -1, {c}, Split::none, false, 0, 0});
+  }
+  return t;
+}
+
+ParamTable::ParamTable(const GptShape& shape, Device device) : tp_size_(shape.tp_size), tp_rank_(shape.tp_rank) {
+  const std::vector<ParamSpec> specs = declare_parameters(shape);
+  // This rank's shard of each whole shape.
+  std::vector<Shape> local;
+  std::int64_t total = 0;
+  for (const ParamSpec& s : specs) {
+    Shape l = s.full_shape;
+    if (s.split == Split::rows) l.front() /= tp_size_;
+    if (s.split == Split::cols || s.split == Split::qkv) l.back() /= tp_size_;
+    total += shape_numel(l);
+    local.push_back(std::move(l));
+  }
+  values_ = Tensor::zeros({total}, DType::f32, device);
+  grads_ = Tensor::zeros({total}, DType::f32, device);
+  by_role_.assign(static_cast<std::size_t>(Role::final_norm_bias) + 1,
+                  std::vector<std::size_t>(shape.n_layer + 1, static_cast<std::size_t>(-1)));
+  std::int64_t offset = 0;
+  first_block_ = specs.size();
+  blocks_end_ = 0;
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    Parameter p;
+    static_cast<ParamSpec&>(p) = specs[i];
+    p.value = values_.view(offset, local[i]);
+    p.grad = grads_.view(offset, local[i]);
+    offset += shape_numel(local[i]);
+    by_role_[static_cast<std::size_t>(p.role)][p.layer + 1] = i;
+    if (p.layer >= 0) {
+      first_block_ = std::min(first_block_, i);
+      blocks_end_ = i + 1;
+    }
+    params_.push_back(std::move(p));
+  }
+  if (shape.n_layer == 0) first_block_ = blocks_end_ = params_.size();
+}
+
+std::size_t ParamTable::index(Role role, int layer) const {
+  const std::size_t i = by_role_[static_cast<std::size_t>(role)][layer + 1];
+  KILN_ASSERT(i != static_cast<std::size_t>(-1));
+  return i;
+}
+
+bool ParamTable::has(Role role, int layer) const {
+  return by_role_[static_cast<std::size_t>(role)][layer + 1] != static_cast<std::size_t>(-1);
+}
+
+const Parameter& ParamTable::by_name(const std::string& name) const {
+  for (const Parameter& p : params_)
+    if (p.name == name) return p;
+  throw Error(message("the model has no parameter named '", name, "'"));
+}
+
+ParamRange ParamTable::block(int layer) const {
+  // A block's parameters are adjacent in the table: from its first role to its last.
+  return {index(Role::norm1_weight, layer), index(Role::mlp_out_bias, layer) + 1};
+}
+
+std::int64_t ParamTable::full_index(const Parameter& p, std::int64_t local) const {
+  const std::int64_t r = tp_rank_;
+  const std::int64_t cols = p.value.shape().back();  // local last dimension
+  const std::int64_t full_cols = p.full_shape.back();
+  switch (p.split) {
+    case Split::none:
+      return local;
+    case Split::rows:
+      return r * p.value.numel() + local;
+    case Split::cols:
+      return local / cols * full_cols + r * cols + local % cols;
+    case Split::qkv: {
+      const std::int64_t part_width = cols / 3, j = local % cols;  // local: [q_r | k_r | v_r]
+      return local / cols * full_cols + (j / part_width) * (full_cols / 3) + r * part_width + j % part_width;
+    }
+  }
+  return local;
+}
+
+}  // namespace kiln

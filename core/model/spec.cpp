@@ -1,0 +1,76 @@
+// The architecture spec (spec.h): built from the config, counted (parameters, model FLOPs).
+#include "core/model/spec.h"
+
+#include <algorithm>
+
+#include "kernels/error.h"
+
+namespace kiln {
+
+GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp_size, int tp_rank) {
+  GptShape s;
+  s.n_layer = config.n_layer;
+  s.n_head = config.n_head;
+  s.n_embd = config.n_embd;
+  s.context = config.context;
+  s.vocab = config.vocab_size > 0 ? config.vocab_size : vocab_size;
+  KILN_CHECK(s.vocab > 0, "model.vocab_size is 0 and no tokenizer gave a vocabulary size");
+  KILN_CHECK(s.vocab >= vocab_size, "model.vocab_size=", s.vocab,
+             " is smaller than the tokenizer's vocabulary (", vocab_size,
+             "); set it to 0 to use the tokenizer's");
+  // Each tensor-parallel rank holds an equal, aligned part of the padded vocabulary (a
+  // multiple of 128 rows each, as Megatron pads).
+  const int multiple = (tp_size > 1 ? std::max(config.vocab_multiple, 128) : config.vocab_multiple) * tp_size;
+  s.padded_vocab = (s.vocab + multiple - 1) / multiple * multiple;
+  s.post_norm = config.norm == "post";
+  s.mlp_width = config.mlp_width;
+  s.bf16_matmul = config.matmul == "bf16";
+  s.bf16 = config.dtype == "bf16";
+  s.recompute = config.recompute != 0;
+  s.attention_block = config.attention_block;
+  s.tp_size = tp_size;
+  s.tp_rank = tp_rank;
+  for (const std::string& kind : attention_kinds(config.attention, config.n_layer)) {
+    AttentionPattern p;
+    p.kind = kind;
+    p.block = config.attention_block;
+    p.window = config.attention_window;
+    p.stride = config.attention_stride;
+    p.summary = config.attention_summary;
+    p.global = config.attention_global;
+    p.per_head = config.attention_per_head != 0;
+    s.attention.push_back(p);
+  }
+  KILN_CHECK(s.n_embd % s.n_head == 0, "model.n_embd=", s.n_embd, " is not divisible by model.n_head=",
+             s.n_head, "; choose n_embd as a multiple of n_head");
+  KILN_CHECK(s.n_head % tp_size == 0, "model.n_head=", s.n_head, " is not divisible by parallel.tp=",
+             tp_size, ": tensor parallelism splits the heads; choose a tp that divides the heads");
+  KILN_CHECK(s.ffn() % tp_size == 0, "the MLP width ", s.ffn(), " (model.mlp_width; 0: 4 x n_embd)",
+             " is not divisible by parallel.tp=", tp_size);
+  return s;
+}
+
+std::int64_t GptShape::num_params() const {
+  const std::int64_t c = n_embd;
+  const std::int64_t f = ffn();
+  // Attention 4 C^2 + 4 C, MLP 2 C F + F + C, two norms 4 C.
+  const std::int64_t per_layer = 4 * c * c + 2 * c * f + 9 * c + f;
+  return static_cast<std::int64_t>(padded_vocab) * c + static_cast<std::int64_t>(context) * c +
+         n_layer * per_layer + (post_norm ? 0 : 2 * c);
+}
+
+double GptShape::flops_per_token(int seq_len) const {
+  const double c = n_embd;
+  const double matmul_params = n_layer * (4.0 * c * c + 2.0 * c * ffn()) + static_cast<double>(vocab) * c;
+  // Scores and weighted sum, forward and backward: 12 C per (query, key) pair the layer attends.
+  double attention_flops = 0.0;
+  for (int l = 0; l < n_layer; ++l) {
+    AttentionPattern p;
+    if (attention.empty()) p.block = attention_block;
+    else p = attention[l];
+    attention_flops += 12.0 * c * build_layout(p, seq_len, n_head).attended_pairs(seq_len) / seq_len;
+  }
+  return 6.0 * matmul_params + attention_flops;
+}
+
+}  // namespace kiln

@@ -1,0 +1,52 @@
+// The model's architecture as data: every block's sizes and kinds, the numerics, the attention
+// pattern of each layer and the tensor-parallel shard this process holds. GPT-2 (pre-LN and
+// post-LN) is one instance; ModelConfig's architecture keys that name kinds not implemented yet
+// are config errors (core/config.cpp). The parameter table (params.h) and the model are built
+// from it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/config.h"
+#include "core/model/attention_layout.h"
+
+namespace kiln {
+
+struct GptShape {
+  int n_layer = 0;
+  int n_head = 0;
+  int n_embd = 0;
+  int context = 0;       // learned positions
+  int vocab = 0;         // real vocabulary
+  int padded_vocab = 0;  // vocab rounded up to a multiple of vocab_multiple
+  bool post_norm = false;
+  int mlp_width = 0;     // hidden width of the MLP; 0: 4 * n_embd (GPT-2)
+  bool bf16_matmul = false;
+  bool recompute = false;  // model.recompute: blocks keep only their output for backward
+  bool bf16 = false;  // model.dtype bf16: bf16 activations and weight copies (core/model/gpt_bf16.cpp)
+  int attention_block = 64;
+  // Each layer's attention pattern (empty: dense everywhere, in blocks of attention_block).
+  std::vector<AttentionPattern> attention;
+  // Tensor parallelism (the sharding plan): this model holds shard tp_rank of tp_size. Heads,
+  // the MLP width and the padded vocabulary are split; everything else is replicated.
+  int tp_size = 1;
+  int tp_rank = 0;
+
+  // tp_size > 1 pads the vocabulary to a multiple of vocab_multiple * tp_size and checks that
+  // heads and the MLP width divide.
+  static GptShape from_config(const ModelConfig& config, int vocab_size, int tp_size = 1, int tp_rank = 0);
+  std::int64_t num_params() const;  // of the whole (unsharded) model
+  int local_heads() const { return n_head / tp_size; }
+  int local_width() const { return n_embd / tp_size; }       // attention width of the shard
+  int ffn() const { return mlp_width > 0 ? mlp_width : 4 * n_embd; }  // MLP width
+  int local_ffn() const { return ffn() / tp_size; }          // MLP width of the shard
+  int local_vocab() const { return padded_vocab / tp_size; }  // vocabulary rows of the shard
+  int vocab_first() const { return tp_rank * local_vocab(); }
+  // Model FLOPs of training per token (docs/training.md): 6 * (matmul parameters, the tied head
+  // included) + 12 * C * (keys each query attends) per layer: about T/2 keys for dense causal
+  // attention, the layout's own count for block-sparse layers.
+  double flops_per_token(int seq_len) const;
+};
+
+}  // namespace kiln
