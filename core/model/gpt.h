@@ -102,10 +102,6 @@ class Gpt {
   std::int64_t activation_bytes() const;
 
  private:
-  // Views of one block's parameters (and, in LayerGrads, of their gradients).
-  struct LayerParams {
-    Tensor ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fcproj_w, fcproj_b;
-  };
   // One block's saved activations; shapes with N = B*T rows.
   struct LayerActs {
     Tensor ln1, ln1_mean, ln1_rstd;  // (N, C), (N), (N)
@@ -114,18 +110,18 @@ class Gpt {
     Tensor lse;                      // (B, NH, T)
     Tensor res2;                     // (N, C) residual after attention (post-LN: before LN1)
     Tensor ln2, ln2_mean, ln2_rstd;  // (N, C), (N), (N)
-    Tensor fch, fch_gelu;            // (N, 4C)
+    Tensor fch, fch_gelu;            // (N, F)
     Tensor res3;                     // (N, C) residual after MLP (post-LN: before LN2)
   };
 
   // Sizes every block function uses: rows n, width c, this shard's attention width cl and MLP
-  // width fl, bf16 matmuls, and whether this rank adds row-parallel biases.
+  // width fl, bf16 matmuls.
   struct BlockDims {
     std::int64_t n, c, cl, fl;
-    bool bf16, add_bias;
+    bool bf16;
   };
   BlockDims block_dims() const;
-  void build_layer_views();
+  void make_bf16_weights();
   // Tells the gradient-ready hook that these parameters hold their final gradient.
   void ready(ParamRange range) const {
     if (gradient_ready_ && range.end > range.first) gradient_ready_(range.first, range.end);
@@ -134,10 +130,20 @@ class Gpt {
   void check_batch(const Batch& batch) const;
   void run_forward(const Batch& batch);
   void run_backward(const Batch& batch);
-  void block_forward_pre(int l, const float* in);
-  void block_forward_post(int l, const float* in);
-  void block_backward_pre(int l, const float* in, float* dres);
-  void block_backward_post(int l, const float* in, float* dres);
+  // The block (fp32 activations), written once: each sub-layer's forward and backward, and the
+  // block that places them by the spec's norm placement. Weights are found by role in the
+  // parameter table; the tensor-parallel reductions follow from each weight's split.
+  void block_forward(int l, const float* in);
+  void block_backward(int l, const float* in, float* dres);
+  void attention_forward(int l, const float* in);
+  void attention_backward(int l, const float* dout, const float* in, float* dinp);
+  void mlp_forward(int l, const float* in);
+  void mlp_backward(int l, const float* dout, const float* in, float* dinp);
+  void norm_forward(float* out, float* mean, float* rstd, const float* in, Role weight, Role bias, int l);
+  void norm_backward(float* dinp, const float* dout, const float* in, const float* mean, const float* rstd,
+                     Role weight, Role bias, int l);
+  void linear_forward(float* out, const float* in, Role weight, Role bias, int l);
+  void linear_backward(float* dinp, const float* dout, const float* in, Role weight, Role bias, int l);
   const float* block_output(int l) const;
   // model.dtype bf16 (core/model/gpt_bf16.cpp): pre-LN blocks with fused residual + LayerNorm,
   // bf16 products through the table's bf16 kernels.
@@ -147,6 +153,8 @@ class Gpt {
   void run_backward_bf16();
   void block_backward_bf16(int l, const bf16* in, bf16* dres);
   const bf16* w16(const Tensor& value) const;  // the bf16 copy of a parameter (a view's offset)
+  const bf16* w16(Role role, int layer) const;   // the bf16 copy of a block's weight
+  const float* w32(Role role, int layer) const;  // the fp32 master of a block's weight
   Tensor weights16_;
   // Sums a partial result over the tensor-parallel ranks (no-op with one rank).
   void tp_sum(float* data, std::int64_t n) const;
@@ -162,7 +170,6 @@ class Gpt {
   const KernelTable* kernels_;
   TensorParallel* tp_;  // null with one rank
   ParamTable table_;
-  std::vector<LayerParams> layer_params_, layer_grads_;
   GradientReadyHook gradient_ready_;
 
   // Activations for the current (batch, seq_len), all views into one arena.

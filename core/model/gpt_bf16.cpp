@@ -25,6 +25,10 @@ const bf16* Gpt::w16(const Tensor& value) const {
   return static_cast<const bf16*>(weights16_.raw()) + (value.f32() - table_.values().f32());
 }
 
+const bf16* Gpt::w16(Role role, int layer) const { return w16(table_.get(role, layer).value); }
+
+const float* Gpt::w32(Role role, int layer) const { return table_.get(role, layer).value.f32(); }
+
 void Gpt::run_forward_bf16() {
   const Bf16Kernels& k = *kernels_->bf16;
   const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
@@ -32,10 +36,9 @@ void Gpt::run_forward_bf16() {
   const Parameter& wpe = table_.get(Role::position_embedding);
   k.embedding_forward(b16(encoded_), staged_.inputs, staged_.positions, w16(wte.value), w16(wpe.value),
                       n, c, 0, shape_.local_vocab());
-  const LayerParams& first = layer_params_[0];
   LayerActs& a0 = acts_[0];
   k.layernorm_forward(b16(a0.ln1), a0.ln1_mean.f32(), a0.ln1_rstd.f32(), b16(encoded_),
-                      first.ln1_w.f32(), first.ln1_b.f32(), n, c);
+                      w32(Role::norm1_weight, 0), w32(Role::norm1_bias, 0), n, c);
   for (int l = 0; l < shape_.n_layer; ++l) block_forward_bf16(l, l == 0 ? b16(encoded_) : b16(acts_[l - 1].res3));
   // logits (N, Vp) bf16 = lnf (N, C) @ wte^T (C, Vp)
   k.matmul(logits_.raw(), true, b16(lnf_), w16(wte.value), n, shape_.padded_vocab, c, false, true, 0.0f);
@@ -43,25 +46,25 @@ void Gpt::run_forward_bf16() {
 
 void Gpt::block_forward_bf16(int l, const bf16* in, bool write_output) {
   const Bf16Kernels& k = *kernels_->bf16;
-  const LayerParams& p = layer_params_[l];
   LayerActs& a = acts_[l];
-  [[maybe_unused]] const auto [n, c, cl, fl, bf16_matmul, add_bias] = block_dims();
+  [[maybe_unused]] const auto [n, c, cl, fl, bf16_matmul] = block_dims();
   const std::int64_t nh = shape_.local_heads();
-  k.linear_forward(b16(a.qkv), b16(a.ln1), w16(p.qkv_w), w16(p.qkv_b), n, c, 3 * cl);
+  k.linear_forward(b16(a.qkv), b16(a.ln1), w16(Role::qkv_weight, l), w16(Role::qkv_bias, l), n, c, 3 * cl);
   k.attention_forward(b16(a.atty), a.lse.f32(), b16(a.qkv), act_batch_, act_seq_, cl, nh, layout_view(l));
-  k.linear_forward(b16(scratch_), b16(a.atty), w16(p.proj_w), w16(p.proj_b), n, cl, c);
+  k.linear_forward(b16(scratch_), b16(a.atty), w16(Role::attn_out_weight, l), w16(Role::attn_out_bias, l), n, cl, c);
   k.residual_layernorm_forward(b16(a.res2), b16(a.ln2), a.ln2_mean.f32(), a.ln2_rstd.f32(), in,
-                               b16(scratch_), p.ln2_w.f32(), p.ln2_b.f32(), n, c);
-  k.linear_forward_gelu(b16(a.fch_gelu), b16(a.fch), b16(a.ln2), w16(p.fc_w), w16(p.fc_b), n, c, fl);
-  k.linear_forward(b16(scratch_), b16(a.fch_gelu), w16(p.fcproj_w), w16(p.fcproj_b), n, fl, c);
+                               b16(scratch_), w32(Role::norm2_weight, l), w32(Role::norm2_bias, l), n, c);
+  k.linear_forward_gelu(b16(a.fch_gelu), b16(a.fch), b16(a.ln2), w16(Role::mlp_in_weight, l),
+                        w16(Role::mlp_in_bias, l), n, c, fl);
+  k.linear_forward(b16(scratch_), b16(a.fch_gelu), w16(Role::mlp_out_weight, l), w16(Role::mlp_out_bias, l), n, fl, c);
   // The residual stream after this block, and the LayerNorm that reads it next (not when
   // recomputing for backward: res3 is kept, and the next LN1 would overwrite this block's).
   if (!write_output) return;
   if (l + 1 < shape_.n_layer) {
-    const LayerParams& next = layer_params_[l + 1];
     LayerActs& an = acts_[l + 1];
     k.residual_layernorm_forward(b16(a.res3), b16(an.ln1), an.ln1_mean.f32(), an.ln1_rstd.f32(),
-                                 b16(a.res2), b16(scratch_), next.ln1_w.f32(), next.ln1_b.f32(), n, c);
+                                 b16(a.res2), b16(scratch_), w32(Role::norm1_weight, l + 1),
+                                 w32(Role::norm1_bias, l + 1), n, c);
   } else {
     const Parameter& w = table_.get(Role::final_norm_weight);
     const Parameter& b = table_.get(Role::final_norm_bias);
@@ -96,10 +99,9 @@ void Gpt::run_backward_bf16() {
     if (shape_.recompute && l + 1 < shape_.n_layer) {
       // The shared buffers hold the last block's activations: this block's LN1 (made by the
       // previous block's fused kernel in the forward pass) and then the block again.
-      const LayerParams& p = layer_params_[l];
       LayerActs& a = acts_[l];
-      k.layernorm_forward(b16(a.ln1), a.ln1_mean.f32(), a.ln1_rstd.f32(), in, p.ln1_w.f32(),
-                          p.ln1_b.f32(), n, c);
+      k.layernorm_forward(b16(a.ln1), a.ln1_mean.f32(), a.ln1_rstd.f32(), in, w32(Role::norm1_weight, l),
+                          w32(Role::norm1_bias, l), n, c);
       block_forward_bf16(l, in, false);
     }
     block_backward_bf16(l, in, b16(dres_));
@@ -112,24 +114,28 @@ void Gpt::run_backward_bf16() {
 
 void Gpt::block_backward_bf16(int l, const bf16* in, bf16* dres) {
   const Bf16Kernels& k = *kernels_->bf16;
-  const LayerParams& p = layer_params_[l];
-  LayerParams& g = layer_grads_[l];
   const LayerActs& a = acts_[l];
-  [[maybe_unused]] const auto [n, c, cl, fl, bf16_matmul, add_bias] = block_dims();
+  [[maybe_unused]] const auto [n, c, cl, fl, bf16_matmul] = block_dims();
+  auto g = [&](Role role) { return table_.get(role, l).grad.f32(); };
+  auto w = [&](Role role) { return w16(role, l); };
   const std::int64_t nh = shape_.local_heads();
   // dres: gradient of res3 = res2 + MLP(LN2(res2)); LayerNorm backward adds into it.
-  k.linear_backward(b16(dfch_), g.fcproj_w.f32(), g.fcproj_b.f32(), dres, b16(a.fch_gelu), w16(p.fcproj_w), n, fl, c);
+  k.linear_backward(b16(dfch_), g(Role::mlp_out_weight), g(Role::mlp_out_bias), dres, b16(a.fch_gelu),
+                    w(Role::mlp_out_weight), n, fl, c);
   k.gelu_backward(b16(dfch_), b16(a.fch), b16(dfch_), n * fl);
-  k.linear_backward(b16(dtmp_), g.fc_w.f32(), g.fc_b.f32(), b16(dfch_), b16(a.ln2), w16(p.fc_w), n, c, fl);
-  k.layernorm_backward(dres, g.ln2_w.f32(), g.ln2_b.f32(), b16(dtmp_), b16(a.res2), p.ln2_w.f32(),
-                       a.ln2_mean.f32(), a.ln2_rstd.f32(), n, c);
+  k.linear_backward(b16(dtmp_), g(Role::mlp_in_weight), g(Role::mlp_in_bias), b16(dfch_), b16(a.ln2),
+                    w(Role::mlp_in_weight), n, c, fl);
+  k.layernorm_backward(dres, g(Role::norm2_weight), g(Role::norm2_bias), b16(dtmp_), b16(a.res2),
+                       w32(Role::norm2_weight, l), a.ln2_mean.f32(), a.ln2_rstd.f32(), n, c);
   // dres: gradient of res2 = in + Attn(LN1(in)).
-  k.linear_backward(b16(dtmp_), g.proj_w.f32(), g.proj_b.f32(), dres, b16(a.atty), w16(p.proj_w), n, cl, c);
+  k.linear_backward(b16(dtmp_), g(Role::attn_out_weight), g(Role::attn_out_bias), dres, b16(a.atty),
+                    w(Role::attn_out_weight), n, cl, c);
   k.attention_backward(b16(dqkv_), b16(dtmp_), b16(a.qkv), b16(a.atty), a.lse.f32(), act_batch_, act_seq_,
                        cl, nh, layout_view(l));
-  k.linear_backward(b16(dtmp2_), g.qkv_w.f32(), g.qkv_b.f32(), b16(dqkv_), b16(a.ln1), w16(p.qkv_w), n, c, 3 * cl);
-  k.layernorm_backward(dres, g.ln1_w.f32(), g.ln1_b.f32(), b16(dtmp2_), in, p.ln1_w.f32(),
-                       a.ln1_mean.f32(), a.ln1_rstd.f32(), n, c);
+  k.linear_backward(b16(dtmp2_), g(Role::qkv_weight), g(Role::qkv_bias), b16(dqkv_), b16(a.ln1),
+                    w(Role::qkv_weight), n, c, 3 * cl);
+  k.layernorm_backward(dres, g(Role::norm1_weight), g(Role::norm1_bias), b16(dtmp2_), in,
+                       w32(Role::norm1_weight, l), a.ln1_mean.f32(), a.ln1_rstd.f32(), n, c);
 }
 
 }  // namespace kiln
