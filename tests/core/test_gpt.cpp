@@ -5,6 +5,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "core/model/generate.h"
 #include "core/model/gpt.h"
@@ -149,6 +151,35 @@ TEST(Gpt, QueuedMicroBatchesMatchOneCallPerBatch) {
   EXPECT_EQ(0.0, b.take_loss_sum());
   EXPECT_GT(one_by_one, 0.0);
   EXPECT_EQ(0, std::memcmp(a.gradient_buffer().raw(), b.gradient_buffer().raw(), a.gradient_buffer().nbytes()));
+}
+
+// Nothing global ties a process to one model: two models of different shapes, used in turn
+// (activations resized, bf16 primitives cached per shape), give what each gives alone.
+TEST(Gpt, TwoModelsInOneProcessAreIndependent) {
+  auto run = [](kiln::Gpt& model, const kiln::Batch& batch) {
+    model.zero_grad();
+    const double loss = model.forward_backward(batch, 0.01f);
+    return std::make_pair(loss, std::vector<float>(model.gradient_buffer().f32(),
+                                                   model.gradient_buffer().f32() + model.gradient_buffer().numel()));
+  };
+  kiln::GptShape a_shape = tiny_shape(false, 24), b_shape = tiny_shape(true);
+  b_shape.n_embd = 32;
+  b_shape.bf16_matmul = true;
+  const kiln::Batch a_batch = tiny_batch(2, 20, 37, true), b_batch = tiny_batch(3, 12, 37, false);
+  kiln::Gpt a_alone(a_shape), b_alone(b_shape);
+  a_alone.init_weights(5);
+  b_alone.init_weights(6);
+  const auto a_ref = run(a_alone, a_batch);
+  const auto b_ref = run(b_alone, b_batch);
+  kiln::Gpt a(a_shape), b(b_shape);
+  a.init_weights(5);
+  b.init_weights(6);
+  const auto b_first = run(b, b_batch);
+  const auto a_then = run(a, a_batch);
+  const auto b_again = run(b, b_batch);
+  EXPECT_EQ(a_then, a_ref);
+  EXPECT_EQ(b_first, b_ref);
+  EXPECT_EQ(b_again, b_ref);
 }
 
 TEST(Gpt, InitialisationIsIndependentOfThreadCount) {
