@@ -9,6 +9,7 @@
 #include "core/checkpoint/run_dir.h"
 #include "core/data/bpe_train.h"
 #include "core/data/tokenizer.h"
+#include "kernels/device.h"
 #include "parallel/layout.h"
 #include "trainers/trainer.h"
 
@@ -100,27 +101,60 @@ int sample(const SampleArgs& args) {
   const ExperimentConfig config = checkpoint_config(dir);
   const auto tokenizer = make_tokenizer(
       config.data.tokenizer, args.tokenizer_dir.empty() ? config.data.tokenizer_dir : args.tokenizer_dir);
-  // Sampling runs on the cpu in fp32, whatever device and precision the run trained with.
+  KILN_CHECK(args.batch >= 1, "--batch ", args.batch, " must be at least 1");
+  KILN_CHECK(args.device == "cpu" || args.device == "cuda", "--device ", args.device, " is not cpu or cuda");
+  const Device device = args.device == "cuda" ? Device::cuda : Device::cpu;
+  KILN_CHECK(device == Device::cpu || device::cuda_available(), "--device cuda, but ", device::cuda_description());
+  // fp32 activations on either device (bf16 matmuls if the run trained with them).
   GptShape shape = GptShape::from_config(config.model, tokenizer->vocab_size());
   shape.bf16 = false;
   shape.recompute = false;
-  Gpt model(shape);
+  Gpt model(shape, device);
   load_model(model, dir + "/model.safetensors");
-  std::vector<std::int32_t> prompt;
-  for (auto id : tokenizer->encode(args.prompt)) prompt.push_back(static_cast<std::int32_t>(id));
-  if (prompt.empty()) prompt.push_back(static_cast<std::int32_t>(tokenizer->eot()));
-  std::printf("%s", args.prompt.c_str());
-  std::fflush(stdout);
-  // Print as tokens arrive; the byte tokenizer may split a UTF-8 character across tokens, so
-  // bytes are written raw and the terminal reassembles them.
-  Generator generator(model);
-  generator.generate(prompt, args.sample, static_cast<std::int32_t>(tokenizer->eot()),
-                     [&](std::int32_t id) {
-                       const std::string piece = tokenizer->decode({static_cast<std::uint32_t>(id)});
-                       std::fwrite(piece.data(), 1, piece.size(), stdout);
-                       std::fflush(stdout);
-                     });
-  std::printf("\n");
+  const std::vector<std::string> texts = args.prompts.empty() ? std::vector<std::string>{""} : args.prompts;
+  std::vector<std::vector<std::int32_t>> prompts;
+  std::vector<std::uint64_t> seeds;
+  for (const std::string& text : texts) {
+    std::vector<std::int32_t> ids;
+    for (auto id : tokenizer->encode(text)) ids.push_back(static_cast<std::int32_t>(id));
+    if (ids.empty()) ids.push_back(static_cast<std::int32_t>(tokenizer->eot()));
+    for (int k = 0; k < args.batch; ++k) {
+      prompts.push_back(ids);
+      seeds.push_back(args.sample.seed + static_cast<std::uint64_t>(k));
+    }
+  }
+  auto print_ids = [](const std::vector<std::int32_t>& ids) {
+    std::printf("ids:");
+    for (auto id : ids) std::printf(" %d", id);
+    std::printf("\n");
+  };
+  auto text_of = [&](std::int32_t id) { return tokenizer->decode({static_cast<std::uint32_t>(id)}); };
+  Decoder decoder(model);
+  const auto eot = static_cast<std::int32_t>(tokenizer->eot());
+  if (prompts.size() == 1) {
+    // One sequence: print as tokens arrive. The byte tokenizer may split a UTF-8 character
+    // across tokens, so bytes are written raw and the terminal reassembles them.
+    std::printf("%s", texts[0].c_str());
+    std::fflush(stdout);
+    const auto out = decoder.generate(prompts, args.sample, eot, seeds, [&](int, std::int32_t id) {
+      const std::string piece = text_of(id);
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    });
+    std::printf("\n");
+    if (args.ids) print_ids(out[0]);
+    return 0;
+  }
+  const auto out = decoder.generate(prompts, args.sample, eot, seeds);
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    std::printf("== sample %zu (prompt %zu, seed %llu)\n%s", i + 1, i / args.batch + 1,
+                static_cast<unsigned long long>(seeds[i]), texts[i / args.batch].c_str());
+    std::string text;
+    for (auto id : out[i]) text += text_of(id);
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    std::printf("\n");
+    if (args.ids) print_ids(out[i]);
+  }
   return 0;
 }
 

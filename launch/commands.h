@@ -9,7 +9,7 @@
 #include "core/data/corpus.h"
 #include "core/data/tokenize.h"
 #include "core/model/attention_layout.h"
-#include "core/model/generate.h"
+#include "core/model/decode.h"
 
 namespace kiln::cli {
 
@@ -37,7 +37,10 @@ int tokenizer_train(const TokenizerTrainArgs& args);
 
 struct SampleArgs {
   std::string checkpoint;
-  std::string prompt;
+  std::vector<std::string> prompts;  // none: one empty prompt (starts from end-of-text)
+  int batch = 1;                     // sequences per prompt, seeds seed, seed + 1, ...
+  bool ids = false;                  // print the token ids too
+  std::string device = "cpu";
   std::string tokenizer_dir;  // gpt2: overrides the run's data.tokenizer_dir
   SampleOptions sample;
 };

@@ -22,6 +22,7 @@ Examples:
   kiln train configs/quickstart.yaml --resume          # continue from the newest checkpoint
   mpirun -np 2 kiln train configs/quickstart.yaml      # data parallel over 2 ranks
   kiln sample --checkpoint runs/quickstart --prompt "The meaning of life" --top-k 40
+  kiln sample --checkpoint runs/quickstart --prompt "Q: Why?" --batch 4 --ids   # 4 samples at once
   kiln config configs/quickstart.yaml train.max_steps=50   # print the resolved config
   kiln config                                              # every config key with its help
   kiln layout --pattern strided --seq 1024 --block 32 --window 4 --stride 4 --out strided.svg
@@ -92,7 +93,11 @@ int main(int argc, char** argv) {
   kiln::cli::SampleArgs sample_args;
   auto* sample = app.add_subcommand("sample", "Generate text from a checkpoint");
   sample->add_option("--checkpoint", sample_args.checkpoint, "Checkpoint folder or run dir")->required();
-  sample->add_option("--prompt", sample_args.prompt, "Text to continue");
+  sample->add_option("--prompt", sample_args.prompts, "Text to continue (repeat for several prompts, decoded together)");
+  sample->add_option("--batch", sample_args.batch, "Samples per prompt, decoded together (seeds --seed, --seed + 1, ...)")
+      ->capture_default_str();
+  sample->add_flag("--ids", sample_args.ids, "Print each sample's token ids after its text");
+  sample->add_option("--device", sample_args.device, "Where to decode: cpu | cuda")->capture_default_str();
   sample->add_option("--tokenizer-dir", sample_args.tokenizer_dir,
                      "gpt2: folder holding encoder.json and vocab.bpe (default: the run's data.tokenizer_dir)");
   sample->add_option("--max-tokens", sample_args.sample.max_tokens, "Tokens to generate")->capture_default_str();

@@ -102,6 +102,7 @@ class Gpt {
   std::int64_t activation_bytes() const;
 
  private:
+  friend class Decoder;  // runs the block over its KV caches (core/model/decode.cpp)
   // One block's saved activations; shapes with N = B*T rows.
   struct LayerActs {
     Tensor ln1, ln1_mean, ln1_rstd;  // (N, C), (N), (N)
@@ -130,19 +131,29 @@ class Gpt {
   void check_batch(const Batch& batch) const;
   void run_forward(const Batch& batch);
   void run_backward(const Batch& batch);
-  // The block (fp32 activations), written once: each sub-layer's forward and backward, and the
-  // block that places them by the spec's norm placement. Weights are found by role in the
-  // parameter table; the tensor-parallel reductions follow from each weight's split.
-  void block_forward(int l, const float* in);
+  // The block (fp32 activations), written once (core/model/block.cpp): each sub-layer's forward
+  // and backward, and the block that places them by the spec's norm placement. A forward pass
+  // runs over n rows of some buffers with some attention core: the saved activations and the
+  // layer's layout in training, one row per sequence and its KV cache in decoding.
+  using Attend = std::function<void(int layer, LayerActs& a)>;  // a.qkv (n, 3C) -> a.atty (n, C)
+  struct BlockPass {
+    LayerActs& a;
+    std::int64_t n;
+    float* scratch;  // (n, C)
+    Attend attend;
+  };
+  BlockPass training_pass(int l);
+  void block_forward(int l, const float* in, const BlockPass& pass);
   void block_backward(int l, const float* in, float* dres);
-  void attention_forward(int l, const float* in);
+  void attention_forward(int l, const float* in, const BlockPass& pass);
   void attention_backward(int l, const float* dout, const float* in, float* dinp);
-  void mlp_forward(int l, const float* in);
+  void mlp_forward(int l, const float* in, const BlockPass& pass);
   void mlp_backward(int l, const float* dout, const float* in, float* dinp);
-  void norm_forward(float* out, float* mean, float* rstd, const float* in, Role weight, Role bias, int l);
+  void norm_forward(float* out, float* mean, float* rstd, const float* in, std::int64_t n, Role weight, Role bias,
+                    int l = -1);
   void norm_backward(float* dinp, const float* dout, const float* in, const float* mean, const float* rstd,
                      Role weight, Role bias, int l);
-  void linear_forward(float* out, const float* in, Role weight, Role bias, int l);
+  void linear_forward(float* out, const float* in, std::int64_t n, Role weight, Role bias, int l);
   void linear_backward(float* dinp, const float* dout, const float* in, Role weight, Role bias, int l);
   const float* block_output(int l) const;
   // model.dtype bf16 (core/model/gpt_bf16.cpp): pre-LN blocks with fused residual + LayerNorm,

@@ -7,7 +7,7 @@
 
 #include "core/config.h"
 #include "core/model/attention_layout.h"
-#include "core/model/generate.h"
+#include "core/model/decode.h"
 #include "core/model/gpt.h"
 #include "grad_check.h"
 #include "kernels/attention.h"
@@ -233,9 +233,10 @@ TEST(SparseAttention, DecoderHonoursTheLayoutOfEachLayer) {
   model.forward(batch);
   const float* full = model.logits().f32();
   const int vp = model.shape().padded_vocab;
-  kiln::Generator generator(model);
+  kiln::Decoder decoder(model);
+  decoder.reset(1);
   for (int t = 0; t < 64; ++t) {
-    const float* step = generator.step(batch.inputs[t]);
+    const float* step = decoder.step({0}, {batch.inputs[t]});
     for (int v = 0; v < 37; ++v)
       ASSERT_NEAR(step[v], full[t * vp + v], 1e-4 + 1e-4 * std::abs(full[t * vp + v])) << "position " << t;
   }

@@ -3,12 +3,13 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <utility>
 #include <vector>
 
-#include "core/model/generate.h"
+#include "core/model/decode.h"
 #include "core/model/gpt.h"
 #include "core/rng.h"
 
@@ -230,48 +231,101 @@ TEST(Gpt, RejectsTokensOutsideTheVocabulary) {
   }
 }
 
-// The KV-cached decoder must produce, position by position, the logits of a full forward pass.
-void check_generator_matches_forward(bool post_norm, int mlp_width = 0) {
+// The batched KV-cached decoder must produce, position by position, the logits of a full forward
+// pass, for every sequence of a ragged batch (three prompts of 20, 13 and 7 tokens fed in the same
+// steps, the shorter ones leaving the batch when done).
+void check_decoder_matches_forward(bool post_norm, int mlp_width = 0) {
   kiln::Gpt model(tiny_shape(post_norm, mlp_width));
   model.init_weights(21, 0.3f);
-  kiln::Batch batch = tiny_batch(1, 20, 37, false);
-  batch.positions.clear();
-  model.forward(batch);
-  const float* full = model.logits().f32();
-  kiln::Generator generator(model);
+  const std::vector<int> lengths = {20, 13, 7};
+  std::vector<kiln::Batch> alone;
+  std::vector<std::vector<float>> full;
+  for (std::size_t s = 0; s < lengths.size(); ++s) {
+    kiln::Batch b = tiny_batch(1, 20, 37, false);
+    b.positions.clear();
+    for (int i = 0; i < 20; ++i) b.inputs[i] = (b.inputs[i] + static_cast<int>(s) * 5) % 37;
+    b.seq_len = lengths[s];
+    b.inputs.resize(lengths[s]);
+    b.targets.resize(lengths[s]);
+    model.forward(b);
+    full.emplace_back(model.logits().f32(), model.logits().f32() + model.logits().numel());
+    alone.push_back(b);
+  }
+  kiln::Decoder decoder(model);
+  decoder.reset(3);
   for (int t = 0; t < 20; ++t) {
-    const float* step = generator.step(batch.inputs[t]);
-    for (int v = 0; v < 37; ++v)
-      ASSERT_NEAR(step[v], full[t * 64 + v], 1e-4 + 1e-4 * std::abs(full[t * 64 + v]))
-          << "position " << t << " token " << v;
+    std::vector<int> seqs;
+    std::vector<std::int32_t> tokens;
+    for (int s = 0; s < 3; ++s)
+      if (t < lengths[s]) {
+        seqs.push_back(s);
+        tokens.push_back(alone[s].inputs[t]);
+      }
+    const float* logits = decoder.step(seqs, tokens);
+    for (std::size_t r = 0; r < seqs.size(); ++r)
+      for (int v = 0; v < 37; ++v) {
+        const float want = full[seqs[r]][t * 64 + v];
+        ASSERT_NEAR(logits[r * 64 + v], want, 1e-4 + 1e-4 * std::abs(want))
+            << "sequence " << seqs[r] << " position " << t << " token " << v;
+      }
+  }
+  EXPECT_EQ(decoder.length(0), 20);
+  EXPECT_EQ(decoder.length(2), 7);
+}
+
+TEST(Decoder, PreLnRaggedBatchMatchesFullForward) { check_decoder_matches_forward(false); }
+TEST(Decoder, PostLnRaggedBatchMatchesFullForward) { check_decoder_matches_forward(true); }
+TEST(Decoder, RaggedBatchMatchesFullForwardWithAnotherMlpWidth) { check_decoder_matches_forward(false, 24); }
+
+// Each sequence of a batch gets the tokens it gets alone: greedy, and sampled with its own seed,
+// with prompts of different lengths, stop tokens, and caches that slide past the context.
+TEST(Decoder, BatchGivesEachSequenceWhatItGetsAlone) {
+  kiln::Gpt model(tiny_shape(false));
+  model.init_weights(3, 0.3f);
+  kiln::Decoder decoder(model);
+  const std::vector<std::vector<std::int32_t>> prompts = {{1, 2, 3}, {4}, {5, 6, 7, 8, 9, 10, 11}, {12, 13}};
+  const std::vector<std::uint64_t> seeds = {9, 10, 11, 12};
+  for (float temperature : {0.0f, 0.9f}) {
+    kiln::SampleOptions options;
+    options.max_tokens = 30;  // longer than the 24-position context: the caches slide
+    options.stop_at_eot = false;
+    options.temperature = temperature;
+    options.top_k = 5;
+    const auto batch = decoder.generate(prompts, options, 36, seeds);
+    ASSERT_EQ(batch.size(), prompts.size());
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_EQ(batch[i].size(), 30u);
+      EXPECT_EQ(batch[i], decoder.generate({prompts[i]}, options, 36, {seeds[i]})[0]) << "sequence " << i;
+    }
+    // A stop token ends a sequence before it is emitted; the others go on.
+    options.stop_tokens = {batch[1][4]};
+    const auto stopped = decoder.generate(prompts, options, 36, seeds);
+    const auto first = std::find(batch[1].begin(), batch[1].end(), batch[1][4]) - batch[1].begin();
+    EXPECT_EQ(stopped[1], std::vector<std::int32_t>(batch[1].begin(), batch[1].begin() + first));
   }
 }
 
-TEST(Generator, PreLnCacheMatchesFullForward) { check_generator_matches_forward(false); }
-TEST(Generator, PostLnCacheMatchesFullForward) { check_generator_matches_forward(true); }
-TEST(Generator, CacheMatchesFullForwardWithAnotherMlpWidth) { check_generator_matches_forward(false, 24); }
-
-TEST(Generator, SamplingIsSeededAndTopKOneIsGreedy) {
+TEST(Decoder, SamplingIsSeededAndTopKOneIsGreedy) {
   kiln::Gpt model(tiny_shape(false));
   model.init_weights(3, 0.3f);
-  kiln::Generator generator(model);
-  const std::vector<std::int32_t> prompt = {1, 2, 3};
+  kiln::Decoder decoder(model);
+  const std::vector<std::vector<std::int32_t>> prompt = {{1, 2, 3}};
   kiln::SampleOptions options;
   options.max_tokens = 30;  // longer than the 24-position context: the cache slides
   options.stop_at_eot = false;
   options.seed = 9;
-  const auto a = generator.generate(prompt, options, 36);
-  const auto b = generator.generate(prompt, options, 36);
+  const auto a = decoder.generate(prompt, options, 36);
+  const auto b = decoder.generate(prompt, options, 36);
   EXPECT_EQ(a, b);
-  EXPECT_EQ(a.size(), 30u);
+  EXPECT_EQ(a[0].size(), 30u);
   options.seed = 10;
-  EXPECT_NE(generator.generate(prompt, options, 36), a);
+  EXPECT_NE(decoder.generate(prompt, options, 36), a);
   options.top_k = 1;
   kiln::SampleOptions greedy = options;
   greedy.temperature = 0.0f;
-  EXPECT_EQ(generator.generate(prompt, options, 36), generator.generate(prompt, greedy, 36));
+  EXPECT_EQ(decoder.generate(prompt, options, 36), decoder.generate(prompt, greedy, 36));
   // A tiny nucleus keeps only the most likely token: greedy again.
   options.top_k = 0;
   options.top_p = 1e-6f;
-  EXPECT_EQ(generator.generate(prompt, options, 36), generator.generate(prompt, greedy, 36));
+  EXPECT_EQ(decoder.generate(prompt, options, 36), decoder.generate(prompt, greedy, 36));
 }

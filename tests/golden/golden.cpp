@@ -32,7 +32,7 @@
 #include "core/checkpoint/atomic_file.h"
 #include "core/data/packing.h"
 #include "core/data/shard.h"
-#include "core/model/generate.h"
+#include "core/model/decode.h"
 #include "core/optim/adamw.h"
 #include "core/rng.h"
 #include "trainers/trainer.h"
@@ -202,17 +202,17 @@ json run_cases(bool mpi) {
     const kiln::ExperimentConfig pre = base_config(dir, "pre");
     cases["pre_ln"] = train_case(pre, nullptr, [](kiln::Gpt& model, json& out) {
       // Sampling from the trained model: greedy, and top-k with a seed.
-      kiln::Generator generator(model);
+      kiln::Decoder decoder(model);
       kiln::SampleOptions greedy;
       greedy.max_tokens = 40;
       greedy.temperature = 0.0f;
       greedy.stop_at_eot = false;
-      out["greedy_tokens"] = generator.generate({3, 10, 17}, greedy, 49);
+      out["greedy_tokens"] = decoder.generate({{3, 10, 17}}, greedy, 49)[0];
       kiln::SampleOptions top_k = greedy;
       top_k.temperature = 0.9f;
       top_k.top_k = 8;
       top_k.seed = 11;
-      out["top_k_tokens"] = generator.generate({3, 10, 17}, top_k, 49);
+      out["top_k_tokens"] = decoder.generate({{3, 10, 17}}, top_k, 49)[0];
     });
     kiln::ExperimentConfig post = base_config(dir, "post");
     post.model.norm = "post";
