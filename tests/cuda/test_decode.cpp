@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "core/model/decode.h"
@@ -71,4 +72,44 @@ TEST(CudaDecode, GreedyTokensMatchTheCpu) {
   greedy.stop_at_eot = false;
   const std::vector<std::vector<std::int32_t>> prompts = {{1, 2, 3}, {4}, {5, 6, 7, 8, 9}};
   EXPECT_EQ(kiln::Decoder(gpu).generate(prompts, greedy, 36), kiln::Decoder(cpu).generate(prompts, greedy, 36));
+}
+
+// Two models on one device share its one stream and the caching allocator: used in turn
+// (forward, backward and decoding interleaved), each gives what it gives alone.
+TEST(CudaModels, TwoModelsOnOneDeviceAreIndependent) {
+  KILN_REQUIRE_GPU();
+  kiln::GptShape a_shape = decode_shape(), b_shape = decode_shape();
+  b_shape.n_embd = 16;
+  b_shape.post_norm = true;
+  kiln::Batch batch;
+  batch.batch = 2;
+  batch.seq_len = 16;
+  for (int i = 0; i < 32; ++i) {
+    batch.inputs.push_back((i * 5) % 37);
+    batch.targets.push_back((i * 3 + 1) % 37);
+  }
+  auto grads = [&](kiln::Gpt& model) {
+    model.zero_grad();
+    const double loss = model.forward_backward(batch, 0.05f);
+    std::vector<float> g(model.gradient_buffer().numel());
+    kiln::device::copy_to_host(g.data(), model.gradient_buffer().f32(), g.size() * sizeof(float));
+    return std::make_pair(loss, g);
+  };
+  kiln::Gpt a_alone(a_shape, kiln::Device::cuda), b_alone(b_shape, kiln::Device::cuda);
+  a_alone.init_weights(1);
+  b_alone.init_weights(2);
+  const auto a_ref = grads(a_alone);
+  const auto b_ref = grads(b_alone);
+  kiln::Gpt a(a_shape, kiln::Device::cuda), b(b_shape, kiln::Device::cuda);
+  a.init_weights(1);
+  b.init_weights(2);
+  kiln::SampleOptions greedy;
+  greedy.temperature = 0.0f;
+  greedy.max_tokens = 4;
+  const auto b_tokens = kiln::Decoder(b).generate({{1, 2}}, greedy, 36);
+  EXPECT_EQ(grads(a), a_ref);
+  const auto a_tokens = kiln::Decoder(a).generate({{1, 2}}, greedy, 36);
+  EXPECT_EQ(grads(b), b_ref);
+  EXPECT_EQ(kiln::Decoder(b_alone).generate({{1, 2}}, greedy, 36), b_tokens);
+  EXPECT_EQ(kiln::Decoder(a_alone).generate({{1, 2}}, greedy, 36), a_tokens);
 }
