@@ -334,24 +334,54 @@ void Gpt::run_forward(const Batch& batch) {
   staged_ = stage_batch(batch);
   segments_ = staged_.segments;
   if (shape_.bf16) return run_forward_bf16();
-  const KernelTable& k = *kernels_;
-  const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len, c = shape_.n_embd;
+  run_trunk();
+  // logits (N, Vp) = hidden (N, C) @ wte^T (C, Vp); a shard's columns with tensor parallelism
+  const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len;
+  matmul(logits_.f32(), hidden().f32(), table_.get(Role::token_embedding).value.f32(), n, shape_.local_vocab(),
+         shape_.n_embd, false, true, 0.0f);
+}
+
+// The trunk over the staged batch: embeddings, the blocks, the final norm (pre-LN).
+void Gpt::run_trunk() {
+  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
   const Parameter& wte = table_.get(Role::token_embedding);
   const Parameter& wpe = table_.get(Role::position_embedding);
   // Vocabulary-parallel: each rank embeds the tokens of its shard (one rank adds positions), and
   // the sum over ranks is the embedding.
-  k.embedding_forward(encoded_.f32(), staged_.inputs, staged_.positions, wte.value.f32(),
-                      shape_.tp_rank == 0 ? wpe.value.f32() : nullptr, n, c, shape_.vocab_first(),
-                      shape_.local_vocab());
+  kernels_->embedding_forward(encoded_.f32(), staged_.inputs, staged_.positions, wte.value.f32(),
+                              shape_.tp_rank == 0 ? wpe.value.f32() : nullptr, n, c, shape_.vocab_first(),
+                              shape_.local_vocab());
   tp_sum(encoded_.f32(), n * c);
   for (int l = 0; l < shape_.n_layer; ++l) block_forward(l, block_output(l - 1), training_pass(l));
-  const float* final_in = block_output(shape_.n_layer - 1);
-  if (!shape_.post_norm) {
-    norm_forward(lnf_.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), final_in, n, Role::final_norm_weight, Role::final_norm_bias);
-    final_in = lnf_.f32();
-  }
-  // logits (N, Vp) = x (N, C) @ wte^T (C, Vp); a shard's columns with tensor parallelism
-  matmul(logits_.f32(), final_in, wte.value.f32(), n, shape_.local_vocab(), c, false, true, 0.0f);
+  if (!shape_.post_norm)
+    norm_forward(lnf_.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), block_output(shape_.n_layer - 1), n,
+                 Role::final_norm_weight, Role::final_norm_bias);
+}
+
+const Tensor& Gpt::hidden() const { return shape_.post_norm ? acts_.back().ln2 : lnf_; }
+
+const Tensor& Gpt::trunk_forward(const Batch& batch) {
+  KILN_CHECK(!shape_.bf16, "the trunk's hidden states are fp32 activations; this model has model.dtype=bf16");
+  check_batch(batch);
+  ensure_activations(batch.batch, batch.seq_len);
+  staged_ = stage_batch(batch);
+  segments_ = staged_.segments;
+  run_trunk();
+  return hidden();
+}
+
+std::vector<float> Gpt::token_logprobs(const Batch& batch) {
+  run_forward(batch);
+  if (shape_.bf16)
+    cross_entropy_bf16(0.0f);
+  else
+    cross_entropy(batch, 0.0f);
+  const auto n = static_cast<std::size_t>(batch.batch) * batch.seq_len;
+  std::vector<float> out(n);
+  if (device_ == Device::cpu) std::memcpy(out.data(), losses_.f32(), n * sizeof(float));
+  else device::copy_to_host(out.data(), losses_.f32(), n * sizeof(float));
+  for (std::size_t i = 0; i < n; ++i) out[i] = batch.mask.empty() || batch.mask[i] ? -out[i] : 0.0f;
+  return out;
 }
 
 void Gpt::cross_entropy(const Batch& batch, float loss_scale) {
@@ -445,25 +475,30 @@ double Gpt::take_loss_sum() {
 }
 
 void Gpt::run_backward(const Batch& batch) {
-  const KernelTable& k = *kernels_;
   const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len, c = shape_.n_embd;
   Parameter& wte = table_.get(Role::token_embedding);
-  Parameter& wpe = table_.get(Role::position_embedding);
-  const float* final_in = shape_.post_norm ? block_output(shape_.n_layer - 1) : lnf_.f32();
-  float* dres = dres_.f32();
-  // logits = x @ wte^T: dx (N, C) = dlogits @ wte, dwte (Vp, C) += dlogits^T @ x.
-  float* dx = shape_.post_norm ? dres : dtmp_.f32();
+  // logits = hidden @ wte^T: dhidden (N, C) = dlogits @ wte, dwte (Vp, C) += dlogits^T @ hidden.
+  float* dx = shape_.post_norm ? dres_.f32() : dtmp_.f32();
   const std::int64_t vp = shape_.local_vocab();
   matmul(dx, logits_.f32(), wte.value.f32(), n, c, vp, false, false, 0.0f);
   tp_sum(dx, n * c);  // vocabulary shards each give part of dx
-  matmul(wte.grad.f32(), logits_.f32(), final_in, vp, c, n, true, false, 1.0f);
+  matmul(wte.grad.f32(), logits_.f32(), hidden().f32(), vp, c, n, true, false, 1.0f);
+  trunk_backward(dx);
+}
+
+void Gpt::trunk_backward(const float* dhidden) {
+  KILN_CHECK(!shape_.bf16, "the trunk's backward runs fp32 activations; this model has model.dtype=bf16");
+  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
+  float* dres = dres_.f32();
   if (!shape_.post_norm) {
-    Parameter& w = table_.get(Role::final_norm_weight);
-    Parameter& b = table_.get(Role::final_norm_bias);
     dres_.zero_();
-    k.layernorm_backward(dres, w.grad.f32(), b.grad.f32(), dx, block_output(shape_.n_layer - 1),
-                         w.value.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), n, c);
+    norm_backward(dres, dhidden, block_output(shape_.n_layer - 1), lnf_mean_.f32(), lnf_rstd_.f32(),
+                  Role::final_norm_weight, Role::final_norm_bias, -1);
     ready(table_.final_norm());
+  } else if (dhidden != dres) {
+    const auto bytes = static_cast<std::size_t>(n * c) * sizeof(float);
+    if (device_ == Device::cpu) std::memcpy(dres, dhidden, bytes);
+    else device::copy_on_device(dres, dhidden, bytes);
   }
   for (int l = shape_.n_layer - 1; l >= 0; --l) {
     // With recomputation the shared buffers hold the last block's activations: run this block's
@@ -472,8 +507,9 @@ void Gpt::run_backward(const Batch& batch) {
     block_backward(l, block_output(l - 1), dres);
     ready(table_.block(l));
   }
-  k.embedding_backward(wte.grad.f32(), wpe.grad.f32(), dres, staged_.inputs, staged_.positions, n, c,
-                       shape_.vocab_first(), shape_.local_vocab());
+  kernels_->embedding_backward(table_.get(Role::token_embedding).grad.f32(),
+                               table_.get(Role::position_embedding).grad.f32(), dres, staged_.inputs,
+                               staged_.positions, n, c, shape_.vocab_first(), shape_.local_vocab());
   ready(table_.embeddings());  // wte (also the head) and wpe
 }
 

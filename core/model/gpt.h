@@ -87,6 +87,17 @@ class Gpt {
   using GradientReadyHook = std::function<void(std::size_t first, std::size_t end)>;
   void set_gradient_ready_hook(GradientReadyHook hook) { gradient_ready_ = std::move(hook); }
 
+  // The trunk and its heads (docs/model.md): trunk_forward runs the embeddings, the blocks and
+  // the final norm and returns the hidden states (B*T, C) that heads read (the LM head: logits
+  // against the token embedding; a ScalarHead, core/model/heads.h). trunk_backward takes their
+  // gradient and accumulates every trunk parameter's, as forward_backward does after the LM
+  // head (the gradient-ready hook included). fp32 activations (not model.dtype=bf16).
+  const Tensor& trunk_forward(const Batch& batch);
+  void trunk_backward(const float* dhidden);
+  // The LM head's log-probability of each target, log softmax(logits)[target], (B*T) on the
+  // host; 0 where the mask is 0. Forward only.
+  std::vector<float> token_logprobs(const Batch& batch);
+
   const Tensor& logits() const { return logits_; }   // (B, T, Vp) after forward()
   const Tensor& losses() const { return losses_; }   // (B, T)
   Device device() const { return device_; }
@@ -130,6 +141,8 @@ class Gpt {
   void ensure_activations(int batch, int seq_len);
   void check_batch(const Batch& batch) const;
   void run_forward(const Batch& batch);
+  void run_trunk();
+  const Tensor& hidden() const;  // the trunk's output: the final norm's (pre-LN) or the last block's
   void run_backward(const Batch& batch);
   // The block (fp32 activations), written once (core/model/block.cpp): each sub-layer's forward
   // and backward, and the block that places them by the spec's norm placement. A forward pass

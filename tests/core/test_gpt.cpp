@@ -6,11 +6,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "core/model/decode.h"
 #include "core/model/gpt.h"
+#include "core/model/heads.h"
 #include "core/rng.h"
 
 namespace {
@@ -152,6 +154,83 @@ TEST(Gpt, QueuedMicroBatchesMatchOneCallPerBatch) {
   EXPECT_EQ(0.0, b.take_loss_sum());
   EXPECT_GT(one_by_one, 0.0);
   EXPECT_EQ(0, std::memcmp(a.gradient_buffer().raw(), b.gradient_buffer().raw(), a.gradient_buffer().nbytes()));
+}
+
+// A scalar head on the trunk, as a reward model (the last token of each row weighs most) with a
+// value at every token: every trunk and head parameter's gradient against finite differences.
+void check_scalar_head(bool post_norm) {
+  kiln::Gpt model(tiny_shape(post_norm));
+  model.init_weights(17, 0.3f);
+  kiln::ScalarHead head(16, kiln::Device::cpu);
+  head.init(5, 0.5f);
+  const kiln::Batch batch = tiny_batch(2, 20, 37, false);
+  std::vector<float> coeff(40);
+  for (int i = 0; i < 40; ++i) coeff[i] = i % 20 == 19 ? 1.0f : 0.05f * static_cast<float>(i % 7 - 3);
+  auto loss = [&] {
+    const std::vector<float> v = head.forward(model.trunk_forward(batch));
+    double sum = 0.0;
+    for (int i = 0; i < 40; ++i) sum += static_cast<double>(coeff[i]) * v[i];
+    return sum;
+  };
+  model.zero_grad();
+  head.zero_grad();
+  const kiln::Tensor& hidden = model.trunk_forward(batch);
+  head.forward(hidden);
+  kiln::Tensor dhidden = kiln::Tensor::zeros(hidden.shape());
+  head.backward(hidden, coeff, dhidden);
+  model.trunk_backward(dhidden.f32());
+  kiln::Rng pick(4, 0);
+  int checked = 0, failures = 0;
+  auto check = [&](float* w, double analytic, const std::string& what) {
+    const float saved = *w, eps = 1e-2f;
+    *w = saved + eps;
+    const double up = loss();
+    *w = saved - eps;
+    const double down = loss();
+    *w = saved;
+    const double numeric = (up - down) / (2 * eps);
+    if (std::abs(numeric - analytic) > 1e-3 + 3e-2 * std::abs(numeric)) {
+      ++failures;
+      ADD_FAILURE() << what << ": analytic " << analytic << " numeric " << numeric;
+    }
+    ++checked;
+  };
+  for (auto& p : model.parameters()) {
+    const std::int64_t n = p.role == kiln::Role::token_embedding ? 37 * 16 : p.value.numel();
+    for (int k = 0; k < 3; ++k) {
+      const auto i = static_cast<std::int64_t>(pick.u64(checked * 5 + k) % n);
+      check(p.value.f32() + i, p.grad.f32()[i], p.name + "[" + std::to_string(i) + "]");
+    }
+  }
+  for (int i : {0, 7, 15, 16})  // weights and the bias
+    check(head.values().f32() + i, head.grads().f32()[i], "head[" + std::to_string(i) + "]");
+  EXPECT_EQ(failures, 0);
+  EXPECT_GT(checked, 50);
+}
+
+TEST(Gpt, ScalarHeadOnThePreLnTrunkMatchesFiniteDifferences) { check_scalar_head(false); }
+TEST(Gpt, ScalarHeadOnThePostLnTrunkMatchesFiniteDifferences) { check_scalar_head(true); }
+
+// The LM head's per-token log-probabilities are log softmax of the logits at the targets (over
+// the real vocabulary), and 0 where the mask is 0.
+TEST(Gpt, TokenLogprobsAreLogSoftmaxAtTheTargets) {
+  kiln::Gpt model(tiny_shape(false));
+  model.init_weights(19, 0.3f);
+  const kiln::Batch batch = tiny_batch(2, 20, 37, true);
+  const std::vector<float> logprobs = model.token_logprobs(batch);
+  model.forward(batch);
+  const float* logits = model.logits().f32();
+  for (int i = 0; i < 40; ++i) {
+    if (!batch.mask[i]) {
+      EXPECT_EQ(logprobs[i], 0.0f);
+      continue;
+    }
+    const float* row = logits + i * 64;
+    const double max = *std::max_element(row, row + 37);
+    double sum = 0.0;
+    for (int v = 0; v < 37; ++v) sum += std::exp(row[v] - max);
+    EXPECT_NEAR(logprobs[i], row[batch.targets[i]] - max - std::log(sum), 1e-5) << "token " << i;
+  }
 }
 
 // Nothing global ties a process to one model: two models of different shapes, used in turn
