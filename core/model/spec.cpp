@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "core/model/params.h"
 #include "kernels/error.h"
 
 namespace kiln {
@@ -50,18 +51,19 @@ GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp
   return s;
 }
 
+// Both counts read the parameter table (params.cpp), so they follow the architecture.
 std::int64_t GptShape::num_params() const {
-  const std::int64_t c = n_embd;
-  const std::int64_t f = ffn();
-  // Attention 4 C^2 + 4 C, MLP 2 C F + F + C, two norms 4 C.
-  const std::int64_t per_layer = 4 * c * c + 2 * c * f + 9 * c + f;
-  return static_cast<std::int64_t>(padded_vocab) * c + static_cast<std::int64_t>(context) * c +
-         n_layer * per_layer + (post_norm ? 0 : 2 * c);
+  std::int64_t total = 0;
+  for (const ParamSpec& p : declare_parameters(*this)) total += shape_numel(p.full_shape);
+  return total;
 }
 
 double GptShape::flops_per_token(int seq_len) const {
   const double c = n_embd;
-  const double matmul_params = n_layer * (4.0 * c * c + 2.0 * c * ffn()) + static_cast<double>(vocab) * c;
+  // The matmul weights (the decayed ones) and the LM head over the real vocabulary.
+  double matmul_params = static_cast<double>(vocab) * c;
+  for (const ParamSpec& p : declare_parameters(*this))
+    if (p.decay) matmul_params += static_cast<double>(shape_numel(p.full_shape));
   // Scores and weighted sum, forward and backward: 12 C per (query, key) pair the layer attends.
   double attention_flops = 0.0;
   for (int l = 0; l < n_layer; ++l) {
