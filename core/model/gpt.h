@@ -5,14 +5,15 @@
 //   post-LN block: x = LN1(x + Attn(x));  x = LN2(x + MLP(x))  (no final LN)
 //   logits = LN_f(x) @ wte^T                                   (B, T, Vp), head tied to wte
 //
-// All parameters live in one fp32 buffer (and their gradients in another), exposed as views
-// named as in Hugging Face's GPT2LMHeadModel. Activations live in one arena sized for (B, T) by
-// a single table (activation_table in gpt.cpp).
+// The architecture is data (spec.h); the parameters are a table (params.h) in one fp32 buffer
+// (and their gradients in another), named as in Hugging Face's GPT2LMHeadModel. The block is
+// written once (block.cpp) for training and decoding (decode.h); the trunk's hidden states feed
+// the LM head here or other heads (heads.h). Activations live in one arena sized for (B, T) by
+// a single table (ensure_activations in gpt.cpp). docs/model.md draws it.
 #pragma once
 
 #include <cstdint>
 #include <functional>
-#include <map>
 #include <string>
 #include <vector>
 
@@ -27,8 +28,6 @@
 #include "kernels/device.h"
 
 namespace kiln {
-
-
 
 class Gpt {
  public:
