@@ -11,8 +11,8 @@
 // FILE holds one record per machine (CPU model, instruction sets, oneDNN version): `record`
 // replaces this machine's cases and keeps the others. `check` is exact (every loss, hash and
 // token) against this machine's record; on a machine without a record it compares with the
-// first record within a tolerance (losses 1e-3 relative, norms 1e-2, tokens of the first
-// steps) and says so, since other CPUs take other oneDNN kernels.
+// first record within a tolerance (losses 1e-4 relative for 5 steps and 1e-2 after, norms 5e-2,
+// the first 8 sampled tokens) and says so, since other CPUs take other oneDNN kernels.
 #include <omp.h>
 
 #include <cmath>
@@ -264,8 +264,11 @@ std::vector<std::string> compare(const std::string& name, const json& ref, const
   const auto& b = got.at("losses");
   if (a.size() != b.size()) say("loss count differs");
   for (std::size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    // Across machines, last-bit differences of other kernels grow over the steps (a high
+    // learning rate makes loss spikes): tight for the first steps, where a changed formula
+    // already shows, looser after.
     const double x = a[i].get<double>(), y = b[i].get<double>();
-    if (exact ? x != y : !close(x, y, 1e-3)) {
+    if (exact ? x != y : !close(x, y, i < 5 ? 1e-4 : 1e-2)) {
       char line[160];
       std::snprintf(line, sizeof line, "loss at step %zu: recorded %.17g, now %.17g", i + 1, x, y);
       say(line);
@@ -275,7 +278,7 @@ std::vector<std::string> compare(const std::string& name, const json& ref, const
   for (const char* key : {"grad_hash", "weight_hash"})
     if (exact && ref.at(key) != got.at(key)) say(std::string(key) + " differs (recorded " + ref.at(key).get<std::string>() + ", now " + got.at(key).get<std::string>() + ")");
   for (const char* key : {"grad_l2", "weight_l2"})
-    if (!close(ref.at(key).get<double>(), got.at(key).get<double>(), exact ? 0.0 : 1e-2))
+    if (!close(ref.at(key).get<double>(), got.at(key).get<double>(), exact ? 0.0 : 5e-2))
       say(std::string(key) + ": recorded " + std::to_string(ref.at(key).get<double>()) + ", now " + std::to_string(got.at(key).get<double>()));
   for (const char* key : {"greedy_tokens", "top_k_tokens"}) {
     if (!ref.contains(key)) continue;
