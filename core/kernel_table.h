@@ -62,6 +62,8 @@ struct KernelTable {
   decltype(&cpu::adamw_update) adamw_update;
   decltype(&cpu::sum_squares) sum_squares;
   const Bf16Kernels* bf16 = nullptr;  // null where there is no bf16 path (the cpu)
+  // Capabilities, asked where kernels are chosen: bf16 activations (model.dtype=bf16).
+  bool has_bf16_activations() const { return bf16 != nullptr; }
 };
 
 // Throws kiln::Error for a device this build has no kernels for.

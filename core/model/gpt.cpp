@@ -22,9 +22,9 @@ Gpt::Gpt(const GptShape& shape, Device device, TensorParallel* tp)
              "a tensor-parallel model needs the tensor-parallel group it is sharded over");
   KILN_CHECK(shape.padded_vocab % shape.tp_size == 0 && shape.n_head % shape.tp_size == 0,
              "model shape does not split over ", shape.tp_size, " tensor-parallel ranks");
-  KILN_CHECK(!shape.bf16 || (kernels_->bf16 != nullptr && !shape.post_norm && shape.tp_size == 1),
+  KILN_CHECK(!shape.bf16 || (kernels_->has_bf16_activations() && !shape.post_norm && shape.tp_size == 1),
              "model.dtype=bf16 (bf16 activations) trains a pre-LN model on one GPU; this model is",
-             shape.post_norm ? " post-LN" : "", kernels_->bf16 ? "" : " on the cpu",
+             shape.post_norm ? " post-LN" : "", kernels_->has_bf16_activations() ? "" : " on the cpu",
              shape.tp_size > 1 ? " tensor-parallel" : "", "; use model.dtype=f32 (model.matmul=bf16 "
              "gives bf16 products with fp32 activations)");
   KILN_CHECK(device == Device::cpu || shape.tp_size == 1,
