@@ -95,8 +95,8 @@ void Gpt::refresh_bf16_weights() {
   kernels_->bf16->convert(static_cast<bf16*>(weights16_.raw()), table_.values().f32(), table_.values().numel());
 }
 
-void Gpt::ensure_activations(int batch, int seq_len) {
-  if (batch == act_batch_ && seq_len == act_seq_) return;
+void Gpt::ensure_activations(int batch, int seq_len, bool keep) {
+  if (batch == act_batch_ && seq_len == act_seq_ && keep == act_keep_) return;
   // Local (this shard's) widths: attention cl, heads nh, MLP fl, vocabulary vp.
   const std::int64_t n = static_cast<std::int64_t>(batch) * seq_len, c = shape_.n_embd;
   const std::int64_t cl = shape_.local_width(), nh = shape_.local_heads();
@@ -106,6 +106,7 @@ void Gpt::ensure_activations(int batch, int seq_len) {
   acts_.assign(shape_.n_layer, LayerActs{});
   for (int l = 0; l < shape_.n_layer; ++l) {
     LayerActs& a = acts_[l];
+    if (l > 0 && !keep) continue;  // forward only: every block rewrites layer 0's buffers
     if (l > 0 && shape_.recompute) {
       // Recomputation: only the block's output (res3; ln2 for a post-LN block) is kept per
       // layer; the rest is layer 0's buffers, rewritten by each block in turn.
@@ -145,10 +146,12 @@ void Gpt::ensure_activations(int batch, int seq_len) {
     *tensor = (wide(tensor) ? arena16_ : arena_).view(at, shape);
     at += (shape_numel(shape) + 31) / 32 * 32;
   }
-  for (int l = 1; shape_.recompute && l < shape_.n_layer; ++l) {
+  for (int l = 1; (shape_.recompute || !keep) && l < shape_.n_layer; ++l) {
     const Tensor output = shape_.post_norm ? acts_[l].ln2 : acts_[l].res3;
     acts_[l] = acts_[0];
-    (shape_.post_norm ? acts_[l].ln2 : acts_[l].res3) = output;
+    // Without keep a block's output is also layer 0's: each block reads its input (the same
+    // buffer) before it writes its output, the last thing it writes.
+    if (keep) (shape_.post_norm ? acts_[l].ln2 : acts_[l].res3) = output;
   }
   positions_.resize(n);
   for (std::int64_t i = 0; i < n; ++i) positions_[i] = static_cast<std::int32_t>(i % seq_len);
@@ -193,6 +196,7 @@ void Gpt::ensure_activations(int batch, int seq_len) {
   }
   act_batch_ = batch;
   act_seq_ = seq_len;
+  act_keep_ = keep;
 }
 
 Gpt::~Gpt() {
@@ -328,9 +332,9 @@ BlockLayoutView Gpt::layout_view(int l) const {
   return view;
 }
 
-void Gpt::run_forward(const Batch& batch) {
+void Gpt::run_forward(const Batch& batch, bool keep) {
   check_batch(batch);
-  ensure_activations(batch.batch, batch.seq_len);
+  ensure_activations(batch.batch, batch.seq_len, keep);
   staged_ = stage_batch(batch);
   segments_ = staged_.segments;
   if (shape_.bf16) return run_forward_bf16();
@@ -371,7 +375,7 @@ const Tensor& Gpt::trunk_forward(const Batch& batch) {
 }
 
 std::vector<float> Gpt::token_logprobs(const Batch& batch) {
-  run_forward(batch);
+  run_forward(batch, /*keep=*/shape_.bf16);  // fp32: no activations kept for a backward
   if (shape_.bf16)
     cross_entropy_bf16(0.0f);
   else

@@ -94,7 +94,8 @@ class Gpt {
   const Tensor& trunk_forward(const Batch& batch);
   void trunk_backward(const float* dhidden);
   // The LM head's log-probability of each target, log softmax(logits)[target], (B*T) on the
-  // host; 0 where the mask is 0. Forward only.
+  // host; 0 where the mask is 0. Forward only: with fp32 activations, no layer's activations are
+  // kept (the blocks share one layer's buffers).
   std::vector<float> token_logprobs(const Batch& batch);
 
   const Tensor& logits() const { return logits_; }   // (B, T, Vp) after forward()
@@ -137,9 +138,10 @@ class Gpt {
   void ready(ParamRange range) const {
     if (gradient_ready_ && range.end > range.first) gradient_ready_(range.first, range.end);
   }
-  void ensure_activations(int batch, int seq_len);
+  // keep false: forward only, every block shares layer 0's buffers (no backward may follow).
+  void ensure_activations(int batch, int seq_len, bool keep = true);
   void check_batch(const Batch& batch) const;
-  void run_forward(const Batch& batch);
+  void run_forward(const Batch& batch, bool keep = true);
   void run_trunk();
   const Tensor& hidden() const;  // the trunk's output: the final norm's (pre-LN) or the last block's
   void run_backward(const Batch& batch);
@@ -197,6 +199,7 @@ class Gpt {
 
   // Activations for the current (batch, seq_len), all views into one arena.
   int act_batch_ = 0, act_seq_ = 0;
+  bool act_keep_ = true;
   Tensor arena_, arena16_;  // fp32 (everything, or statistics only) and bf16 activations
   std::vector<LayerActs> acts_;
   Tensor encoded_, lnf_, lnf_mean_, lnf_rstd_, logits_, losses_;

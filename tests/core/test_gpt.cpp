@@ -212,24 +212,30 @@ TEST(Gpt, ScalarHeadOnThePreLnTrunkMatchesFiniteDifferences) { check_scalar_head
 TEST(Gpt, ScalarHeadOnThePostLnTrunkMatchesFiniteDifferences) { check_scalar_head(true); }
 
 // The LM head's per-token log-probabilities are log softmax of the logits at the targets (over
-// the real vocabulary), and 0 where the mask is 0.
+// the real vocabulary), and 0 where the mask is 0. They keep no layer's activations (less
+// memory than a training forward) and are bit for bit what the training forward computes.
 TEST(Gpt, TokenLogprobsAreLogSoftmaxAtTheTargets) {
-  kiln::Gpt model(tiny_shape(false));
-  model.init_weights(19, 0.3f);
-  const kiln::Batch batch = tiny_batch(2, 20, 37, true);
-  const std::vector<float> logprobs = model.token_logprobs(batch);
-  model.forward(batch);
-  const float* logits = model.logits().f32();
-  for (int i = 0; i < 40; ++i) {
-    if (!batch.mask[i]) {
-      EXPECT_EQ(logprobs[i], 0.0f);
-      continue;
+  for (bool post : {false, true}) {
+    kiln::Gpt model(tiny_shape(post));
+    model.init_weights(19, 0.3f);
+    const kiln::Batch batch = tiny_batch(2, 20, 37, true);
+    const std::vector<float> logprobs = model.token_logprobs(batch);
+    const std::int64_t forward_only_bytes = model.activation_bytes();
+    model.forward(batch);
+    EXPECT_LT(forward_only_bytes, model.activation_bytes());
+    const float* logits = model.logits().f32();
+    for (int i = 0; i < 40; ++i) {
+      if (!batch.mask[i]) {
+        EXPECT_EQ(logprobs[i], 0.0f);
+        continue;
+      }
+      EXPECT_EQ(logprobs[i], -model.losses().f32()[i]) << "token " << i;
+      const float* row = logits + i * 64;
+      const double max = *std::max_element(row, row + 37);
+      double sum = 0.0;
+      for (int v = 0; v < 37; ++v) sum += std::exp(row[v] - max);
+      EXPECT_NEAR(logprobs[i], row[batch.targets[i]] - max - std::log(sum), 1e-5) << "token " << i;
     }
-    const float* row = logits + i * 64;
-    const double max = *std::max_element(row, row + 37);
-    double sum = 0.0;
-    for (int v = 0; v < 37; ++v) sum += std::exp(row[v] - max);
-    EXPECT_NEAR(logprobs[i], row[batch.targets[i]] - max - std::log(sum), 1e-5) << "token " << i;
   }
 }
 
