@@ -515,6 +515,7 @@ void Gpt::trunk_backward(const float* dhidden) {
                                table_.get(Role::position_embedding).grad.f32(), dres, staged_.inputs,
                                staged_.positions, n, c, shape_.vocab_first(), shape_.local_vocab());
   ready(table_.embeddings());  // wte (also the head) and wpe
+  ready(table_.heads());       // the scalar head's gradient came before the trunk's, or is zero
 }
 
 }  // namespace kiln

@@ -110,6 +110,7 @@ void Gpt::run_backward_bf16() {
   k.embedding_backward(wte.grad.f32(), wpe.grad.f32(), b16(dres_), staged_.inputs, staged_.positions,
                        n, c, 0, shape_.local_vocab());
   ready(table_.embeddings());
+  ready(table_.heads());
 }
 
 void Gpt::block_backward_bf16(int l, const bf16* in, bf16* dres) {

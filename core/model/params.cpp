@@ -34,6 +34,8 @@ std::vector<ParamSpec> declare_parameters(const GptShape& s) {
     t.push_back({"transformer.ln_f.weight", Role::final_norm_weight, -1, {c}, Split::none, false, 0, 1});
     t.push_back({"transformer.ln_f.bias", Role::final_norm_bias, -1, {c}, Split::none, false, 0, 0});
   }
+  // Hugging Face's name and shape (GPT2ForSequenceClassification with one label, no bias).
+  if (s.score_head) t.push_back({"score.weight", Role::score_weight, -1, {1, c}, Split::none, true, 1, 0});
   return t;
 }
 
@@ -51,7 +53,7 @@ ParamTable::ParamTable(const GptShape& shape, Device device) : tp_size_(shape.tp
   }
   values_ = Tensor::zeros({total}, DType::f32, device);
   grads_ = Tensor::zeros({total}, DType::f32, device);
-  by_role_.assign(static_cast<std::size_t>(Role::final_norm_bias) + 1,
+  by_role_.assign(kRoles,
                   std::vector<std::size_t>(shape.n_layer + 1, static_cast<std::size_t>(-1)));
   std::int64_t offset = 0;
   first_block_ = specs.size();
@@ -70,6 +72,8 @@ ParamTable::ParamTable(const GptShape& shape, Device device) : tp_size_(shape.tp
     params_.push_back(std::move(p));
   }
   if (shape.n_layer == 0) first_block_ = blocks_end_ = params_.size();
+  heads_first_ = params_.size();
+  while (heads_first_ > blocks_end_ && params_[heads_first_ - 1].role == Role::score_weight) --heads_first_;
 }
 
 std::size_t ParamTable::index(Role role, int layer) const {

@@ -39,7 +39,9 @@ enum class Role {
   mlp_in_weight, mlp_in_bias,      // (C, F), (F)
   mlp_out_weight, mlp_out_bias,    // (F, C), (C)
   final_norm_weight, final_norm_bias,  // pre-LN only
+  score_weight,        // (1, C): a scalar head on the trunk (reward, value), when the spec has one
 };
+constexpr int kRoles = static_cast<int>(Role::score_weight) + 1;
 constexpr int kBlockRoles = 12;  // norm1_weight .. mlp_out_bias
 
 struct ParamSpec {
@@ -54,7 +56,7 @@ struct ParamSpec {
 };
 
 // The table of an architecture, in buffer order: embeddings, then each block, then the final
-// norm.
+// norm, then the heads other than the (tied) LM head.
 std::vector<ParamSpec> declare_parameters(const GptShape& shape);
 
 struct Parameter : ParamSpec {
@@ -81,7 +83,8 @@ class ParamTable {
 
   ParamRange embeddings() const { return {0, first_block_}; }
   ParamRange block(int layer) const;
-  ParamRange final_norm() const { return {blocks_end_, params_.size()}; }
+  ParamRange final_norm() const { return {blocks_end_, heads_first_}; }
+  ParamRange heads() const { return {heads_first_, params_.size()}; }
 
   Tensor& values() { return values_; }
   const Tensor& values() const { return values_; }
@@ -96,7 +99,7 @@ class ParamTable {
   int tp_size_, tp_rank_;
   std::vector<Parameter> params_;
   Tensor values_, grads_;
-  std::size_t first_block_ = 0, blocks_end_ = 0;
+  std::size_t first_block_ = 0, blocks_end_ = 0, heads_first_ = 0;
   std::vector<std::vector<std::size_t>> by_role_;  // [role][layer + 1] -> index, or npos
 };
 

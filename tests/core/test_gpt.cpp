@@ -5,11 +5,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "core/checkpoint/model_io.h"
 #include "core/model/decode.h"
 #include "core/model/gpt.h"
 #include "core/model/heads.h"
@@ -108,7 +110,9 @@ TEST(Gpt, ParameterTableGroupsCoverEveryParameterInOrder) {
       for (std::size_t i = t.block(l).first; i < t.block(l).end; ++i) EXPECT_EQ(t.all()[i].layer, l);
     }
     take(t.final_norm());
+    take(t.heads());
     EXPECT_EQ(next, t.all().size());
+    EXPECT_EQ(t.heads().end - t.heads().first, 0u);
     EXPECT_EQ(t.final_norm().end - t.final_norm().first, post ? 0u : 2u);
     EXPECT_EQ(t.get(kiln::Role::mlp_in_weight, 1).name, "transformer.h.1.mlp.c_fc.weight");
     EXPECT_EQ(t.get(kiln::Role::mlp_in_weight, 1).value.shape(), (kiln::Shape{16, 40}));
@@ -159,10 +163,11 @@ TEST(Gpt, QueuedMicroBatchesMatchOneCallPerBatch) {
 // A scalar head on the trunk, as a reward model (the last token of each row weighs most) with a
 // value at every token: every trunk and head parameter's gradient against finite differences.
 void check_scalar_head(bool post_norm) {
-  kiln::Gpt model(tiny_shape(post_norm));
+  kiln::GptShape shape = tiny_shape(post_norm);
+  shape.score_head = true;
+  kiln::Gpt model(shape);
   model.init_weights(17, 0.3f);
-  kiln::ScalarHead head(16, kiln::Device::cpu);
-  head.init(5, 0.5f);
+  kiln::ScalarHead head(model);
   const kiln::Batch batch = tiny_batch(2, 20, 37, false);
   std::vector<float> coeff(40);
   for (int i = 0; i < 40; ++i) coeff[i] = i % 20 == 19 ? 1.0f : 0.05f * static_cast<float>(i % 7 - 3);
@@ -172,40 +177,58 @@ void check_scalar_head(bool post_norm) {
     for (int i = 0; i < 40; ++i) sum += static_cast<double>(coeff[i]) * v[i];
     return sum;
   };
+  std::vector<std::pair<std::size_t, std::size_t>> ready;
+  model.set_gradient_ready_hook([&](std::size_t first, std::size_t end) { ready.emplace_back(first, end); });
   model.zero_grad();
-  head.zero_grad();
   const kiln::Tensor& hidden = model.trunk_forward(batch);
   head.forward(hidden);
   kiln::Tensor dhidden = kiln::Tensor::zeros(hidden.shape());
   head.backward(hidden, coeff, dhidden);
   model.trunk_backward(dhidden.f32());
+  model.set_gradient_ready_hook({});
+  // Every parameter, the head's included, is reported ready exactly once.
+  std::vector<int> reported(model.parameters().size(), 0);
+  for (auto [first, end] : ready)
+    for (std::size_t i = first; i < end; ++i) ++reported[i];
+  EXPECT_EQ(reported, std::vector<int>(model.parameters().size(), 1));
+  EXPECT_EQ(model.parameters().back().name, "score.weight");
   kiln::Rng pick(4, 0);
   int checked = 0, failures = 0;
-  auto check = [&](float* w, double analytic, const std::string& what) {
-    const float saved = *w, eps = 1e-2f;
-    *w = saved + eps;
-    const double up = loss();
-    *w = saved - eps;
-    const double down = loss();
-    *w = saved;
-    const double numeric = (up - down) / (2 * eps);
-    if (std::abs(numeric - analytic) > 1e-3 + 3e-2 * std::abs(numeric)) {
-      ++failures;
-      ADD_FAILURE() << what << ": analytic " << analytic << " numeric " << numeric;
-    }
-    ++checked;
-  };
   for (auto& p : model.parameters()) {
     const std::int64_t n = p.role == kiln::Role::token_embedding ? 37 * 16 : p.value.numel();
     for (int k = 0; k < 3; ++k) {
       const auto i = static_cast<std::int64_t>(pick.u64(checked * 5 + k) % n);
-      check(p.value.f32() + i, p.grad.f32()[i], p.name + "[" + std::to_string(i) + "]");
+      float* w = p.value.f32() + i;
+      const float saved = *w, eps = 1e-2f;
+      *w = saved + eps;
+      const double up = loss();
+      *w = saved - eps;
+      const double down = loss();
+      *w = saved;
+      const double numeric = (up - down) / (2 * eps), analytic = p.grad.f32()[i];
+      if (std::abs(numeric - analytic) > 1e-3 + 3e-2 * std::abs(numeric)) {
+        ++failures;
+        ADD_FAILURE() << p.name << "[" << i << "]: analytic " << analytic << " numeric " << numeric;
+      }
+      ++checked;
     }
   }
-  for (int i : {0, 7, 15, 16})  // weights and the bias
-    check(head.values().f32() + i, head.grads().f32()[i], "head[" + std::to_string(i) + "]");
   EXPECT_EQ(failures, 0);
-  EXPECT_GT(checked, 50);
+}
+
+// The scalar head is a parameter of the table: it is saved and loaded with the model under
+// Hugging Face's name and shape (score.weight, (1, C)).
+TEST(Gpt, ScalarHeadIsSavedAndLoadedWithTheModel) {
+  kiln::GptShape shape = tiny_shape(false);
+  shape.score_head = true;
+  kiln::Gpt a(shape), b(shape);
+  a.init_weights(23, 0.3f);
+  const std::string path = ::testing::TempDir() + "kiln_score_head.safetensors";
+  kiln::save_model(a, path);
+  kiln::load_model(b, path);
+  EXPECT_EQ(std::memcmp(a.parameter_buffer().f32(), b.parameter_buffer().f32(), a.parameter_buffer().nbytes()), 0);
+  EXPECT_EQ(b.parameter("score.weight").full_shape, (kiln::Shape{1, 16}));
+  std::remove(path.c_str());
 }
 
 TEST(Gpt, ScalarHeadOnThePreLnTrunkMatchesFiniteDifferences) { check_scalar_head(false); }
