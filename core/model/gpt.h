@@ -41,6 +41,7 @@ class Gpt {
   const GptShape& shape() const { return shape_; }
   // The parameter table (params.h): every parameter by role, name and group.
   const ParamTable& params() const { return table_; }
+  ParamTable& params() { return table_; }
   std::vector<Parameter>& parameters() { return table_.all(); }
   const std::vector<Parameter>& parameters() const { return table_.all(); }
   const Parameter& parameter(const std::string& name) const;

@@ -10,7 +10,7 @@ namespace kiln {
 namespace {
 Parameter& score_weight(Gpt& model) {
   KILN_CHECK(model.params().has(Role::score_weight), "this model has no scalar head (its spec has no score_head)");
-  return const_cast<Parameter&>(model.params().get(Role::score_weight));
+  return model.params().get(Role::score_weight);
 }
 }  // namespace
 
