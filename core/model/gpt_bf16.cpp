@@ -1,7 +1,9 @@
 // GPT forward and backward in mixed precision (model.dtype: bf16, on cuda): the same pre-LN
-// model as gpt.cpp, with activations and the weights the products read in bf16, and fp32 where
+// model as block.cpp, with activations and the weights the products read in bf16, and fp32 where
 // precision is lost otherwise: master weights and their gradients (the optimizer's), LayerNorm
 // statistics, attention's log-sum-exp and the losses. Shapes as in gpt.cpp (N = B*T rows).
+// This is the one block still written a second time (its fused kernels cross block boundaries);
+// folding it into block.cpp is the next step of the model core (docs/model.md).
 //
 // Each block ends with one fused residual-add + LayerNorm that writes the residual stream and
 // the next LayerNorm's output in one pass (the next block's LN1, or the final LN after the last
