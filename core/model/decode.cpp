@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <deque>
 #include <numeric>
 
@@ -96,20 +95,15 @@ void Decoder::attend(int layer, Gpt::LayerActs& a) {
   const GptShape& s = model_.shape();
   const bool on_device = model_.device() != Device::cpu;
   const std::int64_t c = s.n_embd;
-  const auto bytes = static_cast<std::size_t>(c) * sizeof(float);
   for (std::size_t i = 0; i < rows_sequence_.size(); ++i) {
     const std::int64_t pos = rows_position_[i];
     const std::int64_t cache = (static_cast<std::int64_t>(layer) * capacity_ + rows_sequence_[i]) * s.context * c;
     float* keys = k_cache_.f32() + cache;
     float* values = v_cache_.f32() + cache;
-    const float* qkv = a.qkv.f32() + static_cast<std::int64_t>(i) * 3 * c;  // [q | k | v]
-    if (on_device) {
-      device::copy_on_device(keys + pos * c, qkv + c, bytes);
-      device::copy_on_device(values + pos * c, qkv + 2 * c, bytes);
-    } else {
-      std::memcpy(keys + pos * c, qkv + c, bytes);
-      std::memcpy(values + pos * c, qkv + 2 * c, bytes);
-    }
+    const std::int64_t row = static_cast<std::int64_t>(i) * 3 * c;  // [q | k | v]
+    k_cache_.view(cache + pos * c, {c}).copy_from(a.qkv.view(row + c, {c}));
+    v_cache_.view(cache + pos * c, {c}).copy_from(a.qkv.view(row + 2 * c, {c}));
+    const float* qkv = a.qkv.f32() + row;
     const std::uint8_t* mask = nullptr;
     if (const BlockLayout* layout = layouts_[layer].get()) {
       const std::int64_t n = pos + 1, query_block = pos / layout->block;
@@ -156,12 +150,9 @@ const float* Decoder::step(const std::vector<int>& sequences, const std::vector<
   kernels_->embedding_forward(x_.f32(), token_ids, token_ids + n, wte, params.get(Role::position_embedding).value.f32(),
                               n, c, 0, vp);
   const Gpt::BlockPass pass{acts_, n, scratch_.f32(), [this](int layer, Gpt::LayerActs& a) { attend(layer, a); }};
-  const auto bytes = static_cast<std::size_t>(n * c) * sizeof(float);
   for (int l = 0; l < s.n_layer; ++l) {
     model_.block_forward(l, x_.f32(), pass);
-    const float* out = s.post_norm ? acts_.ln2.f32() : acts_.res3.f32();
-    if (on_device) device::copy_on_device(x_.f32(), out, bytes);
-    else std::memcpy(x_.f32(), out, bytes);
+    x_.view(0, {n, c}).copy_from((s.post_norm ? acts_.ln2 : acts_.res3).view(0, {n, c}));
   }
   const float* final_in = x_.f32();
   if (!s.post_norm) {

@@ -332,11 +332,16 @@ BlockLayoutView Gpt::layout_view(int l) const {
   return view;
 }
 
-void Gpt::run_forward(const Batch& batch, bool keep) {
+// Checks the batch, sizes the activations for it and stages it on the model's device.
+void Gpt::begin_pass(const Batch& batch, bool keep) {
   check_batch(batch);
   ensure_activations(batch.batch, batch.seq_len, keep);
   staged_ = stage_batch(batch);
   segments_ = staged_.segments;
+}
+
+void Gpt::run_forward(const Batch& batch, bool keep) {
+  begin_pass(batch, keep);
   if (shape_.bf16) return run_forward_bf16();
   run_trunk();
   // logits (N, Vp) = hidden (N, C) @ wte^T (C, Vp); a shard's columns with tensor parallelism
@@ -366,10 +371,7 @@ const Tensor& Gpt::hidden() const { return shape_.post_norm ? acts_.back().ln2 :
 
 const Tensor& Gpt::trunk_forward(const Batch& batch) {
   KILN_CHECK(!shape_.bf16, "the trunk's hidden states are fp32 activations; this model has model.dtype=bf16");
-  check_batch(batch);
-  ensure_activations(batch.batch, batch.seq_len);
-  staged_ = stage_batch(batch);
-  segments_ = staged_.segments;
+  begin_pass(batch, true);
   run_trunk();
   return hidden();
 }
@@ -380,11 +382,9 @@ std::vector<float> Gpt::token_logprobs(const Batch& batch) {
     cross_entropy_bf16(0.0f);
   else
     cross_entropy(batch, 0.0f);
-  const auto n = static_cast<std::size_t>(batch.batch) * batch.seq_len;
-  std::vector<float> out(n);
-  if (device_ == Device::cpu) std::memcpy(out.data(), losses_.f32(), n * sizeof(float));
-  else device::copy_to_host(out.data(), losses_.f32(), n * sizeof(float));
-  for (std::size_t i = 0; i < n; ++i) out[i] = batch.mask.empty() || batch.mask[i] ? -out[i] : 0.0f;
+  const Tensor losses = losses_.to(Device::cpu);
+  std::vector<float> out(losses.f32(), losses.f32() + losses.numel());
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = batch.mask.empty() || batch.mask[i] ? -out[i] : 0.0f;
   return out;
 }
 
@@ -482,27 +482,25 @@ void Gpt::run_backward(const Batch& batch) {
   const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len, c = shape_.n_embd;
   Parameter& wte = table_.get(Role::token_embedding);
   // logits = hidden @ wte^T: dhidden (N, C) = dlogits @ wte, dwte (Vp, C) += dlogits^T @ hidden.
-  float* dx = shape_.post_norm ? dres_.f32() : dtmp_.f32();
+  Tensor& dx = shape_.post_norm ? dres_ : dtmp_;
   const std::int64_t vp = shape_.local_vocab();
-  matmul(dx, logits_.f32(), wte.value.f32(), n, c, vp, false, false, 0.0f);
-  tp_sum(dx, n * c);  // vocabulary shards each give part of dx
+  matmul(dx.f32(), logits_.f32(), wte.value.f32(), n, c, vp, false, false, 0.0f);
+  tp_sum(dx.f32(), n * c);  // vocabulary shards each give part of dx
   matmul(wte.grad.f32(), logits_.f32(), hidden().f32(), vp, c, n, true, false, 1.0f);
   trunk_backward(dx);
 }
 
-void Gpt::trunk_backward(const float* dhidden) {
+void Gpt::trunk_backward(const Tensor& dhidden) {
   KILN_CHECK(!shape_.bf16, "the trunk's backward runs fp32 activations; this model has model.dtype=bf16");
   const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
   float* dres = dres_.f32();
   if (!shape_.post_norm) {
     dres_.zero_();
-    norm_backward(dres, dhidden, block_output(shape_.n_layer - 1), lnf_mean_.f32(), lnf_rstd_.f32(),
+    norm_backward(dres, dhidden.f32(), block_output(shape_.n_layer - 1), lnf_mean_.f32(), lnf_rstd_.f32(),
                   Role::final_norm_weight, Role::final_norm_bias, -1);
     ready(table_.final_norm());
-  } else if (dhidden != dres) {
-    const auto bytes = static_cast<std::size_t>(n * c) * sizeof(float);
-    if (device_ == Device::cpu) std::memcpy(dres, dhidden, bytes);
-    else device::copy_on_device(dres, dhidden, bytes);
+  } else if (dhidden.f32() != dres) {
+    dres_.copy_from(dhidden);
   }
   for (int l = shape_.n_layer - 1; l >= 0; --l) {
     // With recomputation the shared buffers hold the last block's activations: run this block's

@@ -93,7 +93,7 @@ class Gpt {
   // gradient and accumulates every trunk parameter's, as forward_backward does after the LM
   // head (the gradient-ready hook included). fp32 activations (not model.dtype=bf16).
   const Tensor& trunk_forward(const Batch& batch);
-  void trunk_backward(const float* dhidden);
+  void trunk_backward(const Tensor& dhidden);
   // The LM head's log-probability of each target, log softmax(logits)[target], (B*T) on the
   // host; 0 where the mask is 0. Forward only: with fp32 activations, no layer's activations are
   // kept (the blocks share one layer's buffers).
@@ -142,6 +142,7 @@ class Gpt {
   // keep false: forward only, every block shares layer 0's buffers (no backward may follow).
   void ensure_activations(int batch, int seq_len, bool keep = true);
   void check_batch(const Batch& batch) const;
+  void begin_pass(const Batch& batch, bool keep);
   void run_forward(const Batch& batch, bool keep = true);
   void run_trunk();
   const Tensor& hidden() const;  // the trunk's output: the final norm's (pre-LN) or the last block's

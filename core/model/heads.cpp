@@ -1,7 +1,6 @@
 // The scalar head (heads.h): a linear map from the hidden width to 1, through the kernel table.
 #include "core/model/heads.h"
 
-#include <cstring>
 
 #include "kernels/device.h"
 
@@ -24,10 +23,8 @@ std::vector<float> ScalarHead::forward(const Tensor& hidden) {
   if (!out_.defined() || out_.numel() < n) out_ = Tensor::empty({n}, DType::f32, device);
   // values (n, 1) = hidden (n, C) @ w (C, 1): score.weight's (1, C) row is that column.
   kernels_for(device).linear_forward(out_.f32(), hidden.f32(), weight_.value.f32(), nullptr, n, c, 1, false);
-  std::vector<float> out(static_cast<std::size_t>(n));
-  if (device == Device::cpu) std::memcpy(out.data(), out_.f32(), out.size() * sizeof(float));
-  else device::copy_to_host(out.data(), out_.f32(), out.size() * sizeof(float));
-  return out;
+  const Tensor values = out_.view(0, {n}).to(Device::cpu);
+  return std::vector<float>(values.f32(), values.f32() + n);
 }
 
 void ScalarHead::backward(const Tensor& hidden, const std::vector<float>& dvalues, Tensor& dhidden) {

@@ -184,7 +184,7 @@ void check_scalar_head(bool post_norm) {
   head.forward(hidden);
   kiln::Tensor dhidden = kiln::Tensor::zeros(hidden.shape());
   head.backward(hidden, coeff, dhidden);
-  model.trunk_backward(dhidden.f32());
+  model.trunk_backward(dhidden);
   model.set_gradient_ready_hook({});
   // Every parameter, the head's included, is reported ready exactly once.
   std::vector<int> reported(model.parameters().size(), 0);
