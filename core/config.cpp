@@ -113,9 +113,11 @@ std::string suggest_key(const std::string& dotted) {
     if (std::ranges::count(key.aliases, leaf) > 0) return key.dotted;
   for (const Key& key : schema().keys)
     if (key.name == leaf) return key.dotted;
-  if (leaf.find('_') != std::string::npos)
+  if (leaf.find('_') != std::string::npos) {
+    const std::string short_name = initials(leaf);
     for (const Key& key : schema().keys)
-      if (key.name == initials(leaf)) return key.dotted;
+      if (key.name == short_name) return key.dotted;
+  }
   const std::size_t close = std::max<std::size_t>(2, leaf.size() / 3);
   std::vector<std::string> in_section, all;
   for (const Key& key : schema().keys) {
@@ -558,6 +560,8 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
   auto show = [&](const int& field) {
     return key(field) + "=" + std::to_string(field) + " (" + origins.of(key(field)) + ")";
   };
+  // Where a key was set (file:line or the command line), else the config's name.
+  auto set_at = [&](const std::string& dotted) { return origins.by_key.count(dotted) ? origins.of(dotted) : name; };
   auto where = [&](const int& a, const int& b) {
     for (const std::string& dotted : {key(a), key(b)})
       if (origins.by_key.count(dotted)) return origins.of(dotted);
@@ -574,13 +578,13 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
   }
   if (!c.data.corpus.empty() && (!c.data.train.empty() || !c.data.val.empty())) {
     const char* other = c.data.train.empty() ? "data.val" : "data.train";
-    fail(origins.by_key.count("data.corpus") ? origins.of("data.corpus") : name,
+    fail(set_at("data.corpus"),
          message("both data.corpus (text kiln tokenizes) and ", other,
                  " (token shards) are set; keep one: data.corpus=\"\" to train on the shards, or ",
                  other, "=\"\" to train on the corpus"));
   }
   if (c.model.dtype == "bf16" && (c.train.device != "cuda" || c.model.norm != "pre")) {
-    fail(origins.by_key.count("model.dtype") ? origins.of("model.dtype") : name,
+    fail(set_at("model.dtype"),
          message("model.dtype=bf16 (bf16 activations) runs on the GPU with a pre-LN model; ",
                  c.train.device != "cuda" ? "set train.device=cuda, or model.matmul=bf16 for bf16 "
                                             "products with fp32 activations on the cpu"
@@ -588,7 +592,7 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
   }
   // Architecture values whose kernels do not exist yet (the LLaMA family comes next).
   auto not_yet = [&](const std::string& dotted, const std::string& value, const std::string& use) {
-    fail(origins.by_key.count(dotted) ? origins.of(dotted) : name,
+    fail(set_at(dotted),
          message(dotted, "=", value, " is not implemented in this version of kiln; use ", use));
   };
   const ModelConfig& m = c.model;
@@ -603,7 +607,7 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
             "model.n_kv_head=0 (one key/value head per attention head, here " + std::to_string(m.n_head) + ")");
   const int& block = c.model.attention_block;
   if (block != 16 && block != 32 && block != 64 && block != 128)
-    fail(origins.by_key.count(key(block)) ? origins.of(key(block)) : name,
+    fail(set_at(key(block)),
          message(show(block), " is not a tile size the attention kernels have; use 16, 32, 64 or 128"));
   try {
     attention_kinds(c.model.attention, c.model.n_layer);
@@ -623,7 +627,7 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
       }
     }
   } catch (const Error& e) {
-    fail(origins.by_key.count("model.attention") ? origins.of("model.attention") : name, e.what());
+    fail(set_at("model.attention"), e.what());
   }
   const int &seq_len = c.train.seq_len, &context = c.model.context;
   if (seq_len > context)
