@@ -254,7 +254,7 @@ nlohmann::json profile_kernels(const Options& o, const kiln::Gpt& model) {
           time_call([&] { head(dwte.data(), logits.data(), x.data(), vp, c, n, true, false, 1.0f); }),
       4.0 * n * vp * c);
   add("cross-entropy", time_call([&] {
-        k.softmax_cross_entropy(losses.data(), logits.data(), tokens.data(), nullptr, n, v, vp, 1e-3f);
+        k.softmax_cross_entropy(losses.data(), logits.data(), tokens.data(), nullptr, n, v, vp, 1e-3f, nullptr, 1.0f);
       }), 0);
   add("attention forward", layers * time_call([&] {
         k.attention_forward(att.data(), lse.data(), qkv.data(), b, t, c, nh, lv);

@@ -601,7 +601,6 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
   if (m.position != "learned") not_yet("model.position", m.position, "model.position=learned");
   if (m.mlp != "gelu") not_yet("model.mlp", m.mlp, "model.mlp=gelu");
   if (m.bias != 1) not_yet("model.bias", "0", "model.bias=1");
-  if (m.tie_embeddings != 1) not_yet("model.tie_embeddings", "0", "model.tie_embeddings=1");
   if (m.n_kv_head != 0 && m.n_kv_head != m.n_head)
     not_yet("model.n_kv_head", std::to_string(m.n_kv_head),
             "model.n_kv_head=0 (one key/value head per attention head, here " + std::to_string(m.n_head) + ")");

@@ -36,6 +36,7 @@ struct Bf16Kernels {
   decltype(&cuda::softmax_cross_entropy_bf16) softmax_cross_entropy;
   decltype(&cuda::matmul_bf16_inputs) matmul;
   decltype(&cuda::convert_f32_to_bf16) convert;
+  decltype(&cuda::convert_bf16_to_f32) widen;
   decltype(&cuda::adamw_update_bf16_copy) adamw_update_copy;
 };
 
@@ -43,8 +44,10 @@ struct KernelTable {
   decltype(&cpu::matmul) matmul;
   decltype(&cpu::matmul_bf16) matmul_bf16;
   decltype(&cpu::linear_forward) linear_forward;
+  decltype(&cpu::linear_forward_gelu) linear_forward_gelu;
   decltype(&cpu::linear_backward) linear_backward;
   decltype(&cpu::layernorm_forward) layernorm_forward;
+  decltype(&cpu::residual_layernorm_forward) residual_layernorm_forward;
   decltype(&cpu::layernorm_backward) layernorm_backward;
   decltype(&cpu::gelu_forward) gelu_forward;
   decltype(&cpu::gelu_backward) gelu_backward;

@@ -12,23 +12,25 @@
 namespace kiln {
 
 namespace {
-constexpr const char* kWte = "transformer.wte.weight";
+// wte and an untied LM head have a row per token of the padded vocabulary; files hold the real
+// vocabulary's rows only.
+bool vocabulary_rows(const Parameter& p) { return p.role == Role::token_embedding || p.role == Role::lm_head; }
 
-// The whole tensor of p as it is stored: wte without its padded rows.
+// The whole tensor of p as it is stored: without padded vocabulary rows.
 Tensor stored(const Gpt& model, const Parameter& p, const float* local) {
   Tensor full = model.gather_full(p, local);
-  if (p.name != kWte) return full;
+  if (!vocabulary_rows(p)) return full;
   return full.view(0, {model.shape().vocab, model.shape().n_embd});
 }
 
-// Reads the whole tensor `name` (shaped like p's whole tensor; wte padded with zero rows) and
+// Reads the whole tensor `name` (shaped like p's whole tensor; vocabulary rows padded with zeros) and
 // copies this rank's shard of it to `local`.
 void read_shard(const Gpt& model, const SafetensorsFile& file, const std::string& name,
                 const Parameter& p, float* local) {
   KILN_CHECK(file.contains(name), file.path(), ": has no tensor '", name,
              "'; the checkpoint belongs to a model of another shape or kind (compare its config.yaml)");
   Tensor full = Tensor::zeros(p.full_shape);
-  Tensor target = p.name == kWte ? full.view(0, {model.shape().vocab, model.shape().n_embd}) : full;
+  Tensor target = vocabulary_rows(p) ? full.view(0, {model.shape().vocab, model.shape().n_embd}) : full;
   file.load_into(name, target);
   model.take_shard(p, full, local);
 }

@@ -69,15 +69,23 @@ void Decoder::allocate(int batch) {
   const GptShape& s = model_.shape();
   const Device d = model_.device();
   const std::int64_t b = batch, c = s.n_embd, f = s.local_ffn();
+  // Activations in the model's dtype; statistics, the KV caches and the logits in fp32 (bf16
+  // keys and values are exact in fp32; the attention core reads fp32).
+  const DType act = s.bf16 ? DType::bf16 : DType::f32;
   k_cache_ = Tensor::empty({s.n_layer, b, s.context, c}, DType::f32, d);
   v_cache_ = Tensor::empty({s.n_layer, b, s.context, c}, DType::f32, d);
-  Gpt::LayerActs& a = acts_;
-  for (Tensor* t : {&a.ln1, &a.atty, &a.res2, &a.ln2, &a.res3, &x_, &scratch_, &lnf_}) *t = Tensor::empty({b, c}, DType::f32, d);
+  acts_.assign(1, Gpt::LayerActs{});
+  Gpt::LayerActs& a = acts_[0];
+  for (Tensor* t : {&a.ln1, &a.atty, &a.res2, &a.ln2, &a.res3, &x_, &scratch_, &lnf_}) *t = Tensor::empty({b, c}, act, d);
   for (Tensor* t : {&a.ln1_mean, &a.ln1_rstd, &a.ln2_mean, &a.ln2_rstd, &a.lse, &lnf_mean_, &lnf_rstd_})
     *t = Tensor::empty({b}, DType::f32, d);
-  a.qkv = Tensor::empty({b, 3 * c}, DType::f32, d);
-  a.fch = Tensor::empty({b, f}, DType::f32, d);
-  a.fch_gelu = Tensor::empty({b, f}, DType::f32, d);
+  a.qkv = Tensor::empty({b, 3 * c}, act, d);
+  a.fch = Tensor::empty({b, f}, act, d);
+  a.fch_gelu = Tensor::empty({b, f}, act, d);
+  if (s.bf16) {
+    qkv32_ = Tensor::empty({b, 3 * c}, DType::f32, d);
+    atty32_ = Tensor::empty({b, c}, DType::f32, d);
+  }
   logits_ = Tensor::empty({b, s.local_vocab()}, DType::f32, d);
   ids_ = Tensor::empty({2 * b}, DType::f32, d);  // int32 token ids, then positions
   mask_ = Tensor::empty({(static_cast<std::int64_t>(s.n_head) * s.context + 3) / 4}, DType::f32, d);  // uint8 key masks
@@ -94,32 +102,38 @@ void Decoder::reset(int batch) {
 void Decoder::attend(int layer, Gpt::LayerActs& a) {
   const GptShape& s = model_.shape();
   const bool on_device = model_.device() != Device::cpu;
-  const std::int64_t c = s.n_embd;
-  for (std::size_t i = 0; i < rows_sequence_.size(); ++i) {
+  const std::int64_t c = s.n_embd, n = static_cast<std::int64_t>(rows_sequence_.size());
+  // bf16 activations: q|k|v widened to fp32 for the cache and the core, the output rounded back.
+  const bool widen = s.bf16;
+  if (widen) kernels_->bf16->widen(qkv32_.f32(), static_cast<const bf16*>(a.qkv.raw()), n * 3 * c);
+  const Tensor& qkv_rows = widen ? qkv32_ : a.qkv;
+  float* out_rows = widen ? atty32_.f32() : a.atty.f32();
+  for (std::int64_t i = 0; i < n; ++i) {
     const std::int64_t pos = rows_position_[i];
     const std::int64_t cache = (static_cast<std::int64_t>(layer) * capacity_ + rows_sequence_[i]) * s.context * c;
     float* keys = k_cache_.f32() + cache;
     float* values = v_cache_.f32() + cache;
-    const std::int64_t row = static_cast<std::int64_t>(i) * 3 * c;  // [q | k | v]
-    k_cache_.view(cache + pos * c, {c}).copy_from(a.qkv.view(row + c, {c}));
-    v_cache_.view(cache + pos * c, {c}).copy_from(a.qkv.view(row + 2 * c, {c}));
-    const float* qkv = a.qkv.f32() + row;
+    const std::int64_t row = i * 3 * c;  // [q | k | v]
+    k_cache_.view(cache + pos * c, {c}).copy_from(qkv_rows.view(row + c, {c}));
+    v_cache_.view(cache + pos * c, {c}).copy_from(qkv_rows.view(row + 2 * c, {c}));
+    const float* qkv = qkv_rows.f32() + row;
     const std::uint8_t* mask = nullptr;
     if (const BlockLayout* layout = layouts_[layer].get()) {
-      const std::int64_t n = pos + 1, query_block = pos / layout->block;
-      host_mask_.resize(static_cast<std::size_t>(s.n_head) * n);
+      const std::int64_t keys_n = pos + 1, query_block = pos / layout->block;
+      host_mask_.resize(static_cast<std::size_t>(s.n_head) * keys_n);
       for (int h = 0; h < s.n_head; ++h)
-        for (std::int64_t j = 0; j < n; ++j)
-          host_mask_[h * n + j] = layout->allows(h, static_cast<int>(query_block), static_cast<int>(j / layout->block));
+        for (std::int64_t j = 0; j < keys_n; ++j)
+          host_mask_[h * keys_n + j] =
+              layout->allows(h, static_cast<int>(query_block), static_cast<int>(j / layout->block));
       mask = host_mask_.data();
       if (on_device) {
         device::copy_to_device(mask_.raw(), host_mask_.data(), host_mask_.size());
         mask = static_cast<const std::uint8_t*>(mask_.raw());
       }
     }
-    kernels_->attention_decode(a.atty.f32() + static_cast<std::int64_t>(i) * c, qkv, keys, values, pos + 1, c,
-                               s.n_head, mask);
+    kernels_->attention_decode(out_rows + i * c, qkv, keys, values, pos + 1, c, s.n_head, mask);
   }
+  if (widen) kernels_->bf16->convert(static_cast<bf16*>(a.atty.raw()), atty32_.f32(), n * c);
 }
 
 const float* Decoder::step(const std::vector<int>& sequences, const std::vector<std::int32_t>& tokens) {
@@ -145,22 +159,13 @@ const float* Decoder::step(const std::vector<int>& sequences, const std::vector<
     device::copy_to_device(ids_.raw(), ids.data(), ids.size() * sizeof(std::int32_t));
     token_ids = static_cast<const std::int32_t*>(ids_.raw());
   }
-  const ParamTable& params = model_.params();
-  const float* wte = params.get(Role::token_embedding).value.f32();
-  kernels_->embedding_forward(x_.f32(), token_ids, token_ids + n, wte, params.get(Role::position_embedding).value.f32(),
-                              n, c, 0, vp);
-  const Gpt::BlockPass pass{acts_, n, scratch_.f32(), [this](int layer, Gpt::LayerActs& a) { attend(layer, a); }};
-  for (int l = 0; l < s.n_layer; ++l) {
-    model_.block_forward(l, x_.f32(), pass);
-    x_.view(0, {n, c}).copy_from((s.post_norm ? acts_.ln2 : acts_.res3).view(0, {n, c}));
-  }
-  const float* final_in = x_.f32();
-  if (!s.post_norm) {
-    model_.norm_forward(lnf_.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), final_in, n, Role::final_norm_weight,
-                        Role::final_norm_bias);
-    final_in = lnf_.f32();
-  }
-  model_.matmul(logits_.f32(), final_in, wte, n, vp, c, false, true, 0.0f);
+  // The trunk's blocks, as in training, over one row per sequence; then the LM head.
+  model_.embed(x_, token_ids, token_ids + n, n);
+  const Gpt::BlockPass pass{acts_, n, scratch_, &lnf_, &lnf_mean_, &lnf_rstd_,
+                            [this](int layer, Gpt::LayerActs& a) { attend(layer, a); }, s.post_norm};
+  model_.blocks_forward(x_, pass);
+  const Tensor& hidden = s.post_norm ? pass.output(s.n_layer - 1) : lnf_;
+  model_.product(logits_, hidden, model_.lm_head().value, n, vp, c, false, true, 0.0f);
   for (const int seq : sequences) ++lengths_[seq];
   if (!on_device) return logits_.f32();
   host_logits_.resize(static_cast<std::size_t>(n * vp));

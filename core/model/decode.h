@@ -62,8 +62,9 @@ class Decoder {
   int batch_ = 0, capacity_ = 0;
   std::vector<int> lengths_;
   Tensor k_cache_, v_cache_;  // (n_layer, capacity, context, C)
-  Gpt::LayerActs acts_;       // one row per sequence of the step, shared by the layers
+  std::vector<Gpt::LayerActs> acts_;  // one, shared by the layers: one row per sequence of the step
   Tensor x_, scratch_, lnf_, lnf_mean_, lnf_rstd_, logits_, ids_, mask_;
+  Tensor qkv32_, atty32_;  // bf16 activations: the attention core's fp32 input and output
   std::vector<float> host_logits_;
   // The step's rows: sequence and position of each.
   std::vector<int> rows_sequence_;

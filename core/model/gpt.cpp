@@ -75,7 +75,7 @@ void Gpt::init_weights(std::uint64_t seed, float std) {
     // Element i is drawn by its index in the whole tensor, so every sharding of the model
     // starts from the same weights. Padded vocabulary rows stay zero: they are never a target
     // and get no gradient.
-    const std::int64_t real = param.role == Role::token_embedding
+    const std::int64_t real = param.role == Role::token_embedding || param.role == Role::lm_head
                                   ? static_cast<std::int64_t>(shape_.vocab) * shape_.n_embd
                                   : shape_numel(param.full_shape);
     const Rng rng(seed, p);
@@ -211,7 +211,7 @@ std::int64_t Gpt::activation_bytes() const {
   std::int64_t bytes = arena_.defined() ? static_cast<std::int64_t>(arena_.nbytes()) : 0;
   if (arena16_.defined()) bytes += static_cast<std::int64_t>(arena16_.nbytes());
   for (const Tensor* t : {&staged_inputs_, &staged_targets_, &staged_positions_, &staged_mask_,
-                          &staged_segments_, &default_positions_})
+                          &staged_segments_, &staged_weights_, &default_positions_})
     if (t->defined()) bytes += static_cast<std::int64_t>(t->nbytes());
   for (const DeviceLayout& d : device_layouts_) bytes += static_cast<std::int64_t>(d.storage.nbytes());
   return bytes;
@@ -238,21 +238,23 @@ const T* Gpt::stage(const std::vector<T>& host, Tensor& buffer, std::byte* pinne
 
 Gpt::DeviceBatch Gpt::stage_batch(const Batch& batch) {
   // Pinned offsets, 64-byte aligned, for the parts this batch has (none on the cpu).
-  std::size_t offsets[5] = {}, total = 0;
-  const std::size_t sizes[5] = {batch.inputs.size() * sizeof(std::int32_t),
-                                batch.targets.size() * sizeof(std::int32_t),
-                                batch.positions.size() * sizeof(std::int32_t),
-                                batch.mask.size() * sizeof(std::uint8_t),
-                                batch.segments.size() * sizeof(std::int32_t)};
-  std::byte* at[5] = {};
+  constexpr int kParts = 6;
+  std::size_t offsets[kParts] = {}, total = 0;
+  const std::size_t sizes[kParts] = {batch.inputs.size() * sizeof(std::int32_t),
+                                     batch.targets.size() * sizeof(std::int32_t),
+                                     batch.positions.size() * sizeof(std::int32_t),
+                                     batch.mask.size() * sizeof(std::uint8_t),
+                                     batch.segments.size() * sizeof(std::int32_t),
+                                     batch.weights.size() * sizeof(float)};
+  std::byte* at[kParts] = {};
   if (device_ != Device::cpu) {
-    for (int i = 0; i < 5; ++i) {
+    for (int i = 0; i < kParts; ++i) {
       offsets[i] = total;
       total += (sizes[i] + 63) / 64 * 64;
     }
     staged_event_.wait();  // the device has copied the previous batch out of staging_
     staging_.reserve(total);
-    for (int i = 0; i < 5; ++i) at[i] = staging_.data() + offsets[i];
+    for (int i = 0; i < kParts; ++i) at[i] = staging_.data() + offsets[i];
   }
   DeviceBatch d;
   d.inputs = stage(batch.inputs, staged_inputs_, at[0]);
@@ -263,6 +265,7 @@ Gpt::DeviceBatch Gpt::stage_batch(const Batch& batch) {
                     : stage(batch.positions, staged_positions_, at[2]);
   d.mask = batch.mask.empty() ? nullptr : stage(batch.mask, staged_mask_, at[3]);
   d.segments = batch.segments.empty() ? nullptr : stage(batch.segments, staged_segments_, at[4]);
+  d.weights = batch.weights.empty() ? nullptr : stage(batch.weights, staged_weights_, at[5]);
   if (device_ != Device::cpu) staged_event_.record();
   return d;
 }
@@ -294,6 +297,11 @@ void Gpt::check_batch(const Batch& batch) const {
              " entries, expected ", n);
   KILN_CHECK(batch.segments.empty() || batch.segments.size() == n, "batch.segments has ",
              batch.segments.size(), " entries, expected ", n);
+  KILN_CHECK(batch.weights.empty() || batch.weights.size() == n, "batch.weights has ", batch.weights.size(),
+             " entries, expected ", n);
+  for (std::size_t i = 0; i < batch.weights.size(); ++i)
+    KILN_CHECK(std::isfinite(batch.weights[i]), "batch.weights[", i, "] is ", batch.weights[i],
+               "; per-token loss weights must be finite");
   for (std::size_t i = 1; i < batch.segments.size(); ++i)
     KILN_CHECK(i % batch.seq_len == 0 || batch.segments[i] >= batch.segments[i - 1],
                "batch.segments must not decrease along a row (documents are packed in order); "
@@ -308,19 +316,6 @@ void Gpt::check_batch(const Batch& batch) const {
       KILN_CHECK(batch.positions[i] >= 0 && batch.positions[i] < shape_.context, "position ",
                  batch.positions[i], " is outside model.context=", shape_.context);
   }
-}
-
-void Gpt::matmul(float* c, const float* a, const float* b, std::int64_t m, std::int64_t n,
-                 std::int64_t k, bool trans_a, bool trans_b, float beta) const {
-  if (shape_.bf16_matmul)
-    kernels_->matmul_bf16(c, a, b, m, n, k, trans_a, trans_b, beta);
-  else
-    kernels_->matmul(c, a, b, m, n, k, trans_a, trans_b, 1.0f, beta);
-}
-
-const float* Gpt::block_output(int l) const {
-  if (l < 0) return encoded_.f32();
-  return shape_.post_norm ? acts_[l].ln2.f32() : acts_[l].res3.f32();
 }
 
 BlockLayoutView Gpt::layout_view(int l) const {
@@ -340,105 +335,136 @@ void Gpt::begin_pass(const Batch& batch, bool keep) {
   segments_ = staged_.segments;
 }
 
+namespace {
+bool is_bf16(const Tensor& t) { return t.dtype() == DType::bf16; }
+bf16* b16(const Tensor& t) { return static_cast<bf16*>(const_cast<void*>(t.raw())); }
+}  // namespace
+
+void Gpt::embed(Tensor& out, const std::int32_t* tokens, const std::int32_t* positions, std::int64_t n) {
+  const std::int64_t c = shape_.n_embd;
+  const Parameter& wte = table_.get(Role::token_embedding);
+  const Parameter& wpe = table_.get(Role::position_embedding);
+  if (is_bf16(out))
+    return kernels_->bf16->embedding_forward(b16(out), tokens, positions, w16(wte.value), w16(wpe.value), n, c, 0,
+                                             shape_.local_vocab());
+  // Vocabulary-parallel: each rank embeds the tokens of its shard (one rank adds positions), and
+  // the sum over ranks is the embedding.
+  kernels_->embedding_forward(out.f32(), tokens, positions, wte.value.f32(),
+                              shape_.tp_rank == 0 ? wpe.value.f32() : nullptr, n, c, shape_.vocab_first(),
+                              shape_.local_vocab());
+  tp_sum(out.f32(), n * c);
+}
+
+void Gpt::embed_backward(const Tensor& dout) {
+  const std::int64_t n = block_dims().n, c = shape_.n_embd;
+  float* dwte = table_.get(Role::token_embedding).grad.f32();
+  float* dwpe = table_.get(Role::position_embedding).grad.f32();
+  if (is_bf16(dout))
+    return kernels_->bf16->embedding_backward(dwte, dwpe, b16(dout), staged_.inputs, staged_.positions, n, c,
+                                              shape_.vocab_first(), shape_.local_vocab());
+  kernels_->embedding_backward(dwte, dwpe, dout.f32(), staged_.inputs, staged_.positions, n, c, shape_.vocab_first(),
+                               shape_.local_vocab());
+}
+
+void Gpt::product(Tensor& c, const Tensor& a, const Tensor& b, std::int64_t m, std::int64_t n, std::int64_t k,
+                  bool trans_a, bool trans_b, float beta) {
+  if (is_bf16(a))
+    return kernels_->bf16->matmul(c.raw(), is_bf16(c), b16(a), is_bf16(b) ? b16(b) : w16(b), m, n, k, trans_a,
+                                  trans_b, beta);
+  if (shape_.bf16_matmul)
+    kernels_->matmul_bf16(c.f32(), a.f32(), b.f32(), m, n, k, trans_a, trans_b, beta);
+  else
+    kernels_->matmul(c.f32(), a.f32(), b.f32(), m, n, k, trans_a, trans_b, 1.0f, beta);
+}
+
+Gpt::BlockPass Gpt::training_pass() {
+  return {acts_, block_dims().n, scratch_, &lnf_, &lnf_mean_, &lnf_rstd_,
+          [this](int layer, LayerActs& a) { attention_core_forward(layer, a); }, shape_.post_norm};
+}
+
 void Gpt::run_forward(const Batch& batch, bool keep) {
   begin_pass(batch, keep);
-  if (shape_.bf16) return run_forward_bf16();
   run_trunk();
   // logits (N, Vp) = hidden (N, C) @ wte^T (C, Vp); a shard's columns with tensor parallelism
-  const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len;
-  matmul(logits_.f32(), hidden().f32(), table_.get(Role::token_embedding).value.f32(), n, shape_.local_vocab(),
-         shape_.n_embd, false, true, 0.0f);
+  product(logits_, hidden(), lm_head().value, block_dims().n, shape_.local_vocab(), shape_.n_embd, false, true,
+          0.0f);
 }
 
 // The trunk over the staged batch: embeddings, the blocks, the final norm (pre-LN).
 void Gpt::run_trunk() {
-  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
-  const Parameter& wte = table_.get(Role::token_embedding);
-  const Parameter& wpe = table_.get(Role::position_embedding);
-  // Vocabulary-parallel: each rank embeds the tokens of its shard (one rank adds positions), and
-  // the sum over ranks is the embedding.
-  kernels_->embedding_forward(encoded_.f32(), staged_.inputs, staged_.positions, wte.value.f32(),
-                              shape_.tp_rank == 0 ? wpe.value.f32() : nullptr, n, c, shape_.vocab_first(),
-                              shape_.local_vocab());
-  tp_sum(encoded_.f32(), n * c);
-  for (int l = 0; l < shape_.n_layer; ++l) block_forward(l, block_output(l - 1), training_pass(l));
-  if (!shape_.post_norm)
-    norm_forward(lnf_.f32(), lnf_mean_.f32(), lnf_rstd_.f32(), block_output(shape_.n_layer - 1), n,
-                 Role::final_norm_weight, Role::final_norm_bias);
+  embed(encoded_, staged_.inputs, staged_.positions, block_dims().n);
+  blocks_forward(encoded_, training_pass());
 }
 
 const Tensor& Gpt::hidden() const { return shape_.post_norm ? acts_.back().ln2 : lnf_; }
 
 const Tensor& Gpt::trunk_forward(const Batch& batch) {
-  KILN_CHECK(!shape_.bf16, "the trunk's hidden states are fp32 activations; this model has model.dtype=bf16");
+  KILN_CHECK(!shape_.bf16, "the trunk's hidden states are fp32 activations for heads other than the LM head; "
+             "this model has model.dtype=bf16");
   begin_pass(batch, true);
   run_trunk();
   return hidden();
 }
 
-std::vector<float> Gpt::token_logprobs(const Batch& batch) {
-  run_forward(batch, /*keep=*/shape_.bf16);  // fp32: no activations kept for a backward
-  if (shape_.bf16)
-    cross_entropy_bf16(0.0f);
-  else
-    cross_entropy(batch, 0.0f);
+std::vector<float> Gpt::token_logprobs(const Batch& batch, float temperature) {
+  run_forward(batch, /*keep=*/false);  // no activations kept for a backward
+  cross_entropy(0.0f, temperature, /*weighted=*/false);
   const Tensor losses = losses_.to(Device::cpu);
   std::vector<float> out(losses.f32(), losses.f32() + losses.numel());
   for (std::size_t i = 0; i < out.size(); ++i) out[i] = batch.mask.empty() || batch.mask[i] ? -out[i] : 0.0f;
   return out;
 }
 
-void Gpt::cross_entropy(const Batch& batch, float loss_scale) {
+void Gpt::cross_entropy(float loss_scale, float temperature, bool weighted) {
+  KILN_CHECK(std::isfinite(temperature) && temperature > 0.0f, "the LM head's temperature must be a finite number "
+             "> 0, got ", temperature);
   const KernelTable& k = *kernels_;
-  const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len;
+  const std::int64_t n = block_dims().n;
   const std::uint8_t* mask = staged_.mask;
+  const float* weights = weighted ? staged_.weights : nullptr;
+  const float it = 1.0f / temperature;
+  if (is_bf16(logits_))
+    return k.bf16->softmax_cross_entropy(losses_.f32(), b16(logits_), staged_.targets, mask, n, shape_.vocab,
+                                         shape_.padded_vocab, loss_scale, weights, it);
   if (!tp_) {
     k.softmax_cross_entropy(losses_.f32(), logits_.f32(), staged_.targets, mask, n,
-                            shape_.vocab, shape_.padded_vocab, loss_scale);
+                            shape_.vocab, shape_.padded_vocab, loss_scale, weights, it);
     return;
   }
   // Vocabulary-parallel: the max and the sum of exponentials are reduced over the ranks; the
   // full logits are never gathered.
   const std::int64_t cols = shape_.local_vocab(), first = shape_.vocab_first();
   const std::int64_t real = std::clamp<std::int64_t>(shape_.vocab - first, 0, cols);
-  k.cross_entropy_local_max(row_max_.f32(), logits_.f32(), n, real, cols);
+  k.cross_entropy_local_max(row_max_.f32(), logits_.f32(), n, real, cols, it);
   tp_->all_reduce_max(row_max_.f32(), n);
   k.cross_entropy_local_sums(row_sum_.f32(), target_logit_.f32(), logits_.f32(), row_max_.f32(),
-                             staged_.targets, n, real, cols, first);
+                             staged_.targets, n, real, cols, first, it);
   tp_->all_reduce_sum(row_sum_.f32(), n);
   tp_->all_reduce_sum(target_logit_.f32(), n);
   float* losses = losses_.f32();
-  for (std::int64_t i = 0; i < n; ++i)
-    losses[i] = mask && !mask[i] ? 0.0f : std::log(row_sum_.f32()[i]) + row_max_.f32()[i] - target_logit_.f32()[i];
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float w = weights ? weights[i] : 1.0f;
+    losses[i] = (mask && !mask[i]) || w == 0.0f
+                    ? 0.0f
+                    : (std::log(row_sum_.f32()[i]) + row_max_.f32()[i] - target_logit_.f32()[i]) * w;
+  }
   if (loss_scale != 0.0f)
     k.cross_entropy_local_grad(logits_.f32(), row_max_.f32(), row_sum_.f32(), staged_.targets,
-                               mask, n, real, cols, first, loss_scale);
+                               mask, n, real, cols, first, loss_scale, weights, it);
 }
 
 double Gpt::forward(const Batch& batch) {
   run_forward(batch);
-  const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len;
-  if (shape_.bf16)
-    cross_entropy_bf16(0.0f);
-  else
-    cross_entropy(batch, 0.0f);
-  return loss_sum(n);
+  cross_entropy(0.0f, 1.0f);
+  return loss_sum(block_dims().n);
 }
 
-void Gpt::queue_forward_backward(const Batch& batch, float loss_scale) {
+void Gpt::queue_forward_backward(const Batch& batch, float loss_scale, float temperature) {
   KILN_CHECK(loss_scale > 0.0f, "forward_backward needs a positive loss scale, got ", loss_scale);
   run_forward(batch);
-  const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len;
-  // Fused: losses, and dlogits written over the logits.
-  if (shape_.bf16)
-    cross_entropy_bf16(loss_scale);
-  else
-    cross_entropy(batch, loss_scale);
-  if (shape_.bf16)
-    run_backward_bf16();
-  else
-    run_backward(batch);
-  queue_losses(n);  // backward leaves the losses alone
+  cross_entropy(loss_scale, temperature);  // fused: losses, and dlogits written over the logits
+  run_backward();
+  queue_losses(block_dims().n);  // backward leaves the losses alone
 }
 
 void Gpt::queue_losses(std::int64_t n) {
@@ -478,42 +504,44 @@ double Gpt::take_loss_sum() {
   return total;
 }
 
-void Gpt::run_backward(const Batch& batch) {
-  const std::int64_t n = static_cast<std::int64_t>(batch.batch) * batch.seq_len, c = shape_.n_embd;
-  Parameter& wte = table_.get(Role::token_embedding);
-  // logits = hidden @ wte^T: dhidden (N, C) = dlogits @ wte, dwte (Vp, C) += dlogits^T @ hidden.
+void Gpt::run_backward() {
+  const std::int64_t n = block_dims().n, c = shape_.n_embd, vp = shape_.local_vocab();
+  Parameter& head = lm_head();
+  // logits = hidden @ W^T: dhidden (N, C) = dlogits @ W, dW (Vp, C) += dlogits^T @ hidden.
   Tensor& dx = shape_.post_norm ? dres_ : dtmp_;
-  const std::int64_t vp = shape_.local_vocab();
-  matmul(dx.f32(), logits_.f32(), wte.value.f32(), n, c, vp, false, false, 0.0f);
-  tp_sum(dx.f32(), n * c);  // vocabulary shards each give part of dx
-  matmul(wte.grad.f32(), logits_.f32(), hidden().f32(), vp, c, n, true, false, 1.0f);
-  trunk_backward(dx);
+  product(dx, logits_, head.value, n, c, vp, false, false, 0.0f);
+  if (tp_) tp_sum(dx.f32(), n * c);  // vocabulary shards each give part of dx
+  product(head.grad, logits_, hidden(), vp, c, n, true, false, 1.0f);
+  backward_trunk(dx);
 }
 
 void Gpt::trunk_backward(const Tensor& dhidden) {
-  KILN_CHECK(!shape_.bf16, "the trunk's backward runs fp32 activations; this model has model.dtype=bf16");
-  const std::int64_t n = static_cast<std::int64_t>(act_batch_) * act_seq_, c = shape_.n_embd;
-  float* dres = dres_.f32();
+  KILN_CHECK(!shape_.bf16, "the trunk's backward runs fp32 activations for heads other than the LM head; this "
+             "model has model.dtype=bf16");
+  backward_trunk(dhidden);
+}
+
+void Gpt::backward_trunk(const Tensor& dhidden) {
+  const BlockPass pass = training_pass();
+  const int last = shape_.n_layer - 1;
   if (!shape_.post_norm) {
     dres_.zero_();
-    norm_backward(dres, dhidden.f32(), block_output(shape_.n_layer - 1), lnf_mean_.f32(), lnf_rstd_.f32(),
-                  Role::final_norm_weight, Role::final_norm_bias, -1);
+    norm_backward(dres_, dhidden, pass.output(last), lnf_mean_, lnf_rstd_, final_norm());
     ready(table_.final_norm());
-  } else if (dhidden.f32() != dres) {
+  } else if (dhidden.raw() != dres_.raw()) {
     dres_.copy_from(dhidden);
   }
-  for (int l = shape_.n_layer - 1; l >= 0; --l) {
+  for (int l = last; l >= 0; --l) {
+    const Tensor& in = l == 0 ? encoded_ : pass.output(l - 1);
     // With recomputation the shared buffers hold the last block's activations: run this block's
     // forward again.
-    if (shape_.recompute && l + 1 < shape_.n_layer) block_forward(l, block_output(l - 1), training_pass(l));
-    block_backward(l, block_output(l - 1), dres);
+    if (shape_.recompute && l < last) block_forward(l, in, pass, /*recompute=*/true);
+    block_backward(l, in, dres_);
     ready(table_.block(l));
   }
-  kernels_->embedding_backward(table_.get(Role::token_embedding).grad.f32(),
-                               table_.get(Role::position_embedding).grad.f32(), dres, staged_.inputs,
-                               staged_.positions, n, c, shape_.vocab_first(), shape_.local_vocab());
-  ready(table_.embeddings());  // wte (also the head) and wpe
-  ready(table_.heads());       // the scalar head's gradient came before the trunk's, or is zero
+  embed_backward(dres_);
+  ready(table_.embeddings());  // wte (also the head when tied) and wpe
+  ready(table_.heads());       // an untied LM head's and the scalar head's came before the trunk's, or are zero
 }
 
 }  // namespace kiln

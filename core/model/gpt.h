@@ -3,7 +3,7 @@
 //   x = wte[tokens] + wpe[positions]                         (B, T, C)
 //   pre-LN block:  x = x + Attn(LN1(x));  x = x + MLP(LN2(x))
 //   post-LN block: x = LN1(x + Attn(x));  x = LN2(x + MLP(x))  (no final LN)
-//   logits = LN_f(x) @ wte^T                                   (B, T, Vp), head tied to wte
+//   logits = LN_f(x) @ W^T                                     (B, T, Vp), W = wte (tied) or lm_head
 //
 // The architecture is data (spec.h); the parameters are a table (params.h) in one fp32 buffer
 // (and their gradients in another), named as in Hugging Face's GPT2LMHeadModel. The block is
@@ -62,20 +62,22 @@ class Gpt {
   // This rank's shard of a whole tensor, written to `local` (laid out like p.value).
   void take_shard(const Parameter& p, const Tensor& full, float* local) const;
 
-  // Forward only: returns the sum of per-token losses over counted tokens; logits() then holds
-  // the logits (B, T, Vp).
+  // Forward only: returns the sum of per-token losses over counted tokens (each times its weight
+  // when the batch has weights); logits() then holds the logits (B, T, Vp).
   double forward(const Batch& batch);
   // Forward, fused cross-entropy and backward; gradients are ACCUMULATED into the gradient
-  // buffer with loss scaled by loss_scale (1 / tokens in the whole step). Queued on cuda: the
-  // host does not wait for the device, and the batch may be reused as soon as this returns.
-  void queue_forward_backward(const Batch& batch, float loss_scale);
+  // buffer with loss scaled by loss_scale (1 / tokens in the whole step). The loss is the sum over
+  // counted tokens of weight * -log softmax(logits / temperature)[target] (weight 1 without
+  // batch.weights). Queued on cuda: the host does not wait for the device, and the batch may be
+  // reused as soon as this returns.
+  void queue_forward_backward(const Batch& batch, float loss_scale, float temperature = 1.0f);
   // The unscaled sum of per-token losses of every queue_forward_backward since the last call,
   // summed micro-batch by micro-batch in queue order. Waits for the device. After an exception
   // thrown mid-step the queue is not reset: a Gpt is then only fit to be destroyed.
   double take_loss_sum();
   // Both of the above for one batch (with nothing queued before it).
-  double forward_backward(const Batch& batch, float loss_scale) {
-    queue_forward_backward(batch, loss_scale);
+  double forward_backward(const Batch& batch, float loss_scale, float temperature = 1.0f) {
+    queue_forward_backward(batch, loss_scale, temperature);
     return take_loss_sum();
   }
   void zero_grad() { table_.grads().zero_(); }
@@ -94,11 +96,14 @@ class Gpt {
   // head (the gradient-ready hook included). fp32 activations (not model.dtype=bf16).
   const Tensor& trunk_forward(const Batch& batch);
   void trunk_backward(const Tensor& dhidden);
-  // The LM head's log-probability of each target, log softmax(logits)[target], (B*T) on the
-  // host; 0 where the mask is 0. Forward only: with fp32 activations, no layer's activations are
-  // kept (the blocks share one layer's buffers).
-  std::vector<float> token_logprobs(const Batch& batch);
+  // The LM head's log-probability of each target, log softmax(logits / temperature)[target],
+  // (B*T) on the host; 0 where the mask is 0 (batch.weights are not applied). Forward only: no
+  // layer's activations are kept (the blocks share one layer's buffers).
+  std::vector<float> token_logprobs(const Batch& batch, float temperature = 1.0f);
 
+  // The LM head's weight (Vp, C), vocabulary-parallel: the token embedding when tied.
+  Parameter& lm_head() { return table_.get(shape_.tied_head ? Role::token_embedding : Role::lm_head); }
+  const Parameter& lm_head() const { return table_.get(shape_.tied_head ? Role::token_embedding : Role::lm_head); }
   const Tensor& logits() const { return logits_; }   // (B, T, Vp) after forward()
   const Tensor& losses() const { return losses_; }   // (B, T)
   Device device() const { return device_; }
@@ -146,51 +151,67 @@ class Gpt {
   void run_forward(const Batch& batch, bool keep = true);
   void run_trunk();
   const Tensor& hidden() const;  // the trunk's output: the final norm's (pre-LN) or the last block's
-  void run_backward(const Batch& batch);
-  // The block (fp32 activations), written once (core/model/block.cpp): each sub-layer's forward
-  // and backward, and the block that places them by the spec's norm placement. A forward pass
-  // runs over n rows of some buffers with some attention core: the saved activations and the
-  // layer's layout in training, one row per sequence and its KV cache in decoding.
+  void run_backward();
+  void backward_trunk(const Tensor& dhidden);
+  // The block, written once (core/model/block.cpp): each sub-layer's forward and backward over
+  // the activation ops, and the block that places them by the spec's norm placement. A forward
+  // pass runs over n rows of some buffers with some attention core: the saved activations and
+  // the layer's layout in training, one row per sequence and its KV cache in decoding.
   using Attend = std::function<void(int layer, LayerActs& a)>;  // a.qkv (n, 3C) -> a.atty (n, C)
   struct BlockPass {
-    LayerActs& a;
+    std::vector<LayerActs>& acts;  // one per layer, or one that every layer shares
     std::int64_t n;
-    float* scratch;  // (n, C)
+    Tensor& scratch;                        // (n, C)
+    Tensor *lnf, *lnf_mean, *lnf_rstd;      // the final norm's output and statistics (pre-LN)
     Attend attend;
+    LayerActs& layer(int l) const { return acts[acts.size() == 1 ? 0 : l]; }
+    bool post_norm;
+    // Block l's output: res3 (pre-LN) or ln2 (post-LN).
+    const Tensor& output(int l) const { return post_norm ? layer(l).ln2 : layer(l).res3; }
   };
-  BlockPass training_pass(int l);
-  void block_forward(int l, const float* in, const BlockPass& pass);
-  void block_backward(int l, const float* in, float* dres);
-  void attention_forward(int l, const float* in, const BlockPass& pass);
-  void attention_backward(int l, const float* dout, const float* in, float* dinp);
-  void mlp_forward(int l, const float* in, const BlockPass& pass);
-  void mlp_backward(int l, const float* dout, const float* in, float* dinp);
-  void norm_forward(float* out, float* mean, float* rstd, const float* in, std::int64_t n, Role weight, Role bias,
-                    int l = -1);
-  void norm_backward(float* dinp, const float* dout, const float* in, const float* mean, const float* rstd,
-                     Role weight, Role bias, int l);
-  void linear_forward(float* out, const float* in, std::int64_t n, Role weight, Role bias, int l);
-  void linear_backward(float* dinp, const float* dout, const float* in, Role weight, Role bias, int l);
-  const float* block_output(int l) const;
-  // model.dtype bf16 (core/model/gpt_bf16.cpp): pre-LN blocks with fused residual + LayerNorm,
-  // bf16 products through the table's bf16 kernels.
-  void run_forward_bf16();
-  void block_forward_bf16(int l, const bf16* in, bool write_output = true);
-  void cross_entropy_bf16(float loss_scale);
-  void run_backward_bf16();
-  void block_backward_bf16(int l, const bf16* in, bf16* dres);
+  BlockPass training_pass();
+  void blocks_forward(const Tensor& x, const BlockPass& pass);
+  void block_forward(int l, const Tensor& in, const BlockPass& pass, bool recompute = false);
+  void block_backward(int l, const Tensor& in, Tensor& dres);
+  void attention_forward(int l, const Tensor& in, const BlockPass& pass);
+  void attention_backward(int l, const Tensor& dout, const Tensor& in, Tensor& dinp);
+  void mlp_forward(int l, const Tensor& in, const BlockPass& pass);
+  void mlp_backward(int l, const Tensor& dout, const Tensor& in, Tensor& dinp);
+  // The activation ops (block.cpp): each calls its kernel's fp32 or bf16 twin by the dtype of
+  // the activations it is given, the one place where the block's dtype is chosen.
+  struct NormRef {
+    Role weight, bias;
+    int layer;
+  };
+  static NormRef norm1(int l) { return {Role::norm1_weight, Role::norm1_bias, l}; }
+  static NormRef norm2(int l) { return {Role::norm2_weight, Role::norm2_bias, l}; }
+  static NormRef final_norm() { return {Role::final_norm_weight, Role::final_norm_bias, -1}; }
+  void linear_forward(Tensor& out, const Tensor& in, std::int64_t n, Role weight, Role bias, int l);
+  void linear_gelu_forward(Tensor& out, Tensor& pre, const Tensor& in, std::int64_t n, Role weight, Role bias, int l);
+  void linear_backward(Tensor& dinp, const Tensor& dout, const Tensor& in, Role weight, Role bias, int l);
+  void norm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& in, std::int64_t n, NormRef norm);
+  void residual_norm_forward(Tensor& residual, Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& in,
+                             const Tensor& delta, std::int64_t n, NormRef norm);
+  void norm_backward(Tensor& dinp, const Tensor& dout, const Tensor& in, const Tensor& mean, const Tensor& rstd,
+                     NormRef norm);
+  void attention_core_forward(int l, LayerActs& a);
+  void attention_core_backward(int l, Tensor& dqkv, const Tensor& dout, const LayerActs& a);
+  void gelu_backward(Tensor& dinp, const Tensor& pre, const Tensor& dout, std::int64_t n);
+  // The trunk's ends (gpt.cpp), by dtype as well: the embeddings (summed over the
+  // tensor-parallel ranks) and their backward, and c (m, n) = op(a) op(b) (+ beta c) for the LM
+  // head, where an fp32 operand beside bf16 activations is a parameter and its bf16 copy is read.
+  void embed(Tensor& out, const std::int32_t* tokens, const std::int32_t* positions, std::int64_t n);
+  void embed_backward(const Tensor& dout);
+  void product(Tensor& c, const Tensor& a, const Tensor& b, std::int64_t m, std::int64_t n, std::int64_t k,
+               bool trans_a, bool trans_b, float beta);
   const bf16* w16(const Tensor& value) const;  // the bf16 copy of a parameter (a view's offset)
   const bf16* w16(Role role, int layer) const;   // the bf16 copy of a block's weight
-  const float* w32(Role role, int layer) const;  // the fp32 master of a block's weight
   Tensor weights16_;
   // Sums a partial result over the tensor-parallel ranks (no-op with one rank).
   void tp_sum(float* data, std::int64_t n) const;
   // Per-token losses (and, with loss_scale != 0, dlogits in place) over a possibly sharded
-  // vocabulary.
-  void cross_entropy(const Batch& batch, float loss_scale);
-  // c (m, n) = op(a) op(b) (+ beta c) in fp32 or bf16 as the model is configured.
-  void matmul(float* c, const float* a, const float* b, std::int64_t m, std::int64_t n,
-              std::int64_t k, bool trans_a, bool trans_b, float beta) const;
+  // vocabulary, from fp32 or bf16 logits; the batch's weights unless `weighted` is false.
+  void cross_entropy(float loss_scale, float temperature, bool weighted = true);
 
   GptShape shape_;
   Device device_;
@@ -224,6 +245,7 @@ class Gpt {
     const std::int32_t* positions = nullptr;
     const std::uint8_t* mask = nullptr;
     const std::int32_t* segments = nullptr;
+    const float* weights = nullptr;
   };
   // A batch is copied through one pinned buffer, reused once the device has read the last batch
   // from it (staged_event_), so the host never waits on pageable copies.
@@ -233,7 +255,7 @@ class Gpt {
   DeviceBatch staged_;
   device::PinnedBuffer staging_;
   device::Event staged_event_;
-  Tensor staged_inputs_, staged_targets_, staged_positions_, staged_mask_, staged_segments_,
+  Tensor staged_inputs_, staged_targets_, staged_positions_, staged_mask_, staged_segments_, staged_weights_,
       default_positions_;
   struct DeviceLayout {
     Tensor storage;  // row_ptr | cols | col_ptr | col_rows as int32

@@ -34,6 +34,9 @@ std::vector<ParamSpec> declare_parameters(const GptShape& s) {
     t.push_back({"transformer.ln_f.weight", Role::final_norm_weight, -1, {c}, Split::none, false, 0, 1});
     t.push_back({"transformer.ln_f.bias", Role::final_norm_bias, -1, {c}, Split::none, false, 0, 0});
   }
+  // The untied LM head: vocabulary-parallel like wte, a decayed matmul weight (Hugging Face's
+  // lm_head.weight).
+  if (!s.tied_head) t.push_back({"lm_head.weight", Role::lm_head, -1, {s.padded_vocab, c}, Split::rows, true, 1, 0});
   // Hugging Face's name and shape (GPT2ForSequenceClassification with one label, no bias).
   if (s.score_head) t.push_back({"score.weight", Role::score_weight, -1, {1, c}, Split::none, true, 1, 0});
   return t;
@@ -73,7 +76,8 @@ ParamTable::ParamTable(const GptShape& shape, Device device) : tp_size_(shape.tp
   }
   if (shape.n_layer == 0) first_block_ = blocks_end_ = params_.size();
   heads_first_ = params_.size();
-  while (heads_first_ > blocks_end_ && params_[heads_first_ - 1].role == Role::score_weight) --heads_first_;
+  auto is_head = [](Role r) { return r == Role::lm_head || r == Role::score_weight; };
+  while (heads_first_ > blocks_end_ && is_head(params_[heads_first_ - 1].role)) --heads_first_;
 }
 
 std::size_t ParamTable::index(Role role, int layer) const {

@@ -30,7 +30,7 @@ enum class Split {
 // What a parameter is in the architecture. Code asks for (role, layer), never for a name or a
 // position in the buffer.
 enum class Role {
-  token_embedding,     // (Vp, C); also the tied LM head
+  token_embedding,     // (Vp, C); also the LM head when it is tied
   position_embedding,  // (context, C)
   norm1_weight, norm1_bias,        // the norm before attention (pre-LN), after it (post-LN)
   qkv_weight, qkv_bias,            // (C, 3C), (3C)
@@ -39,6 +39,7 @@ enum class Role {
   mlp_in_weight, mlp_in_bias,      // (C, F), (F)
   mlp_out_weight, mlp_out_bias,    // (F, C), (C)
   final_norm_weight, final_norm_bias,  // pre-LN only
+  lm_head,             // (Vp, C): the untied LM head (spec.tied_head false)
   score_weight,        // (1, C): a scalar head on the trunk (reward, value), when the spec has one
 };
 constexpr int kRoles = static_cast<int>(Role::score_weight) + 1;

@@ -28,6 +28,7 @@ GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp
   s.bf16_matmul = config.matmul == "bf16";
   s.bf16 = config.dtype == "bf16";
   s.recompute = config.recompute != 0;
+  s.tied_head = config.tie_embeddings != 0;
   s.attention_block = config.attention_block;
   s.tp_size = tp_size;
   s.tp_rank = tp_rank;
@@ -60,10 +61,10 @@ std::int64_t GptShape::num_params() const {
 
 double GptShape::flops_per_token(int seq_len) const {
   const double c = n_embd;
-  // The matmul weights (the decayed ones) and the LM head over the real vocabulary.
+  // The matmul weights (the decayed ones) and the LM head (tied or not) over the real vocabulary.
   double matmul_params = static_cast<double>(vocab) * c;
   for (const ParamSpec& p : declare_parameters(*this))
-    if (p.decay) matmul_params += static_cast<double>(shape_numel(p.full_shape));
+    if (p.decay && p.role != Role::lm_head) matmul_params += static_cast<double>(shape_numel(p.full_shape));
   // Scores and weighted sum, forward and backward: 12 C per (query, key) pair the layer attends.
   double attention_flops = 0.0;
   for (int l = 0; l < n_layer; ++l) {

@@ -22,10 +22,11 @@ struct GptShape {
   int padded_vocab = 0;  // vocab rounded up to a multiple of vocab_multiple
   bool post_norm = false;
   int mlp_width = 0;     // hidden width of the MLP; 0: 4 * n_embd (GPT-2)
+  bool tied_head = true;    // the LM head is the token embedding (model.tie_embeddings), else lm_head.weight
   bool score_head = false;  // a scalar head (score.weight) on the trunk: reward and value models
   bool bf16_matmul = false;
   bool recompute = false;  // model.recompute: blocks keep only their output for backward
-  bool bf16 = false;  // model.dtype bf16: bf16 activations and weight copies (core/model/gpt_bf16.cpp)
+  bool bf16 = false;  // model.dtype bf16: bf16 activations and weight copies (core/model/block.cpp)
   int attention_block = 64;
   // Each layer's attention pattern (empty: dense everywhere, in blocks of attention_block).
   std::vector<AttentionPattern> attention;

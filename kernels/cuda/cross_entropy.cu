@@ -138,11 +138,14 @@ template <class T>
 __global__ void __launch_bounds__(kThreads)
 softmax_cross_entropy_kernel(float* losses, T* logits, const std::int32_t* targets,
                              const std::uint8_t* mask, std::int64_t vocab,
-                             std::int64_t padded_vocab, float scale) {
+                             std::int64_t padded_vocab, float dlogits_scale, const float* weights,
+                             float inv_temperature) {
   const std::int64_t i = blockIdx.x;
   T* row = logits + i * padded_vocab;
-  const bool backward = scale != 0.0f;
-  if (mask != nullptr && mask[i] == 0) {  // uniform over the block
+  const bool backward = dlogits_scale != 0.0f;
+  const float w = weights != nullptr ? weights[i] : 1.0f, it = inv_temperature;
+  const float scale = dlogits_scale * w * it;
+  if ((mask != nullptr && mask[i] == 0) || w == 0.0f) {  // uniform over the block
     if (threadIdx.x == 0) losses[i] = 0.0f;
     if (backward) zero_columns(row, padded_vocab);
     return;
@@ -151,27 +154,28 @@ softmax_cross_entropy_kernel(float* losses, T* logits, const std::int32_t* targe
   const bool valid = target >= 0 && target < vocab;
   // Read before block_merge's barrier, so before any thread overwrites the row.
   float target_logit = NAN;
-  if (threadIdx.x == 0 && valid) target_logit = as_float(row[target]);
+  if (threadIdx.x == 0 && valid) target_logit = __fmul_rn(as_float(row[target]), it);
   MaxSum s{-FLT_MAX, 0.0f};
-  for_each_column(row, vocab, [&](std::int64_t, float x) { online_add(s, x); });
+  for_each_column(row, vocab, [&](std::int64_t, float x) { online_add(s, __fmul_rn(x, it)); });
   s = block_merge(s);
-  if (threadIdx.x == 0) losses[i] = (logf(s.sum) + s.max) - target_logit;
+  if (threadIdx.x == 0) losses[i] = ((logf(s.sum) + s.max) - target_logit) * w;
   if (!backward) return;
   const float inv_sum = 1.0f / s.sum;
   transform_columns(row, padded_vocab, [&](std::int64_t j, float x) {
     if (j >= vocab) return 0.0f;
-    float g = expf(x - s.max) * inv_sum * scale;
+    float g = expf(__fmul_rn(x, it) - s.max) * inv_sum * scale;
     if (j == target) g -= scale;
     return g;
   });
 }
 
 __global__ void __launch_bounds__(kThreads)
-local_max_kernel(float* row_max, const float* logits, std::int64_t real_cols, std::int64_t padded_cols) {
+local_max_kernel(float* row_max, const float* logits, std::int64_t real_cols, std::int64_t padded_cols,
+                 float inv_temperature) {
   __shared__ float shared[32];
   const float* row = logits + static_cast<std::int64_t>(blockIdx.x) * padded_cols;
   float m = -INFINITY;
-  for_each_column(row, real_cols, [&](std::int64_t, float x) { m = fmaxf(m, x); });
+  for_each_column(row, real_cols, [&](std::int64_t, float x) { m = fmaxf(m, __fmul_rn(x, inv_temperature)); });
   m = block_max(m, shared);
   if (threadIdx.x == 0) row_max[blockIdx.x] = m;
 }
@@ -179,37 +183,39 @@ local_max_kernel(float* row_max, const float* logits, std::int64_t real_cols, st
 __global__ void __launch_bounds__(kThreads)
 local_sums_kernel(float* row_sum, float* target_logit, const float* logits, const float* row_max,
                   const std::int32_t* targets, std::int64_t real_cols, std::int64_t padded_cols,
-                  std::int64_t vocab_first) {
+                  std::int64_t vocab_first, float inv_temperature) {
   __shared__ float shared[32];
   const std::int64_t i = blockIdx.x;
   const float* row = logits + i * padded_cols;
-  const float m = row_max[i];
+  const float m = row_max[i], it = inv_temperature;
   float sum = 0.0f;
-  for_each_column(row, real_cols, [&](std::int64_t, float x) { sum += expf(x - m); });
+  for_each_column(row, real_cols, [&](std::int64_t, float x) { sum += expf(__fmul_rn(x, it) - m); });
   sum = block_sum(sum, shared);
   if (threadIdx.x == 0) {
     row_sum[i] = sum;
     const std::int64_t t = static_cast<std::int64_t>(targets[i]) - vocab_first;
-    target_logit[i] = t >= 0 && t < real_cols ? row[t] : 0.0f;
+    target_logit[i] = t >= 0 && t < real_cols ? __fmul_rn(row[t], it) : 0.0f;
   }
 }
 
 __global__ void __launch_bounds__(kThreads)
 local_grad_kernel(float* logits, const float* row_max, const float* row_sum,
                   const std::int32_t* targets, const std::uint8_t* mask, std::int64_t real_cols,
-                  std::int64_t padded_cols, std::int64_t vocab_first, float dlogits_scale) {
+                  std::int64_t padded_cols, std::int64_t vocab_first, float dlogits_scale,
+                  const float* weights, float inv_temperature) {
   const std::int64_t i = blockIdx.x;
   float* row = logits + i * padded_cols;
-  if (mask != nullptr && mask[i] == 0) {
+  const float w = weights != nullptr ? weights[i] : 1.0f, it = inv_temperature;
+  if ((mask != nullptr && mask[i] == 0) || w == 0.0f) {
     zero_columns(row, padded_cols);
     return;
   }
-  const float m = row_max[i], scale = dlogits_scale / row_sum[i];
+  const float g0 = dlogits_scale * w * it, m = row_max[i], scale = g0 / row_sum[i];
   const std::int64_t t = static_cast<std::int64_t>(targets[i]) - vocab_first;
   transform_columns(row, padded_cols, [&](std::int64_t j, float x) {
     if (j >= real_cols) return 0.0f;
-    float g = expf(x - m) * scale;
-    if (j == t) g -= dlogits_scale;
+    float g = expf(__fmul_rn(x, it) - m) * scale;
+    if (j == t) g -= g0;
     return g;
   });
 }
@@ -223,46 +229,51 @@ unsigned row_blocks(std::int64_t n) {
 
 void softmax_cross_entropy(float* losses, float* logits, const std::int32_t* targets,
                            const std::uint8_t* mask, std::int64_t n, std::int64_t vocab,
-                           std::int64_t padded_vocab, float dlogits_scale) {
+                           std::int64_t padded_vocab, float dlogits_scale, const float* weights,
+                           float inv_temperature) {
   if (n == 0) return;
   KILN_LAUNCH(row_blocks(n), kThreads, 0, softmax_cross_entropy_kernel<float>)(
-      losses, logits, targets, mask, vocab, padded_vocab, dlogits_scale);
+      losses, logits, targets, mask, vocab, padded_vocab, dlogits_scale, weights, inv_temperature);
   KILN_CUDA_LAUNCH_CHECK();
 }
 
 void softmax_cross_entropy_bf16(float* losses, bf16* logits, const std::int32_t* targets,
                                 const std::uint8_t* mask, std::int64_t n, std::int64_t vocab,
-                                std::int64_t padded_vocab, float dlogits_scale) {
+                                std::int64_t padded_vocab, float dlogits_scale, const float* weights,
+                                float inv_temperature) {
   if (n == 0) return;
   KILN_LAUNCH(row_blocks(n), kThreads, 0, softmax_cross_entropy_kernel<__nv_bfloat16>)(
-      losses, reinterpret_cast<__nv_bfloat16*>(logits), targets, mask, vocab, padded_vocab, dlogits_scale);
+      losses, reinterpret_cast<__nv_bfloat16*>(logits), targets, mask, vocab, padded_vocab, dlogits_scale, weights,
+      inv_temperature);
   KILN_CUDA_LAUNCH_CHECK();
 }
 
 void cross_entropy_local_max(float* row_max, const float* logits, std::int64_t n,
-                             std::int64_t real_cols, std::int64_t padded_cols) {
+                             std::int64_t real_cols, std::int64_t padded_cols, float inv_temperature) {
   if (n == 0) return;
-  KILN_LAUNCH(row_blocks(n), kThreads, 0, local_max_kernel)(row_max, logits, real_cols, padded_cols);
+  KILN_LAUNCH(row_blocks(n), kThreads, 0, local_max_kernel)(row_max, logits, real_cols, padded_cols, inv_temperature);
   KILN_CUDA_LAUNCH_CHECK();
 }
 
 void cross_entropy_local_sums(float* row_sum, float* target_logit, const float* logits,
                               const float* row_max, const std::int32_t* targets, std::int64_t n,
                               std::int64_t real_cols, std::int64_t padded_cols,
-                              std::int64_t vocab_first) {
+                              std::int64_t vocab_first, float inv_temperature) {
   if (n == 0) return;
   KILN_LAUNCH(row_blocks(n), kThreads, 0, local_sums_kernel)(row_sum, target_logit, logits, row_max, targets,
-                                                             real_cols, padded_cols, vocab_first);
+                                                             real_cols, padded_cols, vocab_first, inv_temperature);
   KILN_CUDA_LAUNCH_CHECK();
 }
 
 void cross_entropy_local_grad(float* logits, const float* row_max, const float* row_sum,
                               const std::int32_t* targets, const std::uint8_t* mask,
                               std::int64_t n, std::int64_t real_cols, std::int64_t padded_cols,
-                              std::int64_t vocab_first, float dlogits_scale) {
+                              std::int64_t vocab_first, float dlogits_scale, const float* weights,
+                              float inv_temperature) {
   if (n == 0) return;
   KILN_LAUNCH(row_blocks(n), kThreads, 0, local_grad_kernel)(logits, row_max, row_sum, targets, mask, real_cols,
-                                                             padded_cols, vocab_first, dlogits_scale);
+                                                             padded_cols, vocab_first, dlogits_scale, weights,
+                                                             inv_temperature);
   KILN_CUDA_LAUNCH_CHECK();
 }
 

@@ -400,7 +400,7 @@ TEST(Config, ArchitectureKeysNotImplementedYetNameTheKey) {
   expect_contains(parse_error("model:\n  n_head: 4\n  n_kv_head: 2\n"), {"model.n_kv_head=2", "not implemented"});
   EXPECT_EQ(parse_config("model:\n  n_head: 4\n  n_kv_head: 4\n", kFile).model.n_kv_head, 4);
   expect_contains(parse_error("model:\n  bias: 0\n"), {"model.bias=0", "not implemented"});
-  expect_contains(parse_error("model:\n  tie_embeddings: 0\n"), {"model.tie_embeddings=0", "not implemented"});
+  EXPECT_EQ(parse_config("model:\n  tie_embeddings: 0\n", kFile).model.tie_embeddings, 0);
   expect_contains(parse_error("model:\n  norm_eps: 1e-6\n"), {"model.norm_eps=1e-06", "not implemented"});
   expect_contains(parse_error("model:\n  intermediate_size: 96\n"), {"did you mean 'model.mlp_width'?"});
 }

@@ -48,19 +48,32 @@ kiln::Batch tiny_batch(int b, int t, int vocab, bool with_mask) {
   return batch;
 }
 
-void check_model_gradients(bool post_norm, int mlp_width = 0) {
-  kiln::Gpt model(tiny_shape(post_norm, mlp_width));
+// weighted: per-token float weights (negative and zero among them) on top of the mask, and the
+// LM head at `temperature`; the loss is then sum_i w_i * -log softmax(logits_i / T)[target_i].
+void check_model_gradients(bool post_norm, int mlp_width = 0, bool weighted = false, float temperature = 1.0f,
+                           bool tied = true) {
+  kiln::GptShape shape = tiny_shape(post_norm, mlp_width);
+  shape.tied_head = tied;
+  kiln::Gpt model(shape);
   model.init_weights(11, 0.3f);  // larger weights than GPT-2's so every path carries signal
-  const kiln::Batch batch = tiny_batch(2, 20, 37, true);
+  kiln::Batch batch = tiny_batch(2, 20, 37, true);
+  if (weighted)
+    for (int i = 0; i < 40; ++i) batch.weights.push_back(i % 7 == 0 ? 0.0f : (i % 2 ? 1.5f : -0.5f) + 0.05f * i);
   const double tokens = static_cast<double>(batch.loss_tokens());
   model.zero_grad();
-  model.forward_backward(batch, static_cast<float>(1.0 / tokens));
-  auto loss = [&] { return model.forward(batch) / tokens; };
+  model.forward_backward(batch, static_cast<float>(1.0 / tokens), temperature);
+  auto loss = [&] {
+    if (temperature == 1.0f) return model.forward(batch) / tokens;
+    const std::vector<float> logprobs = model.token_logprobs(batch, temperature);
+    double sum = 0.0;
+    for (int i = 0; i < 40; ++i) sum -= logprobs[i] * (weighted ? batch.weights[i] : 1.0f);
+    return sum / tokens;
+  };
   kiln::Rng pick(3, 0);
   int checked = 0, failures = 0;
   for (auto& p : model.parameters()) {
     std::int64_t n = p.value.numel();
-    if (p.name == "transformer.wte.weight") n = 37 * 16;  // padded rows carry no gradient
+    if (p.name == "transformer.wte.weight" || p.name == "lm_head.weight") n = 37 * 16;  // padded rows: no gradient
     for (int k = 0; k < 4; ++k) {
       const std::int64_t i = static_cast<std::int64_t>(pick.u64(checked * 7 + k) % n);
       float* w = p.value.f32() + i;
@@ -89,6 +102,58 @@ void check_model_gradients(bool post_norm, int mlp_width = 0) {
 
 TEST(Gpt, PreLnGradientsMatchFiniteDifferences) { check_model_gradients(false); }
 TEST(Gpt, MlpWidthOtherThanFourTimesTheWidth) { check_model_gradients(false, 24); }
+TEST(Gpt, PerTokenWeightsMatchFiniteDifferences) { check_model_gradients(false, 0, true); }
+TEST(Gpt, UntiedHeadMatchesFiniteDifferences) { check_model_gradients(false, 0, false, 1.0f, false); }
+
+// An untied head is its own parameter in the heads group, saved without padded vocabulary rows
+// under Hugging Face's name, and counted once in the model FLOPs (as the tied head is).
+TEST(Gpt, UntiedHeadIsATableParameter) {
+  kiln::GptShape tied = tiny_shape(false), untied = tied;
+  untied.tied_head = false;
+  kiln::Gpt a(untied), b(untied);
+  const kiln::Parameter& head = a.parameter("lm_head.weight");
+  EXPECT_EQ(&a.lm_head(), &head);
+  EXPECT_EQ(a.params().heads().first, static_cast<std::size_t>(&head - a.parameters().data()));
+  EXPECT_EQ(untied.num_params() - tied.num_params(), 64 * 16);
+  EXPECT_EQ(untied.flops_per_token(16), tied.flops_per_token(16));
+  a.init_weights(5, 0.3f);
+  for (std::int64_t i = 37 * 16; i < head.value.numel(); ++i) ASSERT_EQ(head.value.f32()[i], 0.0f);
+  const std::string path = ::testing::TempDir() + "kiln_untied.safetensors";
+  kiln::save_model(a, path);
+  kiln::load_model(b, path);
+  EXPECT_EQ(std::memcmp(a.parameter_buffer().f32(), b.parameter_buffer().f32(), a.parameter_buffer().nbytes()), 0);
+  std::remove(path.c_str());
+}
+TEST(Gpt, WeightsAtATemperatureMatchFiniteDifferences) { check_model_gradients(true, 0, true, 0.6f); }
+
+// Weights of 1 and 0 are the mask: the same losses and gradients, bit for bit.
+TEST(Gpt, ZeroOneWeightsAreTheMask) {
+  auto run = [](const kiln::Batch& batch) {
+    kiln::Gpt model(tiny_shape(false));
+    model.init_weights(11, 0.3f);
+    model.zero_grad();
+    const double loss = model.forward_backward(batch, 0.05f);
+    const kiln::Tensor& g = model.gradient_buffer();
+    return std::make_pair(loss, std::vector<float>(g.f32(), g.f32() + g.numel()));
+  };
+  const kiln::Batch masked = tiny_batch(2, 20, 37, true);
+  kiln::Batch weighted = masked;
+  weighted.mask.clear();
+  for (const std::uint8_t m : masked.mask) weighted.weights.push_back(m ? 1.0f : 0.0f);
+  const auto a = run(masked), b = run(weighted);
+  EXPECT_EQ(a.first, b.first);
+  EXPECT_EQ(a.second, b.second);
+}
+
+TEST(Gpt, BatchWeightsAreChecked) {
+  kiln::Gpt model(tiny_shape(false));
+  kiln::Batch batch = tiny_batch(1, 8, 37, false);
+  batch.weights.assign(7, 1.0f);
+  EXPECT_THROW(model.forward(batch), kiln::Error);
+  batch.weights.assign(8, 1.0f);
+  batch.weights[3] = NAN;
+  EXPECT_THROW(model.forward(batch), kiln::Error);
+}
 
 // The parameter table: every parameter once, found by role; the groups (embeddings, each block,
 // the final norm) cover the table in order; the buffer holds num_params() values.
@@ -260,6 +325,26 @@ TEST(Gpt, TokenLogprobsAreLogSoftmaxAtTheTargets) {
       EXPECT_NEAR(logprobs[i], row[batch.targets[i]] - max - std::log(sum), 1e-5) << "token " << i;
     }
   }
+}
+
+// At a temperature: log softmax(logits / T) at the targets.
+TEST(Gpt, TokenLogprobsAtATemperature) {
+  kiln::Gpt model(tiny_shape(false));
+  model.init_weights(19, 0.3f);
+  const kiln::Batch batch = tiny_batch(2, 20, 37, true);
+  const float t = 0.6f;
+  const std::vector<float> logprobs = model.token_logprobs(batch, t);
+  model.forward(batch);
+  const float* logits = model.logits().f32();
+  for (int i = 0; i < 40; ++i) {
+    if (!batch.mask[i]) continue;
+    const float* row = logits + i * 64;
+    const double max = *std::max_element(row, row + 37) / t;
+    double sum = 0.0;
+    for (int v = 0; v < 37; ++v) sum += std::exp(row[v] / t - max);
+    EXPECT_NEAR(logprobs[i], row[batch.targets[i]] / t - max - std::log(sum), 1e-5) << "token " << i;
+  }
+  EXPECT_THROW(model.token_logprobs(batch, 0.0f), kiln::Error);
 }
 
 // Nothing global ties a process to one model: two models of different shapes, used in turn

@@ -7,6 +7,7 @@
 // another exp); gradients rtol 1e-5 + atol 1e-7 * |scale| (the target entry (p - 1) scale cancels
 // when p is near 1). bf16 logits: the CPU twin gets the same rounded values in fp32, so losses
 // keep the fp32 tolerance; gradients are rounded to bf16 once: rtol 1e-2.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -165,6 +166,73 @@ TEST(CudaCrossEntropy, VocabularyParallelPassesMatchCpu) {
                                              masked ? dmask.get() : nullptr, n, reals[r], padded, firsts[r], scale);
         expect_close(dshard.host(), grad, 1e-7 * scale, 1e-5, "dlogits");
       }
+    }
+  }
+}
+
+// Per-token weights (negative and zero among them) and a temperature, through the fused fp32
+// and bf16 kernels and the vocabulary-parallel passes (one rank holding the whole vocabulary).
+// Gradient tolerance: z = logit / T is rounded once on the cpu (contracted into an FMA with the
+// max's subtraction) and twice on the GPU, so exp's argument (|z| up to about 15) may differ by
+// an ulp: about 1e-6 of the row's gradient scale, seen at the target entry where p - 1 cancels.
+TEST(CudaCrossEntropy, WeightsAndTemperatureMatchCpu) {
+  KILN_REQUIRE_GPU();
+  const float it = 1.0f / 0.7f;
+  for (const Problem& p : problems()) {
+    if (p.vocab > 1000) continue;  // the small shapes cover the vector and scalar paths
+    SCOPED_TRACE(testing::Message() << "n=" << p.n << " vocab=" << p.vocab << " padded=" << p.padded);
+    std::vector<float> weights(p.n);
+    for (std::int64_t i = 0; i < p.n; ++i) weights[i] = i % 3 == 0 ? 0.0f : (i % 2 ? 1.5f : -0.75f) + 0.1f * i;
+    const auto targets = targets_for(p, true);
+    const float scale = 1.0f / static_cast<float>(p.n);
+    double max_weight = 0.0;
+    for (const float w : weights) max_weight = std::max(max_weight, std::fabs(static_cast<double>(w)));
+    const double atol = 2e-6 * scale * max_weight * it;
+    DeviceBuffer<std::int32_t> dtargets(targets);
+    DeviceBuffer<std::uint8_t> dmask(p.mask);
+    DeviceBuffer<float> dweights(weights);
+    {
+      std::vector<float> losses(p.n), logits = p.logits;
+      kiln::cpu::softmax_cross_entropy(losses.data(), logits.data(), targets.data(), p.mask.data(), p.n, p.vocab,
+                                       p.padded, scale, weights.data(), it);
+      DeviceBuffer<float> dlogits(p.logits), dlosses(p.n);
+      kiln::cuda::softmax_cross_entropy(dlosses.get(), dlogits.get(), dtargets.get(), dmask.get(), p.n, p.vocab,
+                                        p.padded, scale, dweights.get(), it);
+      expect_close(dlosses.host(), losses, 1e-5, 1e-5, "losses");
+      expect_close(dlogits.host(), logits, atol, 1e-5, "dlogits");
+    }
+    {
+      const auto logits16 = kiln::testing::to_bf16(p.logits);
+      std::vector<float> losses(p.n), logits = kiln::testing::to_float(logits16);
+      kiln::cpu::softmax_cross_entropy(losses.data(), logits.data(), targets.data(), p.mask.data(), p.n, p.vocab,
+                                       p.padded, scale, weights.data(), it);
+      DeviceBuffer<bf16> dlogits(logits16);
+      DeviceBuffer<float> dlosses(p.n);
+      kiln::cuda::softmax_cross_entropy_bf16(dlosses.get(), dlogits.get(), dtargets.get(), dmask.get(), p.n, p.vocab,
+                                             p.padded, scale, dweights.get(), it);
+      expect_close(dlosses.host(), losses, 1e-5, 1e-5, "bf16 losses");
+      expect_close(kiln::testing::to_float(dlogits.host()), logits, atol, 1e-2, "bf16 dlogits");
+    }
+    {
+      const auto all_targets = p.targets;
+      std::vector<float> row_max(p.n), row_sum(p.n), target_logit(p.n), grad = p.logits;
+      kiln::cpu::cross_entropy_local_max(row_max.data(), p.logits.data(), p.n, p.vocab, p.padded, it);
+      kiln::cpu::cross_entropy_local_sums(row_sum.data(), target_logit.data(), p.logits.data(), row_max.data(),
+                                          all_targets.data(), p.n, p.vocab, p.padded, 0, it);
+      kiln::cpu::cross_entropy_local_grad(grad.data(), row_max.data(), row_sum.data(), all_targets.data(),
+                                          p.mask.data(), p.n, p.vocab, p.padded, 0, scale, weights.data(), it);
+      DeviceBuffer<float> dlogits(p.logits), dmax(p.n), dsum(p.n), dtarget(p.n);
+      DeviceBuffer<std::int32_t> dall(all_targets);
+      kiln::cuda::cross_entropy_local_max(dmax.get(), dlogits.get(), p.n, p.vocab, p.padded, it);
+      EXPECT_EQ(dmax.host(), row_max);
+      kiln::cuda::cross_entropy_local_sums(dsum.get(), dtarget.get(), dlogits.get(), dmax.get(), dall.get(), p.n,
+                                           p.vocab, p.padded, 0, it);
+      expect_close(dsum.host(), row_sum, 1e-6, 1e-5, "row_sum");
+      expect_close(dtarget.host(), target_logit, 0.0, 0.0, "target_logit");
+      DeviceBuffer<float> dsum_cpu(row_sum);
+      kiln::cuda::cross_entropy_local_grad(dlogits.get(), dmax.get(), dsum_cpu.get(), dall.get(), dmask.get(), p.n,
+                                           p.vocab, p.padded, 0, scale, dweights.get(), it);
+      expect_close(dlogits.host(), grad, atol, 1e-5, "local dlogits");
     }
   }
 }

@@ -4,7 +4,10 @@
 // at every step, and the same greedy tokens.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -112,4 +115,74 @@ TEST(CudaModels, TwoModelsOnOneDeviceAreIndependent) {
   EXPECT_EQ(grads(b), b_ref);
   EXPECT_EQ(kiln::Decoder(b_alone).generate({{1, 2}}, greedy, 36), b_tokens);
   EXPECT_EQ(kiln::Decoder(a_alone).generate({{1, 2}}, greedy, 36), a_tokens);
+}
+
+// bf16 activations (model.dtype=bf16): the decoder runs the same bf16 block over its rows (the
+// attention core widens q, k and v to fp32 and rounds its output back). At every position of
+// every sequence of a ragged batch its logits are as close to the fp32 model's (same weights) as
+// the bf16 training forward's over the whole sequence are: the two bf16 paths differ only in
+// the attention kernels and in where bf16 rounding falls, not in what they compute.
+TEST(CudaDecode, Bf16ActivationsAreAsCloseToFp32AsTheBf16Forward) {
+  KILN_REQUIRE_GPU();
+  kiln::ModelConfig m;
+  m.n_layer = 2;
+  m.n_head = 2;
+  m.n_embd = 64;  // head size 32: the bf16 attention kernels' smallest
+  m.context = 32;
+  m.attention_block = 16;
+  m.dtype = "bf16";
+  const kiln::GptShape shape = kiln::GptShape::from_config(m, 37);
+  m.dtype = "f32";
+  const kiln::GptShape shape32 = kiln::GptShape::from_config(m, 37);
+  kiln::Gpt model(shape, kiln::Device::cuda), model32(shape32, kiln::Device::cuda);
+  model.init_weights(13, 0.3f);
+  model32.parameter_buffer().copy_from(model.parameter_buffer());
+  const int vp = shape.padded_vocab;
+  const std::vector<std::vector<std::int32_t>> seqs = {{3, 9, 27, 4, 12, 1, 30, 5, 8, 2, 19, 33, 7, 16, 21, 6, 14, 28},
+                                                       {5, 1, 36, 2},
+                                                       {11, 0, 24, 9, 13, 35, 4, 10, 22}};
+  // Each sequence's logits from the training forward, on the host.
+  auto forward = [&](kiln::Gpt& net, const std::vector<std::int32_t>& s) {
+    kiln::Batch b;
+    b.batch = 1;
+    b.seq_len = static_cast<int>(s.size());
+    b.inputs = s;
+    b.targets = s;
+    net.forward(b);
+    const kiln::Tensor logits = net.logits().to(kiln::Device::cpu);
+    std::vector<float> row(logits.numel());
+    if (logits.dtype() == kiln::DType::f32) return std::vector<float>(logits.f32(), logits.f32() + logits.numel());
+    const auto* raw = static_cast<const kiln::bf16*>(logits.raw());
+    for (std::size_t i = 0; i < row.size(); ++i) row[i] = kiln::to_float(raw[i]);
+    return row;
+  };
+  double forward_err = 0.0, decode_err = 0.0;
+  std::vector<std::vector<float>> exact;
+  for (const auto& s : seqs) {
+    exact.push_back(forward(model32, s));
+    const std::vector<float> bf = forward(model, s);
+    for (std::size_t t = 0; t < s.size(); ++t)
+      for (int v = 0; v < shape.vocab; ++v)
+        forward_err = std::max(forward_err, static_cast<double>(std::abs(bf[t * vp + v] - exact.back()[t * vp + v])));
+  }
+  kiln::Decoder decoder(model);
+  decoder.reset(3);
+  for (std::size_t t = 0; t < seqs[0].size(); ++t) {
+    std::vector<int> rows;
+    std::vector<std::int32_t> tokens;
+    for (int s = 0; s < 3; ++s)
+      if (t < seqs[s].size()) {
+        rows.push_back(s);
+        tokens.push_back(seqs[s][t]);
+      }
+    const float* got = decoder.step(rows, tokens);
+    for (std::size_t r = 0; r < rows.size(); ++r)
+      for (int v = 0; v < shape.vocab; ++v)
+        decode_err = std::max(decode_err, static_cast<double>(std::abs(got[r * vp + v] - exact[rows[r]][t * vp + v])));
+  }
+  RecordProperty("forward_max_abs_err", std::to_string(forward_err));
+  RecordProperty("decode_max_abs_err", std::to_string(decode_err));
+  std::printf("bf16 logits against fp32: forward %g, decoding %g\n", forward_err, decode_err);
+  EXPECT_GT(forward_err, 0.0);  // bf16 is in use
+  EXPECT_LE(decode_err, 1.5 * forward_err);
 }

@@ -133,6 +133,51 @@ TEST(Kernels, CrossEntropyWithMaskAndPaddedVocab) {
   expect_gradient("dlogits", logits, grad, f, 1e-2f, 1e-3, 2e-2);
 }
 
+// Per-token float weights (negative and zero among them) and a temperature: each loss is
+// w * (logsumexp(z) - z[target]) with z = logits / T, and the gradient is that of the weighted
+// sum (finite differences). Weights of 1 and T = 1 give the plain loss's bits.
+TEST(Kernels, CrossEntropyWithWeightsAndTemperature) {
+  const int n = 6, vocab = 13, padded = 16;
+  const float temperature = 0.7f, it = 1.0f / temperature;
+  auto logits = random_vector(n * padded, 16, 2.0f);
+  std::vector<std::int32_t> targets = {0, 3, 12, 7, 7, 1};
+  std::vector<std::uint8_t> mask = {1, 0, 1, 1, 1, 1};
+  std::vector<float> weights = {0.5f, 3.0f, -1.25f, 0.0f, 2.0f, 1.0f};
+  std::vector<float> losses(n);
+  auto f = [&] {
+    auto copy = logits;
+    kiln::cpu::softmax_cross_entropy(losses.data(), copy.data(), targets.data(), mask.data(), n, vocab, padded, 0.0f,
+                                     weights.data(), it);
+    double s = 0;
+    for (float l : losses) s += l;
+    return s * 0.25;
+  };
+  f();
+  for (int i = 0; i < n; ++i) {
+    if (!mask[i] || weights[i] == 0.0f) {
+      EXPECT_EQ(losses[i], 0.0f);
+      continue;
+    }
+    double z = 0;
+    for (int j = 0; j < vocab; ++j) z += std::exp(static_cast<double>(logits[i * padded + j]) * it);
+    EXPECT_NEAR(losses[i], weights[i] * (std::log(z) - logits[i * padded + targets[i]] * it), 2e-5);
+  }
+  auto grad = logits;
+  kiln::cpu::softmax_cross_entropy(losses.data(), grad.data(), targets.data(), mask.data(), n, vocab, padded, 0.25f,
+                                   weights.data(), it);
+  for (int j = 0; j < padded; ++j) EXPECT_EQ(grad[3 * padded + j], 0.0f);  // weight 0: no gradient
+  expect_gradient("dlogits", logits, grad, f, 1e-2f, 1e-3, 2e-2);
+
+  const std::vector<float> ones(n, 1.0f);
+  auto plain = logits, weighted = logits;
+  std::vector<float> plain_losses(n), weighted_losses(n);
+  kiln::cpu::softmax_cross_entropy(plain_losses.data(), plain.data(), targets.data(), mask.data(), n, vocab, padded, 0.25f);
+  kiln::cpu::softmax_cross_entropy(weighted_losses.data(), weighted.data(), targets.data(), mask.data(), n, vocab,
+                                   padded, 0.25f, ones.data(), 1.0f);
+  EXPECT_EQ(plain, weighted);
+  EXPECT_EQ(plain_losses, weighted_losses);
+}
+
 TEST(Kernels, EmbeddingGradients) {
   const int n = 7, c = 40, vocab = 5, positions = 4;
   std::vector<std::int32_t> tokens = {0, 3, 3, 1, 4, 0, 3}, pos = {0, 1, 2, 3, 0, 1, 2};
@@ -178,38 +223,45 @@ TEST(Kernels, SumSquaresIsExactForSmallIntegers) {
 }
 
 TEST(Kernels, VocabParallelCrossEntropyMatchesFused) {
-  // Vocabulary 27 padded to 32, split over 2 "ranks" of 16 columns (the second holds 11 real).
-  const int n = 5, vocab = 27, padded = 32, shard = 16;
-  auto logits = random_vector(n * padded, 31, 2.0f);
-  std::vector<std::int32_t> targets = {0, 15, 16, 26, 3};
-  std::vector<std::uint8_t> mask = {1, 1, 0, 1, 1};
-  auto fused = logits;
-  std::vector<float> losses(n);
-  kiln::cpu::softmax_cross_entropy(losses.data(), fused.data(), targets.data(), mask.data(), n, vocab, padded, 0.5f);
-  std::vector<std::vector<float>> parts(2, std::vector<float>(n * shard));
-  for (int r = 0; r < 2; ++r)
-    for (int i = 0; i < n; ++i)
-      for (int j = 0; j < shard; ++j) parts[r][i * shard + j] = logits[i * padded + r * shard + j];
-  auto real = [&](int r) { return std::min(shard, std::max(0, vocab - r * shard)); };
-  std::vector<float> m(n, -INFINITY), sum(n, 0.0f), target(n, 0.0f), tmp(n), tmp2(n);
-  for (int r = 0; r < 2; ++r) {
-    kiln::cpu::cross_entropy_local_max(tmp.data(), parts[r].data(), n, real(r), shard);
-    for (int i = 0; i < n; ++i) m[i] = std::max(m[i], tmp[i]);
-  }
-  for (int r = 0; r < 2; ++r) {
-    kiln::cpu::cross_entropy_local_sums(tmp.data(), tmp2.data(), parts[r].data(), m.data(), targets.data(), n, real(r), shard, r * shard);
-    for (int i = 0; i < n; ++i) {
-      sum[i] += tmp[i];
-      target[i] += tmp2[i];
+  for (const bool weighted : {false, true}) {
+    SCOPED_TRACE(weighted ? "weights, temperature 2" : "plain");
+    const std::vector<float> w = {1.5f, -0.5f, 2.0f, 0.0f, 1.0f};
+    const float* weights = weighted ? w.data() : nullptr;
+    const float it = weighted ? 0.5f : 1.0f;
+    // Vocabulary 27 padded to 32, split over 2 "ranks" of 16 columns (the second holds 11 real).
+    const int n = 5, vocab = 27, padded = 32, shard = 16;
+    auto logits = random_vector(n * padded, 31, 2.0f);
+    std::vector<std::int32_t> targets = {0, 15, 16, 26, 3};
+    std::vector<std::uint8_t> mask = {1, 1, 0, 1, 1};
+    auto fused = logits;
+    std::vector<float> losses(n);
+    kiln::cpu::softmax_cross_entropy(losses.data(), fused.data(), targets.data(), mask.data(), n, vocab, padded, 0.5f, weights, it);
+    std::vector<std::vector<float>> parts(2, std::vector<float>(n * shard));
+    for (int r = 0; r < 2; ++r)
+      for (int i = 0; i < n; ++i)
+        for (int j = 0; j < shard; ++j) parts[r][i * shard + j] = logits[i * padded + r * shard + j];
+    auto real = [&](int r) { return std::min(shard, std::max(0, vocab - r * shard)); };
+    std::vector<float> m(n, -INFINITY), sum(n, 0.0f), target(n, 0.0f), tmp(n), tmp2(n);
+    for (int r = 0; r < 2; ++r) {
+      kiln::cpu::cross_entropy_local_max(tmp.data(), parts[r].data(), n, real(r), shard, it);
+      for (int i = 0; i < n; ++i) m[i] = std::max(m[i], tmp[i]);
     }
-  }
-  for (int i = 0; i < n; ++i)
-    if (mask[i]) EXPECT_NEAR(std::log(sum[i]) + m[i] - target[i], losses[i], 1e-5);
-  for (int r = 0; r < 2; ++r) {
-    kiln::cpu::cross_entropy_local_grad(parts[r].data(), m.data(), sum.data(), targets.data(), mask.data(), n, real(r), shard, r * shard, 0.5f);
+    for (int r = 0; r < 2; ++r) {
+      kiln::cpu::cross_entropy_local_sums(tmp.data(), tmp2.data(), parts[r].data(), m.data(), targets.data(), n, real(r), shard, r * shard, it);
+      for (int i = 0; i < n; ++i) {
+        sum[i] += tmp[i];
+        target[i] += tmp2[i];
+      }
+    }
     for (int i = 0; i < n; ++i)
-      for (int j = 0; j < shard; ++j)
-        EXPECT_NEAR(parts[r][i * shard + j], fused[i * padded + r * shard + j], 1e-6) << r << " " << i << " " << j;
+      if (mask[i] && (!weights || weights[i] != 0.0f))
+        EXPECT_NEAR((std::log(sum[i]) + m[i] - target[i]) * (weights ? weights[i] : 1.0f), losses[i], 1e-5);
+    for (int r = 0; r < 2; ++r) {
+      kiln::cpu::cross_entropy_local_grad(parts[r].data(), m.data(), sum.data(), targets.data(), mask.data(), n, real(r), shard, r * shard, 0.5f, weights, it);
+      for (int i = 0; i < n; ++i)
+        for (int j = 0; j < shard; ++j)
+          EXPECT_NEAR(parts[r][i * shard + j], fused[i * padded + r * shard + j], 1e-6) << r << " " << i << " " << j;
+    }
   }
 }
 

@@ -181,6 +181,20 @@ TEST_F(DataParallelTest, TensorParallelMatchesOneRank) {
   EXPECT_NEAR(*sharded.last_val_loss, *one.last_val_loss, 1e-4 * *one.last_val_loss);
 }
 
+// An untied LM head (lm_head.weight) is vocabulary-parallel like wte: tp ranks equal one.
+TEST_F(DataParallelTest, UntiedHeadTensorParallelMatchesOneRank) {
+  kiln::ExperimentConfig alone = config("untied_r" + std::to_string(world().rank()), 1);
+  alone.model.tie_embeddings = 0;
+  kiln::TrainOptions quiet;
+  quiet.quiet = true;
+  const kiln::TrainResult one = kiln::Trainer(alone, quiet).run();
+  kiln::ExperimentConfig sharded = config("untied_tp", world().size(), world().size());
+  sharded.model.tie_embeddings = 0;
+  const kiln::TrainResult result = parallel(sharded);
+  ASSERT_EQ(result.losses.size(), 20u);
+  expect_close(result.losses, one.losses, 0, 1e-4);
+}
+
 TEST_F(DataParallelTest, DataTimesTensorParallelMatchesOneRank) {
   if (world().size() % 2 != 0 || world().size() < 4) GTEST_SKIP() << "needs 2 x 2 ranks or more";
   const kiln::TrainResult one = single("one");
