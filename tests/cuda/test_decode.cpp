@@ -186,3 +186,32 @@ TEST(CudaDecode, Bf16ActivationsAreAsCloseToFp32AsTheBf16Forward) {
   EXPECT_GT(forward_err, 0.0);  // bf16 is in use
   EXPECT_LE(decode_err, 1.5 * forward_err);
 }
+
+// Scoring on bf16 activations keeps no layer's activations either (every block rewrites one
+// layer's buffers) and gives the training forward's log-probabilities bit for bit.
+TEST(CudaModels, Bf16TokenLogprobsAreTheForwardsLosses) {
+  KILN_REQUIRE_GPU();
+  kiln::ModelConfig m;
+  m.n_layer = 2;
+  m.n_head = 2;
+  m.n_embd = 64;
+  m.context = 32;
+  m.attention_block = 16;
+  m.dtype = "bf16";
+  kiln::Gpt model(kiln::GptShape::from_config(m, 37), kiln::Device::cuda);
+  model.init_weights(3, 0.3f);
+  kiln::Batch batch;
+  batch.batch = 2;
+  batch.seq_len = 20;
+  for (int i = 0; i < 40; ++i) {
+    batch.inputs.push_back((i * 5 + 1) % 37);
+    batch.targets.push_back((i * 11 + 2) % 37);
+    batch.mask.push_back(i % 4 != 0);
+  }
+  const std::vector<float> logprobs = model.token_logprobs(batch);
+  const std::int64_t scoring_bytes = model.activation_bytes();
+  model.forward(batch);
+  EXPECT_LT(scoring_bytes, model.activation_bytes());
+  const kiln::Tensor losses = model.losses().to(kiln::Device::cpu);
+  for (int i = 0; i < 40; ++i) EXPECT_EQ(logprobs[i], batch.mask[i] ? -losses.f32()[i] : 0.0f) << "token " << i;
+}
