@@ -1,0 +1,53 @@
+// The LLaMA family's kernels: RMSNorm (plain and fused with the residual add), rotary position
+// embeddings applied in place to the q and k parts of a fused q|k|v buffer, and the SwiGLU
+// activation over a fused gate|up buffer. CPU reference here; the CUDA twins come with the
+// LLaMA family on cuda (the model refuses it there until they exist).
+#pragma once
+
+#include <cstdint>
+
+namespace kiln::cpu {
+
+// RMSNorm over the last dimension: out (rows, c) = inp * rstd * gamma with
+// rstd = 1 / sqrt(mean(inp^2) + eps) saved per row (rows).
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* gamma, std::int64_t rows,
+                     std::int64_t c, float eps);
+// Accumulates dinp += d out / d inp given dout, and dgamma += sum over rows of dout * inp * rstd
+// (per-thread partial sums added in thread order: deterministic for a fixed thread count).
+void rmsnorm_backward(float* dinp, float* dgamma, const float* dout, const float* inp, const float* gamma,
+                      const float* rstd, std::int64_t rows, std::int64_t c);
+// residual = inp + delta (residual may alias inp), then out = RMSNorm(residual): bit for bit
+// add() followed by rmsnorm_forward().
+void residual_rmsnorm_forward(float* residual, float* out, float* rstd, const float* inp, const float* delta,
+                              const float* gamma, std::int64_t rows, std::int64_t c, float eps);
+
+// Rotary position embeddings (RoFormer), in Hugging Face's LLaMA layout ("rotate half"): within a
+// head of size hd, dimension i < hd/2 is paired with i + hd/2 and the pair is rotated by the
+// angle position * inv_freq[i]:
+//   x'[i]        = x[i] cos - x[i + hd/2] sin
+//   x'[i + hd/2] = x[i + hd/2] cos + x[i] sin
+// cos and sin are tables (positions, hd/2) made by rope_tables. qkv (rows, (q_heads + 2 kv_heads)
+// * hd) holds each row's q heads, then k heads, then v heads; q and k are rotated in place by
+// each row's positions[row], v is left alone.
+void rope_forward(float* qkv, const float* cos, const float* sin, const std::int32_t* positions, std::int64_t rows,
+                  std::int64_t q_heads, std::int64_t kv_heads, std::int64_t hd);
+// The gradient through the rotation: dqkv's q and k parts rotated back (by -angle), in place.
+void rope_backward(float* dqkv, const float* cos, const float* sin, const std::int32_t* positions, std::int64_t rows,
+                   std::int64_t q_heads, std::int64_t kv_heads, std::int64_t hd);
+
+// SwiGLU: inp (rows, 2f) holds each row's gate g then up u (f each); out (rows, f) = silu(g) * u
+// with silu(g) = g / (1 + exp(-g)).
+void swiglu_forward(float* out, const float* inp, std::int64_t rows, std::int64_t f);
+// dinp (rows, 2f) = [dout * u * silu'(g) | dout * silu(g)] (overwritten).
+void swiglu_backward(float* dinp, const float* inp, const float* dout, std::int64_t rows, std::int64_t f);
+
+}  // namespace kiln::cpu
+
+namespace kiln {
+
+// The rotary tables for positions [0, positions) of heads of size hd: cos and sin (positions,
+// hd/2) of position * inv_freq[i], inv_freq[i] = theta^(-2i/hd), computed as Hugging Face does
+// (inv_freq in fp32, the angle as an fp32 product, cos and sin in fp32). Host memory.
+void rope_tables(float* cos, float* sin, std::int64_t positions, std::int64_t hd, float theta);
+
+}  // namespace kiln
