@@ -596,11 +596,27 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
          message(dotted, "=", value, " is not implemented in this version of kiln; use ", use));
   };
   const ModelConfig& m = c.model;
-  if (m.norm_kind != "layernorm") not_yet("model.norm_kind", m.norm_kind, "model.norm_kind=layernorm");
-  if (m.norm_eps != 1e-5f) not_yet("model.norm_eps", format_value(m.norm_eps), "model.norm_eps=1e-5 (GPT-2's)");
-  if (m.position != "learned") not_yet("model.position", m.position, "model.position=learned");
-  if (m.mlp != "gelu") not_yet("model.mlp", m.mlp, "model.mlp=gelu");
-  if (m.bias != 1) not_yet("model.bias", "0", "model.bias=1");
+  const bool layernorm = m.norm_kind == "layernorm";
+  if (layernorm && m.norm_eps != 1e-5f)
+    not_yet("model.norm_eps", format_value(m.norm_eps) + " with model.norm_kind=layernorm",
+            "model.norm_eps=1e-5 (GPT-2's), or model.norm_kind=rmsnorm");
+  if (layernorm && m.bias != 1)
+    not_yet("model.bias", "0 with model.norm_kind=layernorm (a LayerNorm without bias)",
+            "model.bias=1, or model.norm_kind=rmsnorm");
+  if (m.position == "rope" && (m.n_embd / std::max(m.n_head, 1)) % 2 != 0)
+    fail(set_at("model.position"), message("model.position=rope rotates pairs of dimensions, but the head size ",
+                                           m.n_embd / std::max(m.n_head, 1), " (model.n_embd / model.n_head) is odd"));
+  // The LLaMA family's kernels exist on the cpu only, for now.
+  if (c.train.device == "cuda") {
+    auto cpu_only = [&](const std::string& dotted, const std::string& value) {
+      fail(set_at(dotted), message(dotted, "=", value, " runs on the cpu only in this version (its CUDA kernels "
+                                   "are not written yet); use train.device=cpu"));
+    };
+    if (m.norm_kind == "rmsnorm") cpu_only("model.norm_kind", "rmsnorm");
+    if (m.position == "rope") cpu_only("model.position", "rope");
+    if (m.mlp == "swiglu") cpu_only("model.mlp", "swiglu");
+    if (m.bias == 0) cpu_only("model.bias", "0");
+  }
   if (m.n_kv_head != 0 && m.n_kv_head != m.n_head)
     not_yet("model.n_kv_head", std::to_string(m.n_kv_head),
             "model.n_kv_head=0 (one key/value head per attention head, here " + std::to_string(m.n_head) + ")");
@@ -633,6 +649,24 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
     fail(where(seq_len, context), message(show(seq_len), " is longer than ", show(context),
                                           ", the number of learned positions: set ", key(seq_len),
                                           " <= ", context, " or ", key(context), " >= ", seq_len));
+}
+
+// model.arch, where this parse sets it, fills the architecture keys this parse does not set.
+void apply_arch_preset(ExperimentConfig& config, Origins& origins) {
+  if (!origins.by_key.count("model.arch")) return;
+  ModelConfig& m = config.model;
+  const bool llama = m.arch == "llama";
+  const std::string from = "model.arch=" + m.arch + " (" + origins.of("model.arch") + ")";
+  auto preset = [&](const std::string& dotted, auto& slot, auto value) {
+    if (origins.by_key.count(dotted)) return;
+    slot = value;
+    origins.by_key[dotted] = from;
+  };
+  preset("model.norm_kind", m.norm_kind, std::string(llama ? "rmsnorm" : "layernorm"));
+  preset("model.position", m.position, std::string(llama ? "rope" : "learned"));
+  preset("model.mlp", m.mlp, std::string(llama ? "swiglu" : "gelu"));
+  preset("model.bias", m.bias, llama ? 0 : 1);
+  preset("model.tie_embeddings", m.tie_embeddings, llama ? 0 : 1);
 }
 
 void validate(const ExperimentConfig& config, const Origins& origins, const std::string& name) {
@@ -675,6 +709,7 @@ ExperimentConfig parse(const std::string& yaml_text, const std::string& name,
   read_yaml(yaml_text, name, config, origins);
   if (!base.empty()) resolve_paths(config, PathBase::config_file, base);
   for (const std::string& text : overrides) apply_override(config, text, origins);
+  apply_arch_preset(config, origins);
   validate(config, origins, name);
   return config;
 }
@@ -693,6 +728,7 @@ void apply_overrides(ExperimentConfig& config, const std::vector<std::string>& o
   Origins origins{name, {}};
   ExperimentConfig updated = config;  // all or nothing: config is untouched on error
   for (const std::string& text : overrides) apply_override(updated, text, origins);
+  apply_arch_preset(updated, origins);
   validate(updated, origins, name);
   config = updated;
 }

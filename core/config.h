@@ -21,14 +21,18 @@ struct ModelConfig {
   std::string norm = "pre";   // pre | post (LayerNorm placement)
   // The rest of the architecture, as data (docs/model.md). GPT-2 is a LayerNorm (eps 1e-5),
   // learned positions, a GELU MLP 4 x n_embd wide, one key/value head per head, biases and a
-  // head tied to the embedding. Values listed for the next architectures (LLaMA's RMSNorm, RoPE,
-  // SwiGLU, grouped key/value heads, no biases, an untied head) are config errors until their
-  // kernels exist.
+  // head tied to the embedding. LLaMA's RMSNorm, RoPE, SwiGLU and no biases run on the cpu;
+  // grouped key/value heads are a config error until their kernels exist.
+  // gpt2 | llama: a preset over the keys below (llama: rmsnorm, rope, swiglu, no biases, an
+  // untied head, Hugging Face LLaMA parameter names); a key set in the config overrides it.
+  std::string arch = "gpt2";
   std::string norm_kind = "layernorm";  // layernorm | rmsnorm
   float norm_eps = 1e-5f;
   std::string position = "learned";     // learned | rope
+  float rope_theta = 10000.0f;          // rope: base of the rotary frequencies
   std::string mlp = "gelu";             // gelu | swiglu
-  int mlp_width = 0;                    // 0: 4 * n_embd
+  int mlp_width = 0;                    // 0: 4 * n_embd (gelu), LLaMA's rule (swiglu)
+  int mlp_multiple_of = 256;            // swiglu, mlp_width 0: 8/3 n_embd rounded up to a multiple of this
   int n_kv_head = 0;                    // 0: n_head
   int bias = 1;                         // 1: linears and norms have biases
   int tie_embeddings = 1;               // 1: the LM head is the token embedding

@@ -7,6 +7,7 @@ namespace {
 
 // ---- The allowed values of every string enum: the one place that lists them. ----
 const std::vector<std::string> kNormChoices = {"pre", "post"};
+const std::vector<std::string> kArchChoices = {"gpt2", "llama"};
 const std::vector<std::string> kNormKindChoices = {"layernorm", "rmsnorm"};
 const std::vector<std::string> kPositionChoices = {"learned", "rope"};
 const std::vector<std::string> kMlpChoices = {"gelu", "swiglu"};
@@ -35,22 +36,30 @@ void model_keys(Schema& s) {
       .aka({"vocab", "n_vocab"})
       .key("vocab_multiple", &ModelConfig::vocab_multiple, between(1, 65536),
            "the embedding is padded to a multiple of this")
-      .key("norm", &ModelConfig::norm, one_of(kNormChoices), "LayerNorm placement")
-      .key("norm_kind", &ModelConfig::norm_kind, one_of(kNormKindChoices),
-           "normalisation (rmsnorm: not implemented yet)")
-      .key("norm_eps", &ModelConfig::norm_eps, above(0), "epsilon of the norms (1e-5 only, for now)")
+      .key("arch", &ModelConfig::arch, one_of(kArchChoices),
+           "preset: gpt2, or llama (rmsnorm, rope, swiglu, no biases, untied head); set keys override it")
+      .aka({"architecture", "model_type"})
+      .key("norm", &ModelConfig::norm, one_of(kNormChoices), "norm placement")
+      .key("norm_kind", &ModelConfig::norm_kind, one_of(kNormKindChoices), "normalisation (rmsnorm: cpu only, for now)")
+      .key("norm_eps", &ModelConfig::norm_eps, above(0), "epsilon of the norms (layernorm: 1e-5 only, for now)")
       .aka({"layer_norm_epsilon", "layer_norm_eps", "rms_norm_eps", "eps_norm"})
       .key("position", &ModelConfig::position, one_of(kPositionChoices),
-           "positions: learned embeddings (rope: not implemented yet)")
-      .key("mlp", &ModelConfig::mlp, one_of(kMlpChoices), "MLP kind (swiglu: not implemented yet)")
-      .key("mlp_width", &ModelConfig::mlp_width, at_least(0), "hidden width of the MLP; 0: 4 x n_embd")
+           "positions: learned embeddings, or rotary (rope: cpu only, for now)")
+      .key("rope_theta", &ModelConfig::rope_theta, above(0), "rope: base of the rotary frequencies")
+      .aka({"rotary_base", "rope_base"})
+      .key("mlp", &ModelConfig::mlp, one_of(kMlpChoices), "MLP kind (swiglu: cpu only, for now)")
+      .key("mlp_width", &ModelConfig::mlp_width, at_least(0),
+           "hidden width of the MLP; 0: 4 x n_embd (gelu) or 8/3 x n_embd rounded up to mlp_multiple_of (swiglu)")
       .aka({"n_inner", "intermediate_size", "ffn_dim", "d_ff", "ffn_hidden_size"})
+      .key("mlp_multiple_of", &ModelConfig::mlp_multiple_of, at_least(1),
+           "swiglu with mlp_width 0: the width is rounded up to a multiple of this (LLaMA's multiple_of)")
+      .aka({"multiple_of"})
       .key("n_kv_head", &ModelConfig::n_kv_head, at_least(0),
            "key/value heads; 0: n_head (fewer, grouped-query attention: not implemented yet)")
       .aka({"num_key_value_heads", "n_kv_heads", "num_kv_heads"})
-      .key("bias", &ModelConfig::bias, between(0, 1), "1: linears and norms have biases (0: not implemented yet)")
+      .key("bias", &ModelConfig::bias, between(0, 1), "1: linears and norms have biases (0: with rmsnorm, cpu only)")
       .key("tie_embeddings", &ModelConfig::tie_embeddings, between(0, 1),
-           "1: the LM head is the token embedding (0, an untied head: not implemented yet)")
+           "1: the LM head is the token embedding; 0: its own weight (lm_head.weight)")
       .aka({"tie_word_embeddings", "tied_embeddings"})
       .key("matmul", &ModelConfig::matmul, one_of(kMatmulChoices),
            "matmul inputs (bf16: fp32 accumulate and fp32 master weights)")

@@ -13,6 +13,8 @@ const KernelTable kCpuKernels{
     cpu::cross_entropy_local_grad, cpu::embedding_forward, cpu::embedding_backward,
     cpu::add,              cpu::accumulate,         cpu::adamw_update,
     cpu::sum_squares,
+    cpu::rmsnorm_forward, cpu::rmsnorm_backward, cpu::residual_rmsnorm_forward, cpu::rope_forward,
+    cpu::rope_backward, cpu::swiglu_forward, cpu::swiglu_backward,
 };
 
 #ifdef KILN_WITH_CUDA
@@ -34,7 +36,9 @@ const KernelTable kCudaKernels{
     cuda::softmax_cross_entropy, cuda::cross_entropy_local_max, cuda::cross_entropy_local_sums,
     cuda::cross_entropy_local_grad, cuda::embedding_forward, cuda::embedding_backward,
     cuda::add,              cuda::accumulate,         cuda::adamw_update,
-    cuda::sum_squares,      &kCudaBf16Kernels,
+    cuda::sum_squares,
+    nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,  // the LLaMA family: not on cuda yet
+    &kCudaBf16Kernels,
 };
 #endif
 }  // namespace

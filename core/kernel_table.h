@@ -10,6 +10,7 @@
 #include "kernels/embedding.h"
 #include "kernels/gelu.h"
 #include "kernels/layernorm.h"
+#include "kernels/llama.h"
 #include "kernels/matmul.h"
 #include "kernels/optimizer.h"
 
@@ -64,9 +65,19 @@ struct KernelTable {
   decltype(&cpu::accumulate) accumulate;
   decltype(&cpu::adamw_update) adamw_update;
   decltype(&cpu::sum_squares) sum_squares;
+  // The LLaMA family (kernels/llama.h): cpu only, for now (null on cuda).
+  decltype(&cpu::rmsnorm_forward) rmsnorm_forward;
+  decltype(&cpu::rmsnorm_backward) rmsnorm_backward;
+  decltype(&cpu::residual_rmsnorm_forward) residual_rmsnorm_forward;
+  decltype(&cpu::rope_forward) rope_forward;
+  decltype(&cpu::rope_backward) rope_backward;
+  decltype(&cpu::swiglu_forward) swiglu_forward;
+  decltype(&cpu::swiglu_backward) swiglu_backward;
   const Bf16Kernels* bf16 = nullptr;  // null where there is no bf16 path (the cpu)
-  // Capabilities, asked where kernels are chosen: bf16 activations (model.dtype=bf16).
+  // Capabilities, asked where kernels are chosen: bf16 activations (model.dtype=bf16), and the
+  // LLaMA family's RMSNorm, rotary embeddings and SwiGLU.
   bool has_bf16_activations() const { return bf16 != nullptr; }
+  bool has_llama_family() const { return rmsnorm_forward != nullptr; }
 };
 
 // Throws kiln::Error for a device this build has no kernels for.

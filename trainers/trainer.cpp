@@ -428,7 +428,7 @@ TrainResult Trainer::run() {
   const double peak = job_peak.flops_per_s;
   say(message("model: ", shape.n_layer, " layers, ", shape.n_head, " heads, width ", shape.n_embd,
               ", vocab ", shape.vocab, " (padded ", shape.padded_vocab, "), ",
-              shape.post_norm ? "post" : "pre", "-LN, ", shape.num_params(), " parameters, ",
+              shape.describe(), ", ", shape.num_params(), " parameters, ",
               flops_per_token / 1e6, " MFLOP/token"));
   say(parallel_.describe() + (dp > 1 ? message(config_.parallel.zero ? ", ZeRO-1" : "",
                                                sync_ ? message(", ", sync_->num_buckets(), " gradient buckets") : "")

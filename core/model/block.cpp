@@ -43,6 +43,12 @@ const bf16* Gpt::w16(const Tensor& value) const {
 const bf16* Gpt::w16(Role role, int layer) const { return w16(table_.get(role, layer).value); }
 
 // ---- The activation ops: each kernel's fp32 or bf16 twin, by the activations' dtype. ----
+// (The LLaMA family's RMSNorm, rotary embeddings and SwiGLU exist in fp32 on the cpu only; the
+// model refuses them elsewhere.)
+
+const float* Gpt::bias_of(Role bias, int l) const {
+  return table_.has(bias, l) ? table_.get(bias, l).value.f32() : nullptr;
+}
 
 // out (n, out) = in (n, in) W + b.
 void Gpt::linear_forward(Tensor& out, const Tensor& in, std::int64_t n, Role weight, Role bias, int l) {
@@ -51,7 +57,7 @@ void Gpt::linear_forward(Tensor& out, const Tensor& in, std::int64_t n, Role wei
   if (is_bf16(out))
     return kernels_->bf16->linear_forward(b16(out), b16(in), w16(w.value), w16(bias, l), n, in_dim, out_dim);
   const bool row_parallel = w.split == Split::rows;
-  const float* b = row_parallel && shape_.tp_rank != 0 ? nullptr : table_.get(bias, l).value.f32();
+  const float* b = row_parallel && shape_.tp_rank != 0 ? nullptr : bias_of(bias, l);
   kernels_->linear_forward(out.f32(), in.f32(), w.value.f32(), b, n, in_dim, out_dim, shape_.bf16_matmul);
   if (row_parallel) tp_sum(out.f32(), n * out_dim);
 }
@@ -65,14 +71,14 @@ void Gpt::linear_gelu_forward(Tensor& out, Tensor& pre, const Tensor& in, std::i
   if (is_bf16(out))
     return kernels_->bf16->linear_forward_gelu(b16(out), b16(pre), b16(in), w16(w.value), w16(bias, l), n, in_dim,
                                                out_dim);
-  kernels_->linear_forward_gelu(out.f32(), pre.f32(), in.f32(), w.value.f32(), table_.get(bias, l).value.f32(), n,
-                                in_dim, out_dim, shape_.bf16_matmul);
+  kernels_->linear_forward_gelu(out.f32(), pre.f32(), in.f32(), w.value.f32(), bias_of(bias, l), n, in_dim, out_dim,
+                                shape_.bf16_matmul);
 }
 
 // dinp = dout W^T, dW += in^T dout, db += sums of dout (training rows).
 void Gpt::linear_backward(Tensor& dinp, const Tensor& dout, const Tensor& in, Role weight, Role bias, int l) {
   Parameter& w = table_.get(weight, l);
-  float* db = table_.get(bias, l).grad.f32();
+  float* db = table_.has(bias, l) ? table_.get(bias, l).grad.f32() : nullptr;
   const std::int64_t n = block_dims().n, in_dim = w.value.shape()[0], out_dim = w.value.shape()[1];
   if (is_bf16(dinp))
     return kernels_->bf16->linear_backward(b16(dinp), w.grad.f32(), db, b16(dout), b16(in), w16(w.value), n, in_dim,
@@ -84,6 +90,8 @@ void Gpt::linear_backward(Tensor& dinp, const Tensor& dout, const Tensor& in, Ro
 
 void Gpt::norm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& in, std::int64_t n, NormRef norm) {
   const float* g = table_.get(norm.weight, norm.layer).value.f32();
+  if (shape_.rms_norm)
+    return kernels_->rmsnorm_forward(out.f32(), rstd.f32(), in.f32(), g, n, shape_.n_embd, shape_.norm_eps);
   const float* b = table_.get(norm.bias, norm.layer).value.f32();
   if (is_bf16(out))
     return kernels_->bf16->layernorm_forward(b16(out), mean.f32(), rstd.f32(), b16(in), g, b, n, shape_.n_embd);
@@ -94,6 +102,9 @@ void Gpt::norm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& in
 void Gpt::residual_norm_forward(Tensor& residual, Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& in,
                                 const Tensor& delta, std::int64_t n, NormRef norm) {
   const float* g = table_.get(norm.weight, norm.layer).value.f32();
+  if (shape_.rms_norm)
+    return kernels_->residual_rmsnorm_forward(residual.f32(), out.f32(), rstd.f32(), in.f32(), delta.f32(), g, n,
+                                              shape_.n_embd, shape_.norm_eps);
   const float* b = table_.get(norm.bias, norm.layer).value.f32();
   if (is_bf16(out))
     return kernels_->bf16->residual_layernorm_forward(b16(residual), b16(out), mean.f32(), rstd.f32(), b16(in),
@@ -106,8 +117,11 @@ void Gpt::residual_norm_forward(Tensor& residual, Tensor& out, Tensor& mean, Ten
 void Gpt::norm_backward(Tensor& dinp, const Tensor& dout, const Tensor& in, const Tensor& mean, const Tensor& rstd,
                         NormRef norm) {
   Parameter& w = table_.get(norm.weight, norm.layer);
-  float* db = table_.get(norm.bias, norm.layer).grad.f32();
   const std::int64_t n = block_dims().n;
+  if (shape_.rms_norm)
+    return kernels_->rmsnorm_backward(dinp.f32(), w.grad.f32(), dout.f32(), in.f32(), w.value.f32(), rstd.f32(), n,
+                                      shape_.n_embd);
+  float* db = table_.get(norm.bias, norm.layer).grad.f32();
   if (is_bf16(dinp))
     return kernels_->bf16->layernorm_backward(b16(dinp), w.grad.f32(), db, b16(dout), b16(in), w.value.f32(),
                                               mean.f32(), rstd.f32(), n, shape_.n_embd);
@@ -139,6 +153,13 @@ void Gpt::gelu_backward(Tensor& dinp, const Tensor& pre, const Tensor& dout, std
   kernels_->gelu_backward(dinp.f32(), pre.f32(), dout.f32(), n);
 }
 
+// Rotary embeddings on the q and k heads of n rows of q|k|v, in place (backward: their gradient).
+void Gpt::rope(Tensor& qkv, const std::int32_t* positions, std::int64_t n, bool backward) {
+  const std::int64_t heads = shape_.local_heads(), hd = shape_.head_size();
+  (backward ? kernels_->rope_backward : kernels_->rope_forward)(qkv.f32(), rope_cos_.f32(), rope_sin_.f32(), positions,
+                                                                n, heads, heads, hd);
+}
+
 // ---- The sub-layers and the block. ----
 
 // pass.scratch (n, C) = Attn(in): the fused q|k|v product, the pass's attention core, the output
@@ -146,6 +167,7 @@ void Gpt::gelu_backward(Tensor& dinp, const Tensor& pre, const Tensor& dout, std
 void Gpt::attention_forward(int l, const Tensor& in, const BlockPass& pass) {
   LayerActs& a = pass.layer(l);
   linear_forward(a.qkv, in, pass.n, Role::qkv_weight, Role::qkv_bias, l);
+  if (shape_.rope) rope(a.qkv, pass.positions, pass.n, false);
   pass.attend(l, a);
   linear_forward(pass.scratch, a.atty, pass.n, Role::attn_out_weight, Role::attn_out_bias, l);
 }
@@ -155,13 +177,20 @@ void Gpt::attention_backward(int l, const Tensor& dout, const Tensor& in, Tensor
   const LayerActs& a = acts_[l];
   linear_backward(dtmp_, dout, a.atty, Role::attn_out_weight, Role::attn_out_bias, l);
   attention_core_backward(l, dqkv_, dtmp_, a);
+  if (shape_.rope) rope(dqkv_, staged_.positions, block_dims().n, true);
   linear_backward(dinp, dqkv_, in, Role::qkv_weight, Role::qkv_bias, l);
 }
 
-// pass.scratch (n, C) = MLP(in) = GELU(in W_fc + b) W_proj + b.
+// pass.scratch (n, C) = MLP(in) = GELU(in W_fc + b) W_proj + b, or with SwiGLU
+// (silu(in W_gate) * (in W_up)) W_down (W_gate | W_up fused).
 void Gpt::mlp_forward(int l, const Tensor& in, const BlockPass& pass) {
   LayerActs& a = pass.layer(l);
-  linear_gelu_forward(a.fch_gelu, a.fch, in, pass.n, Role::mlp_in_weight, Role::mlp_in_bias, l);
+  if (shape_.swiglu) {
+    linear_forward(a.fch, in, pass.n, Role::mlp_in_weight, Role::mlp_in_bias, l);
+    kernels_->swiglu_forward(a.fch_gelu.f32(), a.fch.f32(), pass.n, shape_.local_ffn());
+  } else {
+    linear_gelu_forward(a.fch_gelu, a.fch, in, pass.n, Role::mlp_in_weight, Role::mlp_in_bias, l);
+  }
   linear_forward(pass.scratch, a.fch_gelu, pass.n, Role::mlp_out_weight, Role::mlp_out_bias, l);
 }
 
@@ -169,6 +198,10 @@ void Gpt::mlp_forward(int l, const Tensor& in, const BlockPass& pass) {
 void Gpt::mlp_backward(int l, const Tensor& dout, const Tensor& in, Tensor& dinp) {
   const LayerActs& a = acts_[l];
   linear_backward(dfch_, dout, a.fch_gelu, Role::mlp_out_weight, Role::mlp_out_bias, l);
+  if (shape_.swiglu) {
+    kernels_->swiglu_backward(dgate_up_.f32(), a.fch.f32(), dfch_.f32(), block_dims().n, shape_.local_ffn());
+    return linear_backward(dinp, dgate_up_, in, Role::mlp_in_weight, Role::mlp_in_bias, l);
+  }
   gelu_backward(dfch_, a.fch, dfch_, block_dims().n * shape_.local_ffn());
   linear_backward(dinp, dfch_, in, Role::mlp_in_weight, Role::mlp_in_bias, l);
 }

@@ -80,7 +80,7 @@ void Decoder::allocate(int batch) {
   for (Tensor* t : {&a.ln1_mean, &a.ln1_rstd, &a.ln2_mean, &a.ln2_rstd, &a.lse, &lnf_mean_, &lnf_rstd_})
     *t = Tensor::empty({b}, DType::f32, d);
   a.qkv = Tensor::empty({b, 3 * c}, act, d);
-  a.fch = Tensor::empty({b, f}, act, d);
+  a.fch = Tensor::empty({b, s.swiglu ? 2 * f : f}, act, d);
   a.fch_gelu = Tensor::empty({b, f}, act, d);
   if (s.bf16) {
     qkv32_ = Tensor::empty({b, 3 * c}, DType::f32, d);
@@ -161,7 +161,7 @@ const float* Decoder::step(const std::vector<int>& sequences, const std::vector<
   }
   // The trunk's blocks, as in training, over one row per sequence; then the LM head.
   model_.embed(x_, token_ids, token_ids + n, n);
-  const Gpt::BlockPass pass{acts_, n, scratch_, &lnf_, &lnf_mean_, &lnf_rstd_,
+  const Gpt::BlockPass pass{acts_, n, scratch_, &lnf_, &lnf_mean_, &lnf_rstd_, token_ids + n,
                             [this](int layer, Gpt::LayerActs& a) { attend(layer, a); }, s.post_norm};
   model_.blocks_forward(x_, pass);
   const Tensor& hidden = s.post_norm ? pass.output(s.n_layer - 1) : lnf_;

@@ -27,11 +27,21 @@ Gpt::Gpt(const GptShape& shape, Device device, TensorParallel* tp)
              shape.post_norm ? " post-LN" : "", kernels_->has_bf16_activations() ? "" : " on the cpu",
              shape.tp_size > 1 ? " tensor-parallel" : "", "; use model.dtype=f32 (model.matmul=bf16 "
              "gives bf16 products with fp32 activations)");
+  KILN_CHECK(!shape.llama_family() || (kernels_->has_llama_family() && !shape.bf16),
+             "RMSNorm, rotary embeddings, SwiGLU and bias-free linears (the LLaMA family) run with fp32 "
+             "activations on the cpu in this version; use train.device=cpu and model.dtype=f32");
   KILN_CHECK(device == Device::cpu || shape.tp_size == 1,
              "tensor parallelism (parallel.tp=", shape.tp_size, ") runs on the cpu only in this "
              "version; its reductions on cuda need the NCCL path, which is not wired in yet: set "
              "parallel.tp=1 or train.device=cpu");
   make_bf16_weights();
+  if (shape.rope) {
+    const std::int64_t half = shape.head_size() / 2;
+    Tensor cos = Tensor::empty({shape.context, half}), sin = Tensor::empty({shape.context, half});
+    rope_tables(cos.f32(), sin.f32(), shape.context, shape.head_size(), shape.rope_theta);
+    rope_cos_ = cos.to(device);
+    rope_sin_ = sin.to(device);
+  }
 }
 
 void Gpt::make_bf16_weights() {
@@ -116,7 +126,7 @@ void Gpt::ensure_activations(int batch, int seq_len, bool keep) {
     table.insert(table.end(), {{&a.ln1, {n, c}}, {&a.ln1_mean, {n}}, {&a.ln1_rstd, {n}},
                                {&a.qkv, {n, 3 * cl}}, {&a.atty, {n, cl}}, {&a.lse, {batch, nh, seq_len}},
                                {&a.res2, {n, c}}, {&a.ln2, {n, c}}, {&a.ln2_mean, {n}},
-                               {&a.ln2_rstd, {n}}, {&a.fch, {n, fl}}, {&a.fch_gelu, {n, fl}},
+                               {&a.ln2_rstd, {n}}, {&a.fch, {n, shape_.swiglu ? 2 * fl : fl}}, {&a.fch_gelu, {n, fl}},
                                {&a.res3, {n, c}}});
   }
   table.insert(table.end(), {{&encoded_, {n, c}}, {&lnf_, {n, c}}, {&lnf_mean_, {n}},
@@ -124,7 +134,7 @@ void Gpt::ensure_activations(int batch, int seq_len, bool keep) {
                              {&losses_, {batch, seq_len}}, {&row_max_, {n}}, {&row_sum_, {n}},
                              {&target_logit_, {n}}, {&scratch_, {n, c}}, {&dres_, {n, c}},
                              {&dtmp_, {n, c}}, {&dtmp2_, {n, c}}, {&dqkv_, {n, 3 * cl}},
-                             {&dfch_, {n, fl}}});
+                             {&dfch_, {n, fl}}, {&dgate_up_, {shape_.swiglu ? n : 0, 2 * fl}}});
   // Statistics and losses stay fp32; with model.dtype bf16 everything else is bf16, in a second
   // arena.
   std::vector<const Tensor*> stats = {&lnf_mean_, &lnf_rstd_, &losses_, &row_max_, &row_sum_, &target_logit_};
@@ -343,14 +353,15 @@ bf16* b16(const Tensor& t) { return static_cast<bf16*>(const_cast<void*>(t.raw()
 void Gpt::embed(Tensor& out, const std::int32_t* tokens, const std::int32_t* positions, std::int64_t n) {
   const std::int64_t c = shape_.n_embd;
   const Parameter& wte = table_.get(Role::token_embedding);
-  const Parameter& wpe = table_.get(Role::position_embedding);
+  const bool learned = table_.has(Role::position_embedding);  // not with rotary embeddings
+  const Parameter* wpe = learned ? &table_.get(Role::position_embedding) : nullptr;
   if (is_bf16(out))
-    return kernels_->bf16->embedding_forward(b16(out), tokens, positions, w16(wte.value), w16(wpe.value), n, c, 0,
+    return kernels_->bf16->embedding_forward(b16(out), tokens, positions, w16(wte.value), w16(wpe->value), n, c, 0,
                                              shape_.local_vocab());
   // Vocabulary-parallel: each rank embeds the tokens of its shard (one rank adds positions), and
   // the sum over ranks is the embedding.
   kernels_->embedding_forward(out.f32(), tokens, positions, wte.value.f32(),
-                              shape_.tp_rank == 0 ? wpe.value.f32() : nullptr, n, c, shape_.vocab_first(),
+                              shape_.tp_rank == 0 && wpe ? wpe->value.f32() : nullptr, n, c, shape_.vocab_first(),
                               shape_.local_vocab());
   tp_sum(out.f32(), n * c);
 }
@@ -358,7 +369,7 @@ void Gpt::embed(Tensor& out, const std::int32_t* tokens, const std::int32_t* pos
 void Gpt::embed_backward(const Tensor& dout) {
   const std::int64_t n = block_dims().n, c = shape_.n_embd;
   float* dwte = table_.get(Role::token_embedding).grad.f32();
-  float* dwpe = table_.get(Role::position_embedding).grad.f32();
+  float* dwpe = table_.has(Role::position_embedding) ? table_.get(Role::position_embedding).grad.f32() : nullptr;
   if (is_bf16(dout))
     return kernels_->bf16->embedding_backward(dwte, dwpe, b16(dout), staged_.inputs, staged_.positions, n, c,
                                               shape_.vocab_first(), shape_.local_vocab());
@@ -378,7 +389,7 @@ void Gpt::product(Tensor& c, const Tensor& a, const Tensor& b, std::int64_t m, s
 }
 
 Gpt::BlockPass Gpt::training_pass() {
-  return {acts_, block_dims().n, scratch_, &lnf_, &lnf_mean_, &lnf_rstd_,
+  return {acts_, block_dims().n, scratch_, &lnf_, &lnf_mean_, &lnf_rstd_, staged_.positions,
           [this](int layer, LayerActs& a) { attention_core_forward(layer, a); }, shape_.post_norm};
 }
 

@@ -128,7 +128,7 @@ class Gpt {
     Tensor lse;                      // (B, NH, T)
     Tensor res2;                     // (N, C) residual after attention (post-LN: before LN1)
     Tensor ln2, ln2_mean, ln2_rstd;  // (N, C), (N), (N)
-    Tensor fch, fch_gelu;            // (N, F)
+    Tensor fch, fch_gelu;            // (N, F) (fch: (N, 2F), gate|up, with SwiGLU), the activation
     Tensor res3;                     // (N, C) residual after MLP (post-LN: before LN2)
   };
 
@@ -163,6 +163,7 @@ class Gpt {
     std::int64_t n;
     Tensor& scratch;                        // (n, C)
     Tensor *lnf, *lnf_mean, *lnf_rstd;      // the final norm's output and statistics (pre-LN)
+    const std::int32_t* positions;          // (n): each row's position (rotary embeddings)
     Attend attend;
     LayerActs& layer(int l) const { return acts[acts.size() == 1 ? 0 : l]; }
     bool post_norm;
@@ -197,6 +198,8 @@ class Gpt {
   void attention_core_forward(int l, LayerActs& a);
   void attention_core_backward(int l, Tensor& dqkv, const Tensor& dout, const LayerActs& a);
   void gelu_backward(Tensor& dinp, const Tensor& pre, const Tensor& dout, std::int64_t n);
+  void rope(Tensor& qkv, const std::int32_t* positions, std::int64_t n, bool backward);
+  const float* bias_of(Role bias, int l) const;  // null when the spec has no such bias
   // The trunk's ends (gpt.cpp), by dtype as well: the embeddings (summed over the
   // tensor-parallel ranks) and their backward, and c (m, n) = op(a) op(b) (+ beta c) for the LM
   // head, where an fp32 operand beside bf16 activations is a parameter and its bf16 copy is read.
@@ -227,7 +230,9 @@ class Gpt {
   std::vector<LayerActs> acts_;
   Tensor encoded_, lnf_, lnf_mean_, lnf_rstd_, logits_, losses_;
   Tensor row_max_, row_sum_, target_logit_;  // (N) vocabulary-parallel cross-entropy
-  Tensor scratch_, dres_, dtmp_, dtmp2_, dqkv_, dfch_;  // (N, C) x4, (N, 3C), (N, 4C)
+  Tensor scratch_, dres_, dtmp_, dtmp2_, dqkv_, dfch_;  // (N, C) x4, (N, 3C), (N, F)
+  Tensor dgate_up_;  // (N, 2F): SwiGLU's input gradient
+  Tensor rope_cos_, rope_sin_;  // (context, head size / 2): rotary tables (position=rope)
   std::vector<std::int32_t> positions_;
   // Layouts for the current sequence length: one per distinct pattern, and each layer's.
   std::vector<BlockLayout> layouts_;

@@ -1,4 +1,5 @@
-// The parameter table (params.h): GPT-2's parameters declared once, and their buffers.
+// The parameter table (params.h): each architecture's parameters declared once (GPT-2's and
+// LLaMA's names), and their buffers.
 #include "core/model/params.h"
 
 #include <cmath>
@@ -7,15 +8,24 @@
 
 namespace kiln {
 
+namespace {
+std::vector<ParamSpec> declare_llama_parameters(const GptShape& s);
+void drop_absent(const GptShape& s, std::vector<ParamSpec>& t);
+std::vector<ParamSpec> with_heads(const GptShape& s, std::vector<ParamSpec> t);
+}  // namespace
+
 std::vector<ParamSpec> declare_parameters(const GptShape& s) {
+  if (s.llama_names) return declare_llama_parameters(s);
   const std::int64_t c = s.n_embd, f = s.ffn();
   const float residual = 1.0f / std::sqrt(2.0f * s.n_layer);  // GPT-2's scaled residual projections
   // name, role, layer, whole shape, split, decay, init std (x model.init_std), constant
   std::vector<ParamSpec> t = {
-      {"transformer.wte.weight", Role::token_embedding, -1, {s.padded_vocab, c}, Split::rows, false, 1, 0},
-      {"transformer.wpe.weight", Role::position_embedding, -1, {s.context, c}, Split::none, false, 1, 0}};
+      {"transformer.wte.weight", Role::token_embedding, -1, {s.padded_vocab, c}, Split::rows, false, 1, 0}};
+  if (!s.rope) t.push_back({"transformer.wpe.weight", Role::position_embedding, -1, {s.context, c}, Split::none, false, 1, 0});
   for (int l = 0; l < s.n_layer; ++l) {
     const std::string p = "transformer.h." + std::to_string(l) + ".";
+    const std::int64_t mlp_in = s.swiglu ? 2 * f : f;
+    const Split mlp_split = s.swiglu ? Split::gate_up : Split::cols;
     t.insert(t.end(), {
         {p + "ln_1.weight", Role::norm1_weight, l, {c}, Split::none, false, 0, 1},
         {p + "ln_1.bias", Role::norm1_bias, l, {c}, Split::none, false, 0, 0},
@@ -25,8 +35,8 @@ std::vector<ParamSpec> declare_parameters(const GptShape& s) {
         {p + "attn.c_proj.bias", Role::attn_out_bias, l, {c}, Split::none, false, 0, 0},
         {p + "ln_2.weight", Role::norm2_weight, l, {c}, Split::none, false, 0, 1},
         {p + "ln_2.bias", Role::norm2_bias, l, {c}, Split::none, false, 0, 0},
-        {p + "mlp.c_fc.weight", Role::mlp_in_weight, l, {c, f}, Split::cols, true, 1, 0},
-        {p + "mlp.c_fc.bias", Role::mlp_in_bias, l, {f}, Split::cols, false, 0, 0},
+        {p + "mlp.c_fc.weight", Role::mlp_in_weight, l, {c, mlp_in}, mlp_split, true, 1, 0},
+        {p + "mlp.c_fc.bias", Role::mlp_in_bias, l, {mlp_in}, mlp_split, false, 0, 0},
         {p + "mlp.c_proj.weight", Role::mlp_out_weight, l, {f, c}, Split::rows, true, residual, 0},
         {p + "mlp.c_proj.bias", Role::mlp_out_bias, l, {c}, Split::none, false, 0, 0}});
   }
@@ -34,6 +44,60 @@ std::vector<ParamSpec> declare_parameters(const GptShape& s) {
     t.push_back({"transformer.ln_f.weight", Role::final_norm_weight, -1, {c}, Split::none, false, 0, 1});
     t.push_back({"transformer.ln_f.bias", Role::final_norm_bias, -1, {c}, Split::none, false, 0, 0});
   }
+  drop_absent(s, t);
+  return with_heads(s, std::move(t));
+}
+
+namespace {
+
+// Hugging Face's LlamaForCausalLM names, with kiln's layouts: matmul weights (in, out), q|k|v and
+// gate|up fused (kiln export and import convert).
+std::vector<ParamSpec> declare_llama_parameters(const GptShape& s) {
+  const std::int64_t c = s.n_embd, f = s.ffn(), mlp_in = s.swiglu ? 2 * f : f;
+  const Split mlp_split = s.swiglu ? Split::gate_up : Split::cols;
+  const float residual = 1.0f / std::sqrt(2.0f * s.n_layer);
+  std::vector<ParamSpec> t = {
+      {"model.embed_tokens.weight", Role::token_embedding, -1, {s.padded_vocab, c}, Split::rows, false, 1, 0}};
+  if (!s.rope) t.push_back({"model.embed_positions.weight", Role::position_embedding, -1, {s.context, c}, Split::none, false, 1, 0});
+  for (int l = 0; l < s.n_layer; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    t.insert(t.end(), {
+        {p + "input_layernorm.weight", Role::norm1_weight, l, {c}, Split::none, false, 0, 1},
+        {p + "input_layernorm.bias", Role::norm1_bias, l, {c}, Split::none, false, 0, 0},
+        {p + "self_attn.qkv_proj.weight", Role::qkv_weight, l, {c, 3 * c}, Split::qkv, true, 1, 0},
+        {p + "self_attn.qkv_proj.bias", Role::qkv_bias, l, {3 * c}, Split::qkv, false, 0, 0},
+        {p + "self_attn.o_proj.weight", Role::attn_out_weight, l, {c, c}, Split::rows, true, residual, 0},
+        {p + "self_attn.o_proj.bias", Role::attn_out_bias, l, {c}, Split::none, false, 0, 0},
+        {p + "post_attention_layernorm.weight", Role::norm2_weight, l, {c}, Split::none, false, 0, 1},
+        {p + "post_attention_layernorm.bias", Role::norm2_bias, l, {c}, Split::none, false, 0, 0},
+        {p + (s.swiglu ? "mlp.gate_up_proj.weight" : "mlp.up_proj.weight"), Role::mlp_in_weight, l, {c, mlp_in}, mlp_split, true, 1, 0},
+        {p + (s.swiglu ? "mlp.gate_up_proj.bias" : "mlp.up_proj.bias"), Role::mlp_in_bias, l, {mlp_in}, mlp_split, false, 0, 0},
+        {p + "mlp.down_proj.weight", Role::mlp_out_weight, l, {f, c}, Split::rows, true, residual, 0},
+        {p + "mlp.down_proj.bias", Role::mlp_out_bias, l, {c}, Split::none, false, 0, 0}});
+  }
+  if (!s.post_norm) {
+    t.push_back({"model.norm.weight", Role::final_norm_weight, -1, {c}, Split::none, false, 0, 1});
+    t.push_back({"model.norm.bias", Role::final_norm_bias, -1, {c}, Split::none, false, 0, 0});
+  }
+  drop_absent(s, t);
+  return with_heads(s, std::move(t));
+}
+
+bool is_bias(Role r) {
+  return r == Role::norm1_bias || r == Role::norm2_bias || r == Role::final_norm_bias || r == Role::qkv_bias ||
+         r == Role::attn_out_bias || r == Role::mlp_in_bias || r == Role::mlp_out_bias;
+}
+
+// Biases the spec has not: none without model.bias, and no norm bias with RMSNorm.
+void drop_absent(const GptShape& s, std::vector<ParamSpec>& t) {
+  std::erase_if(t, [&](const ParamSpec& p) {
+    const bool norm = p.role == Role::norm1_bias || p.role == Role::norm2_bias || p.role == Role::final_norm_bias;
+    return is_bias(p.role) && (!s.bias || (norm && s.rms_norm));
+  });
+}
+
+std::vector<ParamSpec> with_heads(const GptShape& s, std::vector<ParamSpec> t) {
+  const std::int64_t c = s.n_embd;
   // The untied LM head: vocabulary-parallel like wte, a decayed matmul weight (Hugging Face's
   // lm_head.weight).
   if (!s.tied_head) t.push_back({"lm_head.weight", Role::lm_head, -1, {s.padded_vocab, c}, Split::rows, true, 1, 0});
@@ -41,6 +105,8 @@ std::vector<ParamSpec> declare_parameters(const GptShape& s) {
   if (s.score_head) t.push_back({"score.weight", Role::score_weight, -1, {1, c}, Split::none, true, 1, 0});
   return t;
 }
+
+}  // namespace
 
 ParamTable::ParamTable(const GptShape& shape, Device device) : tp_size_(shape.tp_size), tp_rank_(shape.tp_rank) {
   const std::vector<ParamSpec> specs = declare_parameters(shape);
@@ -50,7 +116,7 @@ ParamTable::ParamTable(const GptShape& shape, Device device) : tp_size_(shape.tp
   for (const ParamSpec& s : specs) {
     Shape l = s.full_shape;
     if (s.split == Split::rows) l.front() /= tp_size_;
-    if (s.split == Split::cols || s.split == Split::qkv) l.back() /= tp_size_;
+    if (s.split == Split::cols || s.split == Split::qkv || s.split == Split::gate_up) l.back() /= tp_size_;
     total += shape_numel(l);
     local.push_back(std::move(l));
   }
@@ -76,6 +142,13 @@ ParamTable::ParamTable(const GptShape& shape, Device device) : tp_size_(shape.tp
   }
   if (shape.n_layer == 0) first_block_ = blocks_end_ = params_.size();
   heads_first_ = params_.size();
+  blocks_.assign(shape.n_layer, ParamRange{0, 0});
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const int l = params_[i].layer;
+    if (l < 0) continue;
+    if (blocks_[l].end == 0) blocks_[l].first = i;
+    blocks_[l].end = i + 1;
+  }
   auto is_head = [](Role r) { return r == Role::lm_head || r == Role::score_weight; };
   while (heads_first_ > blocks_end_ && is_head(params_[heads_first_ - 1].role)) --heads_first_;
 }
@@ -96,10 +169,7 @@ const Parameter& ParamTable::by_name(const std::string& name) const {
   throw Error(message("the model has no parameter named '", name, "'"));
 }
 
-ParamRange ParamTable::block(int layer) const {
-  // A block's parameters are adjacent in the table: from its first role to its last.
-  return {index(Role::norm1_weight, layer), index(Role::mlp_out_bias, layer) + 1};
-}
+ParamRange ParamTable::block(int layer) const { return blocks_[layer]; }
 
 std::int64_t ParamTable::full_index(const Parameter& p, std::int64_t local) const {
   const std::int64_t r = tp_rank_;
@@ -112,9 +182,11 @@ std::int64_t ParamTable::full_index(const Parameter& p, std::int64_t local) cons
       return r * p.value.numel() + local;
     case Split::cols:
       return local / cols * full_cols + r * cols + local % cols;
-    case Split::qkv: {
-      const std::int64_t part_width = cols / 3, j = local % cols;  // local: [q_r | k_r | v_r]
-      return local / cols * full_cols + (j / part_width) * (full_cols / 3) + r * part_width + j % part_width;
+    case Split::qkv:
+    case Split::gate_up: {
+      // local: [q_r | k_r | v_r] or [gate_r | up_r]
+      const std::int64_t parts = split_parts(p.split), part_width = cols / parts, j = local % cols;
+      return local / cols * full_cols + (j / part_width) * (full_cols / parts) + r * part_width + j % part_width;
     }
   }
   return local;

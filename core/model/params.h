@@ -25,7 +25,11 @@ enum class Split {
   rows,  // dimension 0 cut in tp_size equal runs (wte by vocabulary, row-parallel weights)
   cols,  // the last dimension cut in equal runs (column-parallel weights and biases)
   qkv,   // the last dimension is [q | k | v], each cut by heads (c_attn)
+  gate_up,  // the last dimension is [gate | up] (SwiGLU), each cut in equal runs
 };
+
+// How many equal parts a split's last dimension holds, each cut across the ranks.
+inline int split_parts(Split s) { return s == Split::qkv ? 3 : s == Split::gate_up ? 2 : 1; }
 
 // What a parameter is in the architecture. Code asks for (role, layer), never for a name or a
 // position in the buffer.
@@ -43,7 +47,7 @@ enum class Role {
   score_weight,        // (1, C): a scalar head on the trunk (reward, value), when the spec has one
 };
 constexpr int kRoles = static_cast<int>(Role::score_weight) + 1;
-constexpr int kBlockRoles = 12;  // norm1_weight .. mlp_out_bias
+constexpr int kBlockRoles = 12;  // norm1_weight .. mlp_out_bias: a GPT-2 block
 
 struct ParamSpec {
   std::string name;  // Hugging Face GPT-2 name, e.g. "transformer.h.0.attn.c_attn.weight"
@@ -101,6 +105,7 @@ class ParamTable {
   std::vector<Parameter> params_;
   Tensor values_, grads_;
   std::size_t first_block_ = 0, blocks_end_ = 0, heads_first_ = 0;
+  std::vector<ParamRange> blocks_;  // each layer's parameters (adjacent in the table)
   std::vector<std::vector<std::size_t>> by_role_;  // [role][layer + 1] -> index, or npos
 };
 

@@ -29,6 +29,14 @@ GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp
   s.bf16 = config.dtype == "bf16";
   s.recompute = config.recompute != 0;
   s.tied_head = config.tie_embeddings != 0;
+  s.rms_norm = config.norm_kind == "rmsnorm";
+  s.norm_eps = config.norm_eps;
+  s.rope = config.position == "rope";
+  s.rope_theta = config.rope_theta;
+  s.swiglu = config.mlp == "swiglu";
+  s.bias = config.bias != 0;
+  s.llama_names = config.arch == "llama";
+  s.mlp_multiple_of = config.mlp_multiple_of;
   s.attention_block = config.attention_block;
   s.tp_size = tp_size;
   s.tp_rank = tp_rank;
@@ -50,6 +58,25 @@ GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp
   KILN_CHECK(s.ffn() % tp_size == 0, "the MLP width ", s.ffn(), " (model.mlp_width; 0: 4 x n_embd)",
              " is not divisible by parallel.tp=", tp_size);
   return s;
+}
+
+std::string GptShape::describe() const {
+  std::string s = std::string(post_norm ? "post" : "pre") + (rms_norm ? "-norm RMSNorm" : "-LN");
+  if (rope) s += ", RoPE";
+  if (swiglu) s += ", SwiGLU " + std::to_string(ffn());
+  else if (ffn() != 4 * n_embd) s += ", MLP " + std::to_string(ffn());
+  if (!bias) s += ", no biases";
+  if (!tied_head) s += ", untied head";
+  return s;
+}
+
+int GptShape::ffn() const {
+  if (mlp_width > 0) return mlp_width;
+  if (!swiglu) return 4 * n_embd;
+  // LLaMA's rule: two thirds of 4 x n_embd (SwiGLU has three matrices, not two), truncated, then
+  // rounded up to a multiple of mlp_multiple_of.
+  const int m = mlp_multiple_of, two_thirds = 8 * n_embd / 3;
+  return (two_thirds + m - 1) / m * m;
 }
 
 // Both counts read the parameter table (params.cpp), so they follow the architecture.

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/config.h"
@@ -21,7 +22,15 @@ struct GptShape {
   int vocab = 0;         // real vocabulary
   int padded_vocab = 0;  // vocab rounded up to a multiple of vocab_multiple
   bool post_norm = false;
-  int mlp_width = 0;     // hidden width of the MLP; 0: 4 * n_embd (GPT-2)
+  bool rms_norm = false;     // RMSNorm (no bias) instead of LayerNorm
+  float norm_eps = 1e-5f;
+  bool rope = false;         // rotary position embeddings (no learned positions)
+  float rope_theta = 10000.0f;
+  bool swiglu = false;       // SwiGLU MLP (fused gate|up projection) instead of GELU
+  bool bias = true;          // linears (and LayerNorms) have biases
+  bool llama_names = false;  // parameters named as Hugging Face's LlamaForCausalLM (model.arch=llama)
+  int mlp_width = 0;     // hidden width of the MLP; 0: 4 * n_embd (GELU), LLaMA's rule (SwiGLU)
+  int mlp_multiple_of = 256;  // SwiGLU with mlp_width 0: 8/3 n_embd rounded up to a multiple of this
   bool tied_head = true;    // the LM head is the token embedding (model.tie_embeddings), else lm_head.weight
   bool score_head = false;  // a scalar head (score.weight) on the trunk: reward and value models
   bool bf16_matmul = false;
@@ -39,9 +48,15 @@ struct GptShape {
   // heads and the MLP width divide.
   static GptShape from_config(const ModelConfig& config, int vocab_size, int tp_size = 1, int tp_rank = 0);
   std::int64_t num_params() const;  // of the whole (unsharded) model
+  // The block in words: "pre-LN" for GPT-2; the LLaMA family's parts named, e.g. "pre-norm
+  // RMSNorm, RoPE, SwiGLU 512, no biases, untied head".
+  std::string describe() const;
   int local_heads() const { return n_head / tp_size; }
   int local_width() const { return n_embd / tp_size; }       // attention width of the shard
-  int ffn() const { return mlp_width > 0 ? mlp_width : 4 * n_embd; }  // MLP width
+  int head_size() const { return n_embd / n_head; }
+  // LLaMA-family parts (RMSNorm, RoPE, SwiGLU, no biases): their kernels exist on the cpu only.
+  bool llama_family() const { return rms_norm || rope || swiglu || !bias; }
+  int ffn() const;                                            // MLP width
   int local_ffn() const { return ffn() / tp_size; }          // MLP width of the shard
   int local_vocab() const { return padded_vocab / tp_size; }  // vocabulary rows of the shard
   int vocab_first() const { return tp_rank * local_vocab(); }

@@ -310,7 +310,7 @@ TEST(Config, ReferenceListsEveryKey) {
     ++keys;
     EXPECT_NE(ref.find(section + "." + name.substr(2)), std::string::npos) << line;
   }
-  EXPECT_EQ(keys, 64);  // every field of config.h (source aside)
+  EXPECT_EQ(keys, 67);  // every field of config.h (source aside)
 }
 
 TEST(Config, LoadMissingFileNamesPath) {
@@ -389,20 +389,46 @@ TEST(Config, PathsResolveAgainstTheFileThatNamesThem) {
   fs::remove_all(dir);
 }
 
-// The architecture keys: what is implemented parses, what comes with the next architectures is
-// an error naming the key and what to use; other tools' names for them are suggested.
+// The architecture keys: what is implemented parses, what is not yet is an error naming the key
+// and what to use; other tools' names for them are suggested.
 TEST(Config, ArchitectureKeysNotImplementedYetNameTheKey) {
   EXPECT_EQ(parse_config("model:\n  mlp_width: 96\n", kFile).model.mlp_width, 96);
-  expect_contains(parse_error("model:\n  norm_kind: rmsnorm\n"),
-                  {"configs/x.yaml:2", "model.norm_kind=rmsnorm is not implemented", "model.norm_kind=layernorm"});
-  expect_contains(parse_error("model:\n  position: rope\n"), {"model.position=rope", "not implemented"});
-  expect_contains(parse_error("model:\n  mlp: swiglu\n"), {"model.mlp=swiglu", "not implemented"});
+  EXPECT_EQ(parse_config("model:\n  norm_kind: rmsnorm\n  norm_eps: 1e-6\n", kFile).model.norm_kind, "rmsnorm");
+  EXPECT_EQ(parse_config("model:\n  position: rope\n", kFile).model.position, "rope");
+  EXPECT_EQ(parse_config("model:\n  mlp: swiglu\n", kFile).model.mlp, "swiglu");
+  expect_contains(parse_error("model:\n  position: rope\ntrain:\n  device: cuda\n"),
+                  {"configs/x.yaml:2", "model.position=rope runs on the cpu only", "train.device=cpu"});
+  expect_contains(parse_error("model:\n  n_head: 3\n  n_embd: 9\n  position: rope\n"),
+                  {"configs/x.yaml:4", "head size 3", "odd"});
   expect_contains(parse_error("model:\n  n_head: 4\n  n_kv_head: 2\n"), {"model.n_kv_head=2", "not implemented"});
   EXPECT_EQ(parse_config("model:\n  n_head: 4\n  n_kv_head: 4\n", kFile).model.n_kv_head, 4);
-  expect_contains(parse_error("model:\n  bias: 0\n"), {"model.bias=0", "not implemented"});
+  expect_contains(parse_error("model:\n  bias: 0\n"), {"model.bias=0 with model.norm_kind=layernorm", "not implemented",
+                                                        "model.norm_kind=rmsnorm"});
   EXPECT_EQ(parse_config("model:\n  tie_embeddings: 0\n", kFile).model.tie_embeddings, 0);
-  expect_contains(parse_error("model:\n  norm_eps: 1e-6\n"), {"model.norm_eps=1e-06", "not implemented"});
+  expect_contains(parse_error("model:\n  norm_eps: 1e-6\n"), {"model.norm_eps=1e-06 with model.norm_kind=layernorm", "not implemented"});
   expect_contains(parse_error("model:\n  intermediate_size: 96\n"), {"did you mean 'model.mlp_width'?"});
+}
+
+// model.arch=llama presets the LLaMA keys the config does not set; a key it sets wins, and the
+// preset's values say where they came from.
+TEST(Config, ArchPresetFillsWhatTheConfigDoesNotSet) {
+  const kiln::ModelConfig llama = parse_config("model:\n  arch: llama\n", kFile).model;
+  EXPECT_EQ(llama.norm_kind, "rmsnorm");
+  EXPECT_EQ(llama.position, "rope");
+  EXPECT_EQ(llama.mlp, "swiglu");
+  EXPECT_EQ(llama.bias, 0);
+  EXPECT_EQ(llama.tie_embeddings, 0);
+  const kiln::ModelConfig mixed = parse_config("model:\n  arch: llama\n  mlp: gelu\n  tie_embeddings: 1\n", kFile).model;
+  EXPECT_EQ(mixed.mlp, "gelu");
+  EXPECT_EQ(mixed.tie_embeddings, 1);
+  EXPECT_EQ(mixed.position, "rope");
+  const kiln::ModelConfig by_override =
+      kiln::parse_config("model:\n  n_head: 4\n", kFile, {"model.arch=llama", "model.position=learned"}).model;
+  EXPECT_EQ(by_override.norm_kind, "rmsnorm");
+  EXPECT_EQ(by_override.position, "learned");
+  EXPECT_EQ(parse_config("model:\n  n_head: 4\n", kFile).model.norm_kind, "layernorm");  // no arch: GPT-2
+  expect_contains(parse_error("model:\n  arch: llama\ntrain:\n  device: cuda\n"),
+                  {"model.norm_kind=rmsnorm runs on the cpu only", "model.arch=llama (configs/x.yaml:2)"});
 }
 
 TEST(Config, NamesOtherToolsUseSuggestTheKey) {

@@ -33,6 +33,20 @@ kiln::GptShape tiny_shape(bool post_norm, int mlp_width = 0) {
   return s;
 }
 
+// The LLaMA family at the same size: RMSNorm, rotary embeddings, SwiGLU (width 24), no biases,
+// an untied head, LLaMA's parameter names.
+kiln::GptShape tiny_llama(bool post_norm = false) {
+  kiln::GptShape s = tiny_shape(post_norm, 24);
+  s.rms_norm = true;
+  s.norm_eps = 1e-6f;
+  s.rope = true;
+  s.swiglu = true;
+  s.bias = false;
+  s.tied_head = false;
+  s.llama_names = true;
+  return s;
+}
+
 kiln::Batch tiny_batch(int b, int t, int vocab, bool with_mask) {
   kiln::Batch batch;
   batch.batch = b;
@@ -50,10 +64,7 @@ kiln::Batch tiny_batch(int b, int t, int vocab, bool with_mask) {
 
 // weighted: per-token float weights (negative and zero among them) on top of the mask, and the
 // LM head at `temperature`; the loss is then sum_i w_i * -log softmax(logits_i / T)[target_i].
-void check_model_gradients(bool post_norm, int mlp_width = 0, bool weighted = false, float temperature = 1.0f,
-                           bool tied = true) {
-  kiln::GptShape shape = tiny_shape(post_norm, mlp_width);
-  shape.tied_head = tied;
+void check_shape_gradients(const kiln::GptShape& shape, bool weighted = false, float temperature = 1.0f) {
   kiln::Gpt model(shape);
   model.init_weights(11, 0.3f);  // larger weights than GPT-2's so every path carries signal
   kiln::Batch batch = tiny_batch(2, 20, 37, true);
@@ -73,7 +84,7 @@ void check_model_gradients(bool post_norm, int mlp_width = 0, bool weighted = fa
   int checked = 0, failures = 0;
   for (auto& p : model.parameters()) {
     std::int64_t n = p.value.numel();
-    if (p.name == "transformer.wte.weight" || p.name == "lm_head.weight") n = 37 * 16;  // padded rows: no gradient
+    if (p.role == kiln::Role::token_embedding || p.role == kiln::Role::lm_head) n = 37 * 16;  // padded rows: no gradient
     for (int k = 0; k < 4; ++k) {
       const std::int64_t i = static_cast<std::int64_t>(pick.u64(checked * 7 + k) % n);
       float* w = p.value.f32() + i;
@@ -94,8 +105,15 @@ void check_model_gradients(bool post_norm, int mlp_width = 0, bool weighted = fa
   }
   EXPECT_EQ(failures, 0);
   // Padded vocabulary rows never receive gradient.
-  const auto& wte = model.parameter("transformer.wte.weight");
+  const auto& wte = model.params().get(kiln::Role::token_embedding);
   for (std::int64_t i = 37 * 16; i < wte.grad.numel(); ++i) ASSERT_EQ(wte.grad.f32()[i], 0.0f);
+}
+
+void check_model_gradients(bool post_norm, int mlp_width = 0, bool weighted = false, float temperature = 1.0f,
+                           bool tied = true) {
+  kiln::GptShape shape = tiny_shape(post_norm, mlp_width);
+  shape.tied_head = tied;
+  check_shape_gradients(shape, weighted, temperature);
 }
 
 }  // namespace
@@ -104,6 +122,34 @@ TEST(Gpt, PreLnGradientsMatchFiniteDifferences) { check_model_gradients(false); 
 TEST(Gpt, MlpWidthOtherThanFourTimesTheWidth) { check_model_gradients(false, 24); }
 TEST(Gpt, PerTokenWeightsMatchFiniteDifferences) { check_model_gradients(false, 0, true); }
 TEST(Gpt, UntiedHeadMatchesFiniteDifferences) { check_model_gradients(false, 0, false, 1.0f, false); }
+TEST(Gpt, LlamaGradientsMatchFiniteDifferences) { check_shape_gradients(tiny_llama()); }
+TEST(Gpt, PostNormLlamaPartsMatchFiniteDifferences) { check_shape_gradients(tiny_llama(true), true); }
+
+// The LLaMA table: Hugging Face's names, no biases and no learned positions, q|k|v and gate|up
+// fused, LLaMA's MLP width rule (8/3 of 4C, rounded up to a multiple).
+TEST(Gpt, LlamaParameterTable) {
+  kiln::GptShape s = tiny_llama();
+  kiln::Gpt model(s);
+  std::vector<std::string> names;
+  for (const kiln::Parameter& p : model.parameters()) names.push_back(p.name);
+  const std::vector<std::string> want = {
+      "model.embed_tokens.weight", "model.layers.0.input_layernorm.weight", "model.layers.0.self_attn.qkv_proj.weight",
+      "model.layers.0.self_attn.o_proj.weight", "model.layers.0.post_attention_layernorm.weight",
+      "model.layers.0.mlp.gate_up_proj.weight", "model.layers.0.mlp.down_proj.weight",
+      "model.layers.1.input_layernorm.weight", "model.layers.1.self_attn.qkv_proj.weight",
+      "model.layers.1.self_attn.o_proj.weight", "model.layers.1.post_attention_layernorm.weight",
+      "model.layers.1.mlp.gate_up_proj.weight", "model.layers.1.mlp.down_proj.weight", "model.norm.weight",
+      "lm_head.weight"};
+  EXPECT_EQ(names, want);
+  EXPECT_EQ(model.parameter("model.layers.0.mlp.gate_up_proj.weight").full_shape, (kiln::Shape{16, 48}));
+  EXPECT_EQ(model.params().block(1).end - model.params().block(1).first, 6u);
+  s.mlp_width = 0;
+  s.mlp_multiple_of = 32;
+  EXPECT_EQ(s.ffn(), 64);  // 8/3 * 16 = 42.7, rounded up to 64
+  s.n_embd = 4096;
+  s.mlp_multiple_of = 256;
+  EXPECT_EQ(s.ffn(), 11008);  // LLaMA-7B's
+}
 
 // An untied head is its own parameter in the heads group, saved without padded vocabulary rows
 // under Hugging Face's name, and counted once in the model FLOPs (as the tied head is).
@@ -427,8 +473,8 @@ TEST(Gpt, RejectsTokensOutsideTheVocabulary) {
 // The batched KV-cached decoder must produce, position by position, the logits of a full forward
 // pass, for every sequence of a ragged batch (three prompts of 20, 13 and 7 tokens fed in the same
 // steps, the shorter ones leaving the batch when done).
-void check_decoder_matches_forward(bool post_norm, int mlp_width = 0) {
-  kiln::Gpt model(tiny_shape(post_norm, mlp_width));
+void check_decoder_matches_forward(bool post_norm, int mlp_width = 0, bool llama = false) {
+  kiln::Gpt model(llama ? tiny_llama(post_norm) : tiny_shape(post_norm, mlp_width));
   model.init_weights(21, 0.3f);
   const std::vector<int> lengths = {20, 13, 7};
   std::vector<kiln::Batch> alone;
@@ -469,6 +515,7 @@ void check_decoder_matches_forward(bool post_norm, int mlp_width = 0) {
 TEST(Decoder, PreLnRaggedBatchMatchesFullForward) { check_decoder_matches_forward(false); }
 TEST(Decoder, PostLnRaggedBatchMatchesFullForward) { check_decoder_matches_forward(true); }
 TEST(Decoder, RaggedBatchMatchesFullForwardWithAnotherMlpWidth) { check_decoder_matches_forward(false, 24); }
+TEST(Decoder, LlamaRaggedBatchMatchesFullForward) { check_decoder_matches_forward(false, 0, true); }
 
 // Each sequence of a batch gets the tokens it gets alone: greedy, and sampled with its own seed,
 // with prompts of different lengths, stop tokens, and caches that slide past the context.
