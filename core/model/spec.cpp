@@ -55,8 +55,11 @@ GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp
              s.n_head, "; choose n_embd as a multiple of n_head");
   KILN_CHECK(s.n_head % tp_size == 0, "model.n_head=", s.n_head, " is not divisible by parallel.tp=",
              tp_size, ": tensor parallelism splits the heads; choose a tp that divides the heads");
-  KILN_CHECK(s.ffn() % tp_size == 0, "the MLP width ", s.ffn(), " (model.mlp_width; 0: 4 x n_embd)",
-             " is not divisible by parallel.tp=", tp_size);
+  KILN_CHECK(s.ffn() % tp_size == 0, "the MLP width ", s.ffn(),
+             s.mlp_width > 0 ? " (model.mlp_width)"
+             : s.swiglu      ? " (LLaMA's rule from model.n_embd and model.mlp_multiple_of)"
+                             : " (4 x model.n_embd)",
+             " is not divisible by parallel.tp=", tp_size, "; set model.mlp_width to a multiple of ", tp_size);
   return s;
 }
 

@@ -195,6 +195,28 @@ TEST_F(DataParallelTest, UntiedHeadTensorParallelMatchesOneRank) {
   expect_close(result.losses, one.losses, 0, 1e-4);
 }
 
+// The LLaMA family's parts under tensor parallelism: heads split with rotary embeddings, SwiGLU's
+// fused gate|up projection split part by part, RMSNorm and no biases: tp ranks equal one.
+TEST_F(DataParallelTest, LlamaTensorParallelMatchesOneRank) {
+  auto llama = [](kiln::ExperimentConfig c) {
+    c.model.arch = "llama";
+    c.model.norm_kind = "rmsnorm";
+    c.model.position = "rope";
+    c.model.mlp = "swiglu";
+    c.model.bias = 0;
+    c.model.tie_embeddings = 0;
+    c.model.mlp_multiple_of = 12;  // SwiGLU width 132: divisible by every tp tested (1 to 4)
+    return c;
+  };
+  kiln::TrainOptions quiet;
+  quiet.quiet = true;
+  const kiln::TrainResult one = kiln::Trainer(llama(config("llama_r" + std::to_string(world().rank()), 1)), quiet).run();
+  const kiln::TrainResult result = parallel(llama(config("llama_tp", world().size(), world().size())));
+  ASSERT_EQ(result.losses.size(), 20u);
+  expect_close(result.losses, one.losses, 0, 1e-4);
+  EXPECT_LT(one.losses.back(), one.losses.front());
+}
+
 TEST_F(DataParallelTest, DataTimesTensorParallelMatchesOneRank) {
   if (world().size() % 2 != 0 || world().size() < 4) GTEST_SKIP() << "needs 2 x 2 ranks or more";
   const kiln::TrainResult one = single("one");
