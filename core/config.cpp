@@ -606,17 +606,7 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
   if (m.position == "rope" && (m.n_embd / std::max(m.n_head, 1)) % 2 != 0)
     fail(set_at("model.position"), message("model.position=rope rotates pairs of dimensions, but the head size ",
                                            m.n_embd / std::max(m.n_head, 1), " (model.n_embd / model.n_head) is odd"));
-  // The LLaMA family's kernels exist on the cpu only, for now.
-  if (c.train.device == "cuda") {
-    auto cpu_only = [&](const std::string& dotted, const std::string& value) {
-      fail(set_at(dotted), message(dotted, "=", value, " runs on the cpu only in this version (its CUDA kernels "
-                                   "are not written yet); use train.device=cpu"));
-    };
-    if (m.norm_kind == "rmsnorm") cpu_only("model.norm_kind", "rmsnorm");
-    if (m.position == "rope") cpu_only("model.position", "rope");
-    if (m.mlp == "swiglu") cpu_only("model.mlp", "swiglu");
-    if (m.bias == 0) cpu_only("model.bias", "0");
-  }
+
   if (m.n_kv_head != 0 && m.n_kv_head != m.n_head)
     not_yet("model.n_kv_head", std::to_string(m.n_kv_head),
             "model.n_kv_head=0 (one key/value head per attention head, here " + std::to_string(m.n_head) + ")");

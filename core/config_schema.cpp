@@ -40,14 +40,14 @@ void model_keys(Schema& s) {
            "preset: gpt2, or llama (rmsnorm, rope, swiglu, no biases, untied head); set keys override it")
       .aka({"architecture", "model_type"})
       .key("norm", &ModelConfig::norm, one_of(kNormChoices), "norm placement")
-      .key("norm_kind", &ModelConfig::norm_kind, one_of(kNormKindChoices), "normalisation (rmsnorm: cpu only, for now)")
+      .key("norm_kind", &ModelConfig::norm_kind, one_of(kNormKindChoices), "normalisation")
       .key("norm_eps", &ModelConfig::norm_eps, above(0), "epsilon of the norms (layernorm: 1e-5 only, for now)")
       .aka({"layer_norm_epsilon", "layer_norm_eps", "rms_norm_eps", "eps_norm"})
       .key("position", &ModelConfig::position, one_of(kPositionChoices),
-           "positions: learned embeddings, or rotary (rope: cpu only, for now)")
+           "positions: learned embeddings, or rotary (rope)")
       .key("rope_theta", &ModelConfig::rope_theta, above(0), "rope: base of the rotary frequencies")
       .aka({"rotary_base", "rope_base"})
-      .key("mlp", &ModelConfig::mlp, one_of(kMlpChoices), "MLP kind (swiglu: cpu only, for now)")
+      .key("mlp", &ModelConfig::mlp, one_of(kMlpChoices), "MLP kind")
       .key("mlp_width", &ModelConfig::mlp_width, at_least(0),
            "hidden width of the MLP; 0: 4 x n_embd (gelu) or 8/3 x n_embd rounded up to mlp_multiple_of (swiglu)")
       .aka({"n_inner", "intermediate_size", "ffn_dim", "d_ff", "ffn_hidden_size"})
@@ -57,7 +57,7 @@ void model_keys(Schema& s) {
       .key("n_kv_head", &ModelConfig::n_kv_head, at_least(0),
            "key/value heads; 0: n_head (fewer, grouped-query attention: not implemented yet)")
       .aka({"num_key_value_heads", "n_kv_heads", "num_kv_heads"})
-      .key("bias", &ModelConfig::bias, between(0, 1), "1: linears and norms have biases (0: with rmsnorm, cpu only)")
+      .key("bias", &ModelConfig::bias, between(0, 1), "1: linears and norms have biases (0: with rmsnorm)")
       .key("tie_embeddings", &ModelConfig::tie_embeddings, between(0, 1),
            "1: the LM head is the token embedding; 0: its own weight (lm_head.weight)")
       .aka({"tie_word_embeddings", "tied_embeddings"})

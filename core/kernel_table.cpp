@@ -24,7 +24,9 @@ const Bf16Kernels kCudaBf16Kernels{
     cuda::linear_forward_gelu_bf16, cuda::linear_backward_bf16, cuda::gelu_backward_bf16,
     cuda::attention_forward_bf16, cuda::attention_backward_bf16, cuda::softmax_cross_entropy_bf16,
     cuda::matmul_bf16_inputs, cuda::convert_f32_to_bf16, cuda::convert_bf16_to_f32,
-    cuda::adamw_update_bf16_copy,
+    cuda::adamw_update_bf16_copy, cuda::rmsnorm_forward_bf16, cuda::rmsnorm_backward_bf16,
+    cuda::residual_rmsnorm_forward_bf16, cuda::rope_forward_bf16, cuda::rope_backward_bf16,
+    cuda::swiglu_forward_bf16, cuda::swiglu_backward_bf16,
 };
 
 // The CUDA twins, name for name (kernels/cuda/*.cu); pointers are device memory.
@@ -37,7 +39,8 @@ const KernelTable kCudaKernels{
     cuda::cross_entropy_local_grad, cuda::embedding_forward, cuda::embedding_backward,
     cuda::add,              cuda::accumulate,         cuda::adamw_update,
     cuda::sum_squares,
-    nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,  // the LLaMA family: not on cuda yet
+    cuda::rmsnorm_forward, cuda::rmsnorm_backward, cuda::residual_rmsnorm_forward, cuda::rope_forward,
+    cuda::rope_backward, cuda::swiglu_forward, cuda::swiglu_backward,
     &kCudaBf16Kernels,
 };
 #endif

@@ -39,6 +39,13 @@ struct Bf16Kernels {
   decltype(&cuda::convert_f32_to_bf16) convert;
   decltype(&cuda::convert_bf16_to_f32) widen;
   decltype(&cuda::adamw_update_bf16_copy) adamw_update_copy;
+  decltype(&cuda::rmsnorm_forward_bf16) rmsnorm_forward;
+  decltype(&cuda::rmsnorm_backward_bf16) rmsnorm_backward;
+  decltype(&cuda::residual_rmsnorm_forward_bf16) residual_rmsnorm_forward;
+  decltype(&cuda::rope_forward_bf16) rope_forward;
+  decltype(&cuda::rope_backward_bf16) rope_backward;
+  decltype(&cuda::swiglu_forward_bf16) swiglu_forward;
+  decltype(&cuda::swiglu_backward_bf16) swiglu_backward;
 };
 
 struct KernelTable {
@@ -65,7 +72,7 @@ struct KernelTable {
   decltype(&cpu::accumulate) accumulate;
   decltype(&cpu::adamw_update) adamw_update;
   decltype(&cpu::sum_squares) sum_squares;
-  // The LLaMA family (kernels/llama.h): cpu only, for now (null on cuda).
+  // The LLaMA family (kernels/llama.h).
   decltype(&cpu::rmsnorm_forward) rmsnorm_forward;
   decltype(&cpu::rmsnorm_backward) rmsnorm_backward;
   decltype(&cpu::residual_rmsnorm_forward) residual_rmsnorm_forward;
@@ -74,10 +81,8 @@ struct KernelTable {
   decltype(&cpu::swiglu_forward) swiglu_forward;
   decltype(&cpu::swiglu_backward) swiglu_backward;
   const Bf16Kernels* bf16 = nullptr;  // null where there is no bf16 path (the cpu)
-  // Capabilities, asked where kernels are chosen: bf16 activations (model.dtype=bf16), and the
-  // LLaMA family's RMSNorm, rotary embeddings and SwiGLU.
+  // Capabilities, asked where kernels are chosen: bf16 activations (model.dtype=bf16).
   bool has_bf16_activations() const { return bf16 != nullptr; }
-  bool has_llama_family() const { return rmsnorm_forward != nullptr; }
 };
 
 // Throws kiln::Error for a device this build has no kernels for.

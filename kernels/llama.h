@@ -1,10 +1,12 @@
 // The LLaMA family's kernels: RMSNorm (plain and fused with the residual add), rotary position
 // embeddings applied in place to the q and k parts of a fused q|k|v buffer, and the SwiGLU
-// activation over a fused gate|up buffer. CPU reference here; the CUDA twins come with the
-// LLaMA family on cuda (the model refuses it there until they exist).
+// activation over a fused gate|up buffer. CPU reference; CUDA twins (fp32 and bf16 activations)
+// in kernels/cuda/llama.cu.
 #pragma once
 
 #include <cstdint>
+
+#include "kernels/bf16.h"
 
 namespace kiln::cpu {
 
@@ -42,6 +44,43 @@ void swiglu_forward(float* out, const float* inp, std::int64_t rows, std::int64_
 void swiglu_backward(float* dinp, const float* inp, const float* dout, std::int64_t rows, std::int64_t f);
 
 }  // namespace kiln::cpu
+
+namespace kiln::cuda {
+
+// The same contracts on device pointers, queued on kiln::cuda::stream(); rows or c == 0 launch
+// nothing. dgamma is deterministic (fixed-order partial sums, no atomics). The cpu rounds the
+// rotation's products as its compiler contracts them; here each product and sum is rounded
+// once (no FMA), so the two agree to an ulp.
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* gamma, std::int64_t rows,
+                     std::int64_t c, float eps);
+void rmsnorm_backward(float* dinp, float* dgamma, const float* dout, const float* inp, const float* gamma,
+                      const float* rstd, std::int64_t rows, std::int64_t c);
+void residual_rmsnorm_forward(float* residual, float* out, float* rstd, const float* inp, const float* delta,
+                              const float* gamma, std::int64_t rows, std::int64_t c, float eps);
+void rope_forward(float* qkv, const float* cos, const float* sin, const std::int32_t* positions, std::int64_t rows,
+                  std::int64_t q_heads, std::int64_t kv_heads, std::int64_t hd);
+void rope_backward(float* dqkv, const float* cos, const float* sin, const std::int32_t* positions, std::int64_t rows,
+                   std::int64_t q_heads, std::int64_t kv_heads, std::int64_t hd);
+void swiglu_forward(float* out, const float* inp, std::int64_t rows, std::int64_t f);
+void swiglu_backward(float* dinp, const float* inp, const float* dout, std::int64_t rows, std::int64_t f);
+
+// bf16 activations: fp32 arithmetic, gamma, rstd and dgamma in fp32, one rounding per bf16
+// store. The fused residual's statistics are those of the rounded residual (the value stored);
+// rmsnorm_backward_bf16 forms dinp + grad in fp32 and rounds once.
+void rmsnorm_forward_bf16(bf16* out, float* rstd, const bf16* inp, const float* gamma, std::int64_t rows,
+                          std::int64_t c, float eps);
+void rmsnorm_backward_bf16(bf16* dinp, float* dgamma, const bf16* dout, const bf16* inp, const float* gamma,
+                           const float* rstd, std::int64_t rows, std::int64_t c);
+void residual_rmsnorm_forward_bf16(bf16* residual, bf16* out, float* rstd, const bf16* inp, const bf16* delta,
+                                   const float* gamma, std::int64_t rows, std::int64_t c, float eps);
+void rope_forward_bf16(bf16* qkv, const float* cos, const float* sin, const std::int32_t* positions, std::int64_t rows,
+                       std::int64_t q_heads, std::int64_t kv_heads, std::int64_t hd);
+void rope_backward_bf16(bf16* dqkv, const float* cos, const float* sin, const std::int32_t* positions,
+                        std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads, std::int64_t hd);
+void swiglu_forward_bf16(bf16* out, const bf16* inp, std::int64_t rows, std::int64_t f);
+void swiglu_backward_bf16(bf16* dinp, const bf16* inp, const bf16* dout, std::int64_t rows, std::int64_t f);
+
+}  // namespace kiln::cuda
 
 namespace kiln {
 

@@ -43,8 +43,6 @@ const bf16* Gpt::w16(const Tensor& value) const {
 const bf16* Gpt::w16(Role role, int layer) const { return w16(table_.get(role, layer).value); }
 
 // ---- The activation ops: each kernel's fp32 or bf16 twin, by the activations' dtype. ----
-// (The LLaMA family's RMSNorm, rotary embeddings and SwiGLU exist in fp32 on the cpu only; the
-// model refuses them elsewhere.)
 
 const float* Gpt::bias_of(Role bias, int l) const {
   return table_.has(bias, l) ? table_.get(bias, l).value.f32() : nullptr;
@@ -55,7 +53,7 @@ void Gpt::linear_forward(Tensor& out, const Tensor& in, std::int64_t n, Role wei
   const Parameter& w = table_.get(weight, l);
   const std::int64_t in_dim = w.value.shape()[0], out_dim = w.value.shape()[1];
   if (is_bf16(out))
-    return kernels_->bf16->linear_forward(b16(out), b16(in), w16(w.value), w16(bias, l), n, in_dim, out_dim);
+    return kernels_->bf16->linear_forward(b16(out), b16(in), w16(w.value), table_.has(bias, l) ? w16(bias, l) : nullptr, n, in_dim, out_dim);
   const bool row_parallel = w.split == Split::rows;
   const float* b = row_parallel && shape_.tp_rank != 0 ? nullptr : bias_of(bias, l);
   kernels_->linear_forward(out.f32(), in.f32(), w.value.f32(), b, n, in_dim, out_dim, shape_.bf16_matmul);
@@ -69,7 +67,7 @@ void Gpt::linear_gelu_forward(Tensor& out, Tensor& pre, const Tensor& in, std::i
   KILN_ASSERT(w.split != Split::rows);
   const std::int64_t in_dim = w.value.shape()[0], out_dim = w.value.shape()[1];
   if (is_bf16(out))
-    return kernels_->bf16->linear_forward_gelu(b16(out), b16(pre), b16(in), w16(w.value), w16(bias, l), n, in_dim,
+    return kernels_->bf16->linear_forward_gelu(b16(out), b16(pre), b16(in), w16(w.value), table_.has(bias, l) ? w16(bias, l) : nullptr, n, in_dim,
                                                out_dim);
   kernels_->linear_forward_gelu(out.f32(), pre.f32(), in.f32(), w.value.f32(), bias_of(bias, l), n, in_dim, out_dim,
                                 shape_.bf16_matmul);
@@ -90,6 +88,8 @@ void Gpt::linear_backward(Tensor& dinp, const Tensor& dout, const Tensor& in, Ro
 
 void Gpt::norm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& in, std::int64_t n, NormRef norm) {
   const float* g = table_.get(norm.weight, norm.layer).value.f32();
+  if (shape_.rms_norm && is_bf16(out))
+    return kernels_->bf16->rmsnorm_forward(b16(out), rstd.f32(), b16(in), g, n, shape_.n_embd, shape_.norm_eps);
   if (shape_.rms_norm)
     return kernels_->rmsnorm_forward(out.f32(), rstd.f32(), in.f32(), g, n, shape_.n_embd, shape_.norm_eps);
   const float* b = table_.get(norm.bias, norm.layer).value.f32();
@@ -102,6 +102,9 @@ void Gpt::norm_forward(Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& in
 void Gpt::residual_norm_forward(Tensor& residual, Tensor& out, Tensor& mean, Tensor& rstd, const Tensor& in,
                                 const Tensor& delta, std::int64_t n, NormRef norm) {
   const float* g = table_.get(norm.weight, norm.layer).value.f32();
+  if (shape_.rms_norm && is_bf16(out))
+    return kernels_->bf16->residual_rmsnorm_forward(b16(residual), b16(out), rstd.f32(), b16(in), b16(delta), g, n,
+                                                    shape_.n_embd, shape_.norm_eps);
   if (shape_.rms_norm)
     return kernels_->residual_rmsnorm_forward(residual.f32(), out.f32(), rstd.f32(), in.f32(), delta.f32(), g, n,
                                               shape_.n_embd, shape_.norm_eps);
@@ -118,6 +121,9 @@ void Gpt::norm_backward(Tensor& dinp, const Tensor& dout, const Tensor& in, cons
                         NormRef norm) {
   Parameter& w = table_.get(norm.weight, norm.layer);
   const std::int64_t n = block_dims().n;
+  if (shape_.rms_norm && is_bf16(dinp))
+    return kernels_->bf16->rmsnorm_backward(b16(dinp), w.grad.f32(), b16(dout), b16(in), w.value.f32(), rstd.f32(), n,
+                                            shape_.n_embd);
   if (shape_.rms_norm)
     return kernels_->rmsnorm_backward(dinp.f32(), w.grad.f32(), dout.f32(), in.f32(), w.value.f32(), rstd.f32(), n,
                                       shape_.n_embd);
@@ -156,6 +162,9 @@ void Gpt::gelu_backward(Tensor& dinp, const Tensor& pre, const Tensor& dout, std
 // Rotary embeddings on the q and k heads of n rows of q|k|v, in place (backward: their gradient).
 void Gpt::rope(Tensor& qkv, const std::int32_t* positions, std::int64_t n, bool backward) {
   const std::int64_t heads = shape_.local_heads(), hd = shape_.head_size();
+  if (is_bf16(qkv))
+    return (backward ? kernels_->bf16->rope_backward : kernels_->bf16->rope_forward)(
+        b16(qkv), rope_cos_.f32(), rope_sin_.f32(), positions, n, heads, heads, hd);
   (backward ? kernels_->rope_backward : kernels_->rope_forward)(qkv.f32(), rope_cos_.f32(), rope_sin_.f32(), positions,
                                                                 n, heads, heads, hd);
 }
@@ -187,7 +196,10 @@ void Gpt::mlp_forward(int l, const Tensor& in, const BlockPass& pass) {
   LayerActs& a = pass.layer(l);
   if (shape_.swiglu) {
     linear_forward(a.fch, in, pass.n, Role::mlp_in_weight, Role::mlp_in_bias, l);
-    kernels_->swiglu_forward(a.fch_gelu.f32(), a.fch.f32(), pass.n, shape_.local_ffn());
+    if (is_bf16(a.fch))
+      kernels_->bf16->swiglu_forward(b16(a.fch_gelu), b16(a.fch), pass.n, shape_.local_ffn());
+    else
+      kernels_->swiglu_forward(a.fch_gelu.f32(), a.fch.f32(), pass.n, shape_.local_ffn());
   } else {
     linear_gelu_forward(a.fch_gelu, a.fch, in, pass.n, Role::mlp_in_weight, Role::mlp_in_bias, l);
   }
@@ -199,7 +211,10 @@ void Gpt::mlp_backward(int l, const Tensor& dout, const Tensor& in, Tensor& dinp
   const LayerActs& a = acts_[l];
   linear_backward(dfch_, dout, a.fch_gelu, Role::mlp_out_weight, Role::mlp_out_bias, l);
   if (shape_.swiglu) {
-    kernels_->swiglu_backward(dgate_up_.f32(), a.fch.f32(), dfch_.f32(), block_dims().n, shape_.local_ffn());
+    if (is_bf16(dgate_up_))
+      kernels_->bf16->swiglu_backward(b16(dgate_up_), b16(a.fch), b16(dfch_), block_dims().n, shape_.local_ffn());
+    else
+      kernels_->swiglu_backward(dgate_up_.f32(), a.fch.f32(), dfch_.f32(), block_dims().n, shape_.local_ffn());
     return linear_backward(dinp, dgate_up_, in, Role::mlp_in_weight, Role::mlp_in_bias, l);
   }
   gelu_backward(dfch_, a.fch, dfch_, block_dims().n * shape_.local_ffn());

@@ -27,9 +27,6 @@ Gpt::Gpt(const GptShape& shape, Device device, TensorParallel* tp)
              shape.post_norm ? " post-LN" : "", kernels_->has_bf16_activations() ? "" : " on the cpu",
              shape.tp_size > 1 ? " tensor-parallel" : "", "; use model.dtype=f32 (model.matmul=bf16 "
              "gives bf16 products with fp32 activations)");
-  KILN_CHECK(!shape.llama_family() || (kernels_->has_llama_family() && !shape.bf16),
-             "RMSNorm, rotary embeddings, SwiGLU and bias-free linears (the LLaMA family) run with fp32 "
-             "activations on the cpu in this version; use train.device=cpu and model.dtype=f32");
   KILN_CHECK(device == Device::cpu || shape.tp_size == 1,
              "tensor parallelism (parallel.tp=", shape.tp_size, ") runs on the cpu only in this "
              "version; its reductions on cuda need the NCCL path, which is not wired in yet: set "
@@ -356,8 +353,8 @@ void Gpt::embed(Tensor& out, const std::int32_t* tokens, const std::int32_t* pos
   const bool learned = table_.has(Role::position_embedding);  // not with rotary embeddings
   const Parameter* wpe = learned ? &table_.get(Role::position_embedding) : nullptr;
   if (is_bf16(out))
-    return kernels_->bf16->embedding_forward(b16(out), tokens, positions, w16(wte.value), w16(wpe->value), n, c, 0,
-                                             shape_.local_vocab());
+    return kernels_->bf16->embedding_forward(b16(out), tokens, positions, w16(wte.value),
+                                             wpe ? w16(wpe->value) : nullptr, n, c, 0, shape_.local_vocab());
   // Vocabulary-parallel: each rank embeds the tokens of its shard (one rank adds positions), and
   // the sum over ranks is the embedding.
   kernels_->embedding_forward(out.f32(), tokens, positions, wte.value.f32(),

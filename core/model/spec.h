@@ -54,8 +54,7 @@ struct GptShape {
   int local_heads() const { return n_head / tp_size; }
   int local_width() const { return n_embd / tp_size; }       // attention width of the shard
   int head_size() const { return n_embd / n_head; }
-  // LLaMA-family parts (RMSNorm, RoPE, SwiGLU, no biases): their kernels exist on the cpu only.
-  bool llama_family() const { return rms_norm || rope || swiglu || !bias; }
+
   int ffn() const;                                            // MLP width
   int local_ffn() const { return ffn() / tp_size; }          // MLP width of the shard
   int local_vocab() const { return padded_vocab / tp_size; }  // vocabulary rows of the shard

@@ -396,8 +396,6 @@ TEST(Config, ArchitectureKeysNotImplementedYetNameTheKey) {
   EXPECT_EQ(parse_config("model:\n  norm_kind: rmsnorm\n  norm_eps: 1e-6\n", kFile).model.norm_kind, "rmsnorm");
   EXPECT_EQ(parse_config("model:\n  position: rope\n", kFile).model.position, "rope");
   EXPECT_EQ(parse_config("model:\n  mlp: swiglu\n", kFile).model.mlp, "swiglu");
-  expect_contains(parse_error("model:\n  position: rope\ntrain:\n  device: cuda\n"),
-                  {"configs/x.yaml:2", "model.position=rope runs on the cpu only", "train.device=cpu"});
   expect_contains(parse_error("model:\n  n_head: 3\n  n_embd: 9\n  position: rope\n"),
                   {"configs/x.yaml:4", "head size 3", "odd"});
   expect_contains(parse_error("model:\n  n_head: 4\n  n_kv_head: 2\n"), {"model.n_kv_head=2", "not implemented"});
@@ -427,8 +425,8 @@ TEST(Config, ArchPresetFillsWhatTheConfigDoesNotSet) {
   EXPECT_EQ(by_override.norm_kind, "rmsnorm");
   EXPECT_EQ(by_override.position, "learned");
   EXPECT_EQ(parse_config("model:\n  n_head: 4\n", kFile).model.norm_kind, "layernorm");  // no arch: GPT-2
-  expect_contains(parse_error("model:\n  arch: llama\ntrain:\n  device: cuda\n"),
-                  {"model.norm_kind=rmsnorm runs on the cpu only", "model.arch=llama (configs/x.yaml:2)"});
+  expect_contains(parse_error("model:\n  arch: llama\n  n_head: 3\n  n_embd: 9\n"),
+                  {"model.arch=llama (configs/x.yaml:2)", "model.position=rope", "head size 3"});
 }
 
 TEST(Config, NamesOtherToolsUseSuggestTheKey) {

@@ -36,9 +36,8 @@ void init_like(kiln::Gpt& cpu, kiln::Gpt& gpu) {
 
 }  // namespace
 
-TEST(CudaDecode, RaggedBatchMatchesTheCpu) {
-  KILN_REQUIRE_GPU();
-  const kiln::GptShape shape = decode_shape();
+namespace {
+void check_ragged_batch(const kiln::GptShape& shape) {
   kiln::Gpt cpu(shape), gpu(shape, kiln::Device::cuda);
   init_like(cpu, gpu);
   kiln::Decoder on_cpu(cpu), on_gpu(gpu);
@@ -62,6 +61,23 @@ TEST(CudaDecode, RaggedBatchMatchesTheCpu) {
         ASSERT_NEAR(got[r * vp + v], want[r * vp + v], 1e-4 + 1e-4 * std::abs(want[r * vp + v]))
             << "sequence " << seqs[r] << " position " << t << " token " << v;
   }
+}
+}  // namespace
+
+TEST(CudaDecode, RaggedBatchMatchesTheCpu) {
+  KILN_REQUIRE_GPU();
+  check_ragged_batch(decode_shape());
+}
+
+// The LLaMA family: rotary embeddings at each sequence's own position, RMSNorm, SwiGLU.
+TEST(CudaDecode, LlamaRaggedBatchMatchesTheCpu) {
+  KILN_REQUIRE_GPU();
+  kiln::GptShape shape = decode_shape();
+  shape.rms_norm = shape.rope = shape.swiglu = true;
+  shape.bias = shape.tied_head = false;
+  shape.llama_names = true;
+  shape.mlp_width = 48;
+  check_ragged_batch(shape);
 }
 
 TEST(CudaDecode, GreedyTokensMatchTheCpu) {

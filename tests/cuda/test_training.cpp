@@ -87,6 +87,34 @@ TEST_F(GpuTrainingTest, TwentyStepsMatchTheCpu) {
   EXPECT_LT(gpu_result.losses.back(), gpu_result.losses.front());
 }
 
+// The LLaMA family (RMSNorm, rotary embeddings, SwiGLU, no biases, untied head) on the GPU:
+// fp32 follows the CPU as GPT-2 does; bf16 activations follow the fp32 run.
+kiln::ExperimentConfig as_llama(kiln::ExperimentConfig c) {
+  c.model.arch = "llama";
+  c.model.norm_kind = "rmsnorm";
+  c.model.position = "rope";
+  c.model.mlp = "swiglu";
+  c.model.bias = 0;
+  c.model.tie_embeddings = 0;
+  c.model.mlp_multiple_of = 64;
+  return c;
+}
+
+TEST_F(GpuTrainingTest, LlamaTwentyStepsMatchTheCpu) {
+  KILN_REQUIRE_GPU();
+  const auto cpu_losses = kiln::Trainer(as_llama(config("cpu", "cpu")), quiet()).run().losses;
+  const auto gpu = kiln::Trainer(as_llama(config("gpu", "cuda")), quiet()).run();
+  ASSERT_EQ(gpu.losses.size(), 20u);
+  for (int i = 0; i < 20; ++i) EXPECT_NEAR(gpu.losses[i], cpu_losses[i], 1e-3 * cpu_losses[i]) << "step " << i + 1;
+  EXPECT_LT(gpu.losses.back(), gpu.losses.front());
+  kiln::ExperimentConfig c = as_llama(config("bf16", "cuda"));
+  c.model.dtype = "bf16";
+  const auto bf16 = kiln::Trainer(c, quiet()).run();
+  ASSERT_EQ(bf16.losses.size(), 20u);
+  EXPECT_NEAR(bf16.losses[0], cpu_losses[0], 1e-2 * cpu_losses[0]);
+  for (int i = 1; i < 20; ++i) EXPECT_NEAR(bf16.losses[i], cpu_losses[i], 3e-2 * cpu_losses[i]) << "step " << i + 1;
+}
+
 // With bf16 tensor-core matmuls the runs agree to bf16 precision.
 TEST_F(GpuTrainingTest, Bf16MatmulsStayWithinBf16Tolerance) {
   KILN_REQUIRE_GPU();

@@ -146,6 +146,7 @@ inline T rounded(T x) {
 }  // namespace kiln::emu
 inline float __fadd_rn(float a, float b) { return kiln::emu::rounded(a + b); }
 inline float __fmul_rn(float a, float b) { return kiln::emu::rounded(a * b); }
+inline float __fsub_rn(float a, float b) { return kiln::emu::rounded(a - b); }
 inline float __frcp_rn(float x) { return kiln::emu::rounded(1.0f / x); }
 
 // ---- CUDA runtime API (the part kernels/cuda/ uses) --------------------------------------------
