@@ -607,9 +607,12 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
     fail(set_at("model.position"), message("model.position=rope rotates pairs of dimensions, but the head size ",
                                            m.n_embd / std::max(m.n_head, 1), " (model.n_embd / model.n_head) is odd"));
 
-  if (m.n_kv_head != 0 && m.n_kv_head != m.n_head)
-    not_yet("model.n_kv_head", std::to_string(m.n_kv_head),
-            "model.n_kv_head=0 (one key/value head per attention head, here " + std::to_string(m.n_head) + ")");
+  if (m.n_kv_head != 0 && m.n_head % m.n_kv_head != 0)
+    fail(set_at("model.n_kv_head"), message("model.n_kv_head=", m.n_kv_head, " does not divide model.n_head=", m.n_head,
+                                             ": each key/value head serves an equal group of query heads"));
+  if (m.n_kv_head != 0 && m.n_kv_head != m.n_head && c.parallel.tp > 1)
+    not_yet("model.n_kv_head", std::to_string(m.n_kv_head) + " with parallel.tp=" + std::to_string(c.parallel.tp),
+            "parallel.tp=1 (grouped key/value heads are not split over tensor-parallel ranks yet)");
   const int& block = c.model.attention_block;
   if (block != 16 && block != 32 && block != 64 && block != 128)
     fail(set_at(key(block)),

@@ -160,23 +160,38 @@ void Gpt::gelu_backward(Tensor& dinp, const Tensor& pre, const Tensor& dout, std
 }
 
 // Rotary embeddings on the q and k heads of n rows of q|k|v, in place (backward: their gradient).
-void Gpt::rope(Tensor& qkv, const std::int32_t* positions, std::int64_t n, bool backward) {
+void Gpt::rope(Tensor& qkv, const std::int32_t* positions, std::int64_t n, bool backward, std::int64_t kv_heads) {
   const std::int64_t heads = shape_.local_heads(), hd = shape_.head_size();
   if (is_bf16(qkv))
     return (backward ? kernels_->bf16->rope_backward : kernels_->bf16->rope_forward)(
-        b16(qkv), rope_cos_.f32(), rope_sin_.f32(), positions, n, heads, heads, hd);
+        b16(qkv), rope_cos_.f32(), rope_sin_.f32(), positions, n, heads, kv_heads, hd);
   (backward ? kernels_->rope_backward : kernels_->rope_forward)(qkv.f32(), rope_cos_.f32(), rope_sin_.f32(), positions,
-                                                                n, heads, heads, hd);
+                                                                n, heads, kv_heads, hd);
+}
+
+void Gpt::repeat_kv(Tensor& out, const Tensor& grouped, std::int64_t n) {
+  const std::int64_t heads = shape_.local_heads(), kv = shape_.local_kv_heads(), hd = shape_.head_size();
+  if (is_bf16(out)) return kernels_->bf16->repeat_kv(b16(out), b16(grouped), n, heads, kv, hd);
+  kernels_->repeat_kv(out.f32(), grouped.f32(), n, heads, kv, hd);
+}
+
+void Gpt::sum_repeated_kv(Tensor& grouped, const Tensor& full, std::int64_t n) {
+  const std::int64_t heads = shape_.local_heads(), kv = shape_.local_kv_heads(), hd = shape_.head_size();
+  if (is_bf16(grouped)) return kernels_->bf16->sum_repeated_kv(b16(grouped), b16(full), n, heads, kv, hd);
+  kernels_->sum_repeated_kv(grouped.f32(), full.f32(), n, heads, kv, hd);
 }
 
 // ---- The sub-layers and the block. ----
 
-// pass.scratch (n, C) = Attn(in): the fused q|k|v product, the pass's attention core, the output
-// projection.
+// pass.scratch (n, C) = Attn(in): the fused q|k|v product (rotary embeddings on q and k; with
+// grouped KV heads, each k and v head repeated for its query heads), the pass's attention core,
+// the output projection.
 void Gpt::attention_forward(int l, const Tensor& in, const BlockPass& pass) {
   LayerActs& a = pass.layer(l);
-  linear_forward(a.qkv, in, pass.n, Role::qkv_weight, Role::qkv_bias, l);
-  if (shape_.rope) rope(a.qkv, pass.positions, pass.n, false);
+  Tensor& qkv = shape_.grouped() ? *pass.grouped : a.qkv;
+  linear_forward(qkv, in, pass.n, Role::qkv_weight, Role::qkv_bias, l);
+  if (shape_.rope) rope(qkv, pass.positions, pass.n, false, shape_.local_kv_heads());
+  if (shape_.grouped()) repeat_kv(a.qkv, qkv, pass.n);
   pass.attend(l, a);
   linear_forward(pass.scratch, a.atty, pass.n, Role::attn_out_weight, Role::attn_out_bias, l);
 }
@@ -186,8 +201,11 @@ void Gpt::attention_backward(int l, const Tensor& dout, const Tensor& in, Tensor
   const LayerActs& a = acts_[l];
   linear_backward(dtmp_, dout, a.atty, Role::attn_out_weight, Role::attn_out_bias, l);
   attention_core_backward(l, dqkv_, dtmp_, a);
-  if (shape_.rope) rope(dqkv_, staged_.positions, block_dims().n, true);
-  linear_backward(dinp, dqkv_, in, Role::qkv_weight, Role::qkv_bias, l);
+  const std::int64_t n = block_dims().n;
+  Tensor& dqkv = shape_.grouped() ? grouped_ : dqkv_;
+  if (shape_.grouped()) sum_repeated_kv(grouped_, dqkv_, n);
+  if (shape_.rope) rope(dqkv, staged_.positions, n, true, shape_.local_kv_heads());
+  linear_backward(dinp, dqkv, in, Role::qkv_weight, Role::qkv_bias, l);
 }
 
 // pass.scratch (n, C) = MLP(in) = GELU(in W_fc + b) W_proj + b, or with SwiGLU

@@ -81,6 +81,7 @@ void Decoder::allocate(int batch) {
     *t = Tensor::empty({b}, DType::f32, d);
   a.qkv = Tensor::empty({b, 3 * c}, act, d);
   a.fch = Tensor::empty({b, s.swiglu ? 2 * f : f}, act, d);
+  if (s.grouped()) grouped_ = Tensor::empty({b, s.qkv_width()}, act, d);
   a.fch_gelu = Tensor::empty({b, f}, act, d);
   if (s.bf16) {
     qkv32_ = Tensor::empty({b, 3 * c}, DType::f32, d);
@@ -161,7 +162,7 @@ const float* Decoder::step(const std::vector<int>& sequences, const std::vector<
   }
   // The trunk's blocks, as in training, over one row per sequence; then the LM head.
   model_.embed(x_, token_ids, token_ids + n, n);
-  const Gpt::BlockPass pass{acts_, n, scratch_, &lnf_, &lnf_mean_, &lnf_rstd_, token_ids + n,
+  const Gpt::BlockPass pass{acts_, n, scratch_, &lnf_, &lnf_mean_, &lnf_rstd_, token_ids + n, &grouped_,
                             [this](int layer, Gpt::LayerActs& a) { attend(layer, a); }, s.post_norm};
   model_.blocks_forward(x_, pass);
   const Tensor& hidden = s.post_norm ? pass.output(s.n_layer - 1) : lnf_;

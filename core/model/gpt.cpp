@@ -131,7 +131,8 @@ void Gpt::ensure_activations(int batch, int seq_len, bool keep) {
                              {&losses_, {batch, seq_len}}, {&row_max_, {n}}, {&row_sum_, {n}},
                              {&target_logit_, {n}}, {&scratch_, {n, c}}, {&dres_, {n, c}},
                              {&dtmp_, {n, c}}, {&dtmp2_, {n, c}}, {&dqkv_, {n, 3 * cl}},
-                             {&dfch_, {n, fl}}, {&dgate_up_, {shape_.swiglu ? n : 0, 2 * fl}}});
+                             {&dfch_, {n, fl}}, {&dgate_up_, {shape_.swiglu ? n : 0, 2 * fl}},
+                             {&grouped_, {shape_.grouped() ? n : 0, shape_.qkv_width()}}});
   // Statistics and losses stay fp32; with model.dtype bf16 everything else is bf16, in a second
   // arena.
   std::vector<const Tensor*> stats = {&lnf_mean_, &lnf_rstd_, &losses_, &row_max_, &row_sum_, &target_logit_};
@@ -386,7 +387,7 @@ void Gpt::product(Tensor& c, const Tensor& a, const Tensor& b, std::int64_t m, s
 }
 
 Gpt::BlockPass Gpt::training_pass() {
-  return {acts_, block_dims().n, scratch_, &lnf_, &lnf_mean_, &lnf_rstd_, staged_.positions,
+  return {acts_, block_dims().n, scratch_, &lnf_, &lnf_mean_, &lnf_rstd_, staged_.positions, &grouped_,
           [this](int layer, LayerActs& a) { attention_core_forward(layer, a); }, shape_.post_norm};
 }
 

@@ -24,13 +24,13 @@ std::vector<ParamSpec> declare_parameters(const GptShape& s) {
   if (!s.rope) t.push_back({"transformer.wpe.weight", Role::position_embedding, -1, {s.context, c}, Split::none, false, 1, 0});
   for (int l = 0; l < s.n_layer; ++l) {
     const std::string p = "transformer.h." + std::to_string(l) + ".";
-    const std::int64_t mlp_in = s.swiglu ? 2 * f : f;
+    const std::int64_t mlp_in = s.swiglu ? 2 * f : f, qkv = c + 2 * s.kv_heads() * s.head_size();
     const Split mlp_split = s.swiglu ? Split::gate_up : Split::cols;
     t.insert(t.end(), {
         {p + "ln_1.weight", Role::norm1_weight, l, {c}, Split::none, false, 0, 1},
         {p + "ln_1.bias", Role::norm1_bias, l, {c}, Split::none, false, 0, 0},
-        {p + "attn.c_attn.weight", Role::qkv_weight, l, {c, 3 * c}, Split::qkv, true, 1, 0},
-        {p + "attn.c_attn.bias", Role::qkv_bias, l, {3 * c}, Split::qkv, false, 0, 0},
+        {p + "attn.c_attn.weight", Role::qkv_weight, l, {c, qkv}, Split::qkv, true, 1, 0},
+        {p + "attn.c_attn.bias", Role::qkv_bias, l, {qkv}, Split::qkv, false, 0, 0},
         {p + "attn.c_proj.weight", Role::attn_out_weight, l, {c, c}, Split::rows, true, residual, 0},
         {p + "attn.c_proj.bias", Role::attn_out_bias, l, {c}, Split::none, false, 0, 0},
         {p + "ln_2.weight", Role::norm2_weight, l, {c}, Split::none, false, 0, 1},
@@ -54,6 +54,7 @@ namespace {
 // gate|up fused (kiln export and import convert).
 std::vector<ParamSpec> declare_llama_parameters(const GptShape& s) {
   const std::int64_t c = s.n_embd, f = s.ffn(), mlp_in = s.swiglu ? 2 * f : f;
+  const std::int64_t qkv = c + 2 * s.kv_heads() * s.head_size();  // q | k | v, grouped k and v
   const Split mlp_split = s.swiglu ? Split::gate_up : Split::cols;
   const float residual = 1.0f / std::sqrt(2.0f * s.n_layer);
   std::vector<ParamSpec> t = {
@@ -64,8 +65,8 @@ std::vector<ParamSpec> declare_llama_parameters(const GptShape& s) {
     t.insert(t.end(), {
         {p + "input_layernorm.weight", Role::norm1_weight, l, {c}, Split::none, false, 0, 1},
         {p + "input_layernorm.bias", Role::norm1_bias, l, {c}, Split::none, false, 0, 0},
-        {p + "self_attn.qkv_proj.weight", Role::qkv_weight, l, {c, 3 * c}, Split::qkv, true, 1, 0},
-        {p + "self_attn.qkv_proj.bias", Role::qkv_bias, l, {3 * c}, Split::qkv, false, 0, 0},
+        {p + "self_attn.qkv_proj.weight", Role::qkv_weight, l, {c, qkv}, Split::qkv, true, 1, 0},
+        {p + "self_attn.qkv_proj.bias", Role::qkv_bias, l, {qkv}, Split::qkv, false, 0, 0},
         {p + "self_attn.o_proj.weight", Role::attn_out_weight, l, {c, c}, Split::rows, true, residual, 0},
         {p + "self_attn.o_proj.bias", Role::attn_out_bias, l, {c}, Split::none, false, 0, 0},
         {p + "post_attention_layernorm.weight", Role::norm2_weight, l, {c}, Split::none, false, 0, 1},

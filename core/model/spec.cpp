@@ -29,6 +29,7 @@ GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp
   s.bf16 = config.dtype == "bf16";
   s.recompute = config.recompute != 0;
   s.tied_head = config.tie_embeddings != 0;
+  s.n_kv_head = config.n_kv_head;
   s.rms_norm = config.norm_kind == "rmsnorm";
   s.norm_eps = config.norm_eps;
   s.rope = config.position == "rope";
@@ -53,6 +54,10 @@ GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp
   }
   KILN_CHECK(s.n_embd % s.n_head == 0, "model.n_embd=", s.n_embd, " is not divisible by model.n_head=",
              s.n_head, "; choose n_embd as a multiple of n_head");
+  KILN_CHECK(s.n_head % s.kv_heads() == 0, "model.n_kv_head=", s.n_kv_head, " does not divide model.n_head=", s.n_head,
+             ": each key/value head serves an equal group of query heads");
+  KILN_CHECK(!s.grouped() || tp_size == 1, "grouped key/value heads (model.n_kv_head=", s.n_kv_head,
+             ") under tensor parallelism (parallel.tp=", tp_size, ") are not implemented yet; use parallel.tp=1");
   KILN_CHECK(s.n_head % tp_size == 0, "model.n_head=", s.n_head, " is not divisible by parallel.tp=",
              tp_size, ": tensor parallelism splits the heads; choose a tp that divides the heads");
   KILN_CHECK(s.ffn() % tp_size == 0, "the MLP width ", s.ffn(),
@@ -68,6 +73,7 @@ std::string GptShape::describe() const {
   if (rope) s += ", RoPE";
   if (swiglu) s += ", SwiGLU " + std::to_string(ffn());
   else if (ffn() != 4 * n_embd) s += ", MLP " + std::to_string(ffn());
+  if (grouped()) s += ", " + std::to_string(kv_heads()) + " KV heads";
   if (!bias) s += ", no biases";
   if (!tied_head) s += ", untied head";
   return s;

@@ -54,6 +54,14 @@ struct GptShape {
   int local_heads() const { return n_head / tp_size; }
   int local_width() const { return n_embd / tp_size; }       // attention width of the shard
   int head_size() const { return n_embd / n_head; }
+  int n_kv_head = 0;  // key/value heads (0: n_head); fewer: grouped-query attention
+  int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
+  bool grouped() const { return kv_heads() != n_head; }
+  int local_kv_heads() const { return kv_heads() / tp_size; }
+  // Width of this shard's q|k|v product: its query heads, then as many key and value heads.
+  std::int64_t qkv_width() const {
+    return static_cast<std::int64_t>(local_heads() + 2 * local_kv_heads()) * head_size();
+  }
 
   int ffn() const;                                            // MLP width
   int local_ffn() const { return ffn() / tp_size; }          // MLP width of the shard

@@ -143,3 +143,42 @@ void rope_tables(float* cos, float* sin, std::int64_t positions, std::int64_t hd
 }
 
 }  // namespace kiln
+
+namespace kiln::cpu {
+
+void repeat_kv(float* out, const float* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads,
+               std::int64_t hd) {
+  const std::int64_t group = q_heads / kv_heads, c = q_heads * hd, w = (q_heads + 2 * kv_heads) * hd;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* x = in + r * w;
+    float* y = out + r * 3 * c;
+    for (std::int64_t i = 0; i < c; ++i) y[i] = x[i];
+    for (std::int64_t part = 0; part < 2; ++part)  // k, then v
+      for (std::int64_t h = 0; h < q_heads; ++h) {
+        const float* src = x + c + part * kv_heads * hd + (h / group) * hd;
+        float* dst = y + c + part * c + h * hd;
+        for (std::int64_t d = 0; d < hd; ++d) dst[d] = src[d];
+      }
+  }
+}
+
+void sum_repeated_kv(float* out, const float* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads,
+                     std::int64_t hd) {
+  const std::int64_t group = q_heads / kv_heads, c = q_heads * hd, w = (q_heads + 2 * kv_heads) * hd;
+#pragma omp parallel for schedule(static)
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* x = in + r * 3 * c;
+    float* y = out + r * w;
+    for (std::int64_t i = 0; i < c; ++i) y[i] = x[i];
+    for (std::int64_t part = 0; part < 2; ++part)
+      for (std::int64_t g = 0; g < kv_heads; ++g)
+        for (std::int64_t d = 0; d < hd; ++d) {
+          float sum = 0.0f;
+          for (std::int64_t k = 0; k < group; ++k) sum += x[c + part * c + (g * group + k) * hd + d];
+          y[c + part * kv_heads * hd + g * hd + d] = sum;
+        }
+  }
+}
+
+}  // namespace kiln::cpu

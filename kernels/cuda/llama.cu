@@ -238,3 +238,78 @@ void swiglu_backward_bf16(bf16* dinp, const bf16* inp, const bf16* dout, std::in
 }
 
 }  // namespace kiln::cuda
+
+namespace kiln::cuda {
+namespace {
+
+// One thread per output element.
+template <class T>
+__global__ void repeat_kv_kernel(T* out, const T* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads,
+                                 std::int64_t hd) {
+  const std::int64_t c = q_heads * hd, w = (q_heads + 2 * kv_heads) * hd;
+  const std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= rows * 3 * c) return;
+  const std::int64_t r = t / (3 * c), j = t % (3 * c);
+  std::int64_t src = j;  // q
+  if (j >= c) {
+    const std::int64_t part = (j - c) / c, h = (j - c) % c / hd, d = (j - c) % hd;
+    src = c + part * kv_heads * hd + (h / (q_heads / kv_heads)) * hd + d;
+  }
+  out[t] = in[r * w + src];
+}
+
+template <class T>
+__global__ void sum_repeated_kv_kernel(T* out, const T* in, std::int64_t rows, std::int64_t q_heads,
+                                       std::int64_t kv_heads, std::int64_t hd) {
+  const std::int64_t c = q_heads * hd, w = (q_heads + 2 * kv_heads) * hd, group = q_heads / kv_heads;
+  const std::int64_t t = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= rows * w) return;
+  const std::int64_t r = t / w, j = t % w;
+  const T* x = in + r * 3 * c;
+  if (j < c) {
+    out[t] = x[j];
+    return;
+  }
+  const std::int64_t part = (j - c) / (kv_heads * hd), g = (j - c) % (kv_heads * hd) / hd, d = (j - c) % hd;
+  float sum = 0.0f;
+  for (std::int64_t k = 0; k < group; ++k) sum += as_float(x[c + part * c + (g * group + k) * hd + d]);
+  out[t] = from_float<T>(sum);
+}
+
+template <class T>
+void repeat_any(T* out, const T* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads, std::int64_t hd) {
+  const std::int64_t n = rows * 3 * q_heads * hd;
+  if (n == 0) return;
+  KILN_LAUNCH(grid_of(n, kMapThreads), kMapThreads, 0, repeat_kv_kernel<T>)(out, in, rows, q_heads, kv_heads, hd);
+  KILN_CUDA_LAUNCH_CHECK();
+}
+
+template <class T>
+void sum_any(T* out, const T* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads, std::int64_t hd) {
+  const std::int64_t n = rows * (q_heads + 2 * kv_heads) * hd;
+  if (n == 0) return;
+  KILN_LAUNCH(grid_of(n, kMapThreads), kMapThreads, 0, sum_repeated_kv_kernel<T>)(out, in, rows, q_heads, kv_heads,
+                                                                                 hd);
+  KILN_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void repeat_kv(float* out, const float* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads,
+               std::int64_t hd) {
+  repeat_any<float>(out, in, rows, q_heads, kv_heads, hd);
+}
+void sum_repeated_kv(float* out, const float* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads,
+                     std::int64_t hd) {
+  sum_any<float>(out, in, rows, q_heads, kv_heads, hd);
+}
+void repeat_kv_bf16(bf16* out, const bf16* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads,
+                    std::int64_t hd) {
+  repeat_any<__nv_bfloat16>(nv(out), nv(in), rows, q_heads, kv_heads, hd);
+}
+void sum_repeated_kv_bf16(bf16* out, const bf16* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads,
+                          std::int64_t hd) {
+  sum_any<__nv_bfloat16>(nv(out), nv(in), rows, q_heads, kv_heads, hd);
+}
+
+}  // namespace kiln::cuda

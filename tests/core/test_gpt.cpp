@@ -47,6 +47,14 @@ kiln::GptShape tiny_llama(bool post_norm = false) {
   return s;
 }
 
+// Grouped-query attention: 4 query heads sharing 2 key/value heads (head size 4).
+kiln::GptShape tiny_gqa() {
+  kiln::GptShape s = tiny_llama();
+  s.n_head = 4;
+  s.n_kv_head = 2;
+  return s;
+}
+
 kiln::Batch tiny_batch(int b, int t, int vocab, bool with_mask) {
   kiln::Batch batch;
   batch.batch = b;
@@ -124,6 +132,11 @@ TEST(Gpt, PerTokenWeightsMatchFiniteDifferences) { check_model_gradients(false, 
 TEST(Gpt, UntiedHeadMatchesFiniteDifferences) { check_model_gradients(false, 0, false, 1.0f, false); }
 TEST(Gpt, LlamaGradientsMatchFiniteDifferences) { check_shape_gradients(tiny_llama()); }
 TEST(Gpt, PostNormLlamaPartsMatchFiniteDifferences) { check_shape_gradients(tiny_llama(true), true); }
+TEST(Gpt, GroupedKvHeadsMatchFiniteDifferences) {
+  check_shape_gradients(tiny_gqa());
+  EXPECT_EQ(kiln::Gpt(tiny_gqa()).parameter("model.layers.0.self_attn.qkv_proj.weight").full_shape,
+            (kiln::Shape{16, 16 + 2 * 2 * 4}));
+}
 
 // The LLaMA table: Hugging Face's names, no biases and no learned positions, q|k|v and gate|up
 // fused, LLaMA's MLP width rule (8/3 of 4C, rounded up to a multiple).
@@ -473,8 +486,8 @@ TEST(Gpt, RejectsTokensOutsideTheVocabulary) {
 // The batched KV-cached decoder must produce, position by position, the logits of a full forward
 // pass, for every sequence of a ragged batch (three prompts of 20, 13 and 7 tokens fed in the same
 // steps, the shorter ones leaving the batch when done).
-void check_decoder_matches_forward(bool post_norm, int mlp_width = 0, bool llama = false) {
-  kiln::Gpt model(llama ? tiny_llama(post_norm) : tiny_shape(post_norm, mlp_width));
+void check_decoder_matches_forward(bool post_norm, int mlp_width = 0, bool llama = false, bool gqa = false) {
+  kiln::Gpt model(gqa ? tiny_gqa() : llama ? tiny_llama(post_norm) : tiny_shape(post_norm, mlp_width));
   model.init_weights(21, 0.3f);
   const std::vector<int> lengths = {20, 13, 7};
   std::vector<kiln::Batch> alone;
@@ -516,6 +529,7 @@ TEST(Decoder, PreLnRaggedBatchMatchesFullForward) { check_decoder_matches_forwar
 TEST(Decoder, PostLnRaggedBatchMatchesFullForward) { check_decoder_matches_forward(true); }
 TEST(Decoder, RaggedBatchMatchesFullForwardWithAnotherMlpWidth) { check_decoder_matches_forward(false, 24); }
 TEST(Decoder, LlamaRaggedBatchMatchesFullForward) { check_decoder_matches_forward(false, 0, true); }
+TEST(Decoder, GroupedKvHeadsRaggedBatchMatchesFullForward) { check_decoder_matches_forward(false, 0, true, true); }
 
 // Each sequence of a batch gets the tokens it gets alone: greedy, and sampled with its own seed,
 // with prompts of different lengths, stop tokens, and caches that slide past the context.

@@ -69,7 +69,8 @@ TEST(CudaDecode, RaggedBatchMatchesTheCpu) {
   check_ragged_batch(decode_shape());
 }
 
-// The LLaMA family: rotary embeddings at each sequence's own position, RMSNorm, SwiGLU.
+// The LLaMA family: rotary embeddings at each sequence's own position, RMSNorm, SwiGLU, one
+// key/value head for both query heads.
 TEST(CudaDecode, LlamaRaggedBatchMatchesTheCpu) {
   KILN_REQUIRE_GPU();
   kiln::GptShape shape = decode_shape();
@@ -77,6 +78,7 @@ TEST(CudaDecode, LlamaRaggedBatchMatchesTheCpu) {
   shape.bias = shape.tied_head = false;
   shape.llama_names = true;
   shape.mlp_width = 48;
+  shape.n_kv_head = 1;  // multi-query
   check_ragged_batch(shape);
 }
 

@@ -87,7 +87,7 @@ TEST_F(GpuTrainingTest, TwentyStepsMatchTheCpu) {
   EXPECT_LT(gpu_result.losses.back(), gpu_result.losses.front());
 }
 
-// The LLaMA family (RMSNorm, rotary embeddings, SwiGLU, no biases, untied head) on the GPU:
+// The LLaMA family (RMSNorm, rotary embeddings, SwiGLU, grouped KV heads, no biases, untied head) on the GPU:
 // fp32 follows the CPU as GPT-2 does; bf16 activations follow the fp32 run.
 kiln::ExperimentConfig as_llama(kiln::ExperimentConfig c) {
   c.model.arch = "llama";
@@ -97,6 +97,7 @@ kiln::ExperimentConfig as_llama(kiln::ExperimentConfig c) {
   c.model.bias = 0;
   c.model.tie_embeddings = 0;
   c.model.mlp_multiple_of = 64;
+  c.model.n_kv_head = 1;  // multi-query: both query heads share one key/value head
   return c;
 }
 
