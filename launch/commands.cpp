@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cstdio>
 
+#include "core/checkpoint/atomic_file.h"
+#include "core/checkpoint/hf_import.h"
 #include "core/checkpoint/model_io.h"
 #include "core/checkpoint/run_dir.h"
 #include "core/data/bpe_train.h"
@@ -192,6 +194,35 @@ int show_config(const std::string& config, const std::vector<std::string>& overr
     return 0;
   }
   std::printf("%s", to_yaml(load_config(config, overrides)).c_str());
+  return 0;
+}
+
+int import_hf(const std::string& hf_dir, const std::string& out_dir) {
+  KILN_CHECK(is_hf_folder(hf_dir), hf_dir, " is not a Hugging Face model folder (no config.json)");
+  KILN_CHECK(!out_dir.empty(), "kiln import: no output folder; pass HF_DIR OUT_DIR");
+  ExperimentConfig config;
+  config.model = hf_model_config(hf_dir);
+  // GPT-2's vocabulary is GPT-2's BPE; other tokenizers are the user's to name.
+  const bool gpt2_bpe = config.model.vocab_size == 50257;
+  if (gpt2_bpe) config.data.tokenizer = "gpt2";
+  config.train.run_dir = "runs/" + std::filesystem::path(out_dir).filename().string();
+  config.train.seq_len = std::min(config.train.seq_len, config.model.context);
+  Gpt model(GptShape::from_config(config.model, config.model.vocab_size));
+  load_hf_weights(model, hf_dir);
+  std::filesystem::create_directories(out_dir);
+  write_file_atomic(out_dir + "/config.yaml", to_yaml(config));
+  save_model(model, out_dir + "/model.safetensors", {{"kiln.imported_from", hf_dir}});
+  std::printf("imported %s: %s, %d layers, %d heads (%d key/value), width %d, vocab %d, %s, %lld parameters\n",
+              hf_dir.c_str(), config.model.arch.c_str(), config.model.n_layer, config.model.n_head,
+              model.shape().kv_heads(), config.model.n_embd, config.model.vocab_size, model.shape().describe().c_str(),
+              static_cast<long long>(model.shape().num_params()));
+  std::printf("  %s/config.yaml       its model section (set data.* and train.* for a run)\n", out_dir.c_str());
+  std::printf("  %s/model.safetensors kiln's names and layouts\n", out_dir.c_str());
+  if (!gpt2_bpe)
+    std::printf("  data.tokenizer: the model's vocabulary (%d) is not GPT-2's; set data.tokenizer for its tokenizer\n",
+                config.model.vocab_size);
+  std::printf("next: kiln sample --checkpoint %s ...   or   kiln train %s/config.yaml --init-from %s\n", out_dir.c_str(),
+              out_dir.c_str(), hf_dir.c_str());
   return 0;
 }
 

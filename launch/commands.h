@@ -59,4 +59,8 @@ int layout(const LayoutArgs& args);
 // Prints the resolved config (file + overrides), or the key reference when config is "".
 int show_config(const std::string& config, const std::vector<std::string>& overrides);
 
+// kiln import HF_DIR OUT_DIR: a Hugging Face model folder as a kiln checkpoint folder (config.yaml
+// with the model section, model.safetensors with kiln's names and layouts).
+int import_hf(const std::string& hf_dir, const std::string& out_dir);
+
 }  // namespace kiln::cli

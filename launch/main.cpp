@@ -25,6 +25,7 @@ Examples:
   kiln sample --checkpoint runs/quickstart --prompt "Q: Why?" --batch 4 --ids   # 4 samples at once
   kiln config configs/quickstart.yaml train.max_steps=50   # print the resolved config
   kiln config                                              # every config key with its help
+  kiln import path/to/hf-llama runs/llama-imported         # a Hugging Face model as a kiln checkpoint
   kiln layout --pattern strided --seq 1024 --block 32 --window 4 --stride 4 --out strided.svg
 )";
 
@@ -55,7 +56,8 @@ int main(int argc, char** argv) {
   train->add_option("--resume-from", resume_from, "Continue from this checkpoint folder or run dir");
   train->add_flag("--overwrite", train_args.overwrite,
                   "Start afresh even if train.run_dir holds a run (its checkpoints and metrics are deleted)");
-  train->add_option("--init-from", train_args.init_from, "Initial weights (a model.safetensors)");
+  train->add_option("--init-from", train_args.init_from,
+                    "Initial weights: a model.safetensors, a run or checkpoint folder, or a Hugging Face model folder");
   train->add_option("--stop-after", train_args.stop_after,
                     "Stop after this step (as if interrupted), keeping the schedule of max_steps");
   train->footer(kExamples);
@@ -125,6 +127,11 @@ int main(int argc, char** argv) {
 
   std::string config_path;
   std::vector<std::string> config_overrides;
+  std::string import_from, import_to;
+  auto* import = app.add_subcommand("import", "A Hugging Face model folder (GPT-2, LLaMA) as a kiln checkpoint folder");
+  import->add_option("hf_dir", import_from, "Folder with config.json and safetensors weights")->required();
+  import->add_option("out_dir", import_to, "Checkpoint folder to write (config.yaml, model.safetensors)")->required();
+
   auto* config = app.add_subcommand("config", "Print a resolved config, or every key with no file");
   config->add_option("config", config_path, "Experiment YAML");
   config->add_option("overrides", config_overrides, "Overrides: section.key=value ...");
@@ -161,6 +168,7 @@ int main(int argc, char** argv) {
       code = kiln::cli::sample(sample_args);
     }
     if (*config) code = kiln::cli::show_config(config_path, config_overrides);
+    if (*import) code = kiln::cli::import_hf(import_from, import_to);
     if (*layout) {
       layout_args.pattern.per_head = per_head != 0;
       code = kiln::cli::layout(layout_args);

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Makes the tiny Hugging Face models kiln's interop tests read (tests/fixtures/hf/): a GPT-2 and
-a LLaMA (4 heads, 2 key/value heads, untied head), random weights from a fixed seed, saved with
+a LLaMA (4 heads, 2 key/value heads, untied head), both with 300 tokens (room for the byte
+tokenizer's 257, so a run can train them on byte-tokenized text), random weights from a fixed seed, saved with
 transformers' save_pretrained (config.json + model.safetensors), and beside each expected.json:
 the logits transformers computes for fixed token ids and the greedy continuation `generate`
 gives. The tests compare kiln against these files, so `make test` needs neither torch nor
@@ -44,11 +45,11 @@ def save(model, out):
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/hf"
     torch.manual_seed(1234)
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=101, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=32, n_embd=32, n_layer=2, n_head=4,
                                       initializer_range=0.2, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0))
     save(gpt2, os.path.join(out, "gpt2"))
     torch.manual_seed(5678)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                          rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False,
                                          initializer_range=0.2))

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "core/checkpoint/atomic_file.h"
+#include "core/checkpoint/hf_import.h"
 #include "core/checkpoint/model_io.h"
 #include "core/checkpoint/run_dir.h"
 #include "core/data/corpus_cache.h"
@@ -49,6 +50,38 @@ void check_same_model(const ModelConfig& saved, const ModelConfig& now, const st
   same("n_kv_head", saved.n_kv_head, now.n_kv_head);
   same("bias", saved.bias, now.bias);
   same("tie_embeddings", saved.tie_embeddings, now.tie_embeddings);
+  same("norm_eps", saved.norm_eps, now.norm_eps);
+  same("rope_theta", saved.rope_theta, now.rope_theta);
+  same("mlp_multiple_of", saved.mlp_multiple_of, now.mlp_multiple_of);
+}
+
+// A Hugging Face model's architecture against the run's (both as specs, so an explicit MLP width
+// equals the same width from a rule): every difference is named with both values.
+void check_same_architecture(const GptShape& hf, const GptShape& run, const std::string& dir) {
+  auto same = [&](const char* what, const auto& a, const auto& b) {
+    KILN_CHECK(a == b, "--init-from ", dir, ": the Hugging Face model has ", what, " ", a, " but the config gives ", b,
+               "; `kiln import ", dir, " OUT` writes a config that matches it");
+  };
+  same("layers (model.n_layer)", hf.n_layer, run.n_layer);
+  same("heads (model.n_head)", hf.n_head, run.n_head);
+  same("width (model.n_embd)", hf.n_embd, run.n_embd);
+  same("key/value heads (model.n_kv_head)", hf.kv_heads(), run.kv_heads());
+  same("MLP width", hf.ffn(), run.ffn());
+  same("vocabulary (model.vocab_size)", hf.vocab, run.vocab);
+  same("norm (model.norm_kind)", hf.rms_norm ? "rmsnorm" : "layernorm", run.rms_norm ? "rmsnorm" : "layernorm");
+  same("norm epsilon (model.norm_eps)", hf.norm_eps, run.norm_eps);
+  same("positions (model.position)", hf.rope ? "rope" : "learned", run.rope ? "rope" : "learned");
+  same("MLP (model.mlp)", hf.swiglu ? "swiglu" : "gelu", run.swiglu ? "swiglu" : "gelu");
+  same("biases (model.bias)", hf.bias, run.bias);
+  same("a tied head (model.tie_embeddings)", hf.tied_head, run.tied_head);
+  same("parameter names (model.arch)", hf.llama_names ? "llama" : "gpt2", run.llama_names ? "llama" : "gpt2");
+  if (hf.rope) {
+    same("rope_theta (model.rope_theta)", hf.rope_theta, run.rope_theta);
+    KILN_CHECK(run.context <= hf.context, "--init-from ", dir, ": model.context=", run.context,
+               " is longer than the Hugging Face model's max_position_embeddings ", hf.context);
+  } else {
+    same("positions (model.context)", hf.context, run.context);
+  }
 }
 
 // A test hook for failure handling (docs/parallel.md): KILN_FAULT="hang:RANK:STEP" makes that
@@ -230,6 +263,29 @@ void Trainer::say(const std::string& line) const {
   if (!options_.quiet && parallel_.is_main()) std::printf("%s\n", line.c_str());
 }
 
+// --init-from: a model.safetensors file, a kiln run or checkpoint folder (its model.safetensors),
+// or a Hugging Face model folder (config.json and safetensors weights, checked against the
+// config's architecture).
+void Trainer::init_from(const std::string& source) {
+  std::error_code ec;
+  KILN_CHECK(std::filesystem::exists(source, ec), "--init-from ", source, " does not exist; pass a model.safetensors, "
+             "a run or checkpoint folder, or a Hugging Face model folder");
+  if (is_hf_folder(source)) {
+    const ModelConfig hf = hf_model_config(source);
+    GptShape run = model_->shape();
+    run.tp_size = 1;  // compare whole models
+    run.tp_rank = 0;
+    check_same_architecture(GptShape::from_config(hf, hf.vocab_size), run, source);
+    load_hf_weights(*model_, source);
+    say("initial weights from the Hugging Face model " + source);
+    return;
+  }
+  const std::string file = std::filesystem::is_directory(source, ec) ? resolve_checkpoint(source) + "/model.safetensors"
+                                                                     : source;
+  load_model(*model_, file);
+  say("initial weights from " + file);
+}
+
 void Trainer::start_or_resume() {
   std::optional<std::string> checkpoint;
   if (options_.resume == "auto")
@@ -241,8 +297,7 @@ void Trainer::start_or_resume() {
     if (parallel_.is_main()) prepare_run_dir(config_.train.run_dir, options_.overwrite || !options_.resume.empty());
     parallel_.world->barrier();
     if (!options_.init_from.empty()) {
-      load_model(*model_, options_.init_from);
-      say("initial weights from " + options_.init_from);
+      init_from(options_.init_from);
     } else {
       model_->init_weights(config_.train.seed, config_.model.init_std);
     }

@@ -62,6 +62,7 @@ class Trainer {
 
  private:
   void start_or_resume();
+  void init_from(const std::string& source);
   void save_checkpoint(std::int64_t step);
   // Gradients summed over replicas, clipped, and one AdamW update on every rank.
   AdamW::StepStats optimizer_step(float lr);

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/checkpoint/hf_import.h"
 #include "core/checkpoint/safetensors.h"
 #include "core/data/corpus_cache.h"
 #include "core/data/shard.h"
@@ -286,4 +287,40 @@ TEST(Trainer, CudaWithoutADeviceIsAClearError) {
   } catch (const kiln::Error& e) {
     EXPECT_NE(std::string(e.what()).find("train.device=cuda"), std::string::npos) << e.what();
   }
+}
+
+// --init-from a Hugging Face folder (the transformers-made LLaMA of tests/fixtures/hf, 101
+// tokens): training starts from its weights and the loss falls; a config whose architecture
+// differs is refused with both values named; a run folder works as --init-from too.
+TEST_F(TrainerTest, InitFromAHuggingFaceFolderTrains) {
+  const std::string hf = std::string(KILN_SOURCE_DIR) + "/tests/fixtures/hf/llama";
+  kiln::ExperimentConfig c = config("from_hf");
+  c.model = kiln::hf_model_config(hf);
+  c.model.attention_block = 16;
+  c.train.max_steps = 20;
+  kiln::TrainOptions options;
+  options.quiet = true;
+  options.init_from = hf;
+  const kiln::TrainResult result = kiln::Trainer(c, options).run();
+  ASSERT_EQ(result.losses.size(), 20u);
+  EXPECT_LT(result.losses.back(), 0.7 * result.losses.front());
+
+  kiln::ExperimentConfig wider = c;
+  wider.model.n_embd = 64;
+  wider.train.run_dir = (dir_ / "wider").string();
+  try {
+    kiln::Trainer(wider, options).run();
+    ADD_FAILURE() << "a mismatched architecture was accepted";
+  } catch (const kiln::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("width (model.n_embd) 32 but the config gives 64"), std::string::npos)
+        << e.what();
+  }
+
+  // The run folder just written, as --init-from: the newest checkpoint's weights.
+  kiln::ExperimentConfig again = c;
+  again.train.run_dir = (dir_ / "from_run").string();
+  again.train.max_steps = 1;
+  options.init_from = c.train.run_dir;
+  const kiln::TrainResult resumed = kiln::Trainer(again, options).run();
+  EXPECT_LT(resumed.losses.front(), result.losses.front());
 }
