@@ -6,7 +6,7 @@
 #include <cstdio>
 
 #include "core/checkpoint/atomic_file.h"
-#include "core/checkpoint/hf_import.h"
+#include "core/checkpoint/hugging_face.h"
 #include "core/checkpoint/model_io.h"
 #include "core/checkpoint/run_dir.h"
 #include "core/data/bpe_train.h"
@@ -223,6 +223,39 @@ int import_hf(const std::string& hf_dir, const std::string& out_dir) {
                 config.model.vocab_size);
   std::printf("next: kiln sample --checkpoint %s ...   or   kiln train %s/config.yaml --init-from %s\n", out_dir.c_str(),
               out_dir.c_str(), hf_dir.c_str());
+  return 0;
+}
+
+int export_hf(const std::string& source, const std::string& out_dir, double shard_mb) {
+  KILN_CHECK(!out_dir.empty(), "kiln export: no output folder; pass RUN_OR_CHECKPOINT OUT_DIR");
+  const std::string checkpoint = resolve_checkpoint(source);
+  const ExperimentConfig config = checkpoint_config(checkpoint);
+  const auto tokenizer = make_tokenizer(config.data.tokenizer, config.data.tokenizer_dir);
+  Gpt model(GptShape::from_config(config.model, tokenizer->vocab_size()));
+  load_model(model, checkpoint + "/model.safetensors");
+  std::vector<std::string> files = kiln::export_hf(model, out_dir, static_cast<int>(tokenizer->eot()),
+                                                   static_cast<std::int64_t>(shard_mb * (1 << 20)));
+  if (config.data.tokenizer == "gpt2") {
+    // transformers' GPT2Tokenizer reads the same two files under other names.
+    namespace fs = std::filesystem;
+    const fs::path from(config.data.tokenizer_dir);
+    fs::copy_file(from / "encoder.json", fs::path(out_dir) / "vocab.json", fs::copy_options::overwrite_existing);
+    fs::copy_file(from / "vocab.bpe", fs::path(out_dir) / "merges.txt", fs::copy_options::overwrite_existing);
+    const nlohmann::json tokenizer_config = {{"tokenizer_class", "GPT2Tokenizer"},
+                                             {"bos_token", "<|endoftext|>"},
+                                             {"eos_token", "<|endoftext|>"},
+                                             {"unk_token", "<|endoftext|>"},
+                                             {"add_prefix_space", false},
+                                             {"model_max_length", config.model.context}};
+    write_file_atomic(out_dir + "/tokenizer_config.json", tokenizer_config.dump(2) + "\n");
+    files.insert(files.end(), {"vocab.json", "merges.txt", "tokenizer_config.json"});
+  }
+  std::printf("exported %s (%s) to %s:\n", checkpoint.c_str(), model.shape().describe().c_str(), out_dir.c_str());
+  for (const std::string& f : files) std::printf("  %s\n", f.c_str());
+  if (config.data.tokenizer != "gpt2")
+    std::printf("(data.tokenizer=%s has no Hugging Face tokenizer files; token ids are kiln's)\n",
+                config.data.tokenizer.c_str());
+  std::printf("in Python: AutoModelForCausalLM.from_pretrained(\"%s\")\n", out_dir.c_str());
   return 0;
 }
 

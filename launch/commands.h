@@ -62,5 +62,8 @@ int show_config(const std::string& config, const std::vector<std::string>& overr
 // kiln import HF_DIR OUT_DIR: a Hugging Face model folder as a kiln checkpoint folder (config.yaml
 // with the model section, model.safetensors with kiln's names and layouts).
 int import_hf(const std::string& hf_dir, const std::string& out_dir);
+// kiln export RUN_OR_CHECKPOINT OUT_DIR: a Hugging Face model folder (config, weights sharded past
+// shard_mb MiB, and GPT-2 BPE's tokenizer files for runs that use it).
+int export_hf(const std::string& source, const std::string& out_dir, double shard_mb);
 
 }  // namespace kiln::cli

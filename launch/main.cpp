@@ -26,6 +26,7 @@ Examples:
   kiln config configs/quickstart.yaml train.max_steps=50   # print the resolved config
   kiln config                                              # every config key with its help
   kiln import path/to/hf-llama runs/llama-imported         # a Hugging Face model as a kiln checkpoint
+  kiln export runs/quickstart exported/quickstart          # a run as a Hugging Face model folder
   kiln layout --pattern strided --seq 1024 --block 32 --window 4 --stride 4 --out strided.svg
 )";
 
@@ -132,6 +133,14 @@ int main(int argc, char** argv) {
   import->add_option("hf_dir", import_from, "Folder with config.json and safetensors weights")->required();
   import->add_option("out_dir", import_to, "Checkpoint folder to write (config.yaml, model.safetensors)")->required();
 
+  std::string export_from, export_to;
+  double shard_mb = 2000.0;
+  auto* export_cmd = app.add_subcommand("export", "A kiln run or checkpoint as a Hugging Face model folder");
+  export_cmd->add_option("source", export_from, "Run folder (its newest checkpoint) or checkpoint folder")->required();
+  export_cmd->add_option("out_dir", export_to, "Folder to write")->required();
+  export_cmd->add_option("--shard-mb", shard_mb, "Largest weights file in MiB; past it, shards and an index")
+      ->capture_default_str();
+
   auto* config = app.add_subcommand("config", "Print a resolved config, or every key with no file");
   config->add_option("config", config_path, "Experiment YAML");
   config->add_option("overrides", config_overrides, "Overrides: section.key=value ...");
@@ -169,6 +178,7 @@ int main(int argc, char** argv) {
     }
     if (*config) code = kiln::cli::show_config(config_path, config_overrides);
     if (*import) code = kiln::cli::import_hf(import_from, import_to);
+    if (*export_cmd) code = kiln::cli::export_hf(export_from, export_to, shard_mb);
     if (*layout) {
       layout_args.pattern.per_head = per_head != 0;
       code = kiln::cli::layout(layout_args);

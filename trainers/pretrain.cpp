@@ -31,7 +31,9 @@ PretrainStage::PretrainStage(const ExperimentConfig& config, int replica, int re
                "; tokenize both with the same tokenizer");
   // The model is sized by the tokenizer (so `kiln sample` can decode what it learned); the
   // shards' ids must fit in it.
-  vocab_size_ = make_tokenizer(config.data.tokenizer, config.data.tokenizer_dir)->vocab_size();
+  const auto tokenizer = make_tokenizer(config.data.tokenizer, config.data.tokenizer_dir);
+  vocab_size_ = tokenizer->vocab_size();
+  eot_ = static_cast<int>(tokenizer->eot());
   KILN_CHECK(train_.vocab_size() <= vocab_size_, config.data.train, ": the shards were written "
              "with a vocabulary of ", train_.vocab_size(), " tokens but data.tokenizer=",
              config.data.tokenizer, " has ", vocab_size_, "; set data.tokenizer to the "

@@ -14,6 +14,7 @@ class PretrainStage : public Stage {
 
   std::string name() const override { return "pretrain"; }
   int vocab_size() const override { return vocab_size_; }
+  int eot() const override { return eot_; }
   StepLoss accumulate_gradients(Gpt& model, StepContext& ctx) override;
   std::optional<double> validation_loss(Gpt& model, StepContext& ctx) override;
   nlohmann::json state() const override;
@@ -25,6 +26,7 @@ class PretrainStage : public Stage {
 
   int grad_accum_;
   int vocab_size_;
+  int eot_ = 0;
   int eval_batches_;
   TokenLoader train_;
   std::optional<TokenLoader> val_;

@@ -41,6 +41,9 @@ class Stage {
   virtual std::string name() const = 0;
   // The vocabulary size the stage's data was tokenized with (sizes the model).
   virtual int vocab_size() const = 0;
+  // The end-of-text id of the stage's tokenizer (the stop token of the checkpoints' generation
+  // config).
+  virtual int eot() const = 0;
   // Adds to the model's (zeroed) gradients the gradient of this optimizer step's loss, averaged
   // over all tokens that count in the step (all micro-batches of all replicas together).
   // Returns this replica's share of the loss and tokens.

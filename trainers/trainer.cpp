@@ -16,7 +16,7 @@
 #include <thread>
 
 #include "core/checkpoint/atomic_file.h"
-#include "core/checkpoint/hf_import.h"
+#include "core/checkpoint/hugging_face.h"
 #include "core/checkpoint/model_io.h"
 #include "core/checkpoint/run_dir.h"
 #include "core/data/corpus_cache.h"
@@ -350,6 +350,11 @@ void Trainer::save_checkpoint(std::int64_t step) {
                                   {"stage_state", stage_->state()}};
     write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
     write_file_atomic(tmp + "/config.yaml", to_yaml(config_));
+    // transformers' from_pretrained(checkpoint) reads it (GPT-2 and LLaMA-shaped models).
+    GptShape whole = model_->shape();
+    whole.tp_size = 1;
+    whole.tp_rank = 0;
+    write_hf_config(tmp, whole, stage_->eot());
     commit_checkpoint(config_.train.run_dir, step, tmp, config_.checkpoint.keep);
   }
   parallel_.world->barrier();  // nobody runs ahead of a checkpoint that is not on disk yet

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/checkpoint/hugging_face.h"
 #include "core/checkpoint/safetensors.h"
 
 namespace kiln {
@@ -43,12 +44,19 @@ std::int64_t offset_of(const Gpt& model, const Parameter& p) {
 Tensor on_host(const Tensor& t) { return t.device() == Device::cpu ? t : t.to(Device::cpu); }
 }  // namespace
 
-void save_model(const Gpt& model, const std::string& path,
-                const std::map<std::string, std::string>& metadata, bool write) {
-  std::vector<NamedTensor> tensors;
+std::vector<NamedTensor> model_tensors(const Gpt& model) {
   const Tensor params = on_host(model.parameter_buffer());
+  // transformers' LlamaForCausalLM reads the LLaMA family's layout as is.
+  if (hf_llama_layout(model.shape())) return hf_llama_tensors(model, params.f32());
+  std::vector<NamedTensor> tensors;
   for (const Parameter& p : model.parameters())
     tensors.push_back({p.name, stored(model, p, params.f32() + offset_of(model, p))});
+  return tensors;
+}
+
+void save_model(const Gpt& model, const std::string& path,
+                const std::map<std::string, std::string>& metadata, bool write) {
+  const std::vector<NamedTensor> tensors = model_tensors(model);
   if (!write) return;
   std::map<std::string, std::string> meta = metadata;
   meta["format"] = "pt";  // what transformers expects to find
@@ -56,6 +64,7 @@ void save_model(const Gpt& model, const std::string& path,
 }
 
 void load_model(Gpt& model, const std::string& path) {
+  if (hf_llama_layout(model.shape())) return load_hf_safetensors(model, path);
   const SafetensorsFile file(path);
   Tensor& buffer = model.parameter_buffer();
   Tensor params = buffer.device() == Device::cpu ? buffer : Tensor::zeros(buffer.shape());

@@ -6,6 +6,7 @@
 #include <map>
 #include <string>
 
+#include "core/checkpoint/safetensors.h"
 #include "core/model/gpt.h"
 #include "core/optim/adamw.h"
 
@@ -15,6 +16,9 @@ namespace kiln {
 // shards are gathered); only a caller with write = true writes the file.
 void save_model(const Gpt& model, const std::string& path,
                 const std::map<std::string, std::string>& metadata = {}, bool write = true);
+// The tensors save_model writes (whole tensors: a collective under tensor parallelism): GPT-2
+// names and shapes, or Hugging Face's LLaMA names and layouts for that family (hugging_face.h).
+std::vector<NamedTensor> model_tensors(const Gpt& model);
 // Loads every parameter by name; errors name the file, the tensor and the shapes that differ.
 void load_model(Gpt& model, const std::string& path);
 

@@ -3,14 +3,18 @@
 // on the same token ids, and the same greedy continuations as `generate`.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include "core/checkpoint/hf_import.h"
+#include "core/checkpoint/hugging_face.h"
+#include "core/checkpoint/model_io.h"
 #include "core/model/decode.h"
 
 namespace {
@@ -89,4 +93,96 @@ TEST(HfImport, ConfigFieldsKilnDoesNotImplementAreNamed) {
   EXPECT_NE(error_for("{not json").find("not valid JSON"), std::string::npos);
   EXPECT_EQ(error_for(llama + "}"), "no error");
   fs::remove_all(dir);
+}
+
+// Import then save: kiln's model.safetensors of an imported Hugging Face model holds the same
+// tensors, name for name and bit for bit, as the folder it came from (the LLaMA in Hugging
+// Face's layout, GPT-2 in its own); loading it back gives the same parameters.
+TEST(HfImport, ImportThenSaveIsTensorForTensorIdentical) {
+  for (const std::string name : {"gpt2", "llama"}) {
+    SCOPED_TRACE(name);
+    const std::string dir = kFixtures + name;
+    const kiln::ModelConfig config = kiln::hf_model_config(dir);
+    const kiln::GptShape shape = kiln::GptShape::from_config(config, config.vocab_size);
+    kiln::Gpt model(shape), again(shape);
+    kiln::load_hf_weights(model, dir);
+    const std::string path = ::testing::TempDir() + "kiln_hf_roundtrip_" + name + ".safetensors";
+    kiln::save_model(model, path);
+    const kiln::SafetensorsFile original(dir + "/model.safetensors"), saved(path);
+    std::vector<std::string> expected_names;
+    for (const std::string& n : original.names())
+      if (n.find(".attn.bias") == std::string::npos && n.find(".attn.masked_bias") == std::string::npos)
+        expected_names.push_back(n);
+    std::vector<std::string> saved_names = saved.names(), want = expected_names;
+    std::sort(saved_names.begin(), saved_names.end());
+    std::sort(want.begin(), want.end());
+    auto strip = [](std::string n) { return n.rfind("transformer.", 0) == 0 ? n.substr(12) : n; };
+    for (std::string& n : saved_names) n = strip(n);
+    for (std::string& n : want) n = strip(n);
+    std::sort(saved_names.begin(), saved_names.end());
+    std::sort(want.begin(), want.end());
+    EXPECT_EQ(saved_names, want);
+    for (const std::string& n : saved.names()) {
+      const std::string in_original = original.contains(n) ? n : strip(n);
+      ASSERT_TRUE(original.contains(in_original)) << n;
+      const kiln::Tensor a = saved.load(n), b = original.load(in_original);
+      ASSERT_EQ(a.shape(), b.shape()) << n;
+      EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0) << n;
+    }
+    kiln::load_model(again, path);
+    EXPECT_EQ(std::memcmp(model.parameter_buffer().f32(), again.parameter_buffer().f32(),
+                          model.parameter_buffer().nbytes()), 0);
+    std::remove(path.c_str());
+  }
+}
+
+// The config.json kiln writes beside its weights names what transformers needs.
+TEST(HfImport, ConfigJsonForBothArchitectures) {
+  for (const std::string name : {"gpt2", "llama"}) {
+    const kiln::ModelConfig config = kiln::hf_model_config(kFixtures + name);
+    const nlohmann::json written = kiln::hf_config_json(kiln::GptShape::from_config(config, config.vocab_size));
+    const nlohmann::json original = expected(name).is_null() ? nlohmann::json() : nlohmann::json::parse(
+        std::ifstream(kFixtures + name + "/config.json"));
+    for (const char* key : {"model_type", "vocab_size", "n_embd", "n_layer", "n_head", "n_positions", "hidden_size",
+                            "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                            "max_position_embeddings", "rms_norm_eps", "rope_theta", "tie_word_embeddings"})
+      if (original.contains(key)) EXPECT_EQ(written.at(key), original.at(key)) << name << " " << key;
+  }
+  kiln::GptShape post;
+  post.n_layer = post.n_head = 1;
+  post.n_embd = post.context = 8;
+  post.vocab = post.padded_vocab = 8;
+  post.post_norm = true;
+  EXPECT_TRUE(kiln::hf_config_json(post).is_null());  // no Hugging Face counterpart
+}
+
+// Export with a small shard size: several files and an index, which import reads back to the
+// same parameters; a model transformers has no counterpart for is refused.
+TEST(HfImport, ShardedExportReadsBack) {
+  namespace fs = std::filesystem;
+  const std::string dir = kFixtures + "llama";
+  const kiln::ModelConfig config = kiln::hf_model_config(dir);
+  const kiln::GptShape shape = kiln::GptShape::from_config(config, config.vocab_size);
+  kiln::Gpt model(shape), again(shape);
+  kiln::load_hf_weights(model, dir);
+  const fs::path out = fs::temp_directory_path() / "kiln_hf_export_test";
+  fs::remove_all(out);
+  const auto files = kiln::export_hf(model, out.string(), 2, 20000);
+  EXPECT_GT(files.size(), 4u);
+  EXPECT_TRUE(fs::exists(out / "model.safetensors.index.json"));
+  EXPECT_FALSE(fs::exists(out / "model.safetensors"));
+  EXPECT_EQ(kiln::hf_model_config(out.string()).n_kv_head, 2);
+  kiln::load_hf_weights(again, out.string());
+  EXPECT_EQ(std::memcmp(model.parameter_buffer().f32(), again.parameter_buffer().f32(),
+                        model.parameter_buffer().nbytes()), 0);
+  kiln::GptShape post = shape;
+  post.post_norm = true;
+  kiln::Gpt post_model(post);
+  try {
+    kiln::export_hf(post_model, out.string(), 2, 1 << 20);
+    ADD_FAILURE() << "a post-norm model was exported";
+  } catch (const kiln::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no Hugging Face counterpart"), std::string::npos) << e.what();
+  }
+  fs::remove_all(out);
 }

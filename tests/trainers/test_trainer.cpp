@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/checkpoint/hf_import.h"
+#include "core/checkpoint/hugging_face.h"
 #include "core/checkpoint/safetensors.h"
 #include "core/data/corpus_cache.h"
 #include "core/data/shard.h"

@@ -1,6 +1,8 @@
-// Hugging Face model folders -> kiln (hf_import.h).
-#include "core/checkpoint/hf_import.h"
+// Hugging Face model folders <-> kiln (hugging_face.h).
+#include "core/checkpoint/hugging_face.h"
 
+#include <charconv>
+#include <cstdio>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -8,6 +10,8 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "core/checkpoint/atomic_file.h"
+#include "core/checkpoint/model_io.h"
 #include "core/checkpoint/safetensors.h"
 #include "kernels/error.h"
 
@@ -50,6 +54,11 @@ T required(const Json& config, const std::string& file, const std::string& key) 
 // The folder's tensors: one file, or shards listed by model.safetensors.index.json.
 class HfTensors {
  public:
+  // One safetensors file.
+  explicit HfTensors(const std::string& file) {
+    const SafetensorsFile opened(file);
+    for (const std::string& name : opened.names()) where_[name] = file;
+  }
   explicit HfTensors(const fs::path& dir) {
     const fs::path single = dir / "model.safetensors", index = dir / "model.safetensors.index.json";
     if (fs::exists(index)) {
@@ -163,8 +172,176 @@ ModelConfig hf_model_config(const std::string& dir) {
   throw Error(message(file, ": model_type '", type, "' is not one kiln reads; it reads gpt2 and llama"));
 }
 
+namespace {
+void load_from(Gpt& model, HfTensors& hf, const std::string& dir);
+}  // namespace
+
 void load_hf_weights(Gpt& model, const std::string& dir) {
   HfTensors hf{fs::path(dir)};
+  load_from(model, hf, dir);
+}
+
+void load_hf_safetensors(Gpt& model, const std::string& file) {
+  HfTensors hf{file};
+  load_from(model, hf, file);
+}
+
+namespace {
+// The float as the double its shortest decimal names (1e-6f -> 1e-06, not 9.99999997e-07), as
+// Python writes it.
+double shortest(float x) {
+  char text[32];
+  const auto end = std::to_chars(text, text + sizeof text, x).ptr;
+  return std::stod(std::string(text, end));
+}
+}  // namespace
+
+nlohmann::json hf_config_json(const GptShape& s) {
+  const bool gpt2 = !s.llama_names && !s.rms_norm && !s.rope && !s.swiglu && s.bias && !s.post_norm && !s.grouped();
+  if (gpt2) {
+    Json c = {{"architectures", {"GPT2LMHeadModel"}},
+              {"model_type", "gpt2"},
+              {"vocab_size", s.vocab},
+              {"n_positions", s.context},
+              {"n_ctx", s.context},
+              {"n_embd", s.n_embd},
+              {"n_layer", s.n_layer},
+              {"n_head", s.n_head},
+              {"n_inner", s.ffn() == 4 * s.n_embd ? Json() : Json(s.ffn())},
+              {"activation_function", "gelu_new"},
+              {"layer_norm_epsilon", 1e-5},
+              {"tie_word_embeddings", s.tied_head},
+              {"resid_pdrop", 0.0},
+              {"embd_pdrop", 0.0},
+              {"attn_pdrop", 0.0},
+              {"torch_dtype", "float32"}};
+    return c;
+  }
+  if (hf_llama_layout(s))
+    return {{"architectures", {"LlamaForCausalLM"}},
+            {"model_type", "llama"},
+            {"vocab_size", s.vocab},
+            {"hidden_size", s.n_embd},
+            {"intermediate_size", s.ffn()},
+            {"num_hidden_layers", s.n_layer},
+            {"num_attention_heads", s.n_head},
+            {"num_key_value_heads", s.kv_heads()},
+            {"max_position_embeddings", s.context},
+            {"rms_norm_eps", shortest(s.norm_eps)},
+            {"rope_theta", shortest(s.rope_theta)},
+            {"rope_scaling", nullptr},
+            {"hidden_act", "silu"},
+            {"attention_bias", false},
+            {"tie_word_embeddings", s.tied_head},
+            {"torch_dtype", "float32"}};
+  return nullptr;
+}
+
+nlohmann::json hf_generation_config_json(int eot) {
+  return {{"_from_model_config", true}, {"bos_token_id", eot}, {"eos_token_id", eot}};
+}
+
+bool write_hf_config(const std::string& dir, const GptShape& shape, int eot) {
+  const Json config = hf_config_json(shape);
+  if (config.is_null()) return false;
+  Json with_tokens = config;
+  with_tokens["bos_token_id"] = eot;
+  with_tokens["eos_token_id"] = eot;
+  write_file_atomic(dir + "/config.json", with_tokens.dump(2) + "\n");
+  write_file_atomic(dir + "/generation_config.json", hf_generation_config_json(eot).dump(2) + "\n");
+  return true;
+}
+
+std::vector<std::string> export_hf(const Gpt& model, const std::string& dir, int eot, std::int64_t max_shard_bytes) {
+  GptShape whole = model.shape();
+  whole.tp_size = 1;
+  whole.tp_rank = 0;
+  KILN_CHECK(!hf_config_json(whole).is_null(), "this model (", whole.describe(), (whole.llama_names ? ", llama names" : ""),
+             ") has no Hugging Face counterpart: transformers has GPT-2 (pre-LN, LayerNorm, learned positions, GELU, "
+             "biases) and LLaMA (model.arch=llama)");
+  KILN_CHECK(max_shard_bytes > 0, "the shard size must be positive, got ", max_shard_bytes, " bytes");
+  const std::vector<NamedTensor> tensors = model_tensors(model);
+  // Greedy shards in table order, each at most max_shard_bytes (a larger tensor alone).
+  std::vector<std::vector<NamedTensor>> shards(1);
+  std::int64_t in_shard = 0, total = 0;
+  for (const NamedTensor& t : tensors) {
+    const auto bytes = static_cast<std::int64_t>(t.tensor.nbytes());
+    if (in_shard > 0 && in_shard + bytes > max_shard_bytes) {
+      shards.emplace_back();
+      in_shard = 0;
+    }
+    shards.back().push_back(t);
+    in_shard += bytes;
+    total += bytes;
+  }
+  fs::create_directories(dir);
+  std::vector<std::string> written;
+  const std::map<std::string, std::string> meta = {{"format", "pt"}};
+  if (shards.size() == 1) {
+    write_safetensors(dir + "/model.safetensors", tensors, meta);
+    written.push_back("model.safetensors");
+  } else {
+    Json map = {{"metadata", {{"total_size", total}}}, {"weight_map", Json::object()}};
+    for (std::size_t i = 0; i < shards.size(); ++i) {
+      char name[64];
+      std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+      write_safetensors(dir + "/" + name, shards[i], meta);
+      for (const NamedTensor& t : shards[i]) map["weight_map"][t.name] = name;
+      written.push_back(name);
+    }
+    write_file_atomic(dir + "/model.safetensors.index.json", map.dump(2) + "\n");
+    written.push_back("model.safetensors.index.json");
+  }
+  write_hf_config(dir, whole, eot);
+  written.insert(written.end(), {"config.json", "generation_config.json"});
+  return written;
+}
+
+bool hf_llama_layout(const GptShape& s) {
+  return s.llama_names && s.rms_norm && s.rope && s.swiglu && !s.bias && !s.post_norm;
+}
+
+std::vector<NamedTensor> hf_llama_tensors(const Gpt& model, const float* params) {
+  const GptShape& s = model.shape();
+  KILN_CHECK(hf_llama_layout(s), "the model is not in the LLaMA family Hugging Face has (", s.describe(), ")");
+  const std::int64_t c = s.n_embd, f = s.ffn(), vocab = s.vocab, kv = static_cast<std::int64_t>(s.kv_heads()) * s.head_size();
+  std::vector<NamedTensor> out;
+  // Columns [col0, col0 + n) of a kiln (in, cols) weight as a Linear weight (n, in).
+  auto linear = [](const Tensor& full, std::int64_t col0, std::int64_t n) {
+    const std::int64_t in = full.shape()[0], cols = full.shape()[1];
+    Tensor t = Tensor::empty({n, in});
+    for (std::int64_t o = 0; o < n; ++o)
+      for (std::int64_t i = 0; i < in; ++i) t.f32()[o * in + i] = full.f32()[i * cols + col0 + o];
+    return t;
+  };
+  for (const Parameter& p : model.parameters()) {
+    const Tensor full = model.gather_full(p, params + (p.value.f32() - model.parameter_buffer().f32()));
+    const std::string layer = "model.layers." + std::to_string(p.layer) + ".";
+    switch (p.role) {
+      case Role::token_embedding: out.push_back({"model.embed_tokens.weight", full.view(0, {vocab, c})}); break;
+      case Role::lm_head: out.push_back({"lm_head.weight", full.view(0, {vocab, c})}); break;
+      case Role::norm1_weight: out.push_back({layer + "input_layernorm.weight", full}); break;
+      case Role::norm2_weight: out.push_back({layer + "post_attention_layernorm.weight", full}); break;
+      case Role::final_norm_weight: out.push_back({"model.norm.weight", full}); break;
+      case Role::qkv_weight:
+        out.push_back({layer + "self_attn.q_proj.weight", linear(full, 0, c)});
+        out.push_back({layer + "self_attn.k_proj.weight", linear(full, c, kv)});
+        out.push_back({layer + "self_attn.v_proj.weight", linear(full, c + kv, kv)});
+        break;
+      case Role::attn_out_weight: out.push_back({layer + "self_attn.o_proj.weight", linear(full, 0, c)}); break;
+      case Role::mlp_in_weight:
+        out.push_back({layer + "mlp.gate_proj.weight", linear(full, 0, f)});
+        out.push_back({layer + "mlp.up_proj.weight", linear(full, f, f)});
+        break;
+      case Role::mlp_out_weight: out.push_back({layer + "mlp.down_proj.weight", linear(full, 0, c)}); break;
+      default: out.push_back({p.name, full}); break;  // a scalar head: kiln's name
+    }
+  }
+  return out;
+}
+
+namespace {
+void load_from(Gpt& model, HfTensors& hf, const std::string& dir) {
   const GptShape& s = model.shape();
   const std::int64_t c = s.n_embd, f = s.ffn(), vocab = s.vocab, hd = s.head_size();
   const std::int64_t kv = static_cast<std::int64_t>(s.kv_heads()) * hd;
@@ -223,6 +400,11 @@ void load_hf_weights(Gpt& model, const std::string& dir) {
         case Role::mlp_out_weight:
           put_transposed(w, c, 0, hf.load(layer + "mlp.down_proj.weight", {c, f}));
           break;
+        case Role::score_weight: {
+          Tensor t = hf.load(p.name, p.full_shape);
+          std::copy(t.f32(), t.f32() + t.numel(), w);
+          break;
+        }
         default:
           throw Error(message("a LLaMA model has no parameter like ", p.name, "; import supports the LLaMA preset"));
       }
@@ -234,5 +416,6 @@ void load_hf_weights(Gpt& model, const std::string& dir) {
   if (buffer.device() != Device::cpu) buffer.copy_from(params);
   model.refresh_bf16_weights();
 }
+}  // namespace
 
 }  // namespace kiln
