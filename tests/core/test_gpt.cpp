@@ -72,12 +72,13 @@ kiln::Batch tiny_batch(int b, int t, int vocab, bool with_mask) {
 
 // weighted: per-token float weights (negative and zero among them) on top of the mask, and the
 // LM head at `temperature`; the loss is then sum_i w_i * -log softmax(logits_i / T)[target_i].
-void check_shape_gradients(const kiln::GptShape& shape, bool weighted = false, float temperature = 1.0f) {
+void check_shape_gradients(const kiln::GptShape& shape, bool weighted = false, float temperature = 1.0f,
+                           int seq = 20) {
   kiln::Gpt model(shape);
   model.init_weights(11, 0.3f);  // larger weights than GPT-2's so every path carries signal
-  kiln::Batch batch = tiny_batch(2, 20, 37, true);
+  kiln::Batch batch = tiny_batch(2, seq, 37, true);
   if (weighted)
-    for (int i = 0; i < 40; ++i) batch.weights.push_back(i % 7 == 0 ? 0.0f : (i % 2 ? 1.5f : -0.5f) + 0.05f * i);
+    for (int i = 0; i < 2 * seq; ++i) batch.weights.push_back(i % 7 == 0 ? 0.0f : (i % 2 ? 1.5f : -0.5f) + 0.05f * i);
   const double tokens = static_cast<double>(batch.loss_tokens());
   model.zero_grad();
   model.forward_backward(batch, static_cast<float>(1.0 / tokens), temperature);
@@ -85,7 +86,7 @@ void check_shape_gradients(const kiln::GptShape& shape, bool weighted = false, f
     if (temperature == 1.0f) return model.forward(batch) / tokens;
     const std::vector<float> logprobs = model.token_logprobs(batch, temperature);
     double sum = 0.0;
-    for (int i = 0; i < 40; ++i) sum -= logprobs[i] * (weighted ? batch.weights[i] : 1.0f);
+    for (int i = 0; i < 2 * seq; ++i) sum -= logprobs[i] * (weighted ? batch.weights[i] : 1.0f);
     return sum / tokens;
   };
   kiln::Rng pick(3, 0);
@@ -132,6 +133,19 @@ TEST(Gpt, PerTokenWeightsMatchFiniteDifferences) { check_model_gradients(false, 
 TEST(Gpt, UntiedHeadMatchesFiniteDifferences) { check_model_gradients(false, 0, false, 1.0f, false); }
 TEST(Gpt, LlamaGradientsMatchFiniteDifferences) { check_shape_gradients(tiny_llama()); }
 TEST(Gpt, PostNormLlamaPartsMatchFiniteDifferences) { check_shape_gradients(tiny_llama(true), true); }
+// Rotary embeddings with a block-sparse layer (local attention, one 16-token block back) and
+// packed rows whose positions restart at each document (tiny_batch's), grouped heads included.
+TEST(Gpt, LlamaWithASparseLayerAndPackedPositionsMatchesFiniteDifferences) {
+  kiln::GptShape s = tiny_gqa();
+  kiln::AttentionPattern dense, local;
+  dense.block = local.block = 16;
+  local.kind = "local";
+  local.window = 1;
+  s.attention = {local, dense};
+  s.context = 32;
+  check_shape_gradients(s, false, 1.0f, 32);
+}
+
 TEST(Gpt, GroupedKvHeadsMatchFiniteDifferences) {
   check_shape_gradients(tiny_gqa());
   EXPECT_EQ(kiln::Gpt(tiny_gqa()).parameter("model.layers.0.self_attn.qkv_proj.weight").full_shape,
