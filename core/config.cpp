@@ -647,19 +647,9 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
 // model.arch, where this parse sets it, fills the architecture keys this parse does not set.
 void apply_arch_preset(ExperimentConfig& config, Origins& origins) {
   if (!origins.by_key.count("model.arch")) return;
-  ModelConfig& m = config.model;
-  const bool llama = m.arch == "llama";
-  const std::string from = "model.arch=" + m.arch + " (" + origins.of("model.arch") + ")";
-  auto preset = [&](const std::string& dotted, auto& slot, auto value) {
-    if (origins.by_key.count(dotted)) return;
-    slot = value;
-    origins.by_key[dotted] = from;
-  };
-  preset("model.norm_kind", m.norm_kind, std::string(llama ? "rmsnorm" : "layernorm"));
-  preset("model.position", m.position, std::string(llama ? "rope" : "learned"));
-  preset("model.mlp", m.mlp, std::string(llama ? "swiglu" : "gelu"));
-  preset("model.bias", m.bias, llama ? 0 : 1);
-  preset("model.tie_embeddings", m.tie_embeddings, llama ? 0 : 1);
+  const std::string from = "model.arch=" + config.model.arch + " (" + origins.of("model.arch") + ")";
+  const auto set_here = [&](const std::string& dotted) { return origins.by_key.count(dotted) > 0; };
+  for (const std::string& dotted : set_arch(config.model, config.model.arch, set_here)) origins.by_key[dotted] = from;
 }
 
 void validate(const ExperimentConfig& config, const Origins& origins, const std::string& name) {
@@ -710,6 +700,25 @@ ExperimentConfig parse(const std::string& yaml_text, const std::string& name,
 }  // namespace
 
 // ---- Public interface ----
+
+std::vector<std::string> set_arch(ModelConfig& m, const std::string& arch,
+                                  const std::function<bool(const std::string&)>& keep) {
+  KILN_CHECK(arch == "gpt2" || arch == "llama", "model.arch '", arch, "' is not a preset; use gpt2 or llama");
+  m.arch = arch;
+  const bool llama = arch == "llama";
+  std::vector<std::string> set;
+  auto preset = [&](const std::string& dotted, auto& slot, auto value) {
+    if (keep && keep(dotted)) return;
+    slot = value;
+    set.push_back(dotted);
+  };
+  preset("model.norm_kind", m.norm_kind, std::string(llama ? "rmsnorm" : "layernorm"));
+  preset("model.position", m.position, std::string(llama ? "rope" : "learned"));
+  preset("model.mlp", m.mlp, std::string(llama ? "swiglu" : "gelu"));
+  preset("model.bias", m.bias, llama ? 0 : 1);
+  preset("model.tie_embeddings", m.tie_embeddings, llama ? 0 : 1);
+  return set;
+}
 
 ExperimentConfig parse_config(const std::string& yaml_text, const std::string& name,
                               const std::vector<std::string>& overrides) {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -128,6 +129,12 @@ struct ExperimentConfig {
 // Reads a YAML file and applies `section.key=value` overrides; validates everything.
 ExperimentConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 // The same from YAML text; `name` stands in for the file name in error messages.
+// model.arch's preset: sets m.arch and the architecture keys it presets (all but those `keep`
+// names), for code that builds a config without YAML; returns the dotted keys it set. (A
+// config file or override that sets model.arch gets the same through the parser.)
+std::vector<std::string> set_arch(ModelConfig& m, const std::string& arch,
+                                  const std::function<bool(const std::string&)>& keep = {});
+
 ExperimentConfig parse_config(const std::string& yaml_text, const std::string& name,
                               const std::vector<std::string>& overrides = {});
 // Applies overrides to an existing config (used when resuming: saved config < command line).

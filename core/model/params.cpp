@@ -9,105 +9,84 @@
 namespace kiln {
 
 namespace {
-std::vector<ParamSpec> declare_llama_parameters(const GptShape& s);
-void drop_absent(const GptShape& s, std::vector<ParamSpec>& t);
-std::vector<ParamSpec> with_heads(const GptShape& s, std::vector<ParamSpec> t);
-}  // namespace
 
-std::vector<ParamSpec> declare_parameters(const GptShape& s) {
-  if (s.llama_names) return declare_llama_parameters(s);
-  const std::int64_t c = s.n_embd, f = s.ffn();
-  const float residual = 1.0f / std::sqrt(2.0f * s.n_layer);  // GPT-2's scaled residual projections
-  // name, role, layer, whole shape, split, decay, init std (x model.init_std), constant
-  std::vector<ParamSpec> t = {
-      {"transformer.wte.weight", Role::token_embedding, -1, {s.padded_vocab, c}, Split::rows, false, 1, 0}};
-  if (!s.rope) t.push_back({"transformer.wpe.weight", Role::position_embedding, -1, {s.context, c}, Split::none, false, 1, 0});
-  for (int l = 0; l < s.n_layer; ++l) {
-    const std::string p = "transformer.h." + std::to_string(l) + ".";
-    const std::int64_t mlp_in = s.swiglu ? 2 * f : f, qkv = c + 2 * s.kv_heads() * s.head_size();
-    const Split mlp_split = s.swiglu ? Split::gate_up : Split::cols;
-    t.insert(t.end(), {
-        {p + "ln_1.weight", Role::norm1_weight, l, {c}, Split::none, false, 0, 1},
-        {p + "ln_1.bias", Role::norm1_bias, l, {c}, Split::none, false, 0, 0},
-        {p + "attn.c_attn.weight", Role::qkv_weight, l, {c, qkv}, Split::qkv, true, 1, 0},
-        {p + "attn.c_attn.bias", Role::qkv_bias, l, {qkv}, Split::qkv, false, 0, 0},
-        {p + "attn.c_proj.weight", Role::attn_out_weight, l, {c, c}, Split::rows, true, residual, 0},
-        {p + "attn.c_proj.bias", Role::attn_out_bias, l, {c}, Split::none, false, 0, 0},
-        {p + "ln_2.weight", Role::norm2_weight, l, {c}, Split::none, false, 0, 1},
-        {p + "ln_2.bias", Role::norm2_bias, l, {c}, Split::none, false, 0, 0},
-        {p + "mlp.c_fc.weight", Role::mlp_in_weight, l, {c, mlp_in}, mlp_split, true, 1, 0},
-        {p + "mlp.c_fc.bias", Role::mlp_in_bias, l, {mlp_in}, mlp_split, false, 0, 0},
-        {p + "mlp.c_proj.weight", Role::mlp_out_weight, l, {f, c}, Split::rows, true, residual, 0},
-        {p + "mlp.c_proj.bias", Role::mlp_out_bias, l, {c}, Split::none, false, 0, 0}});
+// Each role's Hugging Face name: GPT2LMHeadModel's, or LlamaForCausalLM's (model.arch=llama;
+// fused q|k|v and gate|up under names of kiln's, which model_io writes apart).
+std::string role_name(const GptShape& s, Role role, int layer) {
+  const bool llama = s.llama_names;
+  const std::string block =
+      (llama ? "model.layers." : "transformer.h.") + std::to_string(layer) + ".";
+  auto pick = [&](const char* gpt2, const char* llama_name) { return std::string(llama ? llama_name : gpt2); };
+  switch (role) {
+    case Role::token_embedding: return pick("transformer.wte.weight", "model.embed_tokens.weight");
+    case Role::position_embedding: return pick("transformer.wpe.weight", "model.embed_positions.weight");
+    case Role::norm1_weight: return block + pick("ln_1.weight", "input_layernorm.weight");
+    case Role::norm1_bias: return block + pick("ln_1.bias", "input_layernorm.bias");
+    case Role::qkv_weight: return block + pick("attn.c_attn.weight", "self_attn.qkv_proj.weight");
+    case Role::qkv_bias: return block + pick("attn.c_attn.bias", "self_attn.qkv_proj.bias");
+    case Role::attn_out_weight: return block + pick("attn.c_proj.weight", "self_attn.o_proj.weight");
+    case Role::attn_out_bias: return block + pick("attn.c_proj.bias", "self_attn.o_proj.bias");
+    case Role::norm2_weight: return block + pick("ln_2.weight", "post_attention_layernorm.weight");
+    case Role::norm2_bias: return block + pick("ln_2.bias", "post_attention_layernorm.bias");
+    case Role::mlp_in_weight:
+      return block + pick("mlp.c_fc.weight", s.swiglu ? "mlp.gate_up_proj.weight" : "mlp.up_proj.weight");
+    case Role::mlp_in_bias: return block + pick("mlp.c_fc.bias", s.swiglu ? "mlp.gate_up_proj.bias" : "mlp.up_proj.bias");
+    case Role::mlp_out_weight: return block + pick("mlp.c_proj.weight", "mlp.down_proj.weight");
+    case Role::mlp_out_bias: return block + pick("mlp.c_proj.bias", "mlp.down_proj.bias");
+    case Role::final_norm_weight: return pick("transformer.ln_f.weight", "model.norm.weight");
+    case Role::final_norm_bias: return pick("transformer.ln_f.bias", "model.norm.bias");
+    case Role::lm_head: return "lm_head.weight";
+    case Role::score_weight: return "score.weight";  // GPT2ForSequenceClassification's (one label, no bias)
   }
-  if (!s.post_norm) {
-    t.push_back({"transformer.ln_f.weight", Role::final_norm_weight, -1, {c}, Split::none, false, 0, 1});
-    t.push_back({"transformer.ln_f.bias", Role::final_norm_bias, -1, {c}, Split::none, false, 0, 0});
-  }
-  drop_absent(s, t);
-  return with_heads(s, std::move(t));
-}
-
-namespace {
-
-// Hugging Face's LlamaForCausalLM names, with kiln's layouts: matmul weights (in, out), q|k|v and
-// gate|up fused (kiln export and import convert).
-std::vector<ParamSpec> declare_llama_parameters(const GptShape& s) {
-  const std::int64_t c = s.n_embd, f = s.ffn(), mlp_in = s.swiglu ? 2 * f : f;
-  const std::int64_t qkv = c + 2 * s.kv_heads() * s.head_size();  // q | k | v, grouped k and v
-  const Split mlp_split = s.swiglu ? Split::gate_up : Split::cols;
-  const float residual = 1.0f / std::sqrt(2.0f * s.n_layer);
-  std::vector<ParamSpec> t = {
-      {"model.embed_tokens.weight", Role::token_embedding, -1, {s.padded_vocab, c}, Split::rows, false, 1, 0}};
-  if (!s.rope) t.push_back({"model.embed_positions.weight", Role::position_embedding, -1, {s.context, c}, Split::none, false, 1, 0});
-  for (int l = 0; l < s.n_layer; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    t.insert(t.end(), {
-        {p + "input_layernorm.weight", Role::norm1_weight, l, {c}, Split::none, false, 0, 1},
-        {p + "input_layernorm.bias", Role::norm1_bias, l, {c}, Split::none, false, 0, 0},
-        {p + "self_attn.qkv_proj.weight", Role::qkv_weight, l, {c, qkv}, Split::qkv, true, 1, 0},
-        {p + "self_attn.qkv_proj.bias", Role::qkv_bias, l, {qkv}, Split::qkv, false, 0, 0},
-        {p + "self_attn.o_proj.weight", Role::attn_out_weight, l, {c, c}, Split::rows, true, residual, 0},
-        {p + "self_attn.o_proj.bias", Role::attn_out_bias, l, {c}, Split::none, false, 0, 0},
-        {p + "post_attention_layernorm.weight", Role::norm2_weight, l, {c}, Split::none, false, 0, 1},
-        {p + "post_attention_layernorm.bias", Role::norm2_bias, l, {c}, Split::none, false, 0, 0},
-        {p + (s.swiglu ? "mlp.gate_up_proj.weight" : "mlp.up_proj.weight"), Role::mlp_in_weight, l, {c, mlp_in}, mlp_split, true, 1, 0},
-        {p + (s.swiglu ? "mlp.gate_up_proj.bias" : "mlp.up_proj.bias"), Role::mlp_in_bias, l, {mlp_in}, mlp_split, false, 0, 0},
-        {p + "mlp.down_proj.weight", Role::mlp_out_weight, l, {f, c}, Split::rows, true, residual, 0},
-        {p + "mlp.down_proj.bias", Role::mlp_out_bias, l, {c}, Split::none, false, 0, 0}});
-  }
-  if (!s.post_norm) {
-    t.push_back({"model.norm.weight", Role::final_norm_weight, -1, {c}, Split::none, false, 0, 1});
-    t.push_back({"model.norm.bias", Role::final_norm_bias, -1, {c}, Split::none, false, 0, 0});
-  }
-  drop_absent(s, t);
-  return with_heads(s, std::move(t));
-}
-
-bool is_bias(Role r) {
-  return r == Role::norm1_bias || r == Role::norm2_bias || r == Role::final_norm_bias || r == Role::qkv_bias ||
-         r == Role::attn_out_bias || r == Role::mlp_in_bias || r == Role::mlp_out_bias;
+  return {};
 }
 
 // Biases the spec has not: none without model.bias, and no norm bias with RMSNorm.
-void drop_absent(const GptShape& s, std::vector<ParamSpec>& t) {
-  std::erase_if(t, [&](const ParamSpec& p) {
-    const bool norm = p.role == Role::norm1_bias || p.role == Role::norm2_bias || p.role == Role::final_norm_bias;
-    return is_bias(p.role) && (!s.bias || (norm && s.rms_norm));
-  });
-}
-
-std::vector<ParamSpec> with_heads(const GptShape& s, std::vector<ParamSpec> t) {
-  const std::int64_t c = s.n_embd;
-  // The untied LM head: vocabulary-parallel like wte, a decayed matmul weight (Hugging Face's
-  // lm_head.weight).
-  if (!s.tied_head) t.push_back({"lm_head.weight", Role::lm_head, -1, {s.padded_vocab, c}, Split::rows, true, 1, 0});
-  // Hugging Face's name and shape (GPT2ForSequenceClassification with one label, no bias).
-  if (s.score_head) t.push_back({"score.weight", Role::score_weight, -1, {1, c}, Split::none, true, 1, 0});
-  return t;
+bool absent(const GptShape& s, Role r) {
+  const bool norm = r == Role::norm1_bias || r == Role::norm2_bias || r == Role::final_norm_bias;
+  const bool bias = norm || r == Role::qkv_bias || r == Role::attn_out_bias || r == Role::mlp_in_bias ||
+                    r == Role::mlp_out_bias;
+  return bias && (!s.bias || (norm && s.rms_norm));
 }
 
 }  // namespace
+
+std::vector<ParamSpec> declare_parameters(const GptShape& s) {
+  const std::int64_t c = s.n_embd, f = s.ffn(), mlp_in = s.swiglu ? 2 * f : f;
+  const std::int64_t qkv = c + 2 * static_cast<std::int64_t>(s.kv_heads()) * s.head_size();  // q | k | v
+  const Split mlp_split = s.swiglu ? Split::gate_up : Split::cols;
+  const float residual = 1.0f / std::sqrt(2.0f * s.n_layer);  // GPT-2's scaled residual projections
+  std::vector<ParamSpec> t;
+  // role, layer, whole shape, split, decay, init std (x model.init_std), constant
+  auto add = [&](Role role, int layer, Shape shape, Split split, bool decay, float init_std, float init_value) {
+    if (absent(s, role)) return;
+    t.push_back({role_name(s, role, layer), role, layer, std::move(shape), split, decay, init_std, init_value});
+  };
+  add(Role::token_embedding, -1, {s.padded_vocab, c}, Split::rows, false, 1, 0);
+  if (!s.rope) add(Role::position_embedding, -1, {s.context, c}, Split::none, false, 1, 0);
+  for (int l = 0; l < s.n_layer; ++l) {
+    add(Role::norm1_weight, l, {c}, Split::none, false, 0, 1);
+    add(Role::norm1_bias, l, {c}, Split::none, false, 0, 0);
+    add(Role::qkv_weight, l, {c, qkv}, Split::qkv, true, 1, 0);
+    add(Role::qkv_bias, l, {qkv}, Split::qkv, false, 0, 0);
+    add(Role::attn_out_weight, l, {c, c}, Split::rows, true, residual, 0);
+    add(Role::attn_out_bias, l, {c}, Split::none, false, 0, 0);
+    add(Role::norm2_weight, l, {c}, Split::none, false, 0, 1);
+    add(Role::norm2_bias, l, {c}, Split::none, false, 0, 0);
+    add(Role::mlp_in_weight, l, {c, mlp_in}, mlp_split, true, 1, 0);
+    add(Role::mlp_in_bias, l, {mlp_in}, mlp_split, false, 0, 0);
+    add(Role::mlp_out_weight, l, {f, c}, Split::rows, true, residual, 0);
+    add(Role::mlp_out_bias, l, {c}, Split::none, false, 0, 0);
+  }
+  if (!s.post_norm) {
+    add(Role::final_norm_weight, -1, {c}, Split::none, false, 0, 1);
+    add(Role::final_norm_bias, -1, {c}, Split::none, false, 0, 0);
+  }
+  // The untied LM head: vocabulary-parallel like the embedding, a decayed matmul weight.
+  if (!s.tied_head) add(Role::lm_head, -1, {s.padded_vocab, c}, Split::rows, true, 1, 0);
+  if (s.score_head) add(Role::score_weight, -1, {1, c}, Split::none, true, 1, 0);
+  return t;
+}
 
 ParamTable::ParamTable(const GptShape& shape, Device device) : tp_size_(shape.tp_size), tp_rank_(shape.tp_rank) {
   const std::vector<ParamSpec> specs = declare_parameters(shape);

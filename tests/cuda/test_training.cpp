@@ -90,12 +90,7 @@ TEST_F(GpuTrainingTest, TwentyStepsMatchTheCpu) {
 // The LLaMA family (RMSNorm, rotary embeddings, SwiGLU, grouped KV heads, no biases, untied head) on the GPU:
 // fp32 follows the CPU as GPT-2 does; bf16 activations follow the fp32 run.
 kiln::ExperimentConfig as_llama(kiln::ExperimentConfig c) {
-  c.model.arch = "llama";
-  c.model.norm_kind = "rmsnorm";
-  c.model.position = "rope";
-  c.model.mlp = "swiglu";
-  c.model.bias = 0;
-  c.model.tie_embeddings = 0;
+  kiln::set_arch(c.model, "llama");
   c.model.mlp_multiple_of = 64;
   c.model.n_kv_head = 1;  // multi-query: both query heads share one key/value head
   return c;

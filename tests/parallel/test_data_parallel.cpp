@@ -199,12 +199,7 @@ TEST_F(DataParallelTest, UntiedHeadTensorParallelMatchesOneRank) {
 // fused gate|up projection split part by part, RMSNorm and no biases: tp ranks equal one.
 TEST_F(DataParallelTest, LlamaTensorParallelMatchesOneRank) {
   auto llama = [](kiln::ExperimentConfig c) {
-    c.model.arch = "llama";
-    c.model.norm_kind = "rmsnorm";
-    c.model.position = "rope";
-    c.model.mlp = "swiglu";
-    c.model.bias = 0;
-    c.model.tie_embeddings = 0;
+    kiln::set_arch(c.model, "llama");
     c.model.mlp_multiple_of = 12;  // SwiGLU width 132: divisible by every tp tested (1 to 4)
     return c;
   };
