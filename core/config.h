@@ -31,6 +31,12 @@ struct ModelConfig {
   float norm_eps = 1e-5f;
   std::string position = "learned";     // learned | rope
   float rope_theta = 10000.0f;          // rope: base of the rotary frequencies
+  // rope: none | llama3 (Llama 3's frequency scaling, with the four numbers below)
+  std::string rope_scaling = "none";
+  float rope_factor = 8.0f;
+  float rope_low_freq_factor = 1.0f;
+  float rope_high_freq_factor = 4.0f;
+  int rope_original_context = 8192;
   std::string mlp = "gelu";             // gelu | swiglu
   int mlp_width = 0;                    // 0: 4 * n_embd (gelu), LLaMA's rule (swiglu)
   int mlp_multiple_of = 256;            // swiglu, mlp_width 0: 8/3 n_embd rounded up to a multiple of this

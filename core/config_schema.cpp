@@ -8,6 +8,7 @@ namespace {
 // ---- The allowed values of every string enum: the one place that lists them. ----
 const std::vector<std::string> kNormChoices = {"pre", "post"};
 const std::vector<std::string> kArchChoices = {"gpt2", "llama"};
+const std::vector<std::string> kRopeScalingChoices = {"none", "llama3"};
 const std::vector<std::string> kNormKindChoices = {"layernorm", "rmsnorm"};
 const std::vector<std::string> kPositionChoices = {"learned", "rope"};
 const std::vector<std::string> kMlpChoices = {"gelu", "swiglu"};
@@ -46,6 +47,15 @@ void model_keys(Schema& s) {
       .key("position", &ModelConfig::position, one_of(kPositionChoices),
            "positions: learned embeddings, or rotary (rope)")
       .key("rope_theta", &ModelConfig::rope_theta, above(0), "rope: base of the rotary frequencies")
+      .key("rope_scaling", &ModelConfig::rope_scaling, one_of(kRopeScalingChoices),
+           "rope: frequency scaling (llama3: Llama 3's, with the rope_* numbers below)")
+      .key("rope_factor", &ModelConfig::rope_factor, above(0), "rope_scaling=llama3: low frequencies divided by this")
+      .key("rope_low_freq_factor", &ModelConfig::rope_low_freq_factor, above(0),
+           "rope_scaling=llama3: wavelengths past rope_original_context / this are scaled fully")
+      .key("rope_high_freq_factor", &ModelConfig::rope_high_freq_factor, above(0),
+           "rope_scaling=llama3: wavelengths below rope_original_context / this are kept")
+      .key("rope_original_context", &ModelConfig::rope_original_context, at_least(1),
+           "rope_scaling=llama3: the context the model was first trained at")
       .aka({"rotary_base", "rope_base"})
       .key("mlp", &ModelConfig::mlp, one_of(kMlpChoices), "MLP kind")
       .key("mlp_width", &ModelConfig::mlp_width, at_least(0),

@@ -84,10 +84,25 @@ void swiglu_backward_bf16(bf16* dinp, const bf16* inp, const bf16* dout, std::in
 
 namespace kiln {
 
+// Llama 3's frequency scaling (Hugging Face's rope_type "llama3"): with wavelength
+// w = 2 pi / inv_freq, frequencies with w < original_context / high_freq_factor are kept, those
+// with w > original_context / low_freq_factor are divided by factor, and those between are
+// interpolated by s = (original_context / w - low_freq_factor) / (high_freq_factor -
+// low_freq_factor): (1 - s) inv_freq / factor + s inv_freq.
+struct RopeScaling {
+  bool llama3 = false;
+  float factor = 8.0f;
+  float low_freq_factor = 1.0f;
+  float high_freq_factor = 4.0f;
+  int original_context = 8192;
+};
+
 // The rotary tables for positions [0, positions) of heads of size hd: cos and sin (positions,
-// hd/2) of position * inv_freq[i], inv_freq[i] = theta^(-2i/hd), computed as Hugging Face does
-// (inv_freq in fp32, the angle as an fp32 product, cos and sin in fp32). Host memory.
-void rope_tables(float* cos, float* sin, std::int64_t positions, std::int64_t hd, float theta);
+// hd/2) of position * inv_freq[i], inv_freq[i] = theta^(-2i/hd) (scaled as `scaling` says),
+// computed as Hugging Face does (inv_freq in fp32, the angle as an fp32 product, cos and sin in
+// fp32). Host memory.
+void rope_tables(float* cos, float* sin, std::int64_t positions, std::int64_t hd, float theta,
+                 const RopeScaling& scaling = {});
 
 }  // namespace kiln
 

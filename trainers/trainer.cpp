@@ -52,6 +52,11 @@ void check_same_model(const ModelConfig& saved, const ModelConfig& now, const st
   same("tie_embeddings", saved.tie_embeddings, now.tie_embeddings);
   same("norm_eps", saved.norm_eps, now.norm_eps);
   same("rope_theta", saved.rope_theta, now.rope_theta);
+  same("rope_scaling", saved.rope_scaling, now.rope_scaling);
+  same("rope_factor", saved.rope_factor, now.rope_factor);
+  same("rope_low_freq_factor", saved.rope_low_freq_factor, now.rope_low_freq_factor);
+  same("rope_high_freq_factor", saved.rope_high_freq_factor, now.rope_high_freq_factor);
+  same("rope_original_context", saved.rope_original_context, now.rope_original_context);
   same("mlp_multiple_of", saved.mlp_multiple_of, now.mlp_multiple_of);
 }
 
@@ -77,6 +82,16 @@ void check_same_architecture(const GptShape& hf, const GptShape& run, const std:
   same("parameter names (model.arch)", hf.llama_names ? "llama" : "gpt2", run.llama_names ? "llama" : "gpt2");
   if (hf.rope) {
     same("rope_theta (model.rope_theta)", hf.rope_theta, run.rope_theta);
+    same("Llama 3 rope scaling (model.rope_scaling)", hf.rope_scaling.llama3, run.rope_scaling.llama3);
+    if (hf.rope_scaling.llama3) {
+      same("rope_scaling factor (model.rope_factor)", hf.rope_scaling.factor, run.rope_scaling.factor);
+      same("low_freq_factor (model.rope_low_freq_factor)", hf.rope_scaling.low_freq_factor,
+           run.rope_scaling.low_freq_factor);
+      same("high_freq_factor (model.rope_high_freq_factor)", hf.rope_scaling.high_freq_factor,
+           run.rope_scaling.high_freq_factor);
+      same("original_max_position_embeddings (model.rope_original_context)", hf.rope_scaling.original_context,
+           run.rope_scaling.original_context);
+    }
     KILN_CHECK(run.context <= hf.context, "--init-from ", dir, ": model.context=", run.context,
                " is longer than the Hugging Face model's max_position_embeddings ", hf.context);
   } else {

@@ -81,12 +81,7 @@ class HfTensors {
     const SafetensorsFile& file = open(it->second);
     KILN_CHECK(file.shape(name) == shape, file.path(), ": tensor '", name, "' has shape ", describe(file.shape(name)),
                ", expected ", describe(shape), " from config.json");
-    Tensor t = file.load(name);
-    if (t.dtype() == DType::f32) return t;
-    Tensor wide = Tensor::empty(shape);
-    const auto* raw = static_cast<const bf16*>(t.raw());
-    for (std::int64_t i = 0; i < t.numel(); ++i) wide.f32()[i] = to_float(raw[i]);
-    return wide;
+    return file.load_f32(name);  // F32, or BF16 / F16 widened exactly
   }
 
  private:
@@ -158,8 +153,17 @@ ModelConfig hf_model_config(const std::string& dir) {
     m.tie_embeddings = field<bool>(c, file, "tie_word_embeddings", false) ? 1 : 0;
     const std::string act = field<std::string>(c, file, "hidden_act", "silu");
     KILN_CHECK(act == "silu", file, ": hidden_act '", act, "' is not implemented; kiln's LLaMA MLP is SwiGLU (silu)");
-    KILN_CHECK(!c.contains("rope_scaling") || c["rope_scaling"].is_null(), file, ": field 'rope_scaling' (",
-               c.contains("rope_scaling") ? c["rope_scaling"].dump() : "", ") is not implemented");
+    if (c.contains("rope_scaling") && !c["rope_scaling"].is_null()) {
+      const Json& r = c["rope_scaling"];
+      const std::string kind = r.value("rope_type", r.value("type", std::string()));
+      KILN_CHECK(kind == "llama3", file, ": field 'rope_scaling' (", r.dump(),
+                 ") is not implemented; kiln has Llama 3's (rope_type llama3)");
+      m.rope_scaling = "llama3";
+      m.rope_factor = static_cast<float>(required<double>(r, file + " rope_scaling", "factor"));
+      m.rope_low_freq_factor = static_cast<float>(required<double>(r, file + " rope_scaling", "low_freq_factor"));
+      m.rope_high_freq_factor = static_cast<float>(required<double>(r, file + " rope_scaling", "high_freq_factor"));
+      m.rope_original_context = required<int>(r, file + " rope_scaling", "original_max_position_embeddings");
+    }
     KILN_CHECK(!field<bool>(c, file, "attention_bias", false), file,
                ": field 'attention_bias' is true; kiln's LLaMA has no biases");
     KILN_CHECK(!field<bool>(c, file, "mlp_bias", false), file, ": field 'mlp_bias' is true; kiln's LLaMA has no biases");
@@ -229,7 +233,13 @@ nlohmann::json hf_config_json(const GptShape& s) {
             {"max_position_embeddings", s.context},
             {"rms_norm_eps", shortest(s.norm_eps)},
             {"rope_theta", shortest(s.rope_theta)},
-            {"rope_scaling", nullptr},
+            {"rope_scaling", s.rope_scaling.llama3 ? Json{{"rope_type", "llama3"},
+                                                           {"factor", shortest(s.rope_scaling.factor)},
+                                                           {"low_freq_factor", shortest(s.rope_scaling.low_freq_factor)},
+                                                           {"high_freq_factor", shortest(s.rope_scaling.high_freq_factor)},
+                                                           {"original_max_position_embeddings",
+                                                            s.rope_scaling.original_context}}
+                                                    : Json()},
             {"hidden_act", "silu"},
             {"attention_bias", false},
             {"tie_word_embeddings", s.tied_head},

@@ -2,7 +2,7 @@
 // and the (possibly sharded) safetensors weights mapped onto the parameter table. GPT-2
 // (GPT2LMHeadModel; its Conv1D weights are kiln's layout) and LLaMA (LlamaForCausalLM: Linear
 // weights (out, in) transposed, q/k/v and gate/up fused, rotary pairs in Hugging Face's own
-// rotate-half layout, which kiln uses, so no permutation) are read. fp32 and bf16 tensors.
+// rotate-half layout, which kiln uses, so no permutation) are read. fp32, bf16 and fp16 tensors.
 #pragma once
 
 #include <nlohmann/json.hpp>

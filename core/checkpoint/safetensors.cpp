@@ -70,9 +70,9 @@ std::string build_header(const std::string& path, const std::vector<NamedTensor>
 
 DType parse_dtype(const std::string& dtype, const std::string& path, const std::string& name) {
   if (dtype == "F32") return DType::f32;
-  if (dtype == "BF16") return DType::bf16;
+  if (dtype == "BF16" || dtype == "F16") return DType::bf16;  // two bytes each; F16 is marked apart
   throw Error(message(path, ": tensor '", name, "' has dtype ", dtype,
-                      "; kiln reads F32 and BF16 only. Convert it first, e.g. in Python: "
+                      "; kiln reads F32, BF16 and F16 only. Convert it first, e.g. in Python: "
                       "save_file({k: v.float() for k, v in load_file(path).items()}, path)"));
 }
 
@@ -189,6 +189,7 @@ void SafetensorsFile::parse_header(const std::string& header, std::uint64_t data
                "found ", value.dump());
     Entry entry{};
     entry.dtype = parse_dtype(value["dtype"].get<std::string>(), path_, name);
+    entry.half = value["dtype"].get<std::string>() == "F16";
     for (const auto& d : value["shape"]) {
       entry.shape.push_back(static_cast<std::int64_t>(json_uint(d, path_, name, "shape")));
     }
@@ -246,6 +247,7 @@ void SafetensorsFile::read_bytes(const Entry& e, void* dst, const std::string& n
 
 Tensor SafetensorsFile::load(const std::string& name) const {
   const Entry& e = entry(name);
+  KILN_CHECK(!e.half, path_, ": tensor '", name, "' is F16, which kiln reads widened to fp32 only (load_f32)");
   Tensor out = Tensor::empty(e.shape, e.dtype);
   read_bytes(e, out.raw(), name);
   return out;
@@ -253,6 +255,8 @@ Tensor SafetensorsFile::load(const std::string& name) const {
 
 void SafetensorsFile::load_into(const std::string& name, Tensor& out) const {
   const Entry& e = entry(name);
+  KILN_CHECK(!e.half, path_, ": tensor '", name, "' is F16; kiln keeps weights in F32 or BF16 (convert it with "
+             "load_f32, as kiln import does)");
   KILN_CHECK(out.defined() && out.device() == Device::cpu, "load_into('", name, "' from ",
              path_, "): the destination must be a defined cpu tensor");
   KILN_CHECK(out.shape() == e.shape && out.dtype() == e.dtype, "load_into: tensor '", name,
@@ -260,6 +264,49 @@ void SafetensorsFile::load_into(const std::string& name, Tensor& out) const {
              " but ", path_, " holds shape ", shape_string(e.shape), " ", dtype_name(e.dtype),
              "; the checkpoint was written for a different model config");
   read_bytes(e, out.raw(), name);
+}
+
+namespace {
+// IEEE binary16 -> binary32, exactly (subnormals, infinities and NaNs included).
+float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  std::uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu, bits;
+  if (exponent == 0x1f) {
+    bits = sign | 0x7f800000u | (mantissa << 13);  // inf, NaN
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);  // 127 - 15 = 112
+  } else if (mantissa == 0) {
+    bits = sign;  // zero
+  } else {  // subnormal: normalise
+    exponent = 113;
+    while ((mantissa & 0x400u) == 0) {
+      mantissa <<= 1;
+      --exponent;
+    }
+    bits = sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13);
+  }
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+}  // namespace
+
+Tensor SafetensorsFile::load_f32(const std::string& name) const {
+  const Entry& e = entry(name);
+  if (e.dtype == DType::f32) return load(name);
+  Tensor raw = Tensor::empty(e.shape, DType::bf16);  // two bytes per element either way
+  read_bytes(e, raw.raw(), name);
+  Tensor out = Tensor::empty(e.shape);
+  const auto* in = static_cast<const std::uint16_t*>(raw.raw());
+  for (std::int64_t i = 0; i < out.numel(); ++i) {
+    if (e.half) {
+      out.f32()[i] = half_to_float(in[i]);
+    } else {
+      const std::uint32_t bits = static_cast<std::uint32_t>(in[i]) << 16;
+      std::memcpy(out.f32() + i, &bits, sizeof(float));
+    }
+  }
+  return out;
 }
 
 }  // namespace kiln

@@ -5,7 +5,7 @@
 //    "data_offsets": [begin, end]}, ...}
 // padded with spaces so that N is a multiple of 8, then the raw little-endian data; offsets are
 // relative to the data start. kiln writes the tensors contiguously in the order given and reads
-// F32 and BF16 only (other dtypes are rejected with an error naming them).
+// F32 and BF16 (and F16 through load_f32; other dtypes are rejected with an error naming them).
 #pragma once
 
 #include <map>
@@ -47,12 +47,16 @@ class SafetensorsFile {
   // Copies the named tensor into `out` (cpu, same shape and dtype; a view is fine). Throws
   // naming the tensor with the expected and found shapes/dtypes on a mismatch.
   void load_into(const std::string& name, Tensor& out) const;
+  // The named tensor as a new fp32 cpu tensor: F32 as stored, BF16 and F16 (IEEE half, which
+  // Hugging Face checkpoints often use) widened exactly.
+  Tensor load_f32(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   const std::string& path() const { return path_; }
 
  private:
   struct Entry {
-    DType dtype;
+    DType dtype;        // bf16 for F16 tensors too (same size); `half` tells them apart
+    bool half = false;  // IEEE fp16 (F16): readable through load_f32 only
     Shape shape;
     std::uint64_t begin;  // absolute file offsets
     std::uint64_t end;

@@ -35,7 +35,7 @@ Gpt::Gpt(const GptShape& shape, Device device, TensorParallel* tp)
   if (shape.rope) {
     const std::int64_t half = shape.head_size() / 2;
     Tensor cos = Tensor::empty({shape.context, half}), sin = Tensor::empty({shape.context, half});
-    rope_tables(cos.f32(), sin.f32(), shape.context, shape.head_size(), shape.rope_theta);
+    rope_tables(cos.f32(), sin.f32(), shape.context, shape.head_size(), shape.rope_theta, shape.rope_scaling);
     rope_cos_ = cos.to(device);
     rope_sin_ = sin.to(device);
   }

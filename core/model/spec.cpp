@@ -34,6 +34,8 @@ GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp
   s.norm_eps = config.norm_eps;
   s.rope = config.position == "rope";
   s.rope_theta = config.rope_theta;
+  s.rope_scaling = {config.rope_scaling == "llama3", config.rope_factor, config.rope_low_freq_factor,
+                    config.rope_high_freq_factor, config.rope_original_context};
   s.swiglu = config.mlp == "swiglu";
   s.bias = config.bias != 0;
   s.llama_names = config.arch == "llama";

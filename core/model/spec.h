@@ -11,6 +11,7 @@
 
 #include "core/config.h"
 #include "core/model/attention_layout.h"
+#include "kernels/llama.h"
 
 namespace kiln {
 
@@ -26,6 +27,7 @@ struct GptShape {
   float norm_eps = 1e-5f;
   bool rope = false;         // rotary position embeddings (no learned positions)
   float rope_theta = 10000.0f;
+  RopeScaling rope_scaling;  // Llama 3's frequency scaling, when rope_scaling.llama3
   bool swiglu = false;       // SwiGLU MLP (fused gate|up projection) instead of GELU
   bool bias = true;          // linears (and LayerNorms) have biases
   bool llama_names = false;  // parameters named as Hugging Face's LlamaForCausalLM (model.arch=llama)

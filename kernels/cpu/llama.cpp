@@ -129,11 +129,27 @@ void swiglu_backward(float* dinp, const float* inp, const float* dout, std::int6
 
 namespace kiln {
 
-void rope_tables(float* cos, float* sin, std::int64_t positions, std::int64_t hd, float theta) {
+void rope_tables(float* cos, float* sin, std::int64_t positions, std::int64_t hd, float theta,
+                 const RopeScaling& scaling) {
   const std::int64_t half = hd / 2;
   std::vector<float> inv_freq(half);
   for (std::int64_t i = 0; i < half; ++i)
     inv_freq[i] = 1.0f / std::pow(theta, static_cast<float>(2 * i) / static_cast<float>(hd));
+  if (scaling.llama3) {
+    const float pi = 3.14159265358979323846f;
+    const float original = static_cast<float>(scaling.original_context);
+    const float low_wavelen = original / scaling.low_freq_factor, high_wavelen = original / scaling.high_freq_factor;
+    for (float& f : inv_freq) {
+      const float wavelen = 2.0f * pi / f;
+      if (wavelen < high_wavelen) continue;
+      if (wavelen > low_wavelen) {
+        f /= scaling.factor;
+        continue;
+      }
+      const float s = (original / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor);
+      f = (1.0f - s) * f / scaling.factor + s * f;
+    }
+  }
   for (std::int64_t p = 0; p < positions; ++p)
     for (std::int64_t i = 0; i < half; ++i) {
       const float angle = static_cast<float>(p) * inv_freq[i];

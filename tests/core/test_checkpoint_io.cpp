@@ -6,7 +6,10 @@
 
 #include <atomic>
 #include <cstring>
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -237,10 +240,10 @@ TEST(CheckpointIo, CorruptFilesGiveErrorsNamingPathAndTensor) {
   EXPECT_NE(message.find(path), std::string::npos) << message;
 
   message = open_error(raw_safetensors(
-      R"({"half":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}})", std::string(4, '\0')));
-  EXPECT_NE(message.find("F16"), std::string::npos) << message;
-  EXPECT_NE(message.find("'half'"), std::string::npos) << message;
-  EXPECT_NE(message.find("F32 and BF16"), std::string::npos) << message;
+      R"({"wide":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})", std::string(16, '\0')));
+  EXPECT_NE(message.find("F64"), std::string::npos) << message;
+  EXPECT_NE(message.find("'wide'"), std::string::npos) << message;
+  EXPECT_NE(message.find("F32, BF16 and F16"), std::string::npos) << message;
 
   message = open_error(raw_safetensors(
       R"({"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::string(8, '\0')));
@@ -414,3 +417,28 @@ TEST(CheckpointIo, ResolveCheckpointAcceptsRunDirAndCheckpointDir) {
 
 }  // namespace
 }  // namespace kiln
+
+// F16 tensors (Hugging Face checkpoints are often saved in half precision) are read widened to
+// fp32, exactly: normal, negative, the largest half, a subnormal and infinity.
+TEST(Safetensors, F16IsReadWidenedExactly) {
+  const std::string header = R"({"x":{"dtype":"F16","shape":[5],"data_offsets":[0,10]}})";
+  std::string padded = header + std::string((8 - header.size() % 8) % 8, ' ');
+  const std::uint16_t halves[5] = {0x3c00, 0xc000, 0x7bff, 0x0001, 0x7c00};
+  const std::string path = ::testing::TempDir() + "kiln_f16.safetensors";
+  {
+    std::ofstream out(path, std::ios::binary);
+    const std::uint64_t n = padded.size();
+    out.write(reinterpret_cast<const char*>(&n), 8);
+    out << padded;
+    out.write(reinterpret_cast<const char*>(halves), sizeof halves);
+  }
+  const kiln::SafetensorsFile file(path);
+  const kiln::Tensor x = file.load_f32("x");
+  EXPECT_EQ(x.f32()[0], 1.0f);
+  EXPECT_EQ(x.f32()[1], -2.0f);
+  EXPECT_EQ(x.f32()[2], 65504.0f);
+  EXPECT_EQ(x.f32()[3], std::ldexp(1.0f, -24));
+  EXPECT_TRUE(std::isinf(x.f32()[4]));
+  EXPECT_THROW(file.load("x"), kiln::Error);  // kiln's own tensors are F32 or BF16
+  std::remove(path.c_str());
+}

@@ -85,6 +85,19 @@ TEST(HfImport, ConfigFieldsKilnDoesNotImplementAreNamed) {
                             R"("intermediate_size": 16)";
   EXPECT_NE(error_for(llama + R"(, "rope_scaling": {"type": "linear", "factor": 2.0}})").find("'rope_scaling'"),
             std::string::npos);
+  // Llama 3's scaling is read, and written back by export's config.json.
+  std::ofstream(dir / "config.json") << llama + R"(, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, )"
+                                                R"("low_freq_factor": 1.0, "high_freq_factor": 4.0, )"
+                                                R"("original_max_position_embeddings": 8192}})";
+  const kiln::ModelConfig llama3 = kiln::hf_model_config(dir.string());
+  EXPECT_EQ(llama3.rope_scaling, "llama3");
+  EXPECT_EQ(llama3.rope_original_context, 8192);
+  const nlohmann::json back = kiln::hf_config_json(kiln::GptShape::from_config(llama3, 10));
+  EXPECT_EQ(back["rope_scaling"]["rope_type"], "llama3");
+  EXPECT_EQ(back["rope_scaling"]["factor"], 8.0);
+  EXPECT_EQ(back["rope_scaling"]["original_max_position_embeddings"], 8192);
+  EXPECT_NE(error_for(llama + R"(, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})").find("'low_freq_factor' is missing"),
+            std::string::npos);
   EXPECT_NE(error_for(llama + R"(, "attention_bias": true})").find("'attention_bias'"), std::string::npos);
   EXPECT_NE(error_for(llama + R"(, "hidden_act": "gelu"})").find("hidden_act 'gelu'"), std::string::npos);
   EXPECT_NE(error_for(R"({"model_type": "mistral", "vocab_size": 10})").find("model_type 'mistral'"), std::string::npos);

@@ -128,3 +128,42 @@ TEST(LlamaKernels, RepeatKvAndItsGradient) {
   kiln::cpu::sum_repeated_kv(dx.data(), weights.data(), rows, qh, kvh, hd);
   expect_gradient("dx", x, dx, f, 1e-2f, 1e-3, 1e-3);
 }
+
+// Llama 3's frequency scaling of the rotary tables against the formula in double precision:
+// high frequencies kept, low ones divided by the factor, the band between interpolated.
+TEST(LlamaKernels, RopeTablesWithLlama3Scaling) {
+  const int positions = 64, hd = 32, half = hd / 2;
+  const float theta = 500000.0f;
+  kiln::RopeScaling scaling;
+  scaling.llama3 = true;
+  scaling.factor = 8.0f;
+  scaling.low_freq_factor = 1.0f;
+  scaling.high_freq_factor = 4.0f;
+  scaling.original_context = 64;  // small, so all three bands occur among 16 frequencies
+  std::vector<float> cos(positions * half), sin(positions * half), cos0(positions * half), sin0(positions * half);
+  kiln::rope_tables(cos.data(), sin.data(), positions, hd, theta, scaling);
+  kiln::rope_tables(cos0.data(), sin0.data(), positions, hd, theta);
+  int kept = 0, scaled = 0, between = 0;
+  for (int i = 0; i < half; ++i) {
+    double f = std::pow(static_cast<double>(theta), -2.0 * i / hd);
+    const double wavelen = 2 * M_PI / f, original = scaling.original_context;
+    if (wavelen < original / 4.0) {
+      ++kept;
+    } else if (wavelen > original / 1.0) {
+      f /= 8.0;
+      ++scaled;
+    } else {
+      const double s = (original / wavelen - 1.0) / (4.0 - 1.0);
+      f = (1 - s) * f / 8.0 + s * f;
+      ++between;
+    }
+    for (int p = 0; p < positions; ++p) {
+      EXPECT_NEAR(cos[p * half + i], std::cos(p * f), 2e-4) << "position " << p << " frequency " << i;
+      EXPECT_NEAR(sin[p * half + i], std::sin(p * f), 2e-4) << "position " << p << " frequency " << i;
+    }
+  }
+  EXPECT_GT(kept, 0);
+  EXPECT_GT(scaled, 0);
+  EXPECT_GT(between, 0);
+  EXPECT_EQ(cos[5 * half], cos0[5 * half]);  // the highest frequency is kept exactly
+}
