@@ -60,7 +60,8 @@ std::vector<ParamSpec> declare_parameters(const GptShape& s) {
   // role, layer, whole shape, split, decay, init std (x model.init_std), constant
   auto add = [&](Role role, int layer, Shape shape, Split split, bool decay, float init_std, float init_value) {
     if (absent(s, role)) return;
-    t.push_back({role_name(s, role, layer), role, layer, std::move(shape), split, decay, init_std, init_value});
+    t.push_back({role_name(s, role, layer), role, layer, std::move(shape), split, decay, init_std, init_value,
+                 split == Split::qkv ? c : 0});
   };
   add(Role::token_embedding, -1, {s.padded_vocab, c}, Split::rows, false, 1, 0);
   if (!s.rope) add(Role::position_embedding, -1, {s.context, c}, Split::none, false, 1, 0);
@@ -162,11 +163,19 @@ std::int64_t ParamTable::full_index(const Parameter& p, std::int64_t local) cons
       return r * p.value.numel() + local;
     case Split::cols:
       return local / cols * full_cols + r * cols + local % cols;
-    case Split::qkv:
+    case Split::qkv: {
+      // local: [q_r | k_r | v_r], each part this rank's run of its heads.
+      const std::int64_t q_full = p.q_width > 0 ? p.q_width : full_cols / 3, kv_full = (full_cols - q_full) / 2;
+      const std::int64_t q_local = q_full / tp_size_, kv_local = kv_full / tp_size_, j = local % cols;
+      const std::int64_t col = j < q_local              ? r * q_local + j
+                               : j < q_local + kv_local ? q_full + r * kv_local + (j - q_local)
+                                                        : q_full + kv_full + r * kv_local + (j - q_local - kv_local);
+      return local / cols * full_cols + col;
+    }
     case Split::gate_up: {
-      // local: [q_r | k_r | v_r] or [gate_r | up_r]
-      const std::int64_t parts = split_parts(p.split), part_width = cols / parts, j = local % cols;
-      return local / cols * full_cols + (j / part_width) * (full_cols / parts) + r * part_width + j % part_width;
+      // local: [gate_r | up_r]
+      const std::int64_t part_width = cols / 2, j = local % cols;
+      return local / cols * full_cols + (j / part_width) * (full_cols / 2) + r * part_width + j % part_width;
     }
   }
   return local;

@@ -58,6 +58,9 @@ struct ParamSpec {
   bool decay;        // AdamW weight decay applies (matmul weights only)
   float init_std;    // times the init std (0: constant init_value)
   float init_value;
+  // Split::qkv: the whole width of the q part; the k and v parts share the rest equally (grouped
+  // KV heads make them narrower). 0: three equal parts.
+  std::int64_t q_width = 0;
 };
 
 // The table of an architecture, in buffer order: embeddings, then each block, then the final

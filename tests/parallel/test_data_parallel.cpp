@@ -212,6 +212,24 @@ TEST_F(DataParallelTest, LlamaTensorParallelMatchesOneRank) {
   EXPECT_LT(one.losses.back(), one.losses.front());
 }
 
+// Grouped key/value heads under tensor parallelism: each rank holds its run of the query heads
+// and of the key/value heads (12 query heads, 6 key/value heads: tp 2 and 3).
+TEST_F(DataParallelTest, GroupedKvHeadsTensorParallelMatchOneRank) {
+  if (6 % world().size() != 0) GTEST_SKIP() << "6 key/value heads do not split over " << world().size() << " ranks";
+  auto grouped = [](kiln::ExperimentConfig c) {
+    kiln::set_arch(c.model, "llama");
+    c.model.mlp_multiple_of = 12;
+    c.model.n_kv_head = 6;
+    return c;
+  };
+  kiln::TrainOptions quiet;
+  quiet.quiet = true;
+  const kiln::TrainResult one = kiln::Trainer(grouped(config("gqa_r" + std::to_string(world().rank()), 1)), quiet).run();
+  const kiln::TrainResult result = parallel(grouped(config("gqa_tp", world().size(), world().size())));
+  ASSERT_EQ(result.losses.size(), 20u);
+  expect_close(result.losses, one.losses, 0, 1e-4);
+}
+
 TEST_F(DataParallelTest, DataTimesTensorParallelMatchesOneRank) {
   if (world().size() % 2 != 0 || world().size() < 4) GTEST_SKIP() << "needs 2 x 2 ranks or more";
   const kiln::TrainResult one = single("one");
