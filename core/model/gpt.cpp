@@ -20,7 +20,8 @@ Gpt::Gpt(const GptShape& shape, Device device, TensorParallel* tp)
              " is not divisible by model.n_head=", shape.n_head);
   KILN_CHECK(shape.tp_size == 1 || (tp != nullptr && tp->size() == shape.tp_size && tp->rank() == shape.tp_rank),
              "a tensor-parallel model needs the tensor-parallel group it is sharded over");
-  KILN_CHECK(shape.padded_vocab % shape.tp_size == 0 && shape.n_head % shape.tp_size == 0,
+  KILN_CHECK(shape.padded_vocab % shape.tp_size == 0 && shape.n_head % shape.tp_size == 0 &&
+                 shape.kv_heads() % shape.tp_size == 0 && shape.n_head % shape.kv_heads() == 0,
              "model shape does not split over ", shape.tp_size, " tensor-parallel ranks");
   KILN_CHECK(!shape.bf16 || (kernels_->has_bf16_activations() && !shape.post_norm && shape.tp_size == 1),
              "model.dtype=bf16 (bf16 activations) trains a pre-LN model on one GPU; this model is",
