@@ -328,11 +328,6 @@ std::vector<NamedTensor> hf_llama_tensors(const Gpt& model, const float* params)
     const Tensor full = model.gather_full(p, params + (p.value.f32() - model.parameter_buffer().f32()));
     const std::string layer = "model.layers." + std::to_string(p.layer) + ".";
     switch (p.role) {
-      case Role::token_embedding: out.push_back({"model.embed_tokens.weight", full.view(0, {vocab, c})}); break;
-      case Role::lm_head: out.push_back({"lm_head.weight", full.view(0, {vocab, c})}); break;
-      case Role::norm1_weight: out.push_back({layer + "input_layernorm.weight", full}); break;
-      case Role::norm2_weight: out.push_back({layer + "post_attention_layernorm.weight", full}); break;
-      case Role::final_norm_weight: out.push_back({"model.norm.weight", full}); break;
       case Role::qkv_weight:
         out.push_back({layer + "self_attn.q_proj.weight", linear(full, 0, c)});
         out.push_back({layer + "self_attn.k_proj.weight", linear(full, c, kv)});
@@ -344,7 +339,11 @@ std::vector<NamedTensor> hf_llama_tensors(const Gpt& model, const float* params)
         out.push_back({layer + "mlp.up_proj.weight", linear(full, f, f)});
         break;
       case Role::mlp_out_weight: out.push_back({layer + "mlp.down_proj.weight", linear(full, 0, c)}); break;
-      default: out.push_back({p.name, full}); break;  // a scalar head: kiln's name
+      default: {  // stored as kiln holds it, under its table name (Hugging Face's); real vocabulary rows only
+        const bool rows = p.role == Role::token_embedding || p.role == Role::lm_head;
+        out.push_back({p.name, rows ? full.view(0, {vocab, c}) : full});
+        break;
+      }
     }
   }
   return out;
@@ -366,33 +365,20 @@ void load_from(Gpt& model, HfTensors& hf, const std::string& dir) {
     Tensor full = Tensor::zeros(p.full_shape);
     float* w = full.f32();
     const std::string layer = "model.layers." + std::to_string(p.layer) + ".";
-    if (!s.llama_names) {
-      const Shape& shape = p.full_shape;
-      // Vocabulary rows: the file holds the real vocabulary, kiln pads with zero rows.
+    // A tensor Hugging Face stores as kiln holds it (every GPT-2 tensor; a LLaMA's embeddings,
+    // norms and head), under the table's name: the file holds the real vocabulary rows, kiln pads
+    // them with zero rows.
+    auto as_held = [&](const std::string& name) {
       const bool rows = p.role == Role::token_embedding || p.role == Role::lm_head;
-      if (p.role == Role::lm_head && !hf.contains("lm_head.weight"))
-        throw Error(message(dir, ": no lm_head.weight, but config.json says the head is untied"));
-      Tensor t = hf.load(gpt2_name(p.name), rows ? Shape{vocab, c} : shape);
+      Tensor t = hf.load(name, rows ? Shape{vocab, c} : p.full_shape);
       std::copy(t.f32(), t.f32() + t.numel(), w);
+    };
+    if (p.role == Role::lm_head && !hf.contains("lm_head.weight"))
+      throw Error(message(dir, ": no lm_head.weight, but config.json says the head is untied"));
+    if (!s.llama_names) {
+      as_held(gpt2_name(p.name));
     } else {
       switch (p.role) {
-        case Role::token_embedding:
-        case Role::lm_head: {
-          const std::string name = p.role == Role::lm_head ? "lm_head.weight" : "model.embed_tokens.weight";
-          Tensor t = hf.load(name, {vocab, c});
-          std::copy(t.f32(), t.f32() + t.numel(), w);
-          break;
-        }
-        case Role::norm1_weight:
-        case Role::norm2_weight:
-        case Role::final_norm_weight: {
-          const std::string name = p.role == Role::final_norm_weight ? "model.norm.weight"
-                                   : p.role == Role::norm1_weight   ? layer + "input_layernorm.weight"
-                                                                    : layer + "post_attention_layernorm.weight";
-          Tensor t = hf.load(name, {c});
-          std::copy(t.f32(), t.f32() + t.numel(), w);
-          break;
-        }
         case Role::qkv_weight: {  // (C, C + 2 kv) = [q^T | k^T | v^T]
           const std::int64_t cols = c + 2 * kv;
           put_transposed(w, cols, 0, hf.load(layer + "self_attn.q_proj.weight", {c, c}));
@@ -410,13 +396,9 @@ void load_from(Gpt& model, HfTensors& hf, const std::string& dir) {
         case Role::mlp_out_weight:
           put_transposed(w, c, 0, hf.load(layer + "mlp.down_proj.weight", {c, f}));
           break;
-        case Role::score_weight: {
-          Tensor t = hf.load(p.name, p.full_shape);
-          std::copy(t.f32(), t.f32() + t.numel(), w);
-          break;
-        }
         default:
-          throw Error(message("a LLaMA model has no parameter like ", p.name, "; import supports the LLaMA preset"));
+          as_held(p.name);
+          break;
       }
     }
     for (std::int64_t i = 0; i < full.numel(); ++i)
