@@ -4,7 +4,12 @@
 // then trains the PyTorch reference from the same files and compares speed and loss curves.
 //
 //   train_step --n_layer L --n_head H --n_embd C --vocab V --context CTX --seq T --batch B
-//              --steps N --out DIR [--bf16] [--threads 2] [--lr 3e-4] [--phases] [--profile]
+//              --steps N --out DIR [--arch gpt2|llama] [--n_kv_head K] [--bf16] [--threads 2]
+//              [--lr 3e-4] [--phases] [--profile]
+//
+// --arch takes model.arch's preset (core/config.cpp set_arch): llama is RMSNorm, RoPE, a SwiGLU
+// MLP of LLaMA's width rule, no biases and an untied head; --n_kv_head is model.n_kv_head
+// (grouped-query attention). The shape is built by GptShape::from_config as `kiln train` does.
 //
 // Writes DIR/init.safetensors (kiln::save_model: HF names, wte without padding),
 // DIR/batches.bin (int32, N x B x (T+1): inputs are [:-1] of each row, targets [1:]) and
@@ -48,6 +53,7 @@ constexpr std::uint64_t kDataSeed = 4321;
 
 struct Options {
   kiln::GptShape shape;
+  std::string arch = "gpt2";
   int seq = 256, batch = 8, steps = 10, threads = 2;
   float lr = 3e-4f;
   bool phases = false;
@@ -58,8 +64,8 @@ struct Options {
 [[noreturn]] void usage(const std::string& problem) {
   throw std::runtime_error(problem +
                            "\nusage: train_step --n_layer L --n_head H --n_embd C --vocab V --context CTX"
-                           " --seq T --batch B --steps N --out DIR [--bf16] [--threads 2] [--lr 3e-4]"
-                           " [--phases] [--profile]");
+                           " --seq T --batch B --steps N --out DIR [--arch gpt2|llama] [--n_kv_head K]"
+                           " [--bf16] [--threads 2] [--lr 3e-4] [--phases] [--profile]");
 }
 
 Options parse_args(int argc, char** argv) {
@@ -80,17 +86,20 @@ Options parse_args(int argc, char** argv) {
       usage("unexpected argument '" + arg + "'");
     }
   }
+  kiln::ModelConfig m;
   auto take_int = [&](const char* key, int& dst) {
     auto it = values.find(key);
     if (it == values.end()) return;
     dst = std::stoi(it->second);
     values.erase(it);
   };
-  take_int("n_layer", o.shape.n_layer);
-  take_int("n_head", o.shape.n_head);
-  take_int("n_embd", o.shape.n_embd);
-  take_int("vocab", o.shape.vocab);
-  take_int("context", o.shape.context);
+  m.n_layer = m.n_head = m.n_embd = m.context = 0;
+  take_int("n_layer", m.n_layer);
+  take_int("n_head", m.n_head);
+  take_int("n_embd", m.n_embd);
+  take_int("vocab", m.vocab_size);
+  take_int("context", m.context);
+  take_int("n_kv_head", m.n_kv_head);
   take_int("seq", o.seq);
   take_int("batch", o.batch);
   take_int("steps", o.steps);
@@ -103,14 +112,22 @@ Options parse_args(int argc, char** argv) {
     o.out = it->second;
     values.erase(it);
   }
+  if (auto it = values.find("arch"); it != values.end()) {
+    o.arch = it->second;
+    values.erase(it);
+  }
   if (!values.empty()) usage("unknown option --" + values.begin()->first);
-  if (o.shape.n_layer <= 0 || o.shape.n_head <= 0 || o.shape.n_embd <= 0 || o.shape.vocab <= 0 ||
-      o.shape.context <= 0 || o.out.empty())
+  if (m.n_layer <= 0 || m.n_head <= 0 || m.n_embd <= 0 || m.vocab_size <= 0 || m.context <= 0 || o.out.empty())
     usage("--n_layer, --n_head, --n_embd, --vocab, --context and --out are required");
-  if (o.seq > o.shape.context || o.steps < 2 || o.batch < 1)
-    usage("need seq <= context, steps >= 2, batch >= 1");
-  o.shape.padded_vocab = (o.shape.vocab + 63) / 64 * 64;  // model.vocab_multiple 64
-  o.shape.attention_block = 64;
+  if (o.seq > m.context || o.steps < 2 || o.batch < 1) usage("need seq <= context, steps >= 2, batch >= 1");
+  if (o.arch != "gpt2" && o.arch != "llama") usage("--arch is gpt2 or llama, not '" + o.arch + "'");
+  if (o.profile && o.arch != "gpt2") usage("--profile times GPT-2's kernels; use it with --arch gpt2");
+  kiln::set_arch(m, o.arch, {});
+  m.vocab_multiple = 64;
+  m.attention_block = 64;
+  const bool bf16 = o.shape.bf16_matmul;
+  o.shape = kiln::GptShape::from_config(m, m.vocab_size);
+  o.shape.bf16_matmul = bf16;
   return o;
 }
 
@@ -257,10 +274,10 @@ nlohmann::json profile_kernels(const Options& o, const kiln::Gpt& model) {
         k.softmax_cross_entropy(losses.data(), logits.data(), tokens.data(), nullptr, n, v, vp, 1e-3f, nullptr, 1.0f);
       }), 0);
   add("attention forward", layers * time_call([&] {
-        k.attention_forward(att.data(), lse.data(), qkv.data(), b, t, c, nh, lv);
+        k.attention_forward(att.data(), lse.data(), qkv.data(), b, t, c, nh, lv, nh);
       }), 0);
   add("attention backward", layers * time_call([&] {
-        k.attention_backward(dqkv.data(), y.data(), qkv.data(), att.data(), lse.data(), b, t, c, nh, lv);
+        k.attention_backward(dqkv.data(), y.data(), qkv.data(), att.data(), lse.data(), b, t, c, nh, lv, nh);
       }), 0);
   // LayerNorm: two per block and the final one.
   const double ln = time_call([&] {
@@ -352,9 +369,11 @@ int run(const Options& o) {
   std::printf("peak %.3g FLOP/s (%s)\n", peak.flops_per_s, peak.how.c_str());
   nlohmann::json j = {
       {"format", "kiln-train-step-bench"}, {"version", 1},
-      {"model", {{"n_layer", o.shape.n_layer}, {"n_head", o.shape.n_head}, {"n_embd", o.shape.n_embd},
+      {"model", {{"arch", o.arch}, {"n_layer", o.shape.n_layer}, {"n_head", o.shape.n_head},
+                 {"n_kv_head", o.shape.kv_heads()}, {"n_embd", o.shape.n_embd}, {"ffn", o.shape.ffn()},
                  {"context", o.shape.context}, {"vocab", o.shape.vocab},
-                 {"padded_vocab", o.shape.padded_vocab}, {"norm", "pre"},
+                 {"padded_vocab", o.shape.padded_vocab}, {"norm", "pre"}, {"norm_eps", o.shape.norm_eps},
+                 {"rope_theta", o.shape.rope_theta}, {"tied_head", o.shape.tied_head},
                  {"num_params", o.shape.num_params()}}},
       {"matmul", o.shape.bf16_matmul ? "bf16" : "f32"},
       {"seq", o.seq}, {"batch", o.batch}, {"steps", o.steps}, {"threads", omp_get_max_threads()},

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # kiln vs PyTorch training speed and loss, from the same initial weights on the same batches.
-# Two shapes, 10 AdamW steps each, each trained by kiln in fp32 and with bf16 matmuls, then by
-# the PyTorch reference (tests/reference/gpt_torch.py) in fp32; prints one table (see
-# docs/performance.md for the measured one and how to read it). A few minutes on 2 cores.
+# Four shapes (GPT-2 and LLaMA, small and 124M-sized), 10 AdamW steps each, each trained by
+# kiln in fp32 and with bf16 matmuls, then by the independent PyTorch reference
+# (tests/reference/gpt_torch.py, llama_torch.py) in fp32; prints one table (see
+# docs/performance.md for the measured one and how to read it). About 8 minutes on 2 cores.
 #
 #   bench/train_vs_pytorch.sh BUILD_DIR [OUT_DIR]      (OUT_DIR default: BUILD_DIR/bench-runs)
 #
 # Needs BUILD_DIR/bench/train_step (cmake --build BUILD_DIR) and Debian's python3-torch for
 # /usr/bin/python3 with an optimised BLAS (libopenblas0-pthread; KILN_WITH_TORCH=1
 # scripts/install-deps.sh installs both). Exits 1 when a row misses its target (speed ratio
-# >= 1.5, loss at step 10 within 1e-3 of PyTorch's; 5e-2 for bf16). Run it on an otherwise idle
+# >= 2, loss at step 10 within 1e-3 of PyTorch's; 5e-2 for bf16). Run it on an otherwise idle
 # machine: both sides use both cores, so any other load skews the ratio.
 #
 # The PyTorch reference runs with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (some machines
@@ -44,6 +45,8 @@ echo "PyTorch reference runs with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset (
 shapes=(
   "small:--n_layer 4 --n_head 4 --n_embd 256 --vocab 50304 --context 256 --seq 256 --batch 8"
   "gpt2-124m:--n_layer 12 --n_head 12 --n_embd 768 --vocab 50257 --context 1024 --seq 256 --batch 4"
+  "llama-small:--arch llama --n_layer 4 --n_head 4 --n_kv_head 2 --n_embd 256 --vocab 50304 --context 256 --seq 256 --batch 8"
+  "llama-124m:--arch llama --n_layer 12 --n_head 12 --n_kv_head 4 --n_embd 768 --vocab 50257 --context 1024 --seq 256 --batch 4"
 )
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); load average $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -610,9 +610,10 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
   if (m.n_kv_head != 0 && m.n_head % m.n_kv_head != 0)
     fail(set_at("model.n_kv_head"), message("model.n_kv_head=", m.n_kv_head, " does not divide model.n_head=", m.n_head,
                                              ": each key/value head serves an equal group of query heads"));
-  if (m.n_kv_head != 0 && c.parallel.tp > 1 && m.n_kv_head % c.parallel.tp != 0)
-    not_yet("model.n_kv_head", std::to_string(m.n_kv_head) + " with parallel.tp=" + std::to_string(c.parallel.tp),
-            "a parallel.tp that divides model.n_kv_head (fewer key/value heads than ranks would be replicated; not yet)");
+  if (m.n_kv_head != 0 && c.parallel.tp > 1 && m.n_kv_head % c.parallel.tp != 0 && c.parallel.tp % m.n_kv_head != 0)
+    fail(set_at("model.n_kv_head"),
+         message("model.n_kv_head=", m.n_kv_head, " with parallel.tp=", c.parallel.tp, ": the ranks split the key/value "
+                 "heads when tp divides them and replicate them when they divide tp; choose one of the two"));
   const int& block = c.model.attention_block;
   if (block != 16 && block != 32 && block != 64 && block != 128)
     fail(set_at(key(block)),

@@ -22,8 +22,8 @@ struct ModelConfig {
   std::string norm = "pre";   // pre | post (LayerNorm placement)
   // The rest of the architecture, as data (docs/model.md). GPT-2 is a LayerNorm (eps 1e-5),
   // learned positions, a GELU MLP 4 x n_embd wide, one key/value head per head, biases and a
-  // head tied to the embedding. LLaMA's RMSNorm, RoPE, SwiGLU and no biases are implemented;
-  // grouped key/value heads are a config error until their kernels exist.
+  // head tied to the embedding. LLaMA's RMSNorm, RoPE, SwiGLU, grouped key/value heads and no
+  // biases are kinds of the same keys.
   // gpt2 | llama: a preset over the keys below (llama: rmsnorm, rope, swiglu, no biases, an
   // untied head, Hugging Face LLaMA parameter names); a key set in the config overrides it.
   std::string arch = "gpt2";

@@ -65,7 +65,8 @@ void model_keys(Schema& s) {
            "swiglu with mlp_width 0: the width is rounded up to a multiple of this (LLaMA's multiple_of)")
       .aka({"multiple_of"})
       .key("n_kv_head", &ModelConfig::n_kv_head, at_least(0),
-           "key/value heads; 0: n_head; a divisor of n_head: grouped-query attention (divisible by parallel.tp)")
+           "key/value heads; 0: n_head; a divisor of n_head: grouped-query attention (split over parallel.tp ranks "
+           "when tp divides it, replicated when it divides tp)")
       .aka({"num_key_value_heads", "n_kv_heads", "num_kv_heads"})
       .key("bias", &ModelConfig::bias, between(0, 1), "1: linears and norms have biases (0: with rmsnorm)")
       .key("tie_embeddings", &ModelConfig::tie_embeddings, between(0, 1),

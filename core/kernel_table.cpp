@@ -14,7 +14,7 @@ const KernelTable kCpuKernels{
     cpu::add,              cpu::accumulate,         cpu::adamw_update,
     cpu::sum_squares,
     cpu::rmsnorm_forward, cpu::rmsnorm_backward, cpu::residual_rmsnorm_forward, cpu::rope_forward,
-    cpu::rope_backward, cpu::swiglu_forward, cpu::swiglu_backward, cpu::repeat_kv, cpu::sum_repeated_kv,
+    cpu::rope_backward, cpu::swiglu_forward, cpu::swiglu_backward,
 };
 
 #ifdef KILN_WITH_CUDA
@@ -26,7 +26,7 @@ const Bf16Kernels kCudaBf16Kernels{
     cuda::matmul_bf16_inputs, cuda::convert_f32_to_bf16, cuda::convert_bf16_to_f32,
     cuda::adamw_update_bf16_copy, cuda::rmsnorm_forward_bf16, cuda::rmsnorm_backward_bf16,
     cuda::residual_rmsnorm_forward_bf16, cuda::rope_forward_bf16, cuda::rope_backward_bf16,
-    cuda::swiglu_forward_bf16, cuda::swiglu_backward_bf16, cuda::repeat_kv_bf16, cuda::sum_repeated_kv_bf16,
+    cuda::swiglu_forward_bf16, cuda::swiglu_backward_bf16,
 };
 
 // The CUDA twins, name for name (kernels/cuda/*.cu); pointers are device memory.
@@ -40,7 +40,7 @@ const KernelTable kCudaKernels{
     cuda::add,              cuda::accumulate,         cuda::adamw_update,
     cuda::sum_squares,
     cuda::rmsnorm_forward, cuda::rmsnorm_backward, cuda::residual_rmsnorm_forward, cuda::rope_forward,
-    cuda::rope_backward, cuda::swiglu_forward, cuda::swiglu_backward, cuda::repeat_kv, cuda::sum_repeated_kv,
+    cuda::rope_backward, cuda::swiglu_forward, cuda::swiglu_backward,
     &kCudaBf16Kernels,
 };
 #endif

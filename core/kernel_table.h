@@ -46,8 +46,6 @@ struct Bf16Kernels {
   decltype(&cuda::rope_backward_bf16) rope_backward;
   decltype(&cuda::swiglu_forward_bf16) swiglu_forward;
   decltype(&cuda::swiglu_backward_bf16) swiglu_backward;
-  decltype(&cuda::repeat_kv_bf16) repeat_kv;
-  decltype(&cuda::sum_repeated_kv_bf16) sum_repeated_kv;
 };
 
 struct KernelTable {
@@ -82,8 +80,6 @@ struct KernelTable {
   decltype(&cpu::rope_backward) rope_backward;
   decltype(&cpu::swiglu_forward) swiglu_forward;
   decltype(&cpu::swiglu_backward) swiglu_backward;
-  decltype(&cpu::repeat_kv) repeat_kv;
-  decltype(&cpu::sum_repeated_kv) sum_repeated_kv;
   const Bf16Kernels* bf16 = nullptr;  // null where there is no bf16 path (the cpu)
   // Capabilities, asked where kernels are chosen: bf16 activations (model.dtype=bf16).
   bool has_bf16_activations() const { return bf16 != nullptr; }

@@ -52,21 +52,30 @@ struct BlockLayoutView {
   }
 };
 
-// qkv (b, t, 3c): q | k | v, head h at columns h*hd .. (h+1)*hd of each part, hd = c / nh.
-// out (b, t, c) heads concatenated; lse (b, nh, t).
+// Grouped-query attention: kv_heads key/value heads (0: nh; dividing nh), key/value head g
+// serving the nh / kv_heads consecutive query heads g * nh / kv_heads ... (multi-query
+// attention: kv_heads = 1). c is the query width nh * hd; ckv = kv_heads * hd.
+//
+// qkv (b, t, c + 2 ckv): q | k | v, query head h at columns h*hd .. (h+1)*hd of q, key/value head
+// g at g*hd .. (g+1)*hd of k and of v, hd = c / nh. out (b, t, c) heads concatenated; lse
+// (b, nh, t).
 void attention_forward(float* out, float* lse, const float* qkv, std::int64_t b, std::int64_t t,
-                       std::int64_t c, std::int64_t nh, const BlockLayoutView& layout);
+                       std::int64_t c, std::int64_t nh, const BlockLayoutView& layout,
+                       std::int64_t kv_heads = 0);
 
-// dqkv (b, t, 3c) is overwritten with the gradient of the loss with respect to qkv.
+// dqkv (b, t, c + 2 ckv) is overwritten with the gradient of the loss with respect to qkv; a
+// key/value head's gradient sums those of the query heads it serves, in head order (the CPU
+// kernel runs one task per (batch row, key/value head)).
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                         const float* lse, std::int64_t b, std::int64_t t, std::int64_t c,
-                        std::int64_t nh, const BlockLayoutView& layout);
+                        std::int64_t nh, const BlockLayoutView& layout, std::int64_t kv_heads = 0);
 
 // One new query per head against a cache of n keys and values (autoregressive decoding).
-// q (c), k_cache and v_cache (n, c) with heads concatenated, out (c). key_mask (nh, n), or null
-// for all keys, marks the keys each head may attend to (sparse layouts).
+// q (c), k_cache and v_cache (n, ckv) with the key/value heads concatenated, out (c). key_mask
+// (nh, n), or null for all keys, marks the keys each query head may attend to (sparse layouts).
 void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
-                      std::int64_t n, std::int64_t c, std::int64_t nh, const std::uint8_t* key_mask);
+                      std::int64_t n, std::int64_t c, std::int64_t nh, const std::uint8_t* key_mask,
+                      std::int64_t kv_heads = 0);
 
 // The transpose of num_layouts layouts of num_blocks blocks (host memory): col_ptr
 // (num_layouts * (num_blocks + 1)) and col_rows (as many entries as cols) such that column j of
@@ -83,19 +92,21 @@ namespace kiln::cuda {
 // The CUDA twins: same contract and arguments, device pointers (the layout's included), queued
 // on kiln::cuda::stream(). fp32 throughout (plain FMA tiles of 16 x 16; head sizes up to 256).
 void attention_forward(float* out, float* lse, const float* qkv, std::int64_t b, std::int64_t t,
-                       std::int64_t c, std::int64_t nh, const cpu::BlockLayoutView& layout);
+                       std::int64_t c, std::int64_t nh, const cpu::BlockLayoutView& layout,
+                       std::int64_t kv_heads = 0);
 
 // Needs layout.col_ptr/col_rows (kiln::Error when null). Deterministic: no atomics; dK and dV
 // come from a pass over key tiles, dQ from a pass over query tiles (recomputing P). Scratch:
 // b * nh * t floats from the caching allocator.
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                         const float* lse, std::int64_t b, std::int64_t t, std::int64_t c,
-                        std::int64_t nh, const cpu::BlockLayoutView& layout);
+                        std::int64_t nh, const cpu::BlockLayoutView& layout, std::int64_t kv_heads = 0);
 
 // Split over the keys in chunks combined in a fixed order (deterministic). key_mask is a device
 // pointer or null. A head whose keys are all masked gets out = 0.
 void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
-                      std::int64_t n, std::int64_t c, std::int64_t nh, const std::uint8_t* key_mask);
+                      std::int64_t n, std::int64_t c, std::int64_t nh, const std::uint8_t* key_mask,
+                      std::int64_t kv_heads = 0);
 
 // The fast path: bf16 qkv (b, t, 3c), out (b, t, c), dqkv (b, t, 3c), dout (b, t, c); lse
 // (b, nh, t) stays fp32. Tensor cores (mma.sync m16n8k16, fp32 accumulation), online softmax in
@@ -103,7 +114,8 @@ void attention_decode(float* out, const float* q, const float* k_cache, const fl
 // Buffers need no particular alignment; 16-byte aligned qkv/out/dout/dqkv take the
 // cp.async / 128-bit path, others a scalar path.
 void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, std::int64_t b, std::int64_t t,
-                            std::int64_t c, std::int64_t nh, const cpu::BlockLayoutView& layout);
+                            std::int64_t c, std::int64_t nh, const cpu::BlockLayoutView& layout,
+                            std::int64_t kv_heads = 0);
 
 // dqkv is overwritten. Needs layout.col_ptr/col_rows. Deterministic (bit-reproducible): dK, dV
 // from a key-major pass over the transposed layout, dQ from a query-major pass; P and dS are
@@ -111,6 +123,6 @@ void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, std::int64_t
 // floats.
 void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                              const float* lse, std::int64_t b, std::int64_t t, std::int64_t c,
-                             std::int64_t nh, const cpu::BlockLayoutView& layout);
+                             std::int64_t nh, const cpu::BlockLayoutView& layout, std::int64_t kv_heads = 0);
 
 }  // namespace kiln::cuda

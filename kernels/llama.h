@@ -105,33 +105,3 @@ void rope_tables(float* cos, float* sin, std::int64_t positions, std::int64_t hd
                  const RopeScaling& scaling = {});
 
 }  // namespace kiln
-
-// Grouped-query attention by repetition: the attention kernels read one key/value head per query
-// head, so q|k|v with kv_heads key/value heads (each shared by q_heads / kv_heads query heads,
-// consecutive query heads sharing one) is widened for them, and their gradient narrowed back.
-namespace kiln::cpu {
-
-// out (rows, 3 q_heads hd) = in (rows, (q_heads + 2 kv_heads) hd) with each k and v head repeated
-// for its group of query heads (q copied as is).
-void repeat_kv(float* out, const float* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads,
-               std::int64_t hd);
-// The gradient of repeat_kv: out (rows, (q_heads + 2 kv_heads) hd) = in's q, and each k and v head
-// the sum of its group's repeated heads (in group order).
-void sum_repeated_kv(float* out, const float* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads,
-                     std::int64_t hd);
-
-}  // namespace kiln::cpu
-
-namespace kiln::cuda {
-
-void repeat_kv(float* out, const float* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads,
-               std::int64_t hd);
-void sum_repeated_kv(float* out, const float* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads,
-                     std::int64_t hd);
-// bf16 activations: repeat_kv copies bits; sum_repeated_kv sums in fp32 and rounds once.
-void repeat_kv_bf16(bf16* out, const bf16* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads,
-                    std::int64_t hd);
-void sum_repeated_kv_bf16(bf16* out, const bf16* in, std::int64_t rows, std::int64_t q_heads, std::int64_t kv_heads,
-                          std::int64_t hd);
-
-}  // namespace kiln::cuda

@@ -424,16 +424,27 @@ void Trainer::print_measured_memory() {
 
 double Trainer::grad_sum_squares(const float* grads, std::int64_t begin, std::int64_t end) const {
   // Over elements [begin, end) of the flat buffer (grads points at element begin). Parameters
-  // every tensor-parallel rank holds whole count on one rank only.
+  // every tensor-parallel rank holds whole count on one rank only, and so do replicated
+  // key/value heads (on the first of their replicas).
   const KernelTable& k = kernels_for(device_);
   if (parallel_.dims.tp == 1) return k.sum_squares(grads, end - begin);  // one pass (one wait on cuda)
   const float* base = model_->parameter_buffer().f32();
+  const ParamTable& table = model_->params();
   double total = 0.0;
+  auto add = [&](std::int64_t from, std::int64_t to) {  // flat range, clipped to [begin, end)
+    from = std::max(begin, from);
+    to = std::min(end, to);
+    if (from < to) total += k.sum_squares(grads + (from - begin), to - from);
+  };
   for (const Parameter& p : model_->parameters()) {
     if (p.split == Split::none && parallel_.tp_rank != 0) continue;
-    const std::int64_t first = std::max(begin, p.value.f32() - base);
-    const std::int64_t last = std::min(end, p.value.f32() - base + p.value.numel());
-    if (first < last) total += k.sum_squares(grads + (first - begin), last - first);
+    const std::int64_t at = p.value.f32() - base;
+    if (p.split != Split::qkv || !table.is_copy(p, table.kv_columns(p).first)) {
+      add(at, at + p.value.numel());
+      continue;
+    }
+    const std::int64_t cols = p.value.shape().back(), q_cols = table.kv_columns(p).first;
+    for (std::int64_t r = 0; r < p.value.numel() / cols; ++r) add(at + r * cols, at + r * cols + q_cols);
   }
   return total;
 }

@@ -135,22 +135,24 @@ void Gpt::norm_backward(Tensor& dinp, const Tensor& dout, const Tensor& in, cons
                                rstd.f32(), n, shape_.n_embd);
 }
 
-// The training attention core: a.qkv (N, 3 cl) -> a.atty (N, cl) over the layer's layout.
+// The training attention core: a.qkv (N, qkv_width) -> a.atty (N, cl) over the layer's layout,
+// the key/value heads grouped (read by their query heads in the kernels, never repeated).
 void Gpt::attention_core_forward(int l, LayerActs& a) {
-  const std::int64_t cl = shape_.local_width(), nh = shape_.local_heads();
+  const std::int64_t cl = shape_.local_width(), nh = shape_.local_heads(), kv = shape_.local_kv_heads();
   if (is_bf16(a.qkv))
     return kernels_->bf16->attention_forward(b16(a.atty), a.lse.f32(), b16(a.qkv), act_batch_, act_seq_, cl, nh,
-                                             layout_view(l));
-  kernels_->attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), act_batch_, act_seq_, cl, nh, layout_view(l));
+                                             layout_view(l), kv);
+  kernels_->attention_forward(a.atty.f32(), a.lse.f32(), a.qkv.f32(), act_batch_, act_seq_, cl, nh, layout_view(l),
+                              kv);
 }
 
 void Gpt::attention_core_backward(int l, Tensor& dqkv, const Tensor& dout, const LayerActs& a) {
-  const std::int64_t cl = shape_.local_width(), nh = shape_.local_heads();
+  const std::int64_t cl = shape_.local_width(), nh = shape_.local_heads(), kv = shape_.local_kv_heads();
   if (is_bf16(dqkv))
     return kernels_->bf16->attention_backward(b16(dqkv), b16(dout), b16(a.qkv), b16(a.atty), a.lse.f32(), act_batch_,
-                                              act_seq_, cl, nh, layout_view(l));
+                                              act_seq_, cl, nh, layout_view(l), kv);
   kernels_->attention_backward(dqkv.f32(), dout.f32(), a.qkv.f32(), a.atty.f32(), a.lse.f32(), act_batch_, act_seq_,
-                               cl, nh, layout_view(l));
+                               cl, nh, layout_view(l), kv);
 }
 
 // dinp = GELU'(pre) * dout (dinp may be dout).
@@ -169,29 +171,14 @@ void Gpt::rope(Tensor& qkv, const std::int32_t* positions, std::int64_t n, bool 
                                                                 n, heads, kv_heads, hd);
 }
 
-void Gpt::repeat_kv(Tensor& out, const Tensor& grouped, std::int64_t n) {
-  const std::int64_t heads = shape_.local_heads(), kv = shape_.local_kv_heads(), hd = shape_.head_size();
-  if (is_bf16(out)) return kernels_->bf16->repeat_kv(b16(out), b16(grouped), n, heads, kv, hd);
-  kernels_->repeat_kv(out.f32(), grouped.f32(), n, heads, kv, hd);
-}
-
-void Gpt::sum_repeated_kv(Tensor& grouped, const Tensor& full, std::int64_t n) {
-  const std::int64_t heads = shape_.local_heads(), kv = shape_.local_kv_heads(), hd = shape_.head_size();
-  if (is_bf16(grouped)) return kernels_->bf16->sum_repeated_kv(b16(grouped), b16(full), n, heads, kv, hd);
-  kernels_->sum_repeated_kv(grouped.f32(), full.f32(), n, heads, kv, hd);
-}
-
 // ---- The sub-layers and the block. ----
 
-// pass.scratch (n, C) = Attn(in): the fused q|k|v product (rotary embeddings on q and k; with
-// grouped KV heads, each k and v head repeated for its query heads), the pass's attention core,
-// the output projection.
+// pass.scratch (n, C) = Attn(in): the fused q|k|v product (rotary embeddings on q and k), the
+// pass's attention core, the output projection.
 void Gpt::attention_forward(int l, const Tensor& in, const BlockPass& pass) {
   LayerActs& a = pass.layer(l);
-  Tensor& qkv = shape_.grouped() ? *pass.grouped : a.qkv;
-  linear_forward(qkv, in, pass.n, Role::qkv_weight, Role::qkv_bias, l);
-  if (shape_.rope) rope(qkv, pass.positions, pass.n, false, shape_.local_kv_heads());
-  if (shape_.grouped()) repeat_kv(a.qkv, qkv, pass.n);
+  linear_forward(a.qkv, in, pass.n, Role::qkv_weight, Role::qkv_bias, l);
+  if (shape_.rope) rope(a.qkv, pass.positions, pass.n, false, shape_.local_kv_heads());
   pass.attend(l, a);
   linear_forward(pass.scratch, a.atty, pass.n, Role::attn_out_weight, Role::attn_out_bias, l);
 }
@@ -201,11 +188,48 @@ void Gpt::attention_backward(int l, const Tensor& dout, const Tensor& in, Tensor
   const LayerActs& a = acts_[l];
   linear_backward(dtmp_, dout, a.atty, Role::attn_out_weight, Role::attn_out_bias, l);
   attention_core_backward(l, dqkv_, dtmp_, a);
-  const std::int64_t n = block_dims().n;
-  Tensor& dqkv = shape_.grouped() ? grouped_ : dqkv_;
-  if (shape_.grouped()) sum_repeated_kv(grouped_, dqkv_, n);
-  if (shape_.rope) rope(dqkv, staged_.positions, n, true, shape_.local_kv_heads());
-  linear_backward(dinp, dqkv, in, Role::qkv_weight, Role::qkv_bias, l);
+  if (shape_.rope) rope(dqkv_, staged_.positions, block_dims().n, true, shape_.local_kv_heads());
+  const bool replicated = tp_ && table_.kv_replicas() > 1;
+  if (replicated) replicated_kv_grads(l, false);
+  linear_backward(dinp, dqkv_, in, Role::qkv_weight, Role::qkv_bias, l);
+  if (replicated) replicated_kv_grads(l, true);
+}
+
+// Key/value heads replicated over tensor-parallel ranks (fewer than the ranks): the gradient a
+// rank's backward adds to its copy comes from its own query heads only. Before the q|k|v
+// product's backward (finish false) the copies' accumulated gradients are set aside and zeroed;
+// after it (finish true) the new parts are summed over the ranks, each rank placing its heads'
+// columns in a whole-width buffer, and added back, so every copy holds the whole gradient and
+// the copies stay equal. The input gradient needs nothing: the ranks' parts are summed with
+// the rest of it. Tensor parallelism runs on the cpu, so this is host memory.
+void Gpt::replicated_kv_grads(int l, bool finish) {
+  std::size_t stash = 0;
+  for (const Role role : {Role::qkv_weight, Role::qkv_bias}) {
+    if (!table_.has(role, l)) continue;
+    Parameter& p = table_.get(role, l);
+    const auto [first, width] = table_.kv_columns(p);
+    const std::int64_t cols = p.value.shape().back(), rows = p.value.numel() / cols;
+    const std::int64_t full_cols = p.full_shape.back(), kv_full = full_cols - p.q_width;
+    float* g = p.grad.f32();
+    if (!finish) {
+      kv_stash_.resize(stash + rows * width);
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (std::int64_t j = first; j < cols; ++j) {
+          kv_stash_[stash++] = g[r * cols + j];
+          g[r * cols + j] = 0.0f;
+        }
+      continue;
+    }
+    std::vector<float> whole(static_cast<std::size_t>(rows * kv_full), 0.0f);
+    auto slot = [&](std::int64_t r, std::int64_t j) {
+      return r * kv_full + full_index(p, r * cols + j) % full_cols - p.q_width;
+    };
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t j = first; j < cols; ++j) whole[slot(r, j)] = g[r * cols + j];
+    tp_sum(whole.data(), static_cast<std::int64_t>(whole.size()));
+    for (std::int64_t r = 0; r < rows; ++r)
+      for (std::int64_t j = first; j < cols; ++j) g[r * cols + j] = whole[slot(r, j)] + kv_stash_[stash++];
+  }
 }
 
 // pass.scratch (n, C) = MLP(in) = GELU(in W_fc + b) W_proj + b, or with SwiGLU

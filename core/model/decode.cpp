@@ -72,19 +72,20 @@ void Decoder::allocate(int batch) {
   // Activations in the model's dtype; statistics, the KV caches and the logits in fp32 (bf16
   // keys and values are exact in fp32; the attention core reads fp32).
   const DType act = s.bf16 ? DType::bf16 : DType::f32;
-  k_cache_ = Tensor::empty({s.n_layer, b, s.context, c}, DType::f32, d);
-  v_cache_ = Tensor::empty({s.n_layer, b, s.context, c}, DType::f32, d);
+  // The caches hold the key/value heads only: grouped-query attention's saving.
+  const std::int64_t ckv = static_cast<std::int64_t>(s.kv_heads()) * s.head_size();
+  k_cache_ = Tensor::empty({s.n_layer, b, s.context, ckv}, DType::f32, d);
+  v_cache_ = Tensor::empty({s.n_layer, b, s.context, ckv}, DType::f32, d);
   acts_.assign(1, Gpt::LayerActs{});
   Gpt::LayerActs& a = acts_[0];
   for (Tensor* t : {&a.ln1, &a.atty, &a.res2, &a.ln2, &a.res3, &x_, &scratch_, &lnf_}) *t = Tensor::empty({b, c}, act, d);
   for (Tensor* t : {&a.ln1_mean, &a.ln1_rstd, &a.ln2_mean, &a.ln2_rstd, &a.lse, &lnf_mean_, &lnf_rstd_})
     *t = Tensor::empty({b}, DType::f32, d);
-  a.qkv = Tensor::empty({b, 3 * c}, act, d);
+  a.qkv = Tensor::empty({b, s.qkv_width()}, act, d);
   a.fch = Tensor::empty({b, s.swiglu ? 2 * f : f}, act, d);
-  if (s.grouped()) grouped_ = Tensor::empty({b, s.qkv_width()}, act, d);
   a.fch_gelu = Tensor::empty({b, f}, act, d);
   if (s.bf16) {
-    qkv32_ = Tensor::empty({b, 3 * c}, DType::f32, d);
+    qkv32_ = Tensor::empty({b, s.qkv_width()}, DType::f32, d);
     atty32_ = Tensor::empty({b, c}, DType::f32, d);
   }
   logits_ = Tensor::empty({b, s.local_vocab()}, DType::f32, d);
@@ -104,19 +105,20 @@ void Decoder::attend(int layer, Gpt::LayerActs& a) {
   const GptShape& s = model_.shape();
   const bool on_device = model_.device() != Device::cpu;
   const std::int64_t c = s.n_embd, n = static_cast<std::int64_t>(rows_sequence_.size());
+  const std::int64_t ckv = static_cast<std::int64_t>(s.kv_heads()) * s.head_size(), width = s.qkv_width();
   // bf16 activations: q|k|v widened to fp32 for the cache and the core, the output rounded back.
   const bool widen = s.bf16;
-  if (widen) kernels_->bf16->widen(qkv32_.f32(), static_cast<const bf16*>(a.qkv.raw()), n * 3 * c);
+  if (widen) kernels_->bf16->widen(qkv32_.f32(), static_cast<const bf16*>(a.qkv.raw()), n * width);
   const Tensor& qkv_rows = widen ? qkv32_ : a.qkv;
   float* out_rows = widen ? atty32_.f32() : a.atty.f32();
   for (std::int64_t i = 0; i < n; ++i) {
     const std::int64_t pos = rows_position_[i];
-    const std::int64_t cache = (static_cast<std::int64_t>(layer) * capacity_ + rows_sequence_[i]) * s.context * c;
+    const std::int64_t cache = (static_cast<std::int64_t>(layer) * capacity_ + rows_sequence_[i]) * s.context * ckv;
     float* keys = k_cache_.f32() + cache;
     float* values = v_cache_.f32() + cache;
-    const std::int64_t row = i * 3 * c;  // [q | k | v]
-    k_cache_.view(cache + pos * c, {c}).copy_from(qkv_rows.view(row + c, {c}));
-    v_cache_.view(cache + pos * c, {c}).copy_from(qkv_rows.view(row + 2 * c, {c}));
+    const std::int64_t row = i * width;  // [q | k | v]
+    k_cache_.view(cache + pos * ckv, {ckv}).copy_from(qkv_rows.view(row + c, {ckv}));
+    v_cache_.view(cache + pos * ckv, {ckv}).copy_from(qkv_rows.view(row + c + ckv, {ckv}));
     const float* qkv = qkv_rows.f32() + row;
     const std::uint8_t* mask = nullptr;
     if (const BlockLayout* layout = layouts_[layer].get()) {
@@ -132,7 +134,7 @@ void Decoder::attend(int layer, Gpt::LayerActs& a) {
         mask = static_cast<const std::uint8_t*>(mask_.raw());
       }
     }
-    kernels_->attention_decode(out_rows + i * c, qkv, keys, values, pos + 1, c, s.n_head, mask);
+    kernels_->attention_decode(out_rows + i * c, qkv, keys, values, pos + 1, c, s.n_head, mask, s.kv_heads());
   }
   if (widen) kernels_->bf16->convert(static_cast<bf16*>(a.atty.raw()), atty32_.f32(), n * c);
 }
@@ -162,7 +164,7 @@ const float* Decoder::step(const std::vector<int>& sequences, const std::vector<
   }
   // The trunk's blocks, as in training, over one row per sequence; then the LM head.
   model_.embed(x_, token_ids, token_ids + n, n);
-  const Gpt::BlockPass pass{acts_, n, scratch_, &lnf_, &lnf_mean_, &lnf_rstd_, token_ids + n, &grouped_,
+  const Gpt::BlockPass pass{acts_, n, scratch_, &lnf_, &lnf_mean_, &lnf_rstd_, token_ids + n,
                             [this](int layer, Gpt::LayerActs& a) { attend(layer, a); }, s.post_norm};
   model_.blocks_forward(x_, pass);
   const Tensor& hidden = s.post_norm ? pass.output(s.n_layer - 1) : lnf_;

@@ -65,7 +65,6 @@ class Decoder {
   std::vector<Gpt::LayerActs> acts_;  // one, shared by the layers: one row per sequence of the step
   Tensor x_, scratch_, lnf_, lnf_mean_, lnf_rstd_, logits_, ids_, mask_;
   Tensor qkv32_, atty32_;  // bf16 activations: the attention core's fp32 input and output
-  Tensor grouped_;         // grouped KV heads: q|k|v before the repeat (one row per sequence)
   std::vector<float> host_logits_;
   // The step's rows: sequence and position of each.
   std::vector<int> rows_sequence_;

@@ -21,7 +21,8 @@ Gpt::Gpt(const GptShape& shape, Device device, TensorParallel* tp)
   KILN_CHECK(shape.tp_size == 1 || (tp != nullptr && tp->size() == shape.tp_size && tp->rank() == shape.tp_rank),
              "a tensor-parallel model needs the tensor-parallel group it is sharded over");
   KILN_CHECK(shape.padded_vocab % shape.tp_size == 0 && shape.n_head % shape.tp_size == 0 &&
-                 shape.kv_heads() % shape.tp_size == 0 && shape.n_head % shape.kv_heads() == 0,
+                 (shape.kv_heads() % shape.tp_size == 0 || shape.tp_size % shape.kv_heads() == 0) &&
+                 shape.n_head % shape.kv_heads() == 0,
              "model shape does not split over ", shape.tp_size, " tensor-parallel ranks");
   KILN_CHECK(!shape.bf16 || (kernels_->has_bf16_activations() && !shape.post_norm && shape.tp_size == 1),
              "model.dtype=bf16 (bf16 activations) trains a pre-LN model on one GPU; this model is",
@@ -49,8 +50,10 @@ void Gpt::make_bf16_weights() {
 Tensor Gpt::gather_full(const Parameter& p, const float* local) const {
   Tensor full = Tensor::zeros(p.full_shape);  // host memory, like `local`
   float* out = full.f32();
-  for (std::int64_t i = 0; i < p.value.numel(); ++i) out[full_index(p, i)] = local[i];
-  // Shards are disjoint, so a sum over the ranks assembles the whole tensor.
+  for (std::int64_t i = 0; i < p.value.numel(); ++i)
+    if (!table_.is_copy(p, i)) out[full_index(p, i)] = local[i];
+  // Shards are disjoint (of replicated key/value heads one rank contributes), so a sum over
+  // the ranks assembles the whole tensor.
   if (p.split != Split::none) tp_sum(out, full.numel());
   return full;
 }
@@ -122,7 +125,7 @@ void Gpt::ensure_activations(int batch, int seq_len, bool keep) {
       continue;
     }
     table.insert(table.end(), {{&a.ln1, {n, c}}, {&a.ln1_mean, {n}}, {&a.ln1_rstd, {n}},
-                               {&a.qkv, {n, 3 * cl}}, {&a.atty, {n, cl}}, {&a.lse, {batch, nh, seq_len}},
+                               {&a.qkv, {n, shape_.qkv_width()}}, {&a.atty, {n, cl}}, {&a.lse, {batch, nh, seq_len}},
                                {&a.res2, {n, c}}, {&a.ln2, {n, c}}, {&a.ln2_mean, {n}},
                                {&a.ln2_rstd, {n}}, {&a.fch, {n, shape_.swiglu ? 2 * fl : fl}}, {&a.fch_gelu, {n, fl}},
                                {&a.res3, {n, c}}});
@@ -131,9 +134,8 @@ void Gpt::ensure_activations(int batch, int seq_len, bool keep) {
                              {&lnf_rstd_, {n}}, {&logits_, {batch, seq_len, vp}},
                              {&losses_, {batch, seq_len}}, {&row_max_, {n}}, {&row_sum_, {n}},
                              {&target_logit_, {n}}, {&scratch_, {n, c}}, {&dres_, {n, c}},
-                             {&dtmp_, {n, c}}, {&dtmp2_, {n, c}}, {&dqkv_, {n, 3 * cl}},
-                             {&dfch_, {n, fl}}, {&dgate_up_, {shape_.swiglu ? n : 0, 2 * fl}},
-                             {&grouped_, {shape_.grouped() ? n : 0, shape_.qkv_width()}}});
+                             {&dtmp_, {n, c}}, {&dtmp2_, {n, c}}, {&dqkv_, {n, shape_.qkv_width()}},
+                             {&dfch_, {n, fl}}, {&dgate_up_, {shape_.swiglu ? n : 0, 2 * fl}}});
   // Statistics and losses stay fp32; with model.dtype bf16 everything else is bf16, in a second
   // arena.
   std::vector<const Tensor*> stats = {&lnf_mean_, &lnf_rstd_, &losses_, &row_max_, &row_sum_, &target_logit_};
@@ -388,7 +390,7 @@ void Gpt::product(Tensor& c, const Tensor& a, const Tensor& b, std::int64_t m, s
 }
 
 Gpt::BlockPass Gpt::training_pass() {
-  return {acts_, block_dims().n, scratch_, &lnf_, &lnf_mean_, &lnf_rstd_, staged_.positions, &grouped_,
+  return {acts_, block_dims().n, scratch_, &lnf_, &lnf_mean_, &lnf_rstd_, staged_.positions,
           [this](int layer, LayerActs& a) { attention_core_forward(layer, a); }, shape_.post_norm};
 }
 

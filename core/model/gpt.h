@@ -164,7 +164,6 @@ class Gpt {
     Tensor& scratch;                        // (n, C)
     Tensor *lnf, *lnf_mean, *lnf_rstd;      // the final norm's output and statistics (pre-LN)
     const std::int32_t* positions;          // (n): each row's position (rotary embeddings)
-    Tensor* grouped;                        // (n, qkv_width): q|k|v before the k/v repeat (GQA), or null
     Attend attend;
     LayerActs& layer(int l) const { return acts[acts.size() == 1 ? 0 : l]; }
     bool post_norm;
@@ -200,9 +199,7 @@ class Gpt {
   void attention_core_backward(int l, Tensor& dqkv, const Tensor& dout, const LayerActs& a);
   void gelu_backward(Tensor& dinp, const Tensor& pre, const Tensor& dout, std::int64_t n);
   void rope(Tensor& qkv, const std::int32_t* positions, std::int64_t n, bool backward, std::int64_t kv_heads);
-  // Grouped KV heads: q|k|v (n, qkv_width) <-> the attention kernels' one k/v head per q head.
-  void repeat_kv(Tensor& out, const Tensor& grouped, std::int64_t n);
-  void sum_repeated_kv(Tensor& grouped, const Tensor& full, std::int64_t n);
+  void replicated_kv_grads(int l, bool finish);
   const float* bias_of(Role bias, int l) const;  // null when the spec has no such bias
   // The trunk's ends (gpt.cpp), by dtype as well: the embeddings (summed over the
   // tensor-parallel ranks) and their backward, and c (m, n) = op(a) op(b) (+ beta c) for the LM
@@ -236,7 +233,7 @@ class Gpt {
   Tensor row_max_, row_sum_, target_logit_;  // (N) vocabulary-parallel cross-entropy
   Tensor scratch_, dres_, dtmp_, dtmp2_, dqkv_, dfch_;  // (N, C) x4, (N, 3C), (N, F)
   Tensor dgate_up_;  // (N, 2F): SwiGLU's input gradient
-  Tensor grouped_;   // (N, qkv_width): GQA's q|k|v before the repeat, and its gradient in backward
+  std::vector<float> kv_stash_;  // replicated key/value heads' gradients during a backward (replicated_kv_grads)
   Tensor rope_cos_, rope_sin_;  // (context, head size / 2): rotary tables (position=rope)
   std::vector<std::int32_t> positions_;
   // Layouts for the current sequence length: one per distinct pattern, and each layer's.

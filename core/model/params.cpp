@@ -89,7 +89,8 @@ std::vector<ParamSpec> declare_parameters(const GptShape& s) {
   return t;
 }
 
-ParamTable::ParamTable(const GptShape& shape, Device device) : tp_size_(shape.tp_size), tp_rank_(shape.tp_rank) {
+ParamTable::ParamTable(const GptShape& shape, Device device)
+    : tp_size_(shape.tp_size), tp_rank_(shape.tp_rank), kv_replicas_(shape.kv_replicas()) {
   const std::vector<ParamSpec> specs = declare_parameters(shape);
   // This rank's shard of each whole shape.
   std::vector<Shape> local;
@@ -97,7 +98,11 @@ ParamTable::ParamTable(const GptShape& shape, Device device) : tp_size_(shape.tp
   for (const ParamSpec& s : specs) {
     Shape l = s.full_shape;
     if (s.split == Split::rows) l.front() /= tp_size_;
-    if (s.split == Split::cols || s.split == Split::qkv || s.split == Split::gate_up) l.back() /= tp_size_;
+    if (s.split == Split::cols || s.split == Split::gate_up) l.back() /= tp_size_;
+    if (s.split == Split::qkv) {  // the run of query heads, and the key/value heads those read
+      const std::int64_t kv_full = (l.back() - s.q_width) / 2;
+      l.back() = s.q_width / tp_size_ + 2 * kv_full * kv_replicas_ / tp_size_;
+    }
     total += shape_numel(l);
     local.push_back(std::move(l));
   }
@@ -164,12 +169,14 @@ std::int64_t ParamTable::full_index(const Parameter& p, std::int64_t local) cons
     case Split::cols:
       return local / cols * full_cols + r * cols + local % cols;
     case Split::qkv: {
-      // local: [q_r | k_r | v_r], each part this rank's run of its heads.
+      // local: [q_r | k_r | v_r], each part this rank's run of its heads (key/value heads
+      // replicated over kv_replicas_ consecutive ranks when there are fewer than ranks).
       const std::int64_t q_full = p.q_width > 0 ? p.q_width : full_cols / 3, kv_full = (full_cols - q_full) / 2;
-      const std::int64_t q_local = q_full / tp_size_, kv_local = kv_full / tp_size_, j = local % cols;
+      const std::int64_t q_local = q_full / tp_size_, kv_local = kv_full * kv_replicas_ / tp_size_, j = local % cols;
+      const std::int64_t kv_first = r / kv_replicas_ * kv_local;
       const std::int64_t col = j < q_local              ? r * q_local + j
-                               : j < q_local + kv_local ? q_full + r * kv_local + (j - q_local)
-                                                        : q_full + kv_full + r * kv_local + (j - q_local - kv_local);
+                               : j < q_local + kv_local ? q_full + kv_first + (j - q_local)
+                                                        : q_full + kv_full + kv_first + (j - q_local - kv_local);
       return local / cols * full_cols + col;
     }
     case Split::gate_up: {
@@ -179,6 +186,16 @@ std::int64_t ParamTable::full_index(const Parameter& p, std::int64_t local) cons
     }
   }
   return local;
+}
+
+bool ParamTable::is_copy(const Parameter& p, std::int64_t local) const {
+  if (p.split != Split::qkv || kv_replicas_ == 1 || tp_rank_ % kv_replicas_ == 0) return false;
+  return local % p.value.shape().back() >= p.q_width / tp_size_;
+}
+
+std::pair<std::int64_t, std::int64_t> ParamTable::kv_columns(const Parameter& p) const {
+  const std::int64_t cols = p.value.shape().back(), q_local = p.q_width / tp_size_;
+  return {q_local, cols - q_local};
 }
 
 }  // namespace kiln

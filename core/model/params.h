@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/model/spec.h"
@@ -100,11 +101,19 @@ class ParamTable {
 
   // The offset in the whole tensor of element `local` of this rank's shard of p.
   std::int64_t full_index(const Parameter& p, std::int64_t local) const;
+  // Whether element `local` of p is a copy of a replicated key/value head that another rank
+  // (the first of its replicas) also holds: it counts once in gathers and gradient norms.
+  bool is_copy(const Parameter& p, std::int64_t local) const;
+  // Ranks holding each key/value head: 1, or tp / n_kv_head with fewer key/value heads than ranks.
+  int kv_replicas() const { return kv_replicas_; }
+  // Split::qkv: the first column of this rank's k|v part and its width (its last dimension).
+  std::pair<std::int64_t, std::int64_t> kv_columns(const Parameter& p) const;
 
  private:
   std::size_t index(Role role, int layer) const;
 
   int tp_size_, tp_rank_;
+  int kv_replicas_;  // ranks holding each key/value head (GptShape::kv_replicas)
   std::vector<Parameter> params_;
   Tensor values_, grads_;
   std::size_t first_block_ = 0, blocks_end_ = 0, heads_first_ = 0;

@@ -58,8 +58,9 @@ GptShape GptShape::from_config(const ModelConfig& config, int vocab_size, int tp
              s.n_head, "; choose n_embd as a multiple of n_head");
   KILN_CHECK(s.n_head % s.kv_heads() == 0, "model.n_kv_head=", s.n_kv_head, " does not divide model.n_head=", s.n_head,
              ": each key/value head serves an equal group of query heads");
-  KILN_CHECK(s.kv_heads() % tp_size == 0, "model.n_kv_head=", s.kv_heads(), " key/value heads do not split over parallel.tp=",
-             tp_size, " ranks (replicating them is not implemented yet); use a tp that divides them");
+  KILN_CHECK(s.kv_heads() % tp_size == 0 || tp_size % s.kv_heads() == 0, "model.n_kv_head=", s.kv_heads(),
+             " key/value heads neither split over parallel.tp=", tp_size, " ranks nor divide them (for replication); "
+             "use a tp that divides the key/value heads or that they divide");
   KILN_CHECK(s.n_head % tp_size == 0, "model.n_head=", s.n_head, " is not divisible by parallel.tp=",
              tp_size, ": tensor parallelism splits the heads; choose a tp that divides the heads");
   KILN_CHECK(s.ffn() % tp_size == 0, "the MLP width ", s.ffn(),

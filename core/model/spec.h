@@ -59,7 +59,12 @@ struct GptShape {
   int n_kv_head = 0;  // key/value heads (0: n_head); fewer: grouped-query attention
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
   bool grouped() const { return kv_heads() != n_head; }
-  int local_kv_heads() const { return kv_heads() / tp_size; }
+  // Key/value heads under tensor parallelism: split over the ranks when they divide them; with
+  // fewer key/value heads than ranks (tp a multiple of them), each rank holds the one its query
+  // heads read, and kv_replicas() ranks hold a copy of it.
+  int kv_replicas() const { return kv_heads() < tp_size ? tp_size / kv_heads() : 1; }
+  int local_kv_heads() const { return kv_heads() < tp_size ? 1 : kv_heads() / tp_size; }
+  int kv_head_first() const { return tp_rank / kv_replicas() * local_kv_heads(); }
   // Width of this shard's q|k|v product: its query heads, then as many key and value heads.
   std::int64_t qkv_width() const {
     return static_cast<std::int64_t>(local_heads() + 2 * local_kv_heads()) * head_size();

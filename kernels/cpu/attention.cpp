@@ -19,11 +19,21 @@ namespace kiln::cpu {
 
 namespace {
 
+// c: the query width nh * hd; nkv key/value heads (dividing nh), each serving nh / nkv
+// consecutive query heads; a q|k|v row is c + 2 * nkv * hd wide.
 struct Dims {
-  std::int64_t b, t, c, nh, hd;
+  std::int64_t b, t, c, nh, hd, nkv;
+  Dims(std::int64_t b, std::int64_t t, std::int64_t c, std::int64_t nh, std::int64_t kv_heads)
+      : b(b), t(t), c(c), nh(nh), hd(c / nh), nkv(kv_heads > 0 ? kv_heads : nh) {
+    KILN_CHECK(nh > 0 && c % nh == 0, "attention: c=", c, " is not a multiple of nh=", nh);
+    KILN_CHECK(nh % nkv == 0, "attention: ", nkv, " key/value heads do not divide ", nh, " query heads");
+  }
+  std::int64_t width() const { return c + 2 * nkv * hd; }  // of a q|k|v row
+  std::int64_t group() const { return nh / nkv; }          // query heads per key/value head
+  // Row pos of head h of part 0 (q: query head h) or 1, 2 (k, v: key/value head h).
   const float* head(const float* qkv, std::int64_t bi, std::int64_t part, std::int64_t h,
                     std::int64_t pos) const {
-    return qkv + (bi * t + pos) * 3 * c + part * c + h * hd;
+    return qkv + (bi * t + pos) * width() + (part == 0 ? 0 : c + (part - 1) * nkv * hd) + h * hd;
   }
 };
 
@@ -148,8 +158,8 @@ void forward_head(float* out, float* lse, const float* qkv, const Dims& dm, std:
   float* row_sum = row_max + BK;          // (BK)
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   gather_head(q_all, dm, qkv, bi, 0, h, t_pad, false, scale);
-  gather_head(kt_all, dm, qkv, bi, 1, h, t_pad, true);
-  gather_head(v_all, dm, qkv, bi, 2, h, t_pad, false);
+  gather_head(kt_all, dm, qkv, bi, 1, h / dm.group(), t_pad, true);
+  gather_head(v_all, dm, qkv, bi, 2, h / dm.group(), t_pad, false);
   const int* rows = layout.rows_of(h);
   const std::int32_t* seg = layout.segments ? layout.segments + bi * dm.t : nullptr;
   for (int qb = part; qb < layout.num_blocks; qb += parts) {
@@ -221,11 +231,12 @@ void forward_impl(float* out, float* lse, const float* qkv, const Dims& dm,
   }
 }
 
-// Backward for one (batch, head): every query block row in order; dq, dk, dv accumulated in
-// per-task buffers, so no two threads ever write the same element.
+// Backward for one (batch, key/value head): the query heads it serves in order, each over its
+// query block rows in order; dq, dk, dv accumulated in per-task buffers, so no two threads ever
+// write the same element and the sums' order is fixed.
 template <int BK, int HD>
 void backward_head(float* dqkv, const float* dout, const float* qkv, const float* out,
-                   const float* lse, const Dims& dm, std::int64_t bi, std::int64_t h,
+                   const float* lse, const Dims& dm, std::int64_t bi, std::int64_t g,
                    const BlockLayoutView& layout, std::vector<float>& scratch) {
   const int hd = HD > 0 ? HD : static_cast<int>(dm.hd);
   const std::int64_t t = dm.t, t_pad = static_cast<std::int64_t>(layout.num_blocks) * BK;
@@ -244,66 +255,69 @@ void backward_head(float* dqkv, const float* dout, const float* qkv, const float
   float* delta = ds + BK * BK;           // (t_pad) rowsum(dout * out)
   float* row_lse = delta + t_pad;        // (t_pad)
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  gather_head(q_all, dm, qkv, bi, 0, h, t_pad, false, scale);
-  gather_head(k_all, dm, qkv, bi, 1, h, t_pad, false);
-  gather_head(kt_all, dm, qkv, bi, 1, h, t_pad, true);
-  gather_head(vt_all, dm, qkv, bi, 2, h, t_pad, true);
-  for (std::int64_t pos = 0; pos < t; ++pos) {
-    const std::int64_t row = (bi * t + pos) * dm.c + h * hd;
-    float dsum = 0.0f;
-    for (int d = 0; d < hd; ++d) {
-      do_all[pos * hd + d] = dout[row + d];
-      dsum += dout[row + d] * out[row + d];
-    }
-    delta[pos] = dsum;
-    row_lse[pos] = lse[(bi * dm.nh + h) * t + pos];
-  }
-  const int* rows = layout.rows_of(h);
+  gather_head(k_all, dm, qkv, bi, 1, g, t_pad, false);
+  gather_head(kt_all, dm, qkv, bi, 1, g, t_pad, true);
+  gather_head(vt_all, dm, qkv, bi, 2, g, t_pad, true);
   const std::int32_t* seg = layout.segments ? layout.segments + bi * t : nullptr;
-  for (int qb = 0; qb < layout.num_blocks; ++qb) {
-    const std::int64_t q0 = static_cast<std::int64_t>(qb) * BK;
-    const int nq = static_cast<int>(std::min<std::int64_t>(BK, t - q0));
-    const float* q = q_all + q0 * hd;
-    const float* d_o = do_all + q0 * hd;
-    std::fill(dq, dq + BK * hd, 0.0f);
-    for (int idx = rows[qb]; idx < rows[qb + 1]; ++idx) {
-      const std::int64_t k0 = static_cast<std::int64_t>(layout.cols[idx]) * BK;
-      const int nk = static_cast<int>(std::min<std::int64_t>(BK, t - k0));
-      if (seg && seg[k0 + nk - 1] < seg[q0]) continue;  // only earlier documents: block-diagonal
-      scores<BK, HD>(p, q, kt_all + k0, t_pad, nq, hd);     // scaled scores
-      scores<BK, HD>(dp, d_o, vt_all + k0, t_pad, nq, hd);  // dP = dO V^T
-      for (int i = 0; i < nq; ++i) {
-        const int limit = static_cast<int>(std::min<std::int64_t>(nk, q0 + i - k0 + 1));
-        const float li = row_lse[q0 + i], di = delta[q0 + i];
-#pragma omp simd
-        for (int j = 0; j < BK; ++j) {
-          const float pij = j < limit ? fast_exp(p[i * BK + j] - li) : 0.0f;
-          p[i * BK + j] = pij;
-          ds[i * BK + j] = pij * (dp[i * BK + j] - di);
-        }
-        if (seg) {
-          const std::int32_t own = seg[q0 + i];
-          for (int j = 0; j < limit; ++j)
-            if (seg[k0 + j] != own) p[i * BK + j] = ds[i * BK + j] = 0.0f;
-        }
+  for (std::int64_t h = g * dm.group(); h < (g + 1) * dm.group(); ++h) {
+    gather_head(q_all, dm, qkv, bi, 0, h, t_pad, false, scale);
+    for (std::int64_t pos = 0; pos < t; ++pos) {
+      const std::int64_t row = (bi * t + pos) * dm.c + h * hd;
+      float dsum = 0.0f;
+      for (int d = 0; d < hd; ++d) {
+        do_all[pos * hd + d] = dout[row + d];
+        dsum += dout[row + d] * out[row + d];
       }
-      for (int j = 0; j < nk; ++j) {
-        accumulate_rows<HD>(dv_all + (k0 + j) * hd, 1.0f, p + j, BK, d_o, nq, hd);
-        accumulate_rows<HD>(dk_all + (k0 + j) * hd, 1.0f, ds + j, BK, q, nq, hd);
-      }
-      for (int i = 0; i < nq; ++i)
-        accumulate_rows<HD>(dq + i * hd, 1.0f, ds + i * BK, 1, k_all + k0 * hd, nk, hd);
+      delta[pos] = dsum;
+      row_lse[pos] = lse[(bi * dm.nh + h) * t + pos];
     }
-    for (int i = 0; i < nq; ++i) {
-      float* dst = dqkv + (bi * t + q0 + i) * 3 * dm.c + h * hd;
-      for (int d = 0; d < hd; ++d) dst[d] = dq[i * hd + d] * scale;
+    const int* rows = layout.rows_of(h);
+    for (int qb = 0; qb < layout.num_blocks; ++qb) {
+      const std::int64_t q0 = static_cast<std::int64_t>(qb) * BK;
+      const int nq = static_cast<int>(std::min<std::int64_t>(BK, t - q0));
+      const float* q = q_all + q0 * hd;
+      const float* d_o = do_all + q0 * hd;
+      std::fill(dq, dq + BK * hd, 0.0f);
+      for (int idx = rows[qb]; idx < rows[qb + 1]; ++idx) {
+        const std::int64_t k0 = static_cast<std::int64_t>(layout.cols[idx]) * BK;
+        const int nk = static_cast<int>(std::min<std::int64_t>(BK, t - k0));
+        if (seg && seg[k0 + nk - 1] < seg[q0]) continue;  // only earlier documents: block-diagonal
+        scores<BK, HD>(p, q, kt_all + k0, t_pad, nq, hd);     // scaled scores
+        scores<BK, HD>(dp, d_o, vt_all + k0, t_pad, nq, hd);  // dP = dO V^T
+        for (int i = 0; i < nq; ++i) {
+          const int limit = static_cast<int>(std::min<std::int64_t>(nk, q0 + i - k0 + 1));
+          const float li = row_lse[q0 + i], di = delta[q0 + i];
+#pragma omp simd
+          for (int j = 0; j < BK; ++j) {
+            const float pij = j < limit ? fast_exp(p[i * BK + j] - li) : 0.0f;
+            p[i * BK + j] = pij;
+            ds[i * BK + j] = pij * (dp[i * BK + j] - di);
+          }
+          if (seg) {
+            const std::int32_t own = seg[q0 + i];
+            for (int j = 0; j < limit; ++j)
+              if (seg[k0 + j] != own) p[i * BK + j] = ds[i * BK + j] = 0.0f;
+          }
+        }
+        for (int j = 0; j < nk; ++j) {
+          accumulate_rows<HD>(dv_all + (k0 + j) * hd, 1.0f, p + j, BK, d_o, nq, hd);
+          accumulate_rows<HD>(dk_all + (k0 + j) * hd, 1.0f, ds + j, BK, q, nq, hd);
+        }
+        for (int i = 0; i < nq; ++i)
+          accumulate_rows<HD>(dq + i * hd, 1.0f, ds + i * BK, 1, k_all + k0 * hd, nk, hd);
+      }
+      for (int i = 0; i < nq; ++i) {
+        float* dst = dqkv + (bi * t + q0 + i) * dm.width() + h * hd;
+        for (int d = 0; d < hd; ++d) dst[d] = dq[i * hd + d] * scale;
+      }
     }
   }
   for (std::int64_t pos = 0; pos < t; ++pos) {
-    float* dst = dqkv + (bi * t + pos) * 3 * dm.c + h * hd;
+    float* dk = dqkv + (bi * t + pos) * dm.width() + dm.c + g * hd;
+    float* dv = dk + dm.nkv * hd;
     for (int d = 0; d < hd; ++d) {
-      dst[dm.c + d] = dk_all[pos * hd + d];
-      dst[2 * dm.c + d] = dv_all[pos * hd + d];
+      dk[d] = dk_all[pos * hd + d];
+      dv[d] = dv_all[pos * hd + d];
     }
   }
 }
@@ -311,13 +325,13 @@ void backward_head(float* dqkv, const float* dout, const float* qkv, const float
 template <int BK, int HD>
 void backward_impl(float* dqkv, const float* dout, const float* qkv, const float* out,
                    const float* lse, const Dims& dm, const BlockLayoutView& layout) {
-  const std::int64_t tasks = dm.b * dm.nh;
+  const std::int64_t tasks = dm.b * dm.nkv;
 #pragma omp parallel
   {
     std::vector<float> scratch;
 #pragma omp for schedule(dynamic, 1)
     for (std::int64_t task = 0; task < tasks; ++task)
-      backward_head<BK, HD>(dqkv, dout, qkv, out, lse, dm, task / dm.nh, task % dm.nh, layout,
+      backward_head<BK, HD>(dqkv, dout, qkv, out, lse, dm, task / dm.nkv, task % dm.nkv, layout,
                             scratch);
   }
 }
@@ -347,8 +361,8 @@ void dispatch(int block, std::int64_t hd, Fn&& fn) {
 }  // namespace
 
 void attention_forward(float* out, float* lse, const float* qkv, std::int64_t b, std::int64_t t,
-                       std::int64_t c, std::int64_t nh, const BlockLayoutView& layout) {
-  const Dims dm{b, t, c, nh, c / nh};
+                       std::int64_t c, std::int64_t nh, const BlockLayoutView& layout, std::int64_t kv_heads) {
+  const Dims dm(b, t, c, nh, kv_heads);
   dispatch(layout.block, dm.hd, [&]<int BK, int HD>() {
     forward_impl<BK, HD>(out, lse, qkv, dm, layout);
   });
@@ -356,16 +370,18 @@ void attention_forward(float* out, float* lse, const float* qkv, std::int64_t b,
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                         const float* lse, std::int64_t b, std::int64_t t, std::int64_t c,
-                        std::int64_t nh, const BlockLayoutView& layout) {
-  const Dims dm{b, t, c, nh, c / nh};
+                        std::int64_t nh, const BlockLayoutView& layout, std::int64_t kv_heads) {
+  const Dims dm(b, t, c, nh, kv_heads);
   dispatch(layout.block, dm.hd, [&]<int BK, int HD>() {
     backward_impl<BK, HD>(dqkv, dout, qkv, out, lse, dm, layout);
   });
 }
 
 void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
-                      std::int64_t n, std::int64_t c, std::int64_t nh, const std::uint8_t* key_mask) {
-  const std::int64_t hd = c / nh;
+                      std::int64_t n, std::int64_t c, std::int64_t nh, const std::uint8_t* key_mask,
+                      std::int64_t kv_heads) {
+  const Dims dm(1, n, c, nh, kv_heads);
+  const std::int64_t hd = dm.hd, ckv = dm.nkv * hd;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
 #pragma omp parallel for schedule(static)
   for (std::int64_t h = 0; h < nh; ++h) {
@@ -377,7 +393,8 @@ void attention_decode(float* out, const float* q, const float* k_cache, const fl
         continue;
       }
       float s = 0.0f;
-      for (std::int64_t d = 0; d < hd; ++d) s += q[h * hd + d] * k_cache[j * c + h * hd + d];
+      const float* k = k_cache + j * ckv + h / dm.group() * hd;
+      for (std::int64_t d = 0; d < hd; ++d) s += q[h * hd + d] * k[d];
       p[j] = s * scale;
       m = std::max(m, p[j]);
     }
@@ -387,7 +404,8 @@ void attention_decode(float* out, const float* q, const float* k_cache, const fl
     for (std::int64_t d = 0; d < hd; ++d) o[d] = 0.0f;
     for (std::int64_t j = 0; j < n; ++j) {
       const float w = p[j] / sum;
-      for (std::int64_t d = 0; d < hd; ++d) o[d] += w * v_cache[j * c + h * hd + d];
+      const float* v = v_cache + j * ckv + h / dm.group() * hd;
+      for (std::int64_t d = 0; d < hd; ++d) o[d] += w * v[d];
     }
   }
 }

@@ -17,14 +17,19 @@ constexpr int kThreadsF32 = kT * kT;
 constexpr int kMaxHeadF32 = 256;
 
 struct F32Args {
-  const float* qkv;    // (b, t, 3c)
+  const float* qkv;    // (b, t, c + 2 ckv)
   const float* dout;   // (b, t, c)
   const float* lse;    // (b, nh, t)
   const float* delta;  // (b, nh, t)
-  float* out;          // forward: out (b, t, c); backward: dqkv (b, t, 3c)
+  float* out;          // forward: out (b, t, c); backward: dqkv (b, t, c + 2 ckv)
   float* lse_out;
-  std::int64_t c;
-  int t, nh, hd;
+  std::int64_t c, ckv;  // query width nh * hd, key/value width nkv * hd
+  int t, nh, nkv, hd;   // key/value head g serves query heads g * nh / nkv, ...
+  __host__ __device__ std::int64_t stride() const { return c + 2 * ckv; }
+  // Offset of (batch row bi, position 0) of the k of query head h's key/value head (v: + ckv).
+  __host__ __device__ std::int64_t kv_slice(int bi, int h) const {
+    return static_cast<std::int64_t>(bi) * t * stride() + c + static_cast<std::int64_t>(h / (nh / nkv)) * hd;
+  }
   int block, num_blocks, num_layouts, first_head;
   const int* row_ptr;
   const int* cols;
@@ -74,8 +79,9 @@ __global__ void __launch_bounds__(kThreadsF32) forward_f32_kernel(const F32Args 
   const int bi = blockIdx.x / a.nh, h = blockIdx.x % a.nh;
   const int q0 = (gridDim.y - 1 - blockIdx.y) * kT;
   const int t = a.t, block = a.block, row = q0 + ty;
-  const std::int64_t stride = 3 * a.c;
+  const std::int64_t stride = a.stride();
   const float* q_g = a.qkv + static_cast<std::int64_t>(bi) * t * stride + static_cast<std::int64_t>(h) * hd;
+  const float* k_g = a.qkv + a.kv_slice(bi, h);
   const std::int32_t* seg = a.segments ? a.segments + static_cast<std::int64_t>(bi) * t : nullptr;
   load_rows_f32(q_s, pitch, q_g, stride, q0, hd, t);
   for (int d = tx; d < hd; d += kT) o_s[ty * hd + d] = 0.0f;
@@ -88,8 +94,8 @@ __global__ void __launch_bounds__(kThreadsF32) forward_f32_kernel(const F32Args 
       if (!tiling::may_see(q0, kT, k0, kT, t)) continue;  // block-uniform
       if (seg && tiling::other_documents(seg, q0, k0, kT, t)) continue;
       __syncthreads();  // the previous chunk's k, v, p are consumed
-      load_rows_f32(k_s, pitch, q_g + a.c, stride, k0, hd, t);
-      load_rows_f32(v_s, hd, q_g + 2 * a.c, stride, k0, hd, t);
+      load_rows_f32(k_s, pitch, k_g, stride, k0, hd, t);
+      load_rows_f32(v_s, hd, k_g + a.ckv, stride, k0, hd, t);
       __syncthreads();
       const int key = k0 + tx;
       const bool visible = key <= row && row < t && (seg == nullptr || seg[key] == seg[row]);
@@ -117,8 +123,9 @@ __global__ void __launch_bounds__(kThreadsF32) forward_f32_kernel(const F32Args 
     a.lse_out[(static_cast<std::int64_t>(bi) * a.nh + h) * t + row] = l > 0.0f ? m + logf(l) : INFINITY;
 }
 
-// grid (b * nh, key tiles of 16). Thread (ty, tx): key ty; query tx for scores, columns tx,
-// tx + 16, ... for dK and dV. Walks the query blocks of the key's layout column.
+// grid (b * nkv, key tiles of 16). Thread (ty, tx): key ty; query tx for scores, columns tx,
+// tx + 16, ... for dK and dV. For each query head the key/value head serves, in order, walks the
+// query blocks of the key's layout column.
 __global__ void __launch_bounds__(kThreadsF32) dkdv_f32_kernel(const F32Args a) {
   KILN_DYNAMIC_SHARED(float, smem);
   const int hd = a.hd, pitch = hd + 1;
@@ -133,19 +140,21 @@ __global__ void __launch_bounds__(kThreadsF32) dkdv_f32_kernel(const F32Args a) 
   float* lse_s = ds_s + kT * (kT + 1);  // (16)
   float* dl_s = lse_s + kT;             // (16)
   const int ty = threadIdx.x / kT, tx = threadIdx.x % kT;
-  const int bi = blockIdx.x / a.nh, h = blockIdx.x % a.nh;
-  const std::int64_t bh = static_cast<std::int64_t>(bi) * a.nh + h;
+  const int bi = blockIdx.x / a.nkv, g = blockIdx.x % a.nkv, group = a.nh / a.nkv;
   const int k0 = blockIdx.y * kT;
   const int t = a.t, block = a.block, key = k0 + ty;
-  const std::int64_t stride = 3 * a.c;
+  const std::int64_t stride = a.stride();
+  const float* k_g = a.qkv + a.kv_slice(bi, g * group);
+  const std::int32_t* seg = a.segments ? a.segments + static_cast<std::int64_t>(bi) * t : nullptr;
+  load_rows_f32(k_s, pitch, k_g, stride, k0, hd, t);
+  load_rows_f32(v_s, pitch, k_g + a.ckv, stride, k0, hd, t);
+  for (int d = tx; d < hd; d += kT) dk_s[ty * hd + d] = dv_s[ty * hd + d] = 0.0f;
+  const int kb = k0 / block;
+  for (int h = g * group; h < (g + 1) * group; ++h) {
+  const std::int64_t bh = static_cast<std::int64_t>(bi) * a.nh + h;
   const float* q_g = a.qkv + static_cast<std::int64_t>(bi) * t * stride + static_cast<std::int64_t>(h) * hd;
   const float* do_g = a.dout + static_cast<std::int64_t>(bi) * t * a.c + static_cast<std::int64_t>(h) * hd;
-  const std::int32_t* seg = a.segments ? a.segments + static_cast<std::int64_t>(bi) * t : nullptr;
-  load_rows_f32(k_s, pitch, q_g + a.c, stride, k0, hd, t);
-  load_rows_f32(v_s, pitch, q_g + 2 * a.c, stride, k0, hd, t);
-  for (int d = tx; d < hd; d += kT) dk_s[ty * hd + d] = dv_s[ty * hd + d] = 0.0f;
   const int* cols = tiling::head_lists(a.col_ptr, a.num_layouts, a.first_head, a.num_blocks, h);
-  const int kb = k0 / block;
   for (int idx = cols[kb]; idx < cols[kb + 1]; ++idx) {
     const int qb0 = a.col_rows[idx] * block;
     for (int q0 = qb0; q0 < qb0 + block; q0 += kT) {
@@ -181,11 +190,12 @@ __global__ void __launch_bounds__(kThreadsF32) dkdv_f32_kernel(const F32Args a) 
       }
     }
   }
+  }
   if (key >= t) return;
-  float* dk_g = a.out + (static_cast<std::int64_t>(bi) * t + key) * stride + a.c + static_cast<std::int64_t>(h) * hd;
+  float* dk_g = a.out + a.kv_slice(bi, g * group) + static_cast<std::int64_t>(key) * stride;
   for (int d = tx; d < hd; d += kT) {
     dk_g[d] = dk_s[ty * hd + d] * a.scale;
-    dk_g[a.c + d] = dv_s[ty * hd + d];
+    dk_g[a.ckv + d] = dv_s[ty * hd + d];
   }
 }
 
@@ -204,8 +214,9 @@ __global__ void __launch_bounds__(kThreadsF32) dq_f32_kernel(const F32Args a) {
   const std::int64_t bh = static_cast<std::int64_t>(bi) * a.nh + h;
   const int q0 = (gridDim.y - 1 - blockIdx.y) * kT;
   const int t = a.t, block = a.block, row = q0 + ty;
-  const std::int64_t stride = 3 * a.c;
+  const std::int64_t stride = a.stride();
   const float* q_g = a.qkv + static_cast<std::int64_t>(bi) * t * stride + static_cast<std::int64_t>(h) * hd;
+  const float* k_g = a.qkv + a.kv_slice(bi, h);
   const float* do_g = a.dout + static_cast<std::int64_t>(bi) * t * a.c + static_cast<std::int64_t>(h) * hd;
   const std::int32_t* seg = a.segments ? a.segments + static_cast<std::int64_t>(bi) * t : nullptr;
   load_rows_f32(q_s, pitch, q_g, stride, q0, hd, t);
@@ -221,8 +232,8 @@ __global__ void __launch_bounds__(kThreadsF32) dq_f32_kernel(const F32Args a) {
       if (!tiling::may_see(q0, kT, k0, kT, t)) continue;  // block-uniform
       if (seg && tiling::other_documents(seg, q0, k0, kT, t)) continue;
       __syncthreads();
-      load_rows_f32(k_s, pitch, q_g + a.c, stride, k0, hd, t);
-      load_rows_f32(v_s, pitch, q_g + 2 * a.c, stride, k0, hd, t);
+      load_rows_f32(k_s, pitch, k_g, stride, k0, hd, t);
+      load_rows_f32(v_s, pitch, k_g + a.ckv, stride, k0, hd, t);
       __syncthreads();
       const int key = k0 + tx;
       const bool visible = key <= row && row < t && (seg == nullptr || seg[key] == seg[row]);
@@ -286,7 +297,7 @@ constexpr int kDecodeWarps = 4;
 
 __global__ void __launch_bounds__(32 * kDecodeWarps)
     decode_partial_kernel(float* part, const float* q, const float* k_cache, const float* v_cache,
-                          std::int64_t n, std::int64_t c, int hd, int splits,
+                          std::int64_t n, std::int64_t ckv, int hd, int group, int splits,
                           const std::uint8_t* key_mask, float scale) {
   KILN_DYNAMIC_SHARED(float, smem);
   float* q_s = smem;               // (hd)
@@ -302,8 +313,8 @@ __global__ void __launch_bounds__(32 * kDecodeWarps)
   float m = -INFINITY, l = 0.0f;
   for (std::int64_t j = first + warp; j < last; j += kDecodeWarps) {
     if (key_mask && !key_mask[static_cast<std::int64_t>(h) * n + j]) continue;  // warp-uniform
-    const float* k = k_cache + j * c + static_cast<std::int64_t>(h) * hd;
-    const float* v = v_cache + j * c + static_cast<std::int64_t>(h) * hd;
+    const float* k = k_cache + j * ckv + static_cast<std::int64_t>(h / group) * hd;
+    const float* v = v_cache + j * ckv + static_cast<std::int64_t>(h / group) * hd;
     float s = 0.0f;
     for (int d = lane; d < hd; d += 32) s = fmaf(q_s[d], k[d], s);
     s = warp_sum(s) * scale;
@@ -355,8 +366,9 @@ __global__ void decode_combine_kernel(float* out, const float* part, int hd, int
 }
 
 void check_layout(const char* what, std::int64_t b, std::int64_t t, std::int64_t c,
-                  std::int64_t nh, const cpu::BlockLayoutView& layout, int min_tile) {
+                  std::int64_t nh, std::int64_t nkv, const cpu::BlockLayoutView& layout, int min_tile) {
   KILN_CHECK(c % nh == 0, what, ": c=", c, " is not a multiple of nh=", nh);
+  KILN_CHECK(nkv > 0 && nh % nkv == 0, what, ": ", nkv, " key/value heads do not divide ", nh, " query heads");
   KILN_CHECK(layout.block == 16 || layout.block == 32 || layout.block == 64 || layout.block == 128,
              what, ": layout block ", layout.block, " is not supported; use 16, 32, 64 or 128");
   KILN_CHECK(layout.num_blocks == ceil_div(t, layout.block), what, ": the layout has ",
@@ -373,13 +385,15 @@ void check_layout(const char* what, std::int64_t b, std::int64_t t, std::int64_t
   KILN_CHECK(b * nh <= 0x7fffffff, what, ": b * nh = ", b * nh, " is too large for one launch");
 }
 
-F32Args make_f32_args(std::int64_t t, std::int64_t c, std::int64_t nh,
+F32Args make_f32_args(std::int64_t t, std::int64_t c, std::int64_t nh, std::int64_t nkv,
                       const cpu::BlockLayoutView& layout) {
   F32Args a{};
   a.c = c;
   a.t = static_cast<int>(t);
   a.nh = static_cast<int>(nh);
+  a.nkv = static_cast<int>(nkv);
   a.hd = static_cast<int>(c / nh);
+  a.ckv = nkv * a.hd;
   a.block = layout.block;
   a.num_blocks = layout.num_blocks;
   a.num_layouts = layout.num_layouts;
@@ -398,11 +412,12 @@ void check_f32_head(const char* what, std::int64_t c, std::int64_t nh) {
              " is larger than the fp32 CUDA kernels support (", kMaxHeadF32, ")");
 }
 
+// One CTA per (batch row, head) and tile of 16; heads: query heads, or key/value heads (dK/dV).
 template <class Kernel>
-void launch_f32(Kernel kernel, const F32Args& a, std::int64_t b, std::size_t smem) {
+void launch_f32(Kernel kernel, const F32Args& a, std::int64_t b, std::int64_t heads, std::size_t smem) {
   KILN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        static_cast<int>(smem)));
-  const dim3 grid(static_cast<unsigned>(b * a.nh), static_cast<unsigned>(ceil_div(a.t, kT)));
+  const dim3 grid(static_cast<unsigned>(b * heads), static_cast<unsigned>(ceil_div(a.t, kT)));
   KILN_LAUNCH(grid, kThreadsF32, smem, kernel)(a);
   KILN_CUDA_LAUNCH_CHECK();
 }
@@ -410,19 +425,22 @@ void launch_f32(Kernel kernel, const F32Args& a, std::int64_t b, std::size_t sme
 }  // namespace
 
 void check_bf16_shape(const char* what, std::int64_t b, std::int64_t t, std::int64_t c,
-                      std::int64_t nh, const cpu::BlockLayoutView& layout, int max_tile) {
+                      std::int64_t nh, std::int64_t nkv, const cpu::BlockLayoutView& layout, int max_tile) {
   KILN_CHECK(nh > 0 && c % nh == 0, what, ": c=", c, " is not a multiple of nh=", nh);
   const std::int64_t hd = c / nh;
   KILN_CHECK(with_head_dim(hd, [](auto) {}), what, ": head size hd=", hd, " (c=", c, ", nh=", nh,
              ") is not supported; the bf16 kernels support hd = 32, 48, 64, 80, 96 or 128");
-  check_layout(what, b, t, c, nh, layout, max_tile);
+  check_layout(what, b, t, c, nh, nkv, layout, max_tile);
 }
 
-Args make_args(std::int64_t t, std::int64_t c, std::int64_t nh, const cpu::BlockLayoutView& layout) {
+Args make_args(std::int64_t t, std::int64_t c, std::int64_t nh, std::int64_t nkv,
+               const cpu::BlockLayoutView& layout) {
   Args a{};
   a.c = c;
+  a.ckv = nkv * (c / nh);
   a.t = static_cast<int>(t);
   a.nh = static_cast<int>(nh);
+  a.nkv = static_cast<int>(nkv);
   a.block = layout.block;
   a.num_blocks = layout.num_blocks;
   a.num_layouts = layout.num_layouts;
@@ -449,25 +467,27 @@ void launch_row_dot(float* delta, const bf16_t* dout, const bf16_t* out, std::in
 }  // namespace attention_detail
 
 void attention_forward(float* out, float* lse, const float* qkv, std::int64_t b, std::int64_t t,
-                       std::int64_t c, std::int64_t nh, const cpu::BlockLayoutView& layout) {
+                       std::int64_t c, std::int64_t nh, const cpu::BlockLayoutView& layout, std::int64_t kv_heads) {
   using namespace attention_detail;
   if (b == 0 || t == 0 || nh == 0 || c == 0) return;
-  check_layout("attention_forward", b, t, c, nh, layout, kT);
+  const std::int64_t nkv = kv_heads > 0 ? kv_heads : nh;
+  check_layout("attention_forward", b, t, c, nh, nkv, layout, kT);
   check_f32_head("attention_forward", c, nh);
-  F32Args a = make_f32_args(t, c, nh, layout);
+  F32Args a = make_f32_args(t, c, nh, nkv, layout);
   a.qkv = qkv;
   a.out = out;
   a.lse_out = lse;
   const std::size_t floats = 2 * kT * (a.hd + 1) + 2 * kT * a.hd + kT * (kT + 1);
-  launch_f32(forward_f32_kernel, a, b, floats * sizeof(float));
+  launch_f32(forward_f32_kernel, a, b, nh, floats * sizeof(float));
 }
 
 void attention_backward(float* dqkv, const float* dout, const float* qkv, const float* out,
                         const float* lse, std::int64_t b, std::int64_t t, std::int64_t c,
-                        std::int64_t nh, const cpu::BlockLayoutView& layout) {
+                        std::int64_t nh, const cpu::BlockLayoutView& layout, std::int64_t kv_heads) {
   using namespace attention_detail;
   if (b == 0 || t == 0 || nh == 0 || c == 0) return;
-  check_layout("attention_backward", b, t, c, nh, layout, kT);
+  const std::int64_t nkv = kv_heads > 0 ? kv_heads : nh;
+  check_layout("attention_backward", b, t, c, nh, nkv, layout, kT);
   check_f32_head("attention_backward", c, nh);
   KILN_CHECK(layout.col_ptr != nullptr && layout.col_rows != nullptr,
              "attention_backward: layout.col_ptr/col_rows are null; the CUDA backward walks the "
@@ -475,23 +495,26 @@ void attention_backward(float* dqkv, const float* dout, const float* qkv, const 
              "with the layout");
   Workspace delta(static_cast<std::size_t>(b * nh * t) * sizeof(float));
   launch_row_dot(delta.as<float>(), dout, out, b, t, c, nh);
-  F32Args a = make_f32_args(t, c, nh, layout);
+  F32Args a = make_f32_args(t, c, nh, nkv, layout);
   a.qkv = qkv;
   a.dout = dout;
   a.lse = lse;
   a.delta = delta.as<float>();
   a.out = dqkv;
   const std::size_t kv_floats = 4 * kT * (a.hd + 1) + 2 * kT * a.hd + 2 * kT * (kT + 1) + 2 * kT;
-  launch_f32(dkdv_f32_kernel, a, b, kv_floats * sizeof(float));
+  launch_f32(dkdv_f32_kernel, a, b, nkv, kv_floats * sizeof(float));
   const std::size_t q_floats = 4 * kT * (a.hd + 1) + kT * a.hd + kT * (kT + 1);
-  launch_f32(dq_f32_kernel, a, b, q_floats * sizeof(float));
+  launch_f32(dq_f32_kernel, a, b, nh, q_floats * sizeof(float));
 }
 
 void attention_decode(float* out, const float* q, const float* k_cache, const float* v_cache,
-                      std::int64_t n, std::int64_t c, std::int64_t nh, const std::uint8_t* key_mask) {
+                      std::int64_t n, std::int64_t c, std::int64_t nh, const std::uint8_t* key_mask,
+                      std::int64_t kv_heads) {
   using namespace attention_detail;
   if (n == 0 || c == 0 || nh == 0) return;
+  const std::int64_t nkv = kv_heads > 0 ? kv_heads : nh;
   KILN_CHECK(c % nh == 0, "attention_decode: c=", c, " is not a multiple of nh=", nh);
+  KILN_CHECK(nh % nkv == 0, "attention_decode: ", nkv, " key/value heads do not divide ", nh, " query heads");
   KILN_CHECK(nh <= 0x7fffffff && ceil_div(n, kDecodeKeys) <= 65535,
              "attention_decode: n=", n, " keys is too long for one launch");
   const int hd = static_cast<int>(c / nh);
@@ -504,7 +527,8 @@ void attention_decode(float* out, const float* q, const float* k_cache, const fl
                                        static_cast<int>(smem)));
   const float scale = 1.0f / sqrtf(static_cast<float>(hd));
   KILN_LAUNCH(dim3(static_cast<unsigned>(nh), static_cast<unsigned>(splits)), 32 * kDecodeWarps, smem,
-              decode_partial_kernel)(part.as<float>(), q, k_cache, v_cache, n, c, hd, splits, key_mask, scale);
+              decode_partial_kernel)(part.as<float>(), q, k_cache, v_cache, n, nkv * hd, hd,
+                                            static_cast<int>(nh / nkv), splits, key_mask, scale);
   KILN_CUDA_LAUNCH_CHECK();
   KILN_LAUNCH(static_cast<unsigned>(nh), 128, 0, decode_combine_kernel)(out, part.as<float>(), hd, splits);
   KILN_CUDA_LAUNCH_CHECK();

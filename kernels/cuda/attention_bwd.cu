@@ -1,7 +1,7 @@
 // bf16 block-sparse causal attention backward on tensor cores, deterministic (no atomics):
 //  1. delta = rowsum(dout * out) (attention.cu, shared with the fp32 path);
-//  2. a key-major pass: one CTA per (batch x head, 64-key tile) walks the query blocks of the
-//     transposed layout (col_ptr/col_rows); each warp owns 16 keys and computes, per query chunk,
+//  2. a key-major pass: one CTA per (batch x key/value head, 64-key tile) walks, for each query
+//     head the key/value head serves, the query blocks of the transposed layout (col_ptr/col_rows); each warp owns 16 keys and computes, per query chunk,
 //     S^T = K Q^T and dP^T = V dO^T, P^T = exp2(S^T log2e/sqrt(hd) - lse log2e),
 //     dS^T = P^T (dP^T - delta), and accumulates dV += P^T dO, dK += dS^T Q in registers;
 //  3. a query-major pass for dQ (recomputing P and dP like the forward): dQ += dS K.
@@ -118,7 +118,9 @@ __device__ __forceinline__ void dkdv_step(float (&dk)[HD / 8][4], float (&dv)[HD
   }
 }
 
-// grid (b * nh, key tiles); key tile 0 (the most queries, causally) first.
+// grid (b * nkv, key tiles); key tile 0 (the most queries, causally) first. A key/value head's
+// CTA walks the query heads it serves one after another, summing their dK and dV in registers
+// (in head order: deterministic).
 template <int HD>
 __global__ void __launch_bounds__(DkvConfig<HD>::kThreads) dkdv_bf16_kernel(const Args a) {
   using Cfg = DkvConfig<HD>;
@@ -132,33 +134,10 @@ __global__ void __launch_bounds__(DkvConfig<HD>::kThreads) dkdv_bf16_kernel(cons
   float* dl_s = lse_s + 2 * kQ;                                                                            // 2 x kQ
   __shared__ StepQueue queue;
 
-  // Unit u: keys [k0 + 16 u, +16).
-  const TileWalk<true> walk(a, blockIdx.y * Cfg::kKeys, Cfg::kKeys, kQ);
-  const std::int64_t bh = static_cast<std::int64_t>(walk.bi) * a.nh + walk.h;
-  const int k0 = walk.first, t = a.t, len = walk.len;
-  const std::int64_t stride = 3 * a.c;
-  const bf16_t* q_g = a.qkv + walk.slice(stride, HD);
-  const bf16_t* do_g = a.dout + walk.slice(a.c, HD);
-  const std::int32_t* seg = walk.seg;
+  // Unit u: keys [k0 + 16 u, +16) of key/value head g, serving query heads g * group, ...
+  const int bi = blockIdx.x / a.nkv, g = blockIdx.x % a.nkv, group = a.nh / a.nkv;
+  const int k0 = blockIdx.y * Cfg::kKeys, t = a.t;
   const bool aligned = a.aligned != 0;
-  auto load_step = [&](int buf, int q_first) {
-    load_tile<HD, kThreads>(q_s + buf * kQ * kPitch, q_g, stride, q_first, len, t, aligned);
-    load_tile<HD, kThreads>(do_s + buf * kQ * kPitch, do_g, a.c, q_first, len, t, aligned);
-    for (int i = threadIdx.x; i < len; i += kThreads) {
-      const int query = q_first + i;
-      lse_s[buf * kQ + i] = query < t ? a.lse[bh * t + query] * kLog2e : INFINITY;
-      dl_s[buf * kQ + i] = query < t ? a.delta[bh * t + query] : 0.0f;
-    }
-  };
-  if (threadIdx.x == 0) walk.start(queue, a, Cfg::kWarps);
-  load_tile<HD, kThreads>(k_s, q_g + a.c, stride, k0, Cfg::kKeys, t, aligned);
-  load_tile<HD, kThreads>(v_s, q_g + 2 * a.c, stride, k0, Cfg::kKeys, t, aligned);
-  __syncthreads();
-  int cur = queue.start[0];
-  unsigned cur_mask = queue.mask[0];
-  if (cur >= 0) load_step(0, cur);
-  cp_async_commit();
-
   const int warp = threadIdx.x >> 5;
   const int row0 = tiling::kUnit * warp;
   float dk[HD / 8][4], dv[HD / 8][4];
@@ -167,33 +146,64 @@ __global__ void __launch_bounds__(DkvConfig<HD>::kThreads) dkdv_bf16_kernel(cons
 #pragma unroll
     for (int e = 0; e < 4; ++e) dk[d][e] = dv[d][e] = 0.0f;
 
-  for (int i = 0; cur >= 0; ++i) {
-    const int buf = i & 1;
-    const int nxt = queue.start[(i + 1) % 3];
-    const unsigned nxt_mask = queue.mask[(i + 1) % 3];
-    if (nxt >= 0) load_step(buf ^ 1, nxt);
+  std::int64_t stride = 0, kv_offset = 0;
+  for (int j = 0; j < group; ++j) {
+    const TileWalk<true> walk(a, bi, g * group + j, k0, Cfg::kKeys, kQ);
+    const std::int64_t bh = static_cast<std::int64_t>(walk.bi) * a.nh + walk.h;
+    const int len = walk.len;
+    stride = walk.qkv_stride(a);
+    kv_offset = walk.kv_slice(a, HD);
+    const bf16_t* q_g = a.qkv + walk.slice(stride, HD);
+    const bf16_t* do_g = a.dout + walk.slice(a.c, HD);
+    const std::int32_t* seg = walk.seg;
+    auto load_step = [&](int buf, int q_first) {
+      load_tile<HD, kThreads>(q_s + buf * kQ * kPitch, q_g, stride, q_first, len, t, aligned);
+      load_tile<HD, kThreads>(do_s + buf * kQ * kPitch, do_g, a.c, q_first, len, t, aligned);
+      for (int i = threadIdx.x; i < len; i += kThreads) {
+        const int query = q_first + i;
+        lse_s[buf * kQ + i] = query < t ? a.lse[bh * t + query] * kLog2e : INFINITY;
+        dl_s[buf * kQ + i] = query < t ? a.delta[bh * t + query] : 0.0f;
+      }
+    };
+    if (threadIdx.x == 0) walk.start(queue, a, Cfg::kWarps);
+    if (j == 0) {
+      load_tile<HD, kThreads>(k_s, a.qkv + kv_offset, stride, k0, Cfg::kKeys, t, aligned);
+      load_tile<HD, kThreads>(v_s, a.qkv + kv_offset + a.ckv, stride, k0, Cfg::kKeys, t, aligned);
+    }
+    __syncthreads();
+    int cur = queue.start[0];
+    unsigned cur_mask = queue.mask[0];
+    if (cur >= 0) load_step(0, cur);
     cp_async_commit();
-    if (threadIdx.x == 0)
-      walk.produce(queue, (i + 2) % 3, Cfg::kWarps);
-    cp_async_wait<1>();
+
+    for (int i = 0; cur >= 0; ++i) {
+      const int buf = i & 1;
+      const int nxt = queue.start[(i + 1) % 3];
+      const unsigned nxt_mask = queue.mask[(i + 1) % 3];
+      if (nxt >= 0) load_step(buf ^ 1, nxt);
+      cp_async_commit();
+      if (threadIdx.x == 0)
+        walk.produce(queue, (i + 2) % 3, Cfg::kWarps);
+      cp_async_wait<1>();
+      __syncthreads();
+      if (walk.unit_active(warp, cur, cur_mask))  // warp-uniform
+        dkdv_step<HD, kQ>(dk, dv, k_s, v_s, q_s + buf * kQ * kPitch, do_s + buf * kQ * kPitch,
+                          lse_s + buf * kQ, dl_s + buf * kQ, row0, k0 + row0, cur, len, a, seg);
+      __syncthreads();
+      cur = nxt;
+      cur_mask = nxt_mask;
+    }
+    cp_async_wait<0>();
     __syncthreads();
-    if (walk.unit_active(warp, cur, cur_mask))  // warp-uniform
-      dkdv_step<HD, kQ>(dk, dv, k_s, v_s, q_s + buf * kQ * kPitch, do_s + buf * kQ * kPitch,
-                        lse_s + buf * kQ, dl_s + buf * kQ, row0, k0 + row0, cur, len, a, seg);
-    __syncthreads();
-    cur = nxt;
-    cur_mask = nxt_mask;
   }
-  cp_async_wait<0>();
-  __syncthreads();
 
   // Every key of the tile is written, zero where no query sees it.
   stage_rows<HD / 8, kPitch>(k_s, row0, dk, a.scale, a.scale);
   stage_rows<HD / 8, kPitch>(v_s, row0, dv, 1.0f, 1.0f);
   __syncthreads();
-  bf16_t* dk_g = a.dst + walk.slice(stride, HD) + a.c;
+  bf16_t* dk_g = a.dst + kv_offset;
   store_tile<HD, kThreads>(dk_g, stride, k_s, k0, Cfg::kKeys, t, aligned);
-  store_tile<HD, kThreads>(dk_g + a.c, stride, v_s, k0, Cfg::kKeys, t, aligned);
+  store_tile<HD, kThreads>(dk_g + a.ckv, stride, v_s, k0, Cfg::kKeys, t, aligned);
 }
 
 // One key chunk for one warp's 16 queries: dQ += dS K (unscaled). lse_l2 = lse * log2(e).
@@ -283,13 +293,14 @@ __global__ void __launch_bounds__(DqConfig<HD>::kThreads) dq_bf16_kernel(const A
   __shared__ StepQueue queue;
 
   // Unit u (warp u): queries [q0 + 16 u, +16).
-  const TileWalk<false> walk(a, (gridDim.y - 1 - blockIdx.y) * Cfg::kRows, Cfg::kRows, kKeys);
+  const TileWalk<false> walk(a, blockIdx.x / a.nh, blockIdx.x % a.nh, (gridDim.y - 1 - blockIdx.y) * Cfg::kRows,
+                             Cfg::kRows, kKeys);
   const std::int64_t bh = static_cast<std::int64_t>(walk.bi) * a.nh + walk.h;
   const int q0 = walk.first, t = a.t, len = walk.len;
-  const std::int64_t stride = 3 * a.c;
+  const std::int64_t stride = walk.qkv_stride(a);
   const bf16_t* q_g = a.qkv + walk.slice(stride, HD);
-  const bf16_t* k_g = q_g + a.c;
-  const bf16_t* v_g = q_g + 2 * a.c;
+  const bf16_t* k_g = a.qkv + walk.kv_slice(a, HD);
+  const bf16_t* v_g = k_g + a.ckv;
   const bf16_t* do_g = a.dout + walk.slice(a.c, HD);
   const std::int32_t* seg = walk.seg;
   const bool aligned = a.aligned != 0;
@@ -360,7 +371,7 @@ void launch_backward(const Args& a, std::int64_t b) {
       dq_bf16_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(Q::kSmem));
   KILN_CUDA_CHECK(opt_in_kv);
   KILN_CUDA_CHECK(opt_in_q);
-  const dim3 grid_kv(static_cast<unsigned>(b * a.nh), static_cast<unsigned>(ceil_div(a.t, Kv::kKeys)));
+  const dim3 grid_kv(static_cast<unsigned>(b * a.nkv), static_cast<unsigned>(ceil_div(a.t, Kv::kKeys)));
   KILN_LAUNCH(grid_kv, Kv::kThreads, Kv::kSmem, dkdv_bf16_kernel<HD>)(a);
   KILN_CUDA_LAUNCH_CHECK();
   const dim3 grid_q(static_cast<unsigned>(b * a.nh), static_cast<unsigned>(ceil_div(a.t, Q::kRows)));
@@ -373,10 +384,11 @@ void launch_backward(const Args& a, std::int64_t b) {
 
 void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qkv, const bf16* out,
                              const float* lse, std::int64_t b, std::int64_t t, std::int64_t c,
-                             std::int64_t nh, const cpu::BlockLayoutView& layout) {
+                             std::int64_t nh, const cpu::BlockLayoutView& layout, std::int64_t kv_heads) {
   using namespace attention_detail;
   if (b == 0 || t == 0 || nh == 0 || c == 0) return;
-  check_bf16_shape("attention_backward_bf16", b, t, c, nh, layout, DqConfig<64>::kRows);
+  const std::int64_t nkv = kv_heads > 0 ? kv_heads : nh;
+  check_bf16_shape("attention_backward_bf16", b, t, c, nh, nkv, layout, DqConfig<64>::kRows);
   KILN_CHECK(layout.col_ptr != nullptr && layout.col_rows != nullptr,
              "attention_backward_bf16: layout.col_ptr/col_rows are null; the CUDA backward walks "
              "the transposed layout: build it with kiln::cpu::transpose_block_layout and upload it "
@@ -384,7 +396,7 @@ void attention_backward_bf16(bf16* dqkv, const bf16* dout, const bf16* qkv, cons
   Workspace delta(static_cast<std::size_t>(b * nh * t) * sizeof(float));
   launch_row_dot(delta.as<float>(), reinterpret_cast<const bf16_t*>(dout),
                  reinterpret_cast<const bf16_t*>(out), b, t, c, nh);
-  Args a = make_args(t, c, nh, layout);
+  Args a = make_args(t, c, nh, nkv, layout);
   a.qkv = reinterpret_cast<const bf16_t*>(qkv);
   a.out = reinterpret_cast<const bf16_t*>(out);
   a.dout = reinterpret_cast<const bf16_t*>(dout);

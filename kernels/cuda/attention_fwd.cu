@@ -152,12 +152,13 @@ __global__ void __launch_bounds__(FwdConfig<HD>::kThreads)
   __shared__ StepQueue queue;
 
   // Unit u: queries [q0 + 16 u, +16).
-  const TileWalk<false> walk(a, (gridDim.y - 1 - blockIdx.y) * Cfg::kRows, Cfg::kRows, kKeys);
+  const TileWalk<false> walk(a, blockIdx.x / a.nh, blockIdx.x % a.nh, (gridDim.y - 1 - blockIdx.y) * Cfg::kRows,
+                             Cfg::kRows, kKeys);
   const int q0 = walk.first, t = a.t, len = walk.len;
-  const std::int64_t stride = 3 * a.c;
+  const std::int64_t stride = walk.qkv_stride(a);
   const bf16_t* q_g = a.qkv + walk.slice(stride, HD);
-  const bf16_t* k_g = q_g + a.c;
-  const bf16_t* v_g = q_g + 2 * a.c;
+  const bf16_t* k_g = a.qkv + walk.kv_slice(a, HD);
+  const bf16_t* v_g = k_g + a.ckv;
   const std::int32_t* seg = walk.seg;
   const bool aligned = a.aligned != 0;
   if (threadIdx.x == 0) walk.start(queue, a, Cfg::kUnits);
@@ -254,11 +255,13 @@ void launch_forward(const Args& a, std::int64_t b) {
 }  // namespace attention_detail
 
 void attention_forward_bf16(bf16* out, float* lse, const bf16* qkv, std::int64_t b, std::int64_t t,
-                            std::int64_t c, std::int64_t nh, const cpu::BlockLayoutView& layout) {
+                            std::int64_t c, std::int64_t nh, const cpu::BlockLayoutView& layout,
+                            std::int64_t kv_heads) {
   using namespace attention_detail;
   if (b == 0 || t == 0 || nh == 0 || c == 0) return;
-  check_bf16_shape("attention_forward_bf16", b, t, c, nh, layout, FwdConfig<64>::kRows);
-  Args a = make_args(t, c, nh, layout);
+  const std::int64_t nkv = kv_heads > 0 ? kv_heads : nh;
+  check_bf16_shape("attention_forward_bf16", b, t, c, nh, nkv, layout, FwdConfig<64>::kRows);
+  Args a = make_args(t, c, nh, nkv, layout);
   a.qkv = reinterpret_cast<const bf16_t*>(qkv);
   a.dst = reinterpret_cast<bf16_t*>(out);
   a.lse_out = lse;

@@ -34,15 +34,16 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 // Everything a kernel reads; passed by value.
 struct Args {
-  const bf16_t* qkv;       // (b, t, 3c)
+  const bf16_t* qkv;       // (b, t, c + 2 ckv)
   const bf16_t* out;       // (b, t, c) forward output (backward only)
   const bf16_t* dout;      // (b, t, c)
-  bf16_t* dst;             // forward: out (b, t, c); backward: dqkv (b, t, 3c)
+  bf16_t* dst;             // forward: out (b, t, c); backward: dqkv (b, t, c + 2 ckv)
   float* lse_out;          // forward: (b, nh, t)
   const float* lse;        // backward: (b, nh, t)
   const float* delta;      // backward: rowsum(dout * out), (b, nh, t)
-  std::int64_t c;
-  int t, nh;
+  std::int64_t c;    // query width nh * hd
+  std::int64_t ckv;  // key/value width nkv * hd
+  int t, nh, nkv;    // nkv key/value heads, each serving nh / nkv consecutive query heads
   int block, num_blocks, num_layouts, first_head;
   const int* row_ptr;
   const int* cols;
@@ -192,15 +193,16 @@ __device__ void produce_step(StepQueue& queue, int slot, const int* ids, int blo
 // earlier document than every query.
 template <bool kByKeys>
 struct TileWalk {
-  int bi, h, first, t, block, len;
+  int bi, h, first, t, block, len;  // h: the query head
   const std::int32_t* seg;  // document ids of the batch row, or null
   tiling::BlockSpan span;   // layout blocks [first, first + rows) covers
   const int* ids;           // cols, or col_rows
 
-  // Units at [first, first + rows); steps of `chunk` positions, cut to the layout block.
-  __device__ TileWalk(const Args& a, int first_position, int rows, int chunk)
-      : bi(blockIdx.x / a.nh),
-        h(blockIdx.x % a.nh),
+  // Units at [first, first + rows) of query head `head` of batch row `row`; steps of `chunk`
+  // positions, cut to the layout block.
+  __device__ TileWalk(const Args& a, int row, int head, int first_position, int rows, int chunk)
+      : bi(row),
+        h(head),
         first(first_position),
         t(a.t),
         block(a.block),
@@ -213,6 +215,12 @@ struct TileWalk {
   __device__ std::int64_t slice(std::int64_t row_stride, int hd) const {
     return static_cast<std::int64_t>(bi) * t * row_stride + static_cast<std::int64_t>(h) * hd;
   }
+  // Offset of (bi, position 0) of the k of h's key/value head in q|k|v (its v: + a.ckv).
+  __device__ std::int64_t kv_slice(const Args& a, int hd) const {
+    return static_cast<std::int64_t>(bi) * t * qkv_stride(a) + a.c +
+           static_cast<std::int64_t>(h / (a.nh / a.nkv)) * hd;
+  }
+  __device__ static std::int64_t qkv_stride(const Args& a) { return a.c + 2 * a.ckv; }
 
   __device__ bool unit_active(int u, int step, unsigned mask) const {
     const int mine = first + tiling::kUnit * u;
@@ -257,9 +265,10 @@ bool with_head_dim(std::int64_t hd, F&& f) {
 // In attention.cu. Checks the arguments every bf16 entry point shares (head size
 // among the supported ones, layout block and size, grid limits for tiles of max_tile).
 void check_bf16_shape(const char* what, std::int64_t b, std::int64_t t, std::int64_t c,
-                      std::int64_t nh, const cpu::BlockLayoutView& layout, int max_tile);
-// Args with the shape, layout and scales filled in (pointers left null).
-Args make_args(std::int64_t t, std::int64_t c, std::int64_t nh, const cpu::BlockLayoutView& layout);
+                      std::int64_t nh, std::int64_t nkv, const cpu::BlockLayoutView& layout, int max_tile);
+// Args with the shape, layout and scales filled in (pointers left null); nkv key/value heads.
+Args make_args(std::int64_t t, std::int64_t c, std::int64_t nh, std::int64_t nkv,
+               const cpu::BlockLayoutView& layout);
 // delta (b, nh, t) = rowsum(dout * out) per head, in fp32.
 void launch_row_dot(float* delta, const float* dout, const float* out, std::int64_t b,
                     std::int64_t t, std::int64_t c, std::int64_t nh);

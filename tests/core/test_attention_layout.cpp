@@ -32,10 +32,11 @@ kiln::AttentionPattern pattern(const std::string& kind, int block, int window, i
 }
 
 // Softmax attention in double where query i of head h sees key j iff j <= i and the layout
-// holds block (i / block, j / block) for h.
-std::vector<double> masked_attention(const std::vector<float>& qkv, int b, int t, int c, int nh,
+// holds block (i / block, j / block) for h; h reads key/value head h / (nh / nkv) of q|k|v rows
+// c + 2 nkv hd wide.
+std::vector<double> masked_attention(const std::vector<float>& qkv, int b, int t, int c, int nh, int nkv,
                                      const kiln::BlockLayout& layout) {
-  const int hd = c / nh;
+  const int hd = c / nh, w = c + 2 * nkv * hd, group = nh / nkv;
   std::vector<double> out(static_cast<std::size_t>(b) * t * c, 0.0);
   for (int bi = 0; bi < b; ++bi)
     for (int h = 0; h < nh; ++h)
@@ -48,7 +49,7 @@ std::vector<double> masked_attention(const std::vector<float>& qkv, int b, int t
           if (!on[j]) continue;
           double acc = 0;
           for (int d = 0; d < hd; ++d)
-            acc += static_cast<double>(qkv[(bi * t + i) * 3 * c + h * hd + d]) * qkv[(bi * t + j) * 3 * c + c + h * hd + d];
+            acc += static_cast<double>(qkv[(bi * t + i) * w + h * hd + d]) * qkv[(bi * t + j) * w + c + h / group * hd + d];
           s[j] = acc / std::sqrt(static_cast<double>(hd));
           m = std::max(m, s[j]);
         }
@@ -57,28 +58,31 @@ std::vector<double> masked_attention(const std::vector<float>& qkv, int b, int t
         for (int j = 0; j <= i; ++j)
           if (on[j])
             for (int d = 0; d < hd; ++d)
-              out[(bi * t + i) * c + h * hd + d] += s[j] / z * qkv[(bi * t + j) * 3 * c + 2 * c + h * hd + d];
+              out[(bi * t + i) * c + h * hd + d] += s[j] / z * qkv[(bi * t + j) * w + c + (nkv + h / group) * hd + d];
       }
   return out;
 }
 
-void check_pattern(const kiln::AttentionPattern& p, int b, int t, int c, int nh, bool grads) {
-  SCOPED_TRACE(p.describe() + " t=" + std::to_string(t));
+// nkv key/value heads (0: nh).
+void check_pattern(const kiln::AttentionPattern& p, int b, int t, int c, int nh, bool grads, int nkv = 0) {
+  SCOPED_TRACE(p.describe() + " t=" + std::to_string(t) + " kv heads " + std::to_string(nkv));
   const kiln::BlockLayout layout = kiln::build_layout(p, t, nh);
-  auto qkv = random_vector(static_cast<std::size_t>(b) * t * 3 * c, 41);
+  const int kv = nkv > 0 ? nkv : nh, w = c + 2 * kv * (c / nh);
+  auto qkv = random_vector(static_cast<std::size_t>(b) * t * w, 41);
   std::vector<float> out(static_cast<std::size_t>(b) * t * c), lse(static_cast<std::size_t>(b) * nh * t);
-  kiln::cpu::attention_forward(out.data(), lse.data(), qkv.data(), b, t, c, nh, layout.view());
-  const auto ref = masked_attention(qkv, b, t, c, nh, layout);
+  kiln::cpu::attention_forward(out.data(), lse.data(), qkv.data(), b, t, c, nh, layout.view(), nkv);
+  const auto ref = masked_attention(qkv, b, t, c, nh, kv, layout);
   for (std::size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], 2e-5) << i;
   if (!grads) return;
   auto weights = random_vector(out.size(), 42);
   auto f = [&] {
-    kiln::cpu::attention_forward(out.data(), lse.data(), qkv.data(), b, t, c, nh, layout.view());
+    kiln::cpu::attention_forward(out.data(), lse.data(), qkv.data(), b, t, c, nh, layout.view(), nkv);
     return dot(out, weights);
   };
   f();
   std::vector<float> dqkv(qkv.size());
-  kiln::cpu::attention_backward(dqkv.data(), weights.data(), qkv.data(), out.data(), lse.data(), b, t, c, nh, layout.view());
+  kiln::cpu::attention_backward(dqkv.data(), weights.data(), qkv.data(), out.data(), lse.data(), b, t, c, nh, layout.view(),
+                                nkv);
   expect_gradient("dqkv", qkv, dqkv, f, 1e-2f, 2e-3, 2e-2, 5);
 }
 
@@ -101,6 +105,17 @@ TEST(SparseAttention, EveryPatternMatchesDenseWithItsMask) {
   check_pattern(pattern("local", 32, 1, 1, 1, 1), 1, 128, 64, 1, false);       // + global block
   check_pattern(pattern("dense", 16, 1, 1, 1, 1), 1, 64, 16, 1, false);
   check_pattern(pattern("strided", 64, 2, 2), 1, 512, 128, 1, false);           // hd 128
+}
+
+// Grouped-query attention: query head h reads key/value head h / (nh / nkv) in place, in every
+// pattern, and the gradient of a shared key/value head sums its query heads'.
+TEST(SparseAttention, GroupedKeyValueHeadsMatchNaiveAttention) {
+  check_pattern(pattern("dense", 64, 1, 1), 2, 64, 256, 4, false, 2);           // hd 64, two groups
+  check_pattern(pattern("dense", 32, 1, 1), 1, 100, 512, 4, false, 1);          // multi-query, hd 128
+  check_pattern(pattern("fixed", 16, 1, 4, 1, 0, true), 1, 128, 64, 4, false, 2);  // per-head layouts
+  check_pattern(pattern("dense", 16, 1, 1), 1, 21, 32, 4, true, 2);             // gradients, partial block
+  check_pattern(pattern("dense", 16, 1, 1), 2, 33, 24, 3, true, 1);             // gradients, multi-query
+  check_pattern(pattern("fixed", 16, 1, 2, 1, 0, true), 1, 64, 32, 4, true, 2);  // per-head layouts share a kv head
 }
 
 TEST(SparseAttention, GradientsThroughSparseLayouts) {

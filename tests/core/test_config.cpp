@@ -401,8 +401,10 @@ TEST(Config, ArchitectureKeysNotImplementedYetNameTheKey) {
   EXPECT_EQ(parse_config("model:\n  n_head: 4\n  n_kv_head: 2\n", kFile).model.n_kv_head, 2);
   expect_contains(parse_error("model:\n  n_head: 4\n  n_kv_head: 3\n"), {"configs/x.yaml:3", "does not divide model.n_head=4"});
   EXPECT_EQ(parse_config("model:\n  n_head: 4\n  n_kv_head: 2\nparallel:\n  tp: 2\n", kFile).model.n_kv_head, 2);
-  expect_contains(parse_error("model:\n  n_head: 4\n  n_kv_head: 1\nparallel:\n  tp: 2\n"),
-                  {"model.n_kv_head=1 with parallel.tp=2", "not implemented"});
+  // Fewer key/value heads than ranks are replicated when they divide the ranks; otherwise an error.
+  EXPECT_EQ(parse_config("model:\n  n_head: 4\n  n_kv_head: 1\nparallel:\n  tp: 2\n", kFile).model.n_kv_head, 1);
+  expect_contains(parse_error("model:\n  n_head: 6\n  n_kv_head: 2\n  n_embd: 192\nparallel:\n  tp: 3\n"),
+                  {"configs/x.yaml:3", "model.n_kv_head=2 with parallel.tp=3", "split", "replicate"});
   EXPECT_EQ(parse_config("model:\n  n_head: 4\n  n_kv_head: 4\n", kFile).model.n_kv_head, 4);
   expect_contains(parse_error("model:\n  bias: 0\n"), {"model.bias=0 with model.norm_kind=layernorm", "not implemented",
                                                         "model.norm_kind=rmsnorm"});

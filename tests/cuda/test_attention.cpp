@@ -36,14 +36,18 @@ struct Case {
   int layout_heads = 3;  // heads the layout is built for (per-head: the global head count)
   int first_head = 0;
   std::int64_t b = 2, t = 64, nh = 3, hd = 64;
+  std::int64_t nkv = 0;    // key/value heads (0: nh); fewer: grouped-query attention
   bool packed = false;     // segments: several documents per row
   bool misaligned = false; // bf16 buffers offset by one element (scalar load/store path)
 
   std::string describe() const {
     return kind + " block " + std::to_string(block) + " t " + std::to_string(t) + " hd " +
            std::to_string(hd) + (per_head ? " per-head first " + std::to_string(first_head) : "") +
-           (packed ? " packed" : "") + (misaligned ? " misaligned" : "");
+           (packed ? " packed" : "") + (misaligned ? " misaligned" : "") +
+           (nkv > 0 ? " kv heads " + std::to_string(nkv) + " of " + std::to_string(nh) : "");
   }
+  std::int64_t kv_heads() const { return nkv > 0 ? nkv : nh; }
+  std::int64_t width() const { return (nh + 2 * kv_heads()) * hd; }  // of a q|k|v row
 };
 
 std::vector<float> normal(std::size_t n, unsigned seed) {
@@ -121,48 +125,51 @@ float max_abs(const std::vector<float>& v) {
   return m;
 }
 
-// Part p (0 q, 1 k, 2 v) of a (b, t, 3c) tensor.
-std::vector<float> part(const std::vector<float>& qkv, std::int64_t rows, std::int64_t c, int p) {
-  std::vector<float> out(static_cast<std::size_t>(rows * c));
+// Columns [first, first + n) of each row of a (rows, width) tensor.
+std::vector<float> part(const std::vector<float>& qkv, std::int64_t rows, std::int64_t width, std::int64_t first,
+                        std::int64_t n) {
+  std::vector<float> out(static_cast<std::size_t>(rows * n));
   for (std::int64_t r = 0; r < rows; ++r)
-    std::copy_n(qkv.begin() + r * 3 * c + p * c, c, out.begin() + r * c);
+    std::copy_n(qkv.begin() + r * width + first, n, out.begin() + r * n);
   return out;
 }
 
-void expect_grads_close(const std::vector<float>& got, const std::vector<float>& ref,
-                        std::int64_t rows, std::int64_t c, double rel_of_max, double rtol) {
+// dq, dk and dv of (rows, c + 2 ckv) gradients, each against its own largest value.
+void expect_grads_close(const std::vector<float>& got, const std::vector<float>& ref, std::int64_t rows,
+                        std::int64_t c, std::int64_t ckv, double rel_of_max, double rtol) {
   const char* names[3] = {"dq", "dk", "dv"};
+  const std::int64_t first[3] = {0, c, c + ckv}, n[3] = {c, ckv, ckv}, width = c + 2 * ckv;
   for (int p = 0; p < 3; ++p) {
-    const auto r = part(ref, rows, c, p);
-    expect_close(part(got, rows, c, p), r, rel_of_max * max_abs(r) + 1e-4, rtol, names[p]);
+    const auto r = part(ref, rows, width, first[p], n[p]);
+    expect_close(part(got, rows, width, first[p], n[p]), r, rel_of_max * max_abs(r) + 1e-4, rtol, names[p]);
   }
 }
 
 void check_f32(const Case& cs) {
   SCOPED_TRACE(cs.describe());
   const Layouts lay(cs);
-  const std::int64_t b = cs.b, t = cs.t, nh = cs.nh, c = nh * cs.hd;
-  const auto qkv = normal(static_cast<std::size_t>(b * t * 3 * c), 1);
+  const std::int64_t b = cs.b, t = cs.t, nh = cs.nh, c = nh * cs.hd, kv = cs.nkv;
+  const auto qkv = normal(static_cast<std::size_t>(b * t * cs.width()), 1);
   const auto dout = normal(static_cast<std::size_t>(b * t * c), 2);
-  std::vector<float> out(b * t * c), lse(b * nh * t), dqkv(b * t * 3 * c);
-  kiln::cpu::attention_forward(out.data(), lse.data(), qkv.data(), b, t, c, nh, lay.host_view(cs.first_head));
+  std::vector<float> out(b * t * c), lse(b * nh * t), dqkv(qkv.size());
+  kiln::cpu::attention_forward(out.data(), lse.data(), qkv.data(), b, t, c, nh, lay.host_view(cs.first_head), kv);
 
   DeviceBuffer<float> qkv_d(qkv), dout_d(dout), out_d(out.size()), lse_d(lse.size()), dqkv_d(dqkv.size());
   const auto view = lay.device_view(cs.first_head);
-  kiln::cuda::attention_forward(out_d.get(), lse_d.get(), qkv_d.get(), b, t, c, nh, view);
+  kiln::cuda::attention_forward(out_d.get(), lse_d.get(), qkv_d.get(), b, t, c, nh, view, kv);
   const auto out_gpu = out_d.host(), lse_gpu = lse_d.host();
   expect_close(out_gpu, out, 1e-5, 1e-5, "out");
   expect_close(lse_gpu, lse, 1e-5, 1e-5, "lse");
 
   kiln::cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out_gpu.data(), lse_gpu.data(),
-                                b, t, c, nh, lay.host_view(cs.first_head));
+                                b, t, c, nh, lay.host_view(cs.first_head), kv);
   kiln::cuda::attention_backward(dqkv_d.get(), dout_d.get(), qkv_d.get(), out_d.get(), lse_d.get(),
-                                 b, t, c, nh, view);
+                                 b, t, c, nh, view, kv);
   const auto dqkv_gpu = dqkv_d.host();
   expect_close(dqkv_gpu, dqkv, 1e-4, 1e-4, "dqkv");
 
   kiln::cuda::attention_backward(dqkv_d.get(), dout_d.get(), qkv_d.get(), out_d.get(), lse_d.get(),
-                                 b, t, c, nh, view);
+                                 b, t, c, nh, view, kv);
   EXPECT_EQ(std::memcmp(dqkv_d.host().data(), dqkv_gpu.data(), dqkv_gpu.size() * sizeof(float)), 0)
       << "the fp32 backward is not bit-reproducible";
 }
@@ -188,32 +195,32 @@ struct Bf16Buffer {
 void check_bf16(const Case& cs) {
   SCOPED_TRACE("bf16 " + cs.describe());
   const Layouts lay(cs);
-  const std::int64_t b = cs.b, t = cs.t, nh = cs.nh, c = nh * cs.hd;
-  const auto qkv_bf = kiln::testing::to_bf16(normal(static_cast<std::size_t>(b * t * 3 * c), 3));
+  const std::int64_t b = cs.b, t = cs.t, nh = cs.nh, c = nh * cs.hd, kv = cs.nkv;
+  const auto qkv_bf = kiln::testing::to_bf16(normal(static_cast<std::size_t>(b * t * cs.width()), 3));
   const auto dout_bf = kiln::testing::to_bf16(normal(static_cast<std::size_t>(b * t * c), 4));
   const auto qkv = kiln::testing::to_float(qkv_bf), dout = kiln::testing::to_float(dout_bf);
-  const std::size_t n_out = b * t * c, n_qkv = b * t * 3 * c;
+  const std::size_t n_out = b * t * c, n_qkv = qkv.size();
   std::vector<float> out(n_out), lse(b * nh * t), dqkv(n_qkv);
-  kiln::cpu::attention_forward(out.data(), lse.data(), qkv.data(), b, t, c, nh, lay.host_view(cs.first_head));
+  kiln::cpu::attention_forward(out.data(), lse.data(), qkv.data(), b, t, c, nh, lay.host_view(cs.first_head), kv);
 
   Bf16Buffer qkv_d(qkv_bf, cs.misaligned), dout_d(dout_bf, cs.misaligned);
   Bf16Buffer out_d(std::vector<bf16>(n_out), cs.misaligned), dqkv_d(std::vector<bf16>(n_qkv), cs.misaligned);
   DeviceBuffer<float> lse_d(lse.size());
   const auto view = lay.device_view(cs.first_head);
-  kiln::cuda::attention_forward_bf16(out_d.get(), lse_d.get(), qkv_d.get(), b, t, c, nh, view);
+  kiln::cuda::attention_forward_bf16(out_d.get(), lse_d.get(), qkv_d.get(), b, t, c, nh, view, kv);
   const auto out_gpu = out_d.host(n_out), lse_gpu = lse_d.host();
   expect_close(out_gpu, out, 1e-2, 2e-2, "out");
   expect_close(lse_gpu, lse, 2e-4, 2e-4, "lse");
 
   kiln::cpu::attention_backward(dqkv.data(), dout.data(), qkv.data(), out_gpu.data(), lse_gpu.data(),
-                                b, t, c, nh, lay.host_view(cs.first_head));
+                                b, t, c, nh, lay.host_view(cs.first_head), kv);
   kiln::cuda::attention_backward_bf16(dqkv_d.get(), dout_d.get(), qkv_d.get(), out_d.get(), lse_d.get(),
-                                      b, t, c, nh, view);
+                                      b, t, c, nh, view, kv);
   const auto first = dqkv_d.storage.host();
-  expect_grads_close(dqkv_d.host(n_qkv), dqkv, b * t, c, 1e-2, 5e-2);
+  expect_grads_close(dqkv_d.host(n_qkv), dqkv, b * t, c, cs.kv_heads() * cs.hd, 1e-2, 5e-2);
 
   kiln::cuda::attention_backward_bf16(dqkv_d.get(), dout_d.get(), qkv_d.get(), out_d.get(), lse_d.get(),
-                                      b, t, c, nh, view);
+                                      b, t, c, nh, view, kv);
   const auto second = dqkv_d.storage.host();
   EXPECT_EQ(std::memcmp(first.data(), second.data(), first.size() * sizeof(bf16)), 0)
       << "the bf16 backward is not bit-reproducible";
@@ -245,6 +252,17 @@ Case per_head_fixed(int block, int stride, std::int64_t t, std::int64_t hd) {
 
 Case packed(Case cs) {
   cs.packed = true;
+  return cs;
+}
+
+// nh query heads sharing nkv key/value heads; per-head layouts are built for the nh heads.
+Case grouped(Case cs, std::int64_t nh, std::int64_t nkv) {
+  cs.nh = nh;
+  cs.nkv = nkv;
+  if (cs.per_head) {
+    cs.layout_heads = static_cast<int>(nh);
+    cs.first_head = 0;
+  }
   return cs;
 }
 
@@ -303,14 +321,34 @@ TEST(CudaAttention, Bf16OtherHeadSizesAndMisalignedBuffers) {
   check_bf16(odd_sparse);
 }
 
+// Grouped-query attention (key/value heads read in place by their query heads; the dK/dV pass
+// sums a key/value head's query heads in order): GQA, multi-query, per-head sparse layouts
+// sharing a key/value head, packed documents.
+TEST(CudaAttention, F32GroupedKeyValueHeads) {
+  KILN_REQUIRE_GPU();
+  check_f32(grouped(dense(16, 37, 16), 4, 2));
+  check_f32(grouped(dense(32, 64, 64), 4, 1));
+  check_f32(grouped(per_head_fixed(16, 2, 64, 16), 4, 2));
+  check_f32(grouped(packed(dense(16, 100, 16)), 6, 3));
+}
+
+TEST(CudaAttention, Bf16GroupedKeyValueHeads) {
+  KILN_REQUIRE_GPU();
+  check_bf16(grouped(dense(16, 37, 64), 4, 2));
+  check_bf16(grouped(dense(64, 100, 128), 4, 1));
+  check_bf16(grouped(per_head_fixed(16, 2, 128, 64), 4, 2));
+  check_bf16(grouped(packed(dense(16, 100, 64)), 6, 3));
+}
+
 TEST(CudaAttention, DecodeMatchesCpuWithAndWithoutKeyMasks) {
   KILN_REQUIRE_GPU();
   std::mt19937 gen(11);
   for (std::int64_t hd : {16, 64})
     for (std::int64_t n : {1, 37, 300, 1000}) {
       SCOPED_TRACE("hd " + std::to_string(hd) + " n " + std::to_string(n));
-      const std::int64_t nh = 3, c = nh * hd;
-      const auto q = normal(c, 5), k = normal(n * c, 6), v = normal(n * c, 7);
+      for (std::int64_t nkv : {0, 2, 1}) {  // one key/value head per query head, grouped, multi-query
+      const std::int64_t nh = nkv == 0 ? 3 : 4, c = nh * hd, ckv = (nkv == 0 ? nh : nkv) * hd;
+      const auto q = normal(c, 5), k = normal(n * ckv, 6), v = normal(n * ckv, 7);
       std::vector<std::uint8_t> mask(nh * n);
       for (std::int64_t h = 0; h < nh; ++h)
         for (std::int64_t j = 0; j < n; ++j) mask[h * n + j] = j == n - 1 || gen() % 3 != 0;
@@ -319,10 +357,11 @@ TEST(CudaAttention, DecodeMatchesCpuWithAndWithoutKeyMasks) {
       for (bool masked : {false, true}) {
         std::vector<float> out(c);
         kiln::cpu::attention_decode(out.data(), q.data(), k.data(), v.data(), n, c, nh,
-                                    masked ? mask.data() : nullptr);
+                                    masked ? mask.data() : nullptr, nkv);
         kiln::cuda::attention_decode(out_d.get(), q_d.get(), k_d.get(), v_d.get(), n, c, nh,
-                                     masked ? mask_d.get() : nullptr);
+                                     masked ? mask_d.get() : nullptr, nkv);
         expect_close(out_d.host(), out, 1e-5, 1e-5, masked ? "masked out" : "out");
+      }
       }
     }
 }

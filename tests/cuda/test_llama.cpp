@@ -139,27 +139,3 @@ TEST(CudaLlama, ZeroRowsLaunchNothing) {
   kiln::cuda::swiglu_forward(nullptr, nullptr, 0, 8);
   EXPECT_NO_THROW(kiln::device::synchronize());
 }
-
-TEST(CudaLlama, RepeatKvMatchesCpu) {
-  KILN_REQUIRE_GPU();
-  const std::int64_t rows = 7, qh = 6, kvh = 2, hd = 16, c = qh * hd, w = (qh + 2 * kvh) * hd;
-  const auto x = random_normal(rows * w, 10), g = random_normal(rows * 3 * c, 11);
-  std::vector<float> y(rows * 3 * c), dx(rows * w);
-  kiln::cpu::repeat_kv(y.data(), x.data(), rows, qh, kvh, hd);
-  kiln::cpu::sum_repeated_kv(dx.data(), g.data(), rows, qh, kvh, hd);
-  DeviceBuffer<float> dxin(x), dg(g), dy(rows * 3 * c), ddx(rows * w);
-  kiln::cuda::repeat_kv(dy.get(), dxin.get(), rows, qh, kvh, hd);
-  kiln::cuda::sum_repeated_kv(ddx.get(), dg.get(), rows, qh, kvh, hd);
-  EXPECT_EQ(dy.host(), y);
-  EXPECT_EQ(ddx.host(), dx);  // the same sums in the same order
-  const auto x16 = to_bf16(x), g16 = to_bf16(g);
-  std::vector<float> y16(rows * 3 * c), dx16(rows * w);
-  kiln::cpu::repeat_kv(y16.data(), to_float(x16).data(), rows, qh, kvh, hd);
-  kiln::cpu::sum_repeated_kv(dx16.data(), to_float(g16).data(), rows, qh, kvh, hd);
-  for (float& v : dx16) v = kiln::testing::round_bf16(v);
-  DeviceBuffer<bf16> bx(x16), bg(g16), by(rows * 3 * c), bdx(rows * w);
-  kiln::cuda::repeat_kv_bf16(by.get(), bx.get(), rows, qh, kvh, hd);
-  kiln::cuda::sum_repeated_kv_bf16(bdx.get(), bg.get(), rows, qh, kvh, hd);
-  EXPECT_EQ(to_float(by.host()), y16);
-  EXPECT_EQ(to_float(bdx.host()), dx16);
-}

@@ -106,29 +106,6 @@ TEST(LlamaKernels, SwigluMatchesFormulaAndGradient) {
   expect_gradient("dx", x, dx, obj, 1e-2f, 2e-3, 1e-2);
 }
 
-// Grouped key/value heads by repetition: 4 query heads, 2 kv heads (query heads 0 and 1 read kv
-// head 0); sum_repeated_kv is repeat_kv's adjoint (its gradient).
-TEST(LlamaKernels, RepeatKvAndItsGradient) {
-  const int rows = 3, qh = 4, kvh = 2, hd = 5, c = qh * hd, w = (qh + 2 * kvh) * hd;
-  auto x = random_vector(rows * w, 70), weights = random_vector(rows * 3 * c, 71);
-  std::vector<float> y(rows * 3 * c);
-  kiln::cpu::repeat_kv(y.data(), x.data(), rows, qh, kvh, hd);
-  for (int r = 0; r < rows; ++r)
-    for (int h = 0; h < qh; ++h)
-      for (int d = 0; d < hd; ++d) {
-        EXPECT_EQ(y[r * 3 * c + h * hd + d], x[r * w + h * hd + d]);                                // q
-        EXPECT_EQ(y[r * 3 * c + c + h * hd + d], x[r * w + c + (h / 2) * hd + d]);                  // k
-        EXPECT_EQ(y[r * 3 * c + 2 * c + h * hd + d], x[r * w + c + kvh * hd + (h / 2) * hd + d]);  // v
-      }
-  auto f = [&] {
-    kiln::cpu::repeat_kv(y.data(), x.data(), rows, qh, kvh, hd);
-    return dot(y, weights);
-  };
-  std::vector<float> dx(rows * w);
-  kiln::cpu::sum_repeated_kv(dx.data(), weights.data(), rows, qh, kvh, hd);
-  expect_gradient("dx", x, dx, f, 1e-2f, 1e-3, 1e-3);
-}
-
 // Llama 3's frequency scaling of the rotary tables against the formula in double precision:
 // high frequencies kept, low ones divided by the factor, the band between interpolated.
 TEST(LlamaKernels, RopeTablesWithLlama3Scaling) {

@@ -230,6 +230,38 @@ TEST_F(DataParallelTest, GroupedKvHeadsTensorParallelMatchOneRank) {
   expect_close(result.losses, one.losses, 0, 1e-4);
 }
 
+// Fewer key/value heads than tensor-parallel ranks: each rank holds the key/value head its query
+// heads read, replicated over the ranks that share it (multi-query: one head on every rank; two
+// heads over four ranks: two copies each). The copies' gradients are summed over their ranks, so
+// losses equal one rank's, and a checkpoint (one copy stored) resumes on one rank.
+TEST_F(DataParallelTest, ReplicatedKvHeadsTensorParallelMatchOneRank) {
+  for (const int kv : {1, 2}) {
+    if (world().size() % kv != 0 || kv >= world().size()) continue;
+    SCOPED_TRACE(std::to_string(kv) + " key/value heads over " + std::to_string(world().size()) + " ranks");
+    auto replicated = [kv](kiln::ExperimentConfig c) {
+      kiln::set_arch(c.model, "llama");
+      c.model.mlp_multiple_of = 12;
+      c.model.n_kv_head = kv;
+      return c;
+    };
+    const std::string tag = "kv" + std::to_string(kv);
+    kiln::TrainOptions quiet;
+    quiet.quiet = true;
+    const kiln::TrainResult one =
+        kiln::Trainer(replicated(config(tag + "_r" + std::to_string(world().rank()), 1)), quiet).run();
+    const kiln::TrainResult result = parallel(replicated(config(tag + "_tp", world().size(), world().size())));
+    ASSERT_EQ(result.losses.size(), 20u);
+    expect_close(result.losses, one.losses, 0, 1e-4);
+    EXPECT_LT(one.losses.back(), one.losses.front());
+    kiln::TrainOptions from_parallel = quiet;
+    from_parallel.resume = (dir_ / (tag + "_tp") / "checkpoints" / "step_00000010").string();
+    const kiln::TrainResult resumed =
+        kiln::Trainer(replicated(config(tag + "_resumed_r" + std::to_string(world().rank()), 1)), from_parallel).run();
+    ASSERT_EQ(resumed.losses.size(), 10u);
+    expect_close(resumed.losses, one.losses, 10, 1e-4);
+  }
+}
+
 TEST_F(DataParallelTest, DataTimesTensorParallelMatchesOneRank) {
   if (world().size() % 2 != 0 || world().size() < 4) GTEST_SKIP() << "needs 2 x 2 ranks or more";
   const kiln::TrainResult one = single("one");

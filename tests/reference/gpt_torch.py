@@ -263,9 +263,11 @@ class ReferenceGpt:
 
 
 def make_adamw(model, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1):
-    """torch.optim.AdamW with decay on the matmul weights only, as kiln marks its parameters."""
-    decay = [t for n, t in model.params.items() if decays(n)]
-    rest = [t for n, t in model.params.items() if not decays(n)]
+    """torch.optim.AdamW with decay on the matmul weights only, as kiln marks its parameters
+    (the model's own `decays(name)` where it has one: llama_torch.ReferenceLlama)."""
+    decides = getattr(model, "decays", decays)
+    decay = [t for n, t in model.params.items() if decides(n)]
+    rest = [t for n, t in model.params.items() if not decides(n)]
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": rest, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=False)
