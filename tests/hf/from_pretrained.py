@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """kiln checkpoints in transformers: AutoModelForCausalLM.from_pretrained(checkpoint folder)
-loads a kiln-trained GPT-2 and a kiln-trained LLaMA (config.json beside model.safetensors), and
+loads a kiln-trained GPT-2 and a kiln-trained LLaMA (4 query heads sharing 2 key/value heads;
+config.json beside model.safetensors), and
 its greedy continuation of a prompt equals `kiln sample --temperature 0`'s, token for token.
 
     tests/hf/from_pretrained.py KILN_BINARY WORK_DIR
@@ -28,7 +29,8 @@ for arch in ("gpt2", "llama"):
     subprocess.run([kiln, "train", os.path.join(source, "configs/quickstart.yaml"), f"model.arch={arch}",
                     "model.n_layer=2", "model.n_embd=64", "model.n_head=4", "model.mlp_multiple_of=32",
                     "model.init_std=0.4", "train.max_steps=2", "train.micro_batch=4", "checkpoint.every=2", "log.every=2",
-                    "train.eval_every=2", f"train.run_dir={run}", "--overwrite"], check=True,
+                    "train.eval_every=2", f"train.run_dir={run}", "--overwrite"]
+                   + (["model.n_kv_head=2"] if arch == "llama" else []), check=True,
                    stdout=subprocess.DEVNULL)
     checkpoint = os.path.join(run, "checkpoints", sorted(os.listdir(os.path.join(run, "checkpoints")))[-1])
     out = subprocess.run([kiln, "sample", "--checkpoint", checkpoint, "--prompt", prompt, "--max-tokens",
