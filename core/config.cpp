@@ -583,6 +583,23 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
                  " (token shards) are set; keep one: data.corpus=\"\" to train on the shards, or ",
                  other, "=\"\" to train on the corpus"));
   }
+  if (c.train.stage == "sft") {
+    if (c.data.mixture.empty())
+      fail(set_at("train.stage"), message("train.stage=sft tunes on the responses of a task mixture: set "
+                                          "data.mixture to its YAML file (docs/instruction-data.md)"));
+    for (const char* pretraining : {"data.train", "data.val", "data.corpus"}) {
+      const std::string& value = std::string(pretraining) == "data.train" ? c.data.train
+                                 : std::string(pretraining) == "data.val" ? c.data.val
+                                                                          : c.data.corpus;
+      if (!value.empty())
+        fail(set_at(pretraining), message(pretraining, " is pretraining data, which train.stage=sft does not read; "
+                                          "set ", pretraining, "=\"\" (sft reads data.mixture and data.val_mixture)"));
+    }
+  } else if (!c.data.mixture.empty() || !c.data.val_mixture.empty()) {
+    const char* which = c.data.mixture.empty() ? "data.val_mixture" : "data.mixture";
+    fail(set_at(which), message(which, " is read by train.stage=sft; this run's train.stage is ", c.train.stage,
+                                ": set train.stage=sft, or ", which, "=\"\""));
+  }
   if (c.model.dtype == "bf16" && (c.train.device != "cuda" || c.model.norm != "pre")) {
     fail(set_at("model.dtype"),
          message("model.dtype=bf16 (bf16 activations) runs on the GPU with a pre-LN model; ",

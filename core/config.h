@@ -72,6 +72,10 @@ struct DataConfig {
   std::string jsonl_field = "text";  // corpus: the field of .jsonl records holding the text
   std::string cache_dir = "data/cache";  // corpus: where its shards are kept
   std::string tokenizer = "byte";  // byte | gpt2
+  // train.stage sft: the task mixture (core/data/instruct.h MixtureConfig) it tunes on, and one
+  // whose tasks' losses validation reports ("": none).
+  std::string mixture;
+  std::string val_mixture;
   // gpt2: the folder holding encoder.json and vocab.bpe ("" = $KILN_GPT2_BPE_DIR, else an error).
   std::string tokenizer_dir;
 };
@@ -98,7 +102,10 @@ struct TrainConfig {
   int eval_batches = 10;
   std::string run_dir = "runs/default";
   int threads = 0;            // 0: all cores
-  std::string stage = "pretrain";
+  std::string stage = "pretrain";  // pretrain | sft
+  // Weights to start from: a model.safetensors, a run or checkpoint folder, or a Hugging Face
+  // model folder ("": initialise; `kiln train --init-from` overrides it).
+  std::string init_from;
   std::string device = "cpu";  // cpu | cuda (the first GPU of each process)
 };
 

@@ -15,7 +15,7 @@ const std::vector<std::string> kMlpChoices = {"gelu", "swiglu"};
 const std::vector<std::string> kMatmulChoices = {"f32", "bf16"};
 const std::vector<std::string> kScheduleChoices = {"cosine", "constant"};
 const std::vector<std::string> kProgressChoices = {"auto", "on", "off"};
-const std::vector<std::string> kStageChoices = {"pretrain"};
+const std::vector<std::string> kStageChoices = {"pretrain", "sft"};
 const std::vector<std::string> kTokenizerChoices = {"byte", "gpt2"};
 const std::vector<std::string> kDeviceChoices = {"cpu", "cuda"};
 
@@ -116,6 +116,12 @@ void data_keys(Schema& s) {
       .path(PathBase::working_dir)
       .key("tokenizer", &DataConfig::tokenizer, one_of(kTokenizerChoices),
            "tokenizer the shards were written with")
+      .key("mixture", &DataConfig::mixture, Limits(),
+           "train.stage=sft: the task mixture YAML it tunes on (docs/instruction-data.md; relative to the config file)")
+      .path(PathBase::config_file)
+      .key("val_mixture", &DataConfig::val_mixture, Limits(),
+           "train.stage=sft: a task mixture whose per-task losses validation reports (\"\": none)")
+      .path(PathBase::config_file)
       .key("tokenizer_dir", &DataConfig::tokenizer_dir, Limits(),
            "gpt2: folder holding encoder.json and vocab.bpe (relative to the config file; "
            "\"\": $KILN_GPT2_BPE_DIR)")
@@ -165,7 +171,12 @@ void train_keys(Schema& s) {
       .path(PathBase::working_dir)
       .aka({"output_dir", "out_dir", "save_dir", "checkpoint_dir"})
       .key("threads", &TrainConfig::threads, at_least(0), "CPU threads; 0: all cores")
-      .key("stage", &TrainConfig::stage, one_of(kStageChoices), "what the loop trains")
+      .key("stage", &TrainConfig::stage, one_of(kStageChoices),
+           "what the loop trains: pretrain (token shards) or sft (a task mixture's responses)")
+      .key("init_from", &TrainConfig::init_from, Limits(),
+           "weights to start from: a model.safetensors, run or checkpoint folder, or Hugging Face folder "
+           "(\"\": initialise; --init-from overrides; relative to the config file)")
+      .path(PathBase::config_file)
       .key("device", &TrainConfig::device, one_of(kDeviceChoices),
            "where the model trains: cpu, or cuda (a build with nvcc and a GPU)");
 }

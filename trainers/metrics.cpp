@@ -69,11 +69,16 @@ void MetricsLog::step(const StepRecord& r) {
   std::fflush(stdout);
 }
 
-void MetricsLog::validation(std::int64_t step, double val_loss) {
-  append({{"step", step}, {"val_loss", val_loss}});
+void MetricsLog::validation(std::int64_t step, double val_loss, const std::map<std::string, double>& by_task) {
+  nlohmann::json record = {{"step", step}, {"val_loss", val_loss}};
+  if (!by_task.empty()) record["val_loss_by_task"] = by_task;
+  append(record);
   if (!console_) return;
   clear_bar();
-  std::printf("step %6lld | validation loss %.4f\n", static_cast<long long>(step), val_loss);
+  std::string tasks;
+  for (const auto& [name, loss] : by_task) tasks += message(tasks.empty() ? " (" : ", ", name, " ", loss);
+  if (!tasks.empty()) tasks += ")";
+  std::printf("step %6lld | validation loss %.4f%s\n", static_cast<long long>(step), val_loss, tasks.c_str());
   std::fflush(stdout);
 }
 

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <map>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -35,7 +36,8 @@ class MetricsLog {
   MetricsLog& operator=(const MetricsLog&) = delete;
 
   void step(const StepRecord& record);
-  void validation(std::int64_t step, double val_loss);
+  // The validation loss, and per task where the stage has tasks (jsonl "val_loss_by_task").
+  void validation(std::int64_t step, double val_loss, const std::map<std::string, double>& by_task = {});
   void note(const std::string& text);  // a console line (not in the jsonl)
 
  private:

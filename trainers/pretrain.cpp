@@ -1,4 +1,4 @@
-// Pretraining stage and the stage factory.
+// Pretraining stage.
 #include "trainers/pretrain.h"
 
 #include <algorithm>
@@ -7,12 +7,6 @@
 #include "kernels/error.h"
 
 namespace kiln {
-
-std::unique_ptr<Stage> make_stage(const ExperimentConfig& config, int replica, int replicas) {
-  KILN_CHECK(config.train.stage == "pretrain", "train.stage=", config.train.stage,
-             " is not available in this version of kiln; use pretrain");
-  return std::make_unique<PretrainStage>(config, replica, replicas);
-}
 
 PretrainStage::PretrainStage(const ExperimentConfig& config, int replica, int replicas)
     : grad_accum_(config.train.grad_accum),

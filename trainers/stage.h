@@ -1,4 +1,4 @@
-// A Stage is what differs between training stages (pretrain now; sft, reward, ppo and dpo
+// A Stage is what differs between training stages (pretrain and sft now; reward, ppo and dpo
 // later): where batches come from, how the loss and its gradient are formed, and what extra
 // state must be saved to resume. The Trainer owns everything that does not differ: the
 // optimizer, clipping, schedule, logging, validation cadence and checkpoints.
@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -51,6 +52,8 @@ class Stage {
   // Mean validation loss over all replicas (each evaluates its share), or nullopt when the
   // stage has no validation data.
   virtual std::optional<double> validation_loss(Gpt& model, StepContext& ctx) = 0;
+  // The last validation's loss per task, for stages whose data has tasks (sft); else empty.
+  virtual std::map<std::string, double> task_losses() const { return {}; }
   // What the stage needs to continue exactly where it stopped (data positions, ...).
   virtual nlohmann::json state() const = 0;
   virtual void restore(const nlohmann::json& state) = 0;

@@ -313,6 +313,8 @@ void Trainer::start_or_resume() {
     parallel_.world->barrier();
     if (!options_.init_from.empty()) {
       init_from(options_.init_from);
+    } else if (!config_.train.init_from.empty()) {
+      init_from(config_.train.init_from);
     } else {
       model_->init_weights(config_.train.seed, config_.model.init_std);
     }
@@ -588,7 +590,7 @@ TrainResult Trainer::run() {
     if (config_.train.eval_every > 0 && (step % config_.train.eval_every == 0 || step == max_steps)) {
       if (auto val = stage_->validation_loss(*model_, ctx)) {
         result.last_val_loss = val;
-        if (log) log->validation(step, *val);
+        if (log) log->validation(step, *val, stage_->task_losses());
       }
     }
     if ((config_.checkpoint.every > 0 && step % config_.checkpoint.every == 0) || step == max_steps) {
