@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 
 #include "core/checkpoint/atomic_file.h"
 #include "core/checkpoint/hugging_face.h"
@@ -11,6 +12,7 @@
 #include "core/checkpoint/run_dir.h"
 #include "core/data/bpe_train.h"
 #include "core/data/tokenizer.h"
+#include "core/eval/evaluator.h"
 #include "kernels/device.h"
 #include "parallel/layout.h"
 #include "trainers/trainer.h"
@@ -98,21 +100,40 @@ int tokenizer_train(const TokenizerTrainArgs& args) {
   return 0;
 }
 
-int sample(const SampleArgs& args) {
-  const std::string dir = resolve_checkpoint(args.checkpoint);
-  const ExperimentConfig config = checkpoint_config(dir);
-  const auto tokenizer = make_tokenizer(
-      config.data.tokenizer, args.tokenizer_dir.empty() ? config.data.tokenizer_dir : args.tokenizer_dir);
-  KILN_CHECK(args.batch >= 1, "--batch ", args.batch, " must be at least 1");
-  KILN_CHECK(args.device == "cpu" || args.device == "cuda", "--device ", args.device, " is not cpu or cuda");
-  const Device device = args.device == "cuda" ? Device::cuda : Device::cpu;
+namespace {
+
+// A checkpoint's model (fp32 activations on either device, bf16 matmuls if the run trained with
+// them) and its tokenizer, for sampling and evaluation.
+struct Loaded {
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::unique_ptr<Gpt> model;
+  std::string dir;
+};
+
+Loaded load_for_inference(const std::string& checkpoint, const std::string& device_name,
+                          const std::string& tokenizer_dir) {
+  Loaded l;
+  l.dir = resolve_checkpoint(checkpoint);
+  const ExperimentConfig config = checkpoint_config(l.dir);
+  l.tokenizer = make_tokenizer(config.data.tokenizer, tokenizer_dir.empty() ? config.data.tokenizer_dir : tokenizer_dir);
+  KILN_CHECK(device_name == "cpu" || device_name == "cuda", "--device ", device_name, " is not cpu or cuda");
+  const Device device = device_name == "cuda" ? Device::cuda : Device::cpu;
   KILN_CHECK(device == Device::cpu || device::cuda_available(), "--device cuda, but ", device::cuda_description());
-  // fp32 activations on either device (bf16 matmuls if the run trained with them).
-  GptShape shape = GptShape::from_config(config.model, tokenizer->vocab_size());
+  GptShape shape = GptShape::from_config(config.model, l.tokenizer->vocab_size());
   shape.bf16 = false;
   shape.recompute = false;
-  Gpt model(shape, device);
-  load_model(model, dir + "/model.safetensors");
+  l.model = std::make_unique<Gpt>(shape, device);
+  load_model(*l.model, l.dir + "/model.safetensors");
+  return l;
+}
+
+}  // namespace
+
+int sample(const SampleArgs& args) {
+  KILN_CHECK(args.batch >= 1, "--batch ", args.batch, " must be at least 1");
+  Loaded loaded = load_for_inference(args.checkpoint, args.device, args.tokenizer_dir);
+  const auto& tokenizer = loaded.tokenizer;
+  Gpt& model = *loaded.model;
   const std::vector<std::string> texts = args.prompts.empty() ? std::vector<std::string>{""} : args.prompts;
   std::vector<std::vector<std::int32_t>> prompts;
   std::vector<std::uint64_t> seeds;
@@ -157,6 +178,36 @@ int sample(const SampleArgs& args) {
     std::printf("\n");
     if (args.ids) print_ids(out[i]);
   }
+  return 0;
+}
+
+int eval(const EvalArgs& args) {
+  KILN_CHECK(args.batch >= 1, "--batch ", args.batch, " must be at least 1");
+  KILN_CHECK(!args.task_files.empty(), "kiln eval needs at least one task file");
+  std::vector<EvalTask> tasks;
+  for (const std::string& file : args.task_files)
+    for (EvalTask& t : load_eval_tasks(file)) tasks.push_back(std::move(t));
+  Loaded loaded = load_for_inference(args.checkpoint, args.device, args.tokenizer_dir);
+  EvalOptions options;
+  options.batch_rows = args.batch;
+  options.limit = args.limit;
+  options.num_fewshot = args.num_fewshot;
+  const EvalReport report = evaluate(*loaded.model, *loaded.tokenizer, tasks, options);
+  nlohmann::json j = report.to_json();
+  j["checkpoint"] = loaded.dir;
+  j["task_files"] = args.task_files;
+  // Default: beside the run's checkpoints (pruning old checkpoints keeps it), named by checkpoint.
+  const std::filesystem::path ckpt(loaded.dir);
+  const std::string out = !args.out.empty() ? args.out
+                          : ckpt.parent_path().filename() == "checkpoints"
+                              ? (ckpt.parent_path().parent_path() / ("eval_" + ckpt.filename().string() + ".json")).string()
+                              : loaded.dir + "/eval.json";
+  write_file_atomic(out, j.dump(1) + "\n");
+  std::printf("%s\n", report.table().c_str());
+  std::string speed;
+  if (report.mc_docs > 0) speed += message(", multiple choice ", report.mc_docs / report.mc_seconds, " examples/s");
+  if (report.generated_tokens > 0) speed += message(", generation ", report.generated_tokens / report.gen_seconds, " tokens/s");
+  std::printf("%.1f s%s; results: %s\n", report.seconds, speed.c_str(), out.c_str());
   return 0;
 }
 

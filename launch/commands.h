@@ -46,6 +46,18 @@ struct SampleArgs {
 };
 int sample(const SampleArgs& args);
 
+struct EvalArgs {
+  std::string checkpoint;        // run or checkpoint folder
+  std::vector<std::string> task_files;
+  std::string out;               // results JSON ("": <checkpoint>/eval.json)
+  std::string device = "cpu";
+  std::string tokenizer_dir;
+  int batch = 16;                // rows per forward pass, sequences per decode
+  std::int64_t limit = 0;        // documents per task (0: all)
+  std::vector<int> num_fewshot;  // overrides the tasks' num_fewshot
+};
+int eval(const EvalArgs& args);
+
 struct LayoutArgs {
   AttentionPattern pattern;
   std::int64_t seq_len = 1024;

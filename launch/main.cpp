@@ -111,6 +111,18 @@ int main(int argc, char** argv) {
   bool no_stop = false;
   sample->add_flag("--no-stop", no_stop, "Do not stop at end-of-text");
 
+  kiln::cli::EvalArgs eval_args;
+  auto* eval = app.add_subcommand("eval", "Score a checkpoint on evaluation tasks (docs/evaluation.md)");
+  eval->add_option("checkpoint", eval_args.checkpoint, "Run folder (its newest checkpoint) or checkpoint folder")
+      ->required();
+  eval->add_option("tasks", eval_args.task_files, "Task YAML files")->required();
+  eval->add_option("--out", eval_args.out, "Results JSON (default: CHECKPOINT/eval.json)");
+  eval->add_option("--batch", eval_args.batch, "Rows per forward pass and sequences per decode")->capture_default_str();
+  eval->add_option("--limit", eval_args.limit, "Documents per task; 0 = all")->capture_default_str();
+  eval->add_option("--num-fewshot", eval_args.num_fewshot, "Shots to score (overrides the tasks'), e.g. 0 1 4");
+  eval->add_option("--device", eval_args.device, "Where to score: cpu | cuda")->capture_default_str();
+  eval->add_option("--tokenizer-dir", eval_args.tokenizer_dir, "gpt2: folder holding encoder.json and vocab.bpe");
+
   kiln::cli::LayoutArgs layout_args;
   int per_head = 0;
   auto* layout = app.add_subcommand("layout", "Draw an attention block layout (SVG) and print its density");
@@ -177,6 +189,7 @@ int main(int argc, char** argv) {
       code = kiln::cli::sample(sample_args);
     }
     if (*config) code = kiln::cli::show_config(config_path, config_overrides);
+    if (*eval) code = kiln::cli::eval(eval_args);
     if (*import) code = kiln::cli::import_hf(import_from, import_to);
     if (*export_cmd) code = kiln::cli::export_hf(export_from, export_to, shard_mb);
     if (*layout) {

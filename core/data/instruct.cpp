@@ -24,10 +24,13 @@ const std::set<std::string> kBuiltinVariables = {"instruction", "input", "output
 const std::set<std::string> kChatRoles = {"system", "user", "assistant"};
 constexpr std::uint64_t kMaxExemplarAttempts = 4096;
 
+}  // namespace
+
 // Calls on_text for literal text and on_variable for each {name}; "{{" and "}}" are literal
 // braces. An unclosed brace is an Error naming `context`.
-template <class OnText, class OnVariable>
-void scan_pattern(const std::string& pattern, const std::string& context, OnText on_text, OnVariable on_variable) {
+void scan_pattern(const std::string& pattern, const std::string& context,
+                  const std::function<void(const std::string&)>& on_text,
+                  const std::function<void(const std::string&)>& on_variable) {
   std::size_t i = 0;
   while (i < pattern.size()) {
     const char c = pattern[i];
@@ -55,6 +58,16 @@ std::set<std::string> pattern_variables(const std::string& pattern, const std::s
   return vars;
 }
 
+std::string fill_pattern(const std::string& pattern, const std::string& context,
+                         const std::function<std::string(const std::string&)>& value_of) {
+  std::string out;
+  scan_pattern(pattern, context, [&](const std::string& text) { out += text; },
+               [&](const std::string& v) { out += value_of(v); });
+  return out;
+}
+
+namespace {
+
 std::string options_block(const std::vector<std::string>& options) {
   if (options.empty()) return "";
   std::string out = "OPTIONS:";
@@ -63,19 +76,13 @@ std::string options_block(const std::vector<std::string>& options) {
 }
 
 std::string substitute(const std::string& pattern, const InstructRecord& record, const std::string& context) {
-  std::string out;
-  scan_pattern(pattern, context, [&](const std::string& text) { out += text; },
-               [&](const std::string& v) {
-                 if (v == "options") {
-                   out += options_block(record.options);
-                   return;
-                 }
-                 auto it = record.fields.find(v);
-                 KILN_CHECK(it != record.fields.end(), record.where, ": ", context, " uses {", v,
-                            "} but the record has no field '", v, "'");
-                 out += it->second;
-               });
-  return out;
+  return fill_pattern(pattern, context, [&](const std::string& v) {
+    if (v == "options") return options_block(record.options);
+    auto it = record.fields.find(v);
+    KILN_CHECK(it != record.fields.end(), record.where, ": ", context, " uses {", v,
+               "} but the record has no field '", v, "'");
+    return it->second;
+  });
 }
 
 // A 64-bit key from several values (splitmix64 finaliser), to seed independent Rng streams.

@@ -10,7 +10,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -69,6 +71,16 @@ std::vector<InstructRecord> read_instruct_file(const std::string& path, const Js
                                                JsonlStats* stats = nullptr);
 std::vector<PreferenceRecord> read_preference_file(const std::string& path, const JsonlOptions& options,
                                                    JsonlStats* stats = nullptr);
+
+// {name} patterns, as templates (and evaluation task files) write them: "{{" and "}}" are
+// literal braces; an unclosed or stray brace is an Error naming `context`.
+void scan_pattern(const std::string& pattern, const std::string& context,
+                  const std::function<void(const std::string&)>& on_text,
+                  const std::function<void(const std::string&)>& on_variable);
+std::set<std::string> pattern_variables(const std::string& pattern, const std::string& context);
+// The pattern with each {name} replaced by value_of(name) (which may throw for an unknown name).
+std::string fill_pattern(const std::string& pattern, const std::string& context,
+                         const std::function<std::string(const std::string&)>& value_of);
 
 // One template: a prompt pattern and a response pattern with {variable} placeholders
 // ("{{" and "}}" write literal braces).

@@ -1,0 +1,248 @@
+// The evaluator (core/eval/evaluator.h).
+#include "core/eval/evaluator.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <numeric>
+#include <tuple>
+
+#include "core/model/decode.h"
+#include "core/rng.h"
+#include "kernels/error.h"
+
+namespace kiln {
+
+namespace {
+
+std::vector<std::int32_t> encode(const Tokenizer& tokenizer, const std::string& text) {
+  std::vector<std::int32_t> ids;
+  for (auto id : tokenizer.encode(text)) ids.push_back(static_cast<std::int32_t>(id));
+  return ids;
+}
+
+std::string trim(const std::string& s) {
+  const auto first = s.find_first_not_of(" \t\r\n");
+  if (first == std::string::npos) return "";
+  return s.substr(first, s.find_last_not_of(" \t\r\n") - first + 1);
+}
+
+// The k exemplars of document `doc`: a seeded draw without replacement from the pool.
+std::vector<std::size_t> exemplars(std::size_t pool, int k, std::uint64_t seed, std::size_t doc) {
+  std::vector<std::size_t> idx(pool);
+  std::iota(idx.begin(), idx.end(), std::size_t{0});
+  const Rng rng(seed, doc);
+  for (int j = 0; j < k; ++j) {
+    const std::size_t r = j + rng.u64(static_cast<std::uint64_t>(j)) % (pool - j);
+    std::swap(idx[j], idx[r]);
+  }
+  idx.resize(k);
+  return idx;
+}
+
+std::string prompt_text(const EvalTask& task, const EvalTemplate& t, std::size_t doc, int k) {
+  std::string out;
+  for (std::size_t e : exemplars(task.fewshot.size(), k, task.fewshot_seed, doc))
+    out += task.text(t, task.fewshot[e]) + task.target_delimiter + task.target_text(t, task.fewshot[e]) +
+           task.fewshot_delimiter;
+  return out + task.text(t, task.docs[doc]);
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+std::vector<double> loglikelihoods(Gpt& model, const std::vector<LoglikelihoodRequest>& requests, int batch_rows,
+                                   std::int64_t* truncated) {
+  KILN_CHECK(batch_rows >= 1, "the evaluation batch must hold at least one row, got ", batch_rows);
+  const int context = model.shape().context;
+  // Each request as one row of tokens, its context cut from the left to fit, and where its
+  // continuation starts.
+  std::vector<std::vector<std::int32_t>> rows(requests.size());
+  std::vector<std::size_t> starts(requests.size());
+  for (std::size_t i = 0; i < requests.size(); ++i) {
+    const LoglikelihoodRequest& r = requests[i];
+    KILN_CHECK(!r.context.empty() && !r.continuation.empty(), "a log-likelihood request needs a context and a continuation");
+    KILN_CHECK(r.continuation.size() < static_cast<std::size_t>(context), "a continuation of ", r.continuation.size(),
+               " tokens does not fit the model's context of ", context);
+    const std::size_t keep = std::min(r.context.size(), static_cast<std::size_t>(context) - r.continuation.size());
+    if (keep < r.context.size() && truncated) ++*truncated;
+    rows[i].assign(r.context.end() - static_cast<std::ptrdiff_t>(keep), r.context.end());
+    starts[i] = rows[i].size();
+    rows[i].insert(rows[i].end(), r.continuation.begin(), r.continuation.end());
+  }
+  std::vector<std::size_t> order(requests.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return rows[a].size() > rows[b].size(); });
+  std::vector<double> out(requests.size(), 0.0);
+  for (std::size_t first = 0; first < order.size(); first += batch_rows) {
+    const std::size_t n = std::min<std::size_t>(batch_rows, order.size() - first);
+    Batch b;
+    b.batch = static_cast<int>(n);
+    b.seq_len = static_cast<int>(rows[order[first]].size()) - 1;  // the longest row of the pass
+    const std::size_t cells = n * static_cast<std::size_t>(b.seq_len);
+    b.inputs.assign(cells, 0);
+    b.targets.assign(cells, 0);
+    b.mask.assign(cells, 0);
+    for (std::size_t r = 0; r < n; ++r) {
+      const std::vector<std::int32_t>& row = rows[order[first + r]];
+      for (std::size_t j = 0; j + 1 < row.size(); ++j) {
+        b.inputs[r * b.seq_len + j] = row[j];
+        b.targets[r * b.seq_len + j] = row[j + 1];
+        b.mask[r * b.seq_len + j] = j + 1 >= starts[order[first + r]];
+      }
+    }
+    const std::vector<float> logprobs = model.token_logprobs(b);
+    for (std::size_t r = 0; r < n; ++r) {
+      double sum = 0.0;
+      for (int j = 0; j < b.seq_len; ++j) sum += logprobs[r * b.seq_len + j];
+      out[order[first + r]] = sum;
+    }
+  }
+  return out;
+}
+
+EvalReport evaluate(Gpt& model, const Tokenizer& tokenizer, const std::vector<EvalTask>& tasks,
+                    const EvalOptions& options) {
+  const auto t_start = std::chrono::steady_clock::now();
+  EvalReport report;
+  std::unique_ptr<Decoder> decoder;
+  const auto eot = static_cast<std::int32_t>(tokenizer.eot());
+  for (const EvalTask& task : tasks) {
+    const std::vector<int> ks = options.num_fewshot.empty() ? task.num_fewshot : options.num_fewshot;
+    for (int k : ks)
+      KILN_CHECK(k >= 0 && static_cast<std::size_t>(k) <= task.fewshot.size(), task.source, ": task ", task.name,
+                 ": ", k, " shots, but fewshot_dataset holds ", task.fewshot.size(), " exemplars");
+    const std::size_t docs = options.limit > 0 ? std::min<std::size_t>(options.limit, task.docs.size()) : task.docs.size();
+    for (const EvalTemplate& t : task.templates)
+      for (int k : ks) {
+        EvalScore score{task.name, task.cluster, t.name, task.output_type, k, static_cast<std::int64_t>(docs), 0, {}};
+        if (task.multiple_choice()) {
+          const auto t0 = std::chrono::steady_clock::now();
+          std::vector<LoglikelihoodRequest> requests;
+          std::vector<std::size_t> first_option(docs + 1, 0);
+          std::vector<double> chars;
+          for (std::size_t d = 0; d < docs; ++d) {
+            const std::vector<std::int32_t> context = encode(tokenizer, prompt_text(task, t, d, k));
+            for (const std::string& option : task.choices(t, task.docs[d])) {
+              const std::string continuation = task.target_delimiter + option;
+              requests.push_back({context, encode(tokenizer, continuation)});
+              chars.push_back(static_cast<double>(std::max<std::size_t>(1, continuation.size())));
+            }
+            first_option[d + 1] = requests.size();
+          }
+          const std::vector<double> ll = loglikelihoods(model, requests, options.batch_rows, &score.truncated);
+          double acc = 0, acc_norm = 0;
+          for (std::size_t d = 0; d < docs; ++d) {
+            const std::vector<int> gold = task.gold(t, task.docs[d]);
+            std::size_t best = first_option[d], best_norm = first_option[d];
+            for (std::size_t i = first_option[d]; i < first_option[d + 1]; ++i) {
+              if (ll[i] > ll[best]) best = i;
+              if (ll[i] / chars[i] > ll[best_norm] / chars[best_norm]) best_norm = i;
+            }
+            auto is_gold = [&](std::size_t i) {
+              return std::find(gold.begin(), gold.end(), static_cast<int>(i - first_option[d])) != gold.end();
+            };
+            acc += is_gold(best);
+            acc_norm += is_gold(best_norm);
+          }
+          score.metrics = {{"acc", docs ? acc / docs : 0.0}, {"acc_norm", docs ? acc_norm / docs : 0.0}};
+          report.mc_docs += static_cast<std::int64_t>(docs);
+          report.mc_seconds += seconds_since(t0);
+        } else {
+          const auto t0 = std::chrono::steady_clock::now();
+          if (!decoder) decoder = std::make_unique<Decoder>(model);
+          const std::size_t room = static_cast<std::size_t>(model.shape().context - task.max_gen_toks);
+          KILN_CHECK(model.shape().context > task.max_gen_toks, task.source, ": task ", task.name, ": max_gen_toks ",
+                     task.max_gen_toks, " leaves no room for a prompt in the model's context of ", model.shape().context);
+          SampleOptions sample;
+          sample.max_tokens = task.max_gen_toks;
+          sample.temperature = 0.0f;
+          double matches = 0;
+          for (std::size_t first = 0; first < docs; first += options.batch_rows) {
+            const std::size_t n = std::min<std::size_t>(options.batch_rows, docs - first);
+            std::vector<std::vector<std::int32_t>> prompts;
+            for (std::size_t d = first; d < first + n; ++d) {
+              std::vector<std::int32_t> ids = encode(tokenizer, prompt_text(task, t, d, k));
+              if (ids.size() > room) {
+                ids.erase(ids.begin(), ids.end() - static_cast<std::ptrdiff_t>(room));
+                ++score.truncated;
+              }
+              if (ids.empty()) ids.push_back(eot);
+              prompts.push_back(std::move(ids));
+            }
+            const auto outputs = decoder->generate(prompts, sample, eot);
+            for (std::size_t i = 0; i < n; ++i) {
+              std::vector<std::uint32_t> ids(outputs[i].begin(), outputs[i].end());
+              report.generated_tokens += static_cast<std::int64_t>(ids.size());
+              std::string text = tokenizer.decode(ids);
+              for (const std::string& stop : task.until) {
+                const auto at = text.find(stop);
+                if (!stop.empty() && at != std::string::npos) text.resize(at);
+              }
+              matches += trim(text) == trim(task.target_text(t, task.docs[first + i]));
+            }
+          }
+          score.metrics = {{"exact_match", docs ? matches / docs : 0.0}};
+          report.gen_seconds += seconds_since(t0);
+        }
+        report.scores.push_back(std::move(score));
+      }
+  }
+  // The spread over templates of each task, metric and k.
+  std::map<std::tuple<std::string, std::string, int>, std::vector<double>> groups;
+  for (const EvalScore& s : report.scores)
+    for (const auto& [metric, value] : s.metrics) groups[{s.task, metric, s.k}].push_back(value);
+  for (const auto& [key, values] : groups) {
+    EvalSpread sp{std::get<0>(key), std::get<1>(key), std::get<2>(key), 0, 0, 0, 0, static_cast<int>(values.size())};
+    sp.mean = std::accumulate(values.begin(), values.end(), 0.0) / values.size();
+    double var = 0;
+    for (double v : values) var += (v - sp.mean) * (v - sp.mean);
+    sp.std = std::sqrt(var / values.size());
+    sp.min = *std::min_element(values.begin(), values.end());
+    sp.max = *std::max_element(values.begin(), values.end());
+    report.spreads.push_back(sp);
+  }
+  report.seconds = seconds_since(t_start);
+  return report;
+}
+
+nlohmann::json EvalReport::to_json() const {
+  nlohmann::json j;
+  j["scores"] = nlohmann::json::array();
+  for (const EvalScore& s : scores)
+    j["scores"].push_back({{"task", s.task}, {"cluster", s.cluster}, {"template", s.template_name},
+                           {"output_type", s.output_type}, {"k", s.k}, {"docs", s.docs},
+                           {"truncated", s.truncated}, {"metrics", s.metrics}});
+  j["spreads"] = nlohmann::json::array();
+  for (const EvalSpread& s : spreads)
+    j["spreads"].push_back({{"task", s.task}, {"metric", s.metric}, {"k", s.k}, {"templates", s.templates},
+                            {"mean", s.mean}, {"std", s.std}, {"min", s.min}, {"max", s.max}});
+  j["throughput"] = {{"seconds", seconds},
+                     {"multiple_choice_examples_per_s", mc_seconds > 0 ? mc_docs / mc_seconds : 0.0},
+                     {"generated_tokens_per_s", gen_seconds > 0 ? generated_tokens / gen_seconds : 0.0}};
+  return j;
+}
+
+std::string EvalReport::table() const {
+  std::string out = message("| task | template | k | docs | metric | value |\n|---|---|---|---|---|---|\n");
+  char value[32];
+  for (const EvalScore& s : scores)
+    for (const auto& [metric, v] : s.metrics) {
+      std::snprintf(value, sizeof value, "%.4f", v);
+      out += message("| ", s.task, " | ", s.template_name, " | ", s.k, " | ", s.docs, " | ", metric, " | ", value, " |\n");
+    }
+  out += "\n| task | metric | k | templates | mean | std | min | max |\n|---|---|---|---|---|---|---|---|\n";
+  for (const EvalSpread& s : spreads) {
+    char row[128];
+    std::snprintf(row, sizeof row, "%.4f | %.4f | %.4f | %.4f", s.mean, s.std, s.min, s.max);
+    out += message("| ", s.task, " | ", s.metric, " | ", s.k, " | ", s.templates, " | ", row, " |\n");
+  }
+  return out;
+}
+
+}  // namespace kiln

@@ -1,0 +1,212 @@
+// The evaluator: rank classification against a direct computation from the logits, scores that
+// do not depend on the batch size, stop strings in generation, and task files whose mistakes are
+// errors naming the file and the key.
+#include <gtest/gtest.h>
+
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "core/data/tokenizer.h"
+#include "core/eval/evaluator.h"
+#include "core/model/decode.h"
+#include "core/model/gpt.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+class EvalTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("kiln_eval_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ofstream docs(dir_ / "docs.jsonl");
+    docs << R"({"q": "2+2", "options": ["4", "five", "22"], "label": 0, "empty": ""})" << "\n"
+         << R"({"q": "color of sky", "options": ["blue", "green"], "label": [0, 1], "empty": ""})" << "\n"
+         << R"({"q": "first letter", "options": ["a", "b", "c", "d"], "label": "c", "empty": ""})" << "\n";
+    std::ofstream shots(dir_ / "shots.jsonl");
+    for (int i = 0; i < 5; ++i)
+      shots << R"({"q": "q)" << i << R"(", "options": ["x", "y"], "label": 1, "empty": ""})" << "\n";
+    shape_.n_layer = 2;
+    shape_.n_head = 2;
+    shape_.n_embd = 32;
+    shape_.context = 64;
+    shape_.vocab = tokenizer_->vocab_size();
+    shape_.padded_vocab = (shape_.vocab + 63) / 64 * 64;
+    shape_.attention_block = 16;
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string write(const std::string& name, const std::string& text) const {
+    std::ofstream(dir_ / name) << text;
+    return (dir_ / name).string();
+  }
+  std::string mc_task(const std::string& extra = "") const {
+    return write("mc.yaml", "task: quiz\ncluster: trivia\noutput_type: multiple_choice\ndataset: docs.jsonl\n"
+                            "fewshot_dataset: shots.jsonl\ndoc_to_choice: options\ndoc_to_target: label\n"
+                            "templates:\n  - {name: plain, doc_to_text: \"{q}\"}\n"
+                            "  - {name: qa, doc_to_text: \"Question: {q}\\nAnswer:\"}\n" + extra);
+  }
+  std::string error_of(const std::string& yaml) const {
+    try {
+      kiln::load_eval_tasks(write("bad.yaml", yaml));
+    } catch (const kiln::Error& e) {
+      return e.what();
+    }
+    return "no error";
+  }
+
+  fs::path dir_;
+  std::unique_ptr<kiln::Tokenizer> tokenizer_ = kiln::make_tokenizer("byte", "");
+  kiln::GptShape shape_;
+};
+
+}  // namespace
+
+// Each option's score is the sum over its tokens of log softmax(logits)[token], read here from
+// the logits of a plain forward pass over context + option; acc picks the best option, acc_norm
+// the best per character, several gold options allowed.
+TEST_F(EvalTest, RankClassificationEqualsADirectComputation) {
+  kiln::Gpt model(shape_);
+  model.init_weights(11, 0.5f);
+  const auto tasks = kiln::load_eval_tasks(mc_task("num_fewshot: [0, 2]\n"));
+  const kiln::EvalTask& task = tasks[0];
+  double acc = 0, acc_norm = 0;
+  const kiln::EvalTemplate& t = task.templates[1];
+  for (std::size_t d = 0; d < task.docs.size(); ++d) {
+    const std::string prompt = task.text(t, task.docs[d]);
+    const auto options = task.choices(t, task.docs[d]);
+    std::vector<double> direct;
+    std::vector<kiln::LoglikelihoodRequest> requests;
+    for (const std::string& option : options) {
+      std::vector<std::int32_t> ctx, cont;
+      for (auto id : tokenizer_->encode(prompt)) ctx.push_back(static_cast<std::int32_t>(id));
+      for (auto id : tokenizer_->encode(" " + option)) cont.push_back(static_cast<std::int32_t>(id));
+      requests.push_back({ctx, cont});
+      std::vector<std::int32_t> row = ctx;
+      row.insert(row.end(), cont.begin(), cont.end());
+      kiln::Batch b;
+      b.batch = 1;
+      b.seq_len = static_cast<int>(row.size()) - 1;
+      b.inputs.assign(row.begin(), row.end() - 1);
+      b.targets.assign(row.begin() + 1, row.end());
+      model.forward(b);
+      const float* logits = model.logits().f32();
+      double sum = 0;
+      for (std::size_t j = ctx.size() - 1; j + 1 < row.size(); ++j) {
+        const float* l = logits + j * shape_.padded_vocab;
+        double z = 0, m = -1e300;
+        for (int v = 0; v < shape_.vocab; ++v) m = std::max(m, static_cast<double>(l[v]));
+        for (int v = 0; v < shape_.vocab; ++v) z += std::exp(l[v] - m);
+        sum += l[row[j + 1]] - m - std::log(z);
+      }
+      direct.push_back(sum);
+    }
+    const std::vector<double> scored = kiln::loglikelihoods(model, requests, 2);
+    for (std::size_t i = 0; i < options.size(); ++i) EXPECT_NEAR(scored[i], direct[i], 1e-4) << d << " " << i;
+    const auto gold = task.gold(t, task.docs[d]);
+    std::size_t best = 0, best_norm = 0;
+    for (std::size_t i = 1; i < options.size(); ++i) {
+      if (direct[i] > direct[best]) best = i;
+      if (direct[i] / (options[i].size() + 1) > direct[best_norm] / (options[best_norm].size() + 1)) best_norm = i;
+    }
+    acc += std::count(gold.begin(), gold.end(), static_cast<int>(best)) > 0;
+    acc_norm += std::count(gold.begin(), gold.end(), static_cast<int>(best_norm)) > 0;
+  }
+  const kiln::EvalReport report = kiln::evaluate(model, *tokenizer_, tasks, {});
+  ASSERT_EQ(report.scores.size(), 4u);  // 2 templates x k in {0, 2}
+  const kiln::EvalScore& qa0 = report.scores[2];
+  EXPECT_EQ(qa0.template_name, "qa");
+  EXPECT_EQ(qa0.k, 0);
+  EXPECT_DOUBLE_EQ(qa0.metrics.at("acc"), acc / 3);
+  EXPECT_DOUBLE_EQ(qa0.metrics.at("acc_norm"), acc_norm / 3);
+  // The spread over the two templates, per metric and k.
+  ASSERT_EQ(report.spreads.size(), 4u);
+  for (const kiln::EvalSpread& s : report.spreads) {
+    EXPECT_EQ(s.templates, 2);
+    EXPECT_LE(s.min, s.mean);
+    EXPECT_GE(s.max, s.mean);
+    EXPECT_NEAR(s.std, (s.max - s.min) / 2, 1e-12);  // two values
+  }
+}
+
+// Scores are the same whatever the batch size (each request in its own row).
+TEST_F(EvalTest, ScoresDoNotDependOnTheBatchSize) {
+  kiln::Gpt model(shape_);
+  model.init_weights(12, 0.5f);
+  const auto tasks = kiln::load_eval_tasks(mc_task("num_fewshot: [0, 3]\n"));
+  std::vector<kiln::LoglikelihoodRequest> requests;
+  for (int i = 0; i < 11; ++i) {
+    std::vector<std::int32_t> ctx(3 + i * 3), cont(1 + i % 4);
+    for (std::size_t j = 0; j < ctx.size(); ++j) ctx[j] = static_cast<std::int32_t>((i * 31 + j * 7) % 256);
+    for (std::size_t j = 0; j < cont.size(); ++j) cont[j] = static_cast<std::int32_t>((i + j * 13) % 256);
+    requests.push_back({ctx, cont});
+  }
+  const std::vector<double> one = kiln::loglikelihoods(model, requests, 1);
+  for (int rows : {2, 5, 16}) {
+    const std::vector<double> many = kiln::loglikelihoods(model, requests, rows);
+    for (std::size_t i = 0; i < one.size(); ++i) EXPECT_NEAR(many[i], one[i], 1e-5 * std::abs(one[i])) << rows << " " << i;
+  }
+  kiln::EvalOptions a, b;
+  a.batch_rows = 1;
+  b.batch_rows = 7;
+  const auto ra = kiln::evaluate(model, *tokenizer_, tasks, a).to_json()["scores"];
+  const auto rb = kiln::evaluate(model, *tokenizer_, tasks, b).to_json()["scores"];
+  EXPECT_EQ(ra, rb);
+}
+
+// Generation stops at a stop string: with the first character the model generates as the stop
+// string, the answer is empty and matches an empty gold answer; without it, it does not.
+TEST_F(EvalTest, GenerationCutsAtStopStringsAndTrims) {
+  // A random model (the first seed whose greedy answer to "2+2" starts with a letter or digit).
+  kiln::Gpt model(shape_);
+  kiln::SampleOptions greedy;
+  greedy.temperature = 0.0f;
+  greedy.max_tokens = 4;
+  std::vector<std::int32_t> prompt;
+  for (auto id : tokenizer_->encode("2+2")) prompt.push_back(static_cast<std::int32_t>(id));
+  std::string first;
+  for (std::uint64_t seed = 13; seed < 400 && first.empty(); ++seed) {
+    model.init_weights(seed, 0.5f);
+    kiln::Decoder decoder(model);
+    const auto out = decoder.generate({prompt}, greedy, static_cast<std::int32_t>(tokenizer_->eot()));
+    if (!out[0].empty() && out[0][0] < 128 && std::isalnum(out[0][0])) first = std::string(1, static_cast<char>(out[0][0]));
+  }
+  ASSERT_FALSE(first.empty());
+  nlohmann::json stop = nlohmann::json::array({first});
+  const std::string gen = "task: g\noutput_type: generate_until\ndataset: docs.jsonl\ndoc_to_text: \"{q}\"\n"
+                          "doc_to_target: \"{empty}\"\ngeneration: {max_gen_toks: 4";
+  auto exact = [&](const std::string& yaml) {
+    kiln::EvalOptions o;
+    o.limit = 1;
+    return kiln::evaluate(model, *tokenizer_, kiln::load_eval_tasks(write("gen.yaml", yaml)), o).scores[0].metrics.at("exact_match");
+  };
+  EXPECT_EQ(exact(gen + ", until: " + stop.dump() + "}\n"), 1.0);
+  EXPECT_EQ(exact(gen + "}\n"), 0.0);
+}
+
+TEST_F(EvalTest, BadTaskFilesNameTheFileAndTheKey) {
+  const std::string ok = "task: quiz\noutput_type: multiple_choice\ndataset: docs.jsonl\ndoc_to_choice: options\n"
+                         "doc_to_target: label\ndoc_to_text: \"{q}\"\n";
+  EXPECT_EQ(error_of(ok), "no error");
+  std::string e = error_of(ok + "shots: 2\n");
+  EXPECT_NE(e.find("bad.yaml:7"), std::string::npos) << e;
+  EXPECT_NE(e.find("no field 'shots'"), std::string::npos) << e;
+  e = error_of("task: quiz\noutput_type: multiple_choice\ndataset: docs.jsonl\ndoc_to_choice: options\n"
+               "doc_to_target: label\ndoc_to_text: \"{question}\"\n");
+  EXPECT_NE(e.find("docs.jsonl:1"), std::string::npos) << e;
+  EXPECT_NE(e.find("'question'"), std::string::npos) << e;
+  e = error_of(ok + "fewshot_dataset: shots.jsonl\nnum_fewshot: [0, 6]\n");
+  EXPECT_NE(e.find("num_fewshot 6 is larger than the 5 exemplars"), std::string::npos) << e;
+  e = error_of("task: quiz\noutput_type: multiple_choice\ndataset: docs.jsonl\ndoc_to_choice: choices\n"
+               "doc_to_target: label\ndoc_to_text: \"{q}\"\n");
+  EXPECT_NE(e.find("'choices'"), std::string::npos) << e;
+  e = error_of("task: quiz\noutput_type: ranking\ndataset: docs.jsonl\ndoc_to_text: \"{q}\"\n");
+  EXPECT_NE(e.find("output_type 'ranking'"), std::string::npos) << e;
+  e = error_of("task: quiz\noutput_type: multiple_choice\ndataset: nowhere.jsonl\n");
+  EXPECT_NE(e.find("nowhere.jsonl does not exist"), std::string::npos) << e;
+}
