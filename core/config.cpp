@@ -583,6 +583,10 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
                  " (token shards) are set; keep one: data.corpus=\"\" to train on the shards, or ",
                  other, "=\"\" to train on the corpus"));
   }
+  if (!c.train.eval_tasks.empty() && c.parallel.tp > 1)
+    fail(set_at("train.eval_tasks"), message("train.eval_tasks decodes on one model replica, which parallel.tp=",
+                                             c.parallel.tp, " splits; set train.eval_tasks=\"\" and score the checkpoints "
+                                             "with kiln eval"));
   if (c.train.stage == "sft") {
     if (c.data.mixture.empty())
       fail(set_at("train.stage"), message("train.stage=sft tunes on the responses of a task mixture: set "

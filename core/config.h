@@ -100,6 +100,10 @@ struct TrainConfig {
   std::uint64_t seed = 1337;
   int eval_every = 100;       // 0 disables periodic validation
   int eval_batches = 10;
+  // Evaluation task files (comma-separated; core/eval/task.h) scored by the main rank at every
+  // validation, logged to metrics.jsonl ("": none), on the first eval_limit documents (0: all).
+  std::string eval_tasks;
+  int eval_limit = 0;
   std::string run_dir = "runs/default";
   int threads = 0;            // 0: all cores
   std::string stage = "pretrain";  // pretrain | sft

@@ -166,6 +166,11 @@ void train_keys(Schema& s) {
       .key("eval_every", &TrainConfig::eval_every, at_least(0),
            "steps between validations; 0 disables")
       .key("eval_batches", &TrainConfig::eval_batches, at_least(1), "micro-batches per validation")
+      .key("eval_tasks", &TrainConfig::eval_tasks, Limits(),
+           "evaluation task files, comma-separated (docs/evaluation.md), scored at every validation and logged "
+           "(\"\": none; relative to the config file; needs parallel.tp=1)")
+      .path(PathBase::config_file, true)
+      .key("eval_limit", &TrainConfig::eval_limit, at_least(0), "eval_tasks: documents scored per task; 0: all")
       .key("run_dir", &TrainConfig::run_dir, not_empty(),
            "folder for checkpoints, logs and the resolved config.yaml (relative to the working directory)")
       .path(PathBase::working_dir)

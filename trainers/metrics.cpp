@@ -82,6 +82,17 @@ void MetricsLog::validation(std::int64_t step, double val_loss, const std::map<s
   std::fflush(stdout);
 }
 
+void MetricsLog::evaluation(std::int64_t step, const EvalReport& report) {
+  const nlohmann::json j = report.to_json();
+  append({{"step", step}, {"eval_scores", j["scores"]}, {"eval_spreads", j["spreads"]}, {"eval_seconds", report.seconds}});
+  if (!console_) return;
+  clear_bar();
+  for (const EvalSpread& s : report.spreads)
+    std::printf("step %6lld | eval %s %s k=%d: %.4f (templates %d: min %.4f, max %.4f)\n", static_cast<long long>(step),
+                s.task.c_str(), s.metric.c_str(), s.k, s.mean, s.templates, s.min, s.max);
+  std::fflush(stdout);
+}
+
 void MetricsLog::note(const std::string& text) {
   if (!console_) return;
   clear_bar();

@@ -10,6 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/eval/evaluator.h"
+
 namespace kiln {
 
 struct StepRecord {
@@ -38,6 +40,8 @@ class MetricsLog {
   void step(const StepRecord& record);
   // The validation loss, and per task where the stage has tasks (jsonl "val_loss_by_task").
   void validation(std::int64_t step, double val_loss, const std::map<std::string, double>& by_task = {});
+  // train.eval_tasks' scores (jsonl "eval_scores", "eval_spreads"; a console line per spread).
+  void evaluation(std::int64_t step, const EvalReport& report);
   void note(const std::string& text);  // a console line (not in the jsonl)
 
  private:

@@ -18,15 +18,13 @@ PackOptions pack_options(const ExperimentConfig& config, const Tokenizer& tokeni
   return o;
 }
 
-// Every example of one pass of the mixture at `path`, rendered, in the mixture's order, with the
-// task of each.
+// Every example of one pass of a mixture, rendered, in the mixture's order, with the task of each.
 struct Rendered {
   std::vector<Example> examples;
   std::vector<std::string> tasks;
 };
 
-Rendered render_mixture(const std::string& path, const Tokenizer& tokenizer) {
-  const MixtureConfig mixture_config = MixtureConfig::load(path);
+Rendered render_mixture(const MixtureConfig& mixture_config, const std::string& path, const Tokenizer& tokenizer) {
   const InstructMixture mixture(mixture_config, tokenizer);
   Rendered r;
   r.examples.reserve(mixture.size());
@@ -55,7 +53,9 @@ SftStage::SftStage(const ExperimentConfig& config, int replica, int replicas)
   const PackOptions options = pack_options(config, *tokenizer);
   const int rows_multiple = micro_batch_ * replicas_;
 
-  Rendered train = render_mixture(config.data.mixture, *tokenizer);
+  const MixtureConfig mixture = MixtureConfig::load(config.data.mixture);
+  split_ = mixture.split_record();
+  Rendered train = render_mixture(mixture, config.data.mixture, *tokenizer);
   train_examples_ = static_cast<std::int64_t>(train.examples.size());
   std::map<std::string, std::int64_t> per_task;
   for (const std::string& t : train.tasks) ++per_task[t];
@@ -65,9 +65,18 @@ SftStage::SftStage(const ExperimentConfig& config, int replica, int replicas)
                      " packed into ", train_.batch.batch, " rows of ", train_.batch.seq_len, " tokens (",
                      response_tokens(train_.batch), " response tokens, ",
                      cells > 0 ? 100 * train_.pad_tokens / cells : 0, "% padding)");
+  if (!mixture.held_out.empty()) {
+    std::string held;
+    for (const MixtureTask& t : mixture.held_out) held += (held.empty() ? "" : ", ") + t.name;
+    summary_ += message("\nheld out (clusters ", split_["holdout_clusters"].dump(), "): ", held);
+    for (const auto& [task, why] : mixture.dropped) summary_ += message("\ndropped from training: ", task, " (", why, ")");
+  }
 
   if (!config.data.val_mixture.empty()) {
-    Rendered val = render_mixture(config.data.val_mixture, *tokenizer);
+    // Validation scores every task of its mixture, held-out ones included (their zero-shot loss).
+    MixtureConfig val_mixture = MixtureConfig::load(config.data.val_mixture);
+    val_mixture.tasks.insert(val_mixture.tasks.end(), val_mixture.held_out.begin(), val_mixture.held_out.end());
+    Rendered val = render_mixture(val_mixture, config.data.val_mixture, *tokenizer);
     std::map<std::string, std::vector<Example>> by_task;
     for (std::size_t i = 0; i < val.examples.size(); ++i) by_task[val.tasks[i]].push_back(std::move(val.examples[i]));
     std::int64_t n = 0;

@@ -31,6 +31,7 @@ class SftStage : public Stage {
   nlohmann::json state() const override;
   void restore(const nlohmann::json& state) override;
   std::string describe() const override;
+  nlohmann::json record() const override { return {{"stage", "sft"}, {"mixture", split_}}; }
 
   // The packed training rows of one pass (all replicas'), for tests and tools.
   const Packed& train_rows() const { return train_; }
@@ -51,6 +52,7 @@ class SftStage : public Stage {
   std::vector<ValTask> val_;
   std::map<std::string, double> task_losses_;
   std::string summary_;
+  nlohmann::json split_;  // trained, held-out and dropped tasks (MixtureConfig::split_record)
 };
 
 }  // namespace kiln

@@ -59,6 +59,9 @@ class Stage {
   virtual void restore(const nlohmann::json& state) = 0;
   // One line describing the stage's data, for the run summary.
   virtual std::string describe() const = 0;
+  // What the run folder records of the stage's data as stage.json (sft: the tasks trained,
+  // held out and dropped), or null for nothing.
+  virtual nlohmann::json record() const { return nullptr; }
 };
 
 // The stage named by train.stage, reading replica `replica` of `replicas` disjoint slices of the

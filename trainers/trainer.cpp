@@ -20,6 +20,7 @@
 #include "core/checkpoint/model_io.h"
 #include "core/checkpoint/run_dir.h"
 #include "core/data/corpus_cache.h"
+#include "core/eval/evaluator.h"
 #include "kernels/device.h"
 #include "parallel/nccl_communicator.h"
 #include "parallel/tensor_parallel_group.h"
@@ -255,6 +256,16 @@ Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext&
     device_used_at_start_ = total_bytes - free_bytes;
   }
   stage_ = make_stage(with_corpus_shards(config_), parallel_.dp_rank, parallel_.dims.dp);
+  if (!config_.train.eval_tasks.empty()) {  // read now, so a bad task file stops the run before step 1
+    std::string files = config_.train.eval_tasks;
+    for (std::size_t start = 0; start <= files.size();) {
+      const std::size_t end = std::min(files.find(',', start), files.size());
+      if (end > start)
+        for (EvalTask& t : load_eval_tasks(files.substr(start, end - start))) eval_tasks_.push_back(std::move(t));
+      start = end + 1;
+    }
+    eval_tokenizer_ = make_tokenizer(config_.data.tokenizer, config_.data.tokenizer_dir);
+  }
   if (parallel_.dims.tp > 1) tp_ops_ = std::make_unique<TensorParallelGroup>(*parallel_.tp);
   model_ = std::make_unique<Gpt>(GptShape::from_config(config_.model, stage_->vocab_size(),
                                                        parallel_.dims.tp, parallel_.tp_rank),
@@ -479,6 +490,19 @@ AdamW::StepStats Trainer::optimizer_step(float lr) {
   return optimizer_->step(lr, grads.f32(), norm);
 }
 
+// train.eval_tasks: the main rank scores the tasks with the model as it is (tp 1: every rank
+// holds the whole model) and logs them; the other ranks wait for it.
+void Trainer::evaluate_tasks(std::int64_t step, MetricsLog* log) {
+  if (parallel_.is_main()) {
+    EvalOptions options;
+    options.limit = config_.train.eval_limit;
+    options.batch_rows = config_.train.micro_batch;
+    const EvalReport report = evaluate(*model_, *eval_tokenizer_, eval_tasks_, options);
+    if (log) log->evaluation(step, report);
+  }
+  parallel_.world->barrier();
+}
+
 PeakFlops Trainer::job_peak_flops() const {
   const bool bf16 = model_->shape().bf16_matmul || model_->shape().bf16;
   const int world = parallel_.dims.world;
@@ -507,6 +531,8 @@ TrainResult Trainer::run() {
   start_or_resume();
   if (main) fs::create_directories(config_.train.run_dir);  // resuming into a new folder
   if (main) write_file_atomic(config_.train.run_dir + "/config.yaml", to_yaml(config_));
+  if (const nlohmann::json record = stage_->record(); main && !record.is_null())
+    write_file_atomic(config_.train.run_dir + "/stage.json", record.dump(1) + "\n");
   const GptShape& shape = model_->shape();
   const std::int64_t max_steps = config_.train.max_steps;
   const int dp = parallel_.dims.dp;
@@ -592,6 +618,7 @@ TrainResult Trainer::run() {
         result.last_val_loss = val;
         if (log) log->validation(step, *val, stage_->task_losses());
       }
+      if (!eval_tasks_.empty()) evaluate_tasks(step, log.get());
     }
     if ((config_.checkpoint.every > 0 && step % config_.checkpoint.every == 0) || step == max_steps) {
       save_checkpoint(step);

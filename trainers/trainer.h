@@ -12,12 +12,18 @@
 #include <vector>
 
 #include "core/config.h"
+#include "core/data/tokenizer.h"
+#include "core/eval/task.h"
 #include "core/model/gpt.h"
 #include "core/optim/adamw.h"
 #include "parallel/grad_sync.h"
 #include "parallel/layout.h"
 #include "parallel/tensor_parallel_group.h"
 #include "trainers/stage.h"
+
+namespace kiln {
+class MetricsLog;
+}
 
 namespace kiln {
 
@@ -84,6 +90,10 @@ class Trainer {
   ParallelContext owned_parallel_;  // for the one-process constructor
   ParallelContext& parallel_;
   std::unique_ptr<Stage> stage_;
+  // train.eval_tasks: the tasks and the tokenizer they are encoded with (empty: none).
+  std::vector<EvalTask> eval_tasks_;
+  std::unique_ptr<Tokenizer> eval_tokenizer_;
+  void evaluate_tasks(std::int64_t step, MetricsLog* log);
   std::unique_ptr<TensorParallelGroup> tp_ops_;  // the model's tensor-parallel group (tp > 1)
   std::unique_ptr<Gpt> model_;
   std::unique_ptr<AdamW> optimizer_;    // the whole model, or this rank's slice (ZeRO-1)

@@ -406,7 +406,7 @@ MixtureConfig MixtureConfig::load(const std::string& path) {
     throw Error(message(path, ": cannot read the mixture (", e.what(), ")"));
   }
   KILN_CHECK(root.IsMap() && root["tasks"] && root["tasks"].IsSequence(), path, ": a mixture needs a 'tasks' list");
-  check_keys(root, {"seed", "skip_bad_records", "tasks"}, path);
+  check_keys(root, {"seed", "skip_bad_records", "tasks", "holdout_clusters", "related_clusters"}, path);
   MixtureConfig config;
   if (root["seed"]) config.seed = root["seed"].as<std::uint64_t>();
   if (root["skip_bad_records"]) config.skip_bad_records = root["skip_bad_records"].as<bool>();
@@ -415,9 +415,10 @@ MixtureConfig MixtureConfig::load(const std::string& path) {
   std::set<std::string> names;
   for (const auto& node : root["tasks"]) {
     const std::string ctx = message(path, " task ", config.tasks.size());
-    check_keys(node, {"name", "file", "templates", "weight", "cap", "k_shot"}, ctx);
+    check_keys(node, {"name", "cluster", "file", "templates", "weight", "cap", "k_shot"}, ctx);
     MixtureTask task;
     task.name = yaml_string(node, "name", ctx);
+    if (node["cluster"]) task.cluster = yaml_string(node, "cluster", ctx);
     task.file = resolve(yaml_string(node, "file", ctx));
     if (node["templates"]) task.templates = resolve(node["templates"].as<std::string>());
     if (node["weight"]) task.weight = node["weight"].as<double>();
@@ -429,7 +430,66 @@ MixtureConfig MixtureConfig::load(const std::string& path) {
     KILN_CHECK(task.k_shot >= 0, ctx, " (", task.name, "): k_shot=", task.k_shot, " must be >= 0");
     config.tasks.push_back(task);
   }
+  // The held-out protocol: the clusters held out (with their related groups), their tasks, and
+  // the training tasks that would leak them.
+  std::set<std::string> clusters, held;
+  for (const MixtureTask& t : config.tasks) clusters.insert(t.cluster);
+  if (const YAML::Node h = root["holdout_clusters"]) {
+    KILN_CHECK(h.IsSequence(), path, ":", h.Mark().line + 1, ": holdout_clusters must be a list of cluster names");
+    for (const auto& c : h) {
+      const std::string name = c.as<std::string>();
+      if (!clusters.count(name) || name.empty()) {
+        std::string known;
+        for (const auto& k : clusters)
+          if (!k.empty()) known += (known.empty() ? "" : ", ") + k;
+        throw Error(message(path, ":", c.Mark().line + 1, ": holdout_clusters names '", name,
+                            "', which no task has as its cluster (the clusters are: ", known.empty() ? "none" : known, ")"));
+      }
+      held.insert(name);
+    }
+  }
+  if (const YAML::Node groups = root["related_clusters"]) {
+    KILN_CHECK(groups.IsSequence(), path, ":", groups.Mark().line + 1, ": related_clusters must be a list of lists of clusters");
+    for (std::size_t before = 0; before != held.size();) {  // until no group adds a cluster
+      before = held.size();
+      for (const auto& g : groups) {
+        KILN_CHECK(g.IsSequence(), path, ":", g.Mark().line + 1, ": each related_clusters entry is a list of clusters");
+        bool any = false;
+        for (const auto& c : g) any = any || held.count(c.as<std::string>());
+        if (any)
+          for (const auto& c : g) held.insert(c.as<std::string>());
+      }
+    }
+  }
+  config.holdout_clusters.assign(held.begin(), held.end());
+  if (!held.empty()) {
+    std::vector<MixtureTask> trained;
+    for (const MixtureTask& t : config.tasks) (held.count(t.cluster) ? config.held_out : trained).push_back(t);
+    config.tasks.clear();
+    for (const MixtureTask& t : trained) {
+      std::string why;
+      for (const MixtureTask& h : config.held_out) {
+        if (t.file == h.file) why = message("its data file ", t.file, " is also held-out task ", h.name, "'s");
+        if (t.name == h.name) why = message("held-out cluster ", h.cluster, " has a task of the same name");
+      }
+      if (why.empty())
+        config.tasks.push_back(t);
+      else
+        config.dropped.push_back({t.name, why});
+    }
+    KILN_CHECK(!config.tasks.empty(), path, ": holding out ", config.holdout_clusters.size(),
+               " cluster(s) leaves no task to train on");
+  }
   return config;
+}
+
+nlohmann::json MixtureConfig::split_record() const {
+  nlohmann::json j = {{"holdout_clusters", holdout_clusters}, {"trained", nlohmann::json::array()},
+                      {"held_out", nlohmann::json::array()}, {"dropped", nlohmann::json::array()}};
+  for (const MixtureTask& t : tasks) j["trained"].push_back({{"task", t.name}, {"cluster", t.cluster}, {"file", t.file}});
+  for (const MixtureTask& t : held_out) j["held_out"].push_back({{"task", t.name}, {"cluster", t.cluster}, {"file", t.file}});
+  for (const auto& [task, why] : dropped) j["dropped"].push_back({{"task", task}, {"why", why}});
+  return j;
 }
 
 InstructMixture::InstructMixture(const MixtureConfig& config, const Tokenizer& tokenizer) {

@@ -180,6 +180,7 @@ class InstructRenderer {
 // kept record twice, each time with a fresh template draw); the pass is shuffled by the seed.
 struct MixtureTask {
   std::string name;
+  std::string cluster;    // the task cluster ("": none), for the held-out protocol
   std::string file;
   std::string templates;  // empty: TemplateSet::builtin()
   double weight = 1.0;
@@ -187,11 +188,21 @@ struct MixtureTask {
   int k_shot = 0;
 };
 
+// FLAN's held-out protocol, in the mixture file:
+//   holdout_clusters: [nli]                       # never trained on (evaluated zero-shot)
+//   related_clusters: [[nli, paraphrase]]         # holding out one holds out the group
+// tasks then holds the trained tasks only; a task whose name or data file is also a held-out
+// task's is dropped from training (it would leak the held-out data), and listed in `dropped`.
 struct MixtureConfig {
   std::uint64_t seed = 0;
   bool skip_bad_records = false;
-  std::vector<MixtureTask> tasks;
+  std::vector<MixtureTask> tasks;     // trained
+  std::vector<std::string> holdout_clusters;  // as given, and the related clusters they pull in
+  std::vector<MixtureTask> held_out;  // tasks of held-out clusters
+  std::vector<std::pair<std::string, std::string>> dropped;  // (task, why) removed from training
   static MixtureConfig load(const std::string& path);
+  // What was trained, held out and dropped, for the run folder.
+  nlohmann::json split_record() const;
 };
 
 class InstructMixture {

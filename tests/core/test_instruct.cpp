@@ -232,6 +232,52 @@ TEST(Instruct, MixtureAppliesCapsWeightsAndIsDeterministic) {
   EXPECT_NE(error_of([&] { kiln::MixtureConfig::load(bad); }).find("'wieght'"), std::string::npos);
 }
 
+// FLAN's held-out protocol: held-out clusters (with their related group) never reach the
+// training examples; a training task sharing a held-out task's data file is dropped; a held-out
+// cluster no task has is an error naming the file and line.
+TEST(Instruct, HeldOutClustersNeverReachTraining) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / "kiln_test_instruct_holdout";
+  fs::create_directories(dir);
+  for (const char* name : {"a1", "a2", "b1", "d1"}) {
+    std::ofstream out(dir / (std::string(name) + ".jsonl"));
+    for (int i = 0; i < 4; ++i)
+      out << R"({"prompt": "task )" << name << " item " << i << R"(", "completion": "answer )" << name << R"("})" << "\n";
+  }
+  const std::string tasks = "tasks:\n"
+                            "  - {name: a1, cluster: A, file: a1.jsonl}\n"
+                            "  - {name: a2, cluster: A, file: a2.jsonl}\n"
+                            "  - {name: b1, cluster: B, file: b1.jsonl}\n"
+                            "  - {name: c1, cluster: C, file: b1.jsonl}\n"  // B's data under another cluster
+                            "  - {name: d1, cluster: D, file: d1.jsonl}\n";
+  std::ofstream(dir / "mix.yaml") << "seed: 1\nholdout_clusters: [B]\nrelated_clusters: [[B, D]]\n" << tasks;
+  const kiln::MixtureConfig config = kiln::MixtureConfig::load((dir / "mix.yaml").string());
+  std::set<std::string> trained, held;
+  for (const auto& t : config.tasks) trained.insert(t.name);
+  for (const auto& t : config.held_out) held.insert(t.name);
+  EXPECT_EQ(trained, (std::set<std::string>{"a1", "a2"}));
+  EXPECT_EQ(held, (std::set<std::string>{"b1", "d1"}));
+  ASSERT_EQ(config.dropped.size(), 1u);
+  EXPECT_EQ(config.dropped[0].first, "c1");
+  EXPECT_EQ(config.holdout_clusters, (std::vector<std::string>{"B", "D"}));
+  auto tok = kiln::make_tokenizer("byte");
+  const kiln::InstructMixture mixture(config, *tok);
+  ASSERT_EQ(mixture.size(), 8u);
+  for (std::size_t i = 0; i < mixture.size(); ++i) {
+    const std::string text = decode(*tok, mixture.example(i).ids);
+    EXPECT_EQ(text.find("b1"), std::string::npos) << text;
+    EXPECT_EQ(text.find("d1"), std::string::npos) << text;
+  }
+  const nlohmann::json record = config.split_record();
+  EXPECT_EQ(record["held_out"].size(), 2u);
+  EXPECT_EQ(record["dropped"][0]["task"], "c1");
+  std::ofstream(dir / "bad.yaml") << "seed: 1\nholdout_clusters: [B, Z]\n" << tasks;
+  const std::string e = error_of([&] { kiln::MixtureConfig::load((dir / "bad.yaml").string()); });
+  EXPECT_NE(e.find("bad.yaml:2"), std::string::npos) << e;
+  EXPECT_NE(e.find("'Z', which no task has as its cluster"), std::string::npos) << e;
+  fs::remove_all(dir);
+}
+
 // ---- packing ---------------------------------------------------------------------------------
 
 namespace {

@@ -12,6 +12,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/config.h"
+#include "core/data/tokenizer.h"
+#include "core/eval/evaluator.h"
 #include "core/model/gpt.h"
 #include "trainers/sft.h"
 #include "trainers/trainer.h"
@@ -181,6 +183,73 @@ TEST_F(SftTest, TunesValidatesPerTaskResumesAndInitsFrom) {
   again.train.max_steps = 1;
   const kiln::TrainResult from_tuned = kiln::Trainer(again, quiet).run();
   EXPECT_LT(from_tuned.losses.front(), 0.6 * full.losses.front());
+}
+
+// train.eval_tasks: the evaluator runs at every validation and its scores go to metrics.jsonl;
+// the last ones equal kiln::evaluate on the trained model.
+TEST_F(SftTest, EvaluatesTasksAtEveryValidation) {
+  std::ofstream(dir_ / "eval.yaml") << "task: reverse\ncluster: strings\noutput_type: generate_until\n"
+                                       "dataset: reverse_val.jsonl\ndoc_to_target: \"{output}\"\n"
+                                       "templates:\n  - {name: seen, doc_to_text: \"{instruction}\\n\"}\n"
+                                       "  - {name: unseen, doc_to_text: \"Please {instruction}.\\n\"}\n"
+                                       "generation: {until: [\"\\n\"], max_gen_toks: 8}\n";
+  kiln::ExperimentConfig c = config("eval");
+  c.train.max_steps = 30;
+  c.train.eval_every = 15;
+  c.train.eval_tasks = (dir_ / "eval.yaml").string();
+  kiln::TrainOptions quiet;
+  quiet.quiet = true;
+  kiln::Trainer trainer(c, quiet);
+  trainer.run();
+  std::ifstream metrics(c.train.run_dir + "/metrics.jsonl");
+  std::string line;
+  std::vector<nlohmann::json> evals;
+  while (std::getline(metrics, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("eval_scores")) evals.push_back(j);
+  }
+  ASSERT_EQ(evals.size(), 2u);
+  EXPECT_EQ(evals[1]["step"], 30);
+  ASSERT_EQ(evals[1]["eval_scores"].size(), 2u);  // two templates, k = 0
+  ASSERT_EQ(evals[1]["eval_spreads"].size(), 1u);
+  const auto tokenizer = kiln::make_tokenizer("byte", "");
+  const kiln::EvalReport direct =
+      kiln::evaluate(trainer.model(), *tokenizer, kiln::load_eval_tasks((dir_ / "eval.yaml").string()), {});
+  EXPECT_EQ(evals[1]["eval_scores"], direct.to_json()["scores"]);
+}
+
+// A held-out cluster never reaches the training rows; the run folder records what was trained
+// and held out; validation still scores the held-out task (zero-shot).
+TEST_F(SftTest, HeldOutClusterStaysOutOfTrainingAndIsRecorded) {
+  for (const char* split : {"train", "val"})
+    std::ofstream(dir_ / (std::string("holdout_") + split + ".yaml"))
+        << "seed: 7\nholdout_clusters: [case]\ntasks:\n"
+        << "  - {name: reverse, cluster: order, file: reverse_" << split << ".jsonl, templates: templates.yaml}\n"
+        << "  - {name: upper, cluster: case, file: upper_" << split << ".jsonl, templates: templates.yaml}\n";
+  kiln::ExperimentConfig c = config("holdout");
+  c.data.mixture = (dir_ / "holdout_train.yaml").string();
+  c.data.val_mixture = (dir_ / "holdout_val.yaml").string();
+  c.train.max_steps = 2;
+  c.train.eval_every = 2;
+  {
+    const kiln::SftStage stage(c, 0, 1);
+    const kiln::Batch& b = stage.train_rows().batch;
+    EXPECT_EQ(stage.train_rows().placements.size(), 150u);  // reverse only
+    std::vector<std::uint32_t> ids(b.inputs.begin(), b.inputs.end());
+    EXPECT_EQ(kiln::make_tokenizer("byte", "")->decode(ids).find("upper"), std::string::npos);
+  }
+  kiln::TrainOptions quiet;
+  quiet.quiet = true;
+  kiln::Trainer(c, quiet).run();
+  std::ifstream in(c.train.run_dir + "/stage.json");
+  const nlohmann::json record = nlohmann::json::parse(in);
+  EXPECT_EQ(record["mixture"]["trained"][0]["task"], "reverse");
+  EXPECT_EQ(record["mixture"]["held_out"][0]["task"], "upper");
+  std::ifstream metrics(c.train.run_dir + "/metrics.jsonl");
+  std::string line, last_val;
+  while (std::getline(metrics, line))
+    if (line.find("val_loss_by_task") != std::string::npos) last_val = line;
+  EXPECT_NE(last_val.find("\"upper\""), std::string::npos) << last_val;
 }
 
 TEST_F(SftTest, ConfigErrorsNameTheKeys) {
