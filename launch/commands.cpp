@@ -13,6 +13,7 @@
 #include "core/data/bpe_train.h"
 #include "core/data/tokenizer.h"
 #include "core/eval/evaluator.h"
+#include "core/eval/suite.h"
 #include "kernels/device.h"
 #include "parallel/layout.h"
 #include "trainers/trainer.h"
@@ -208,6 +209,14 @@ int eval(const EvalArgs& args) {
   if (report.mc_docs > 0) speed += message(", multiple choice ", report.mc_docs / report.mc_seconds, " examples/s");
   if (report.generated_tokens > 0) speed += message(", generation ", report.generated_tokens / report.gen_seconds, " tokens/s");
   std::printf("%.1f s%s; results: %s\n", report.seconds, speed.c_str(), out.c_str());
+  return 0;
+}
+
+int tasks(const TasksArgs& args) {
+  const auto files = write_task_suite(args.dir, args.seed, {args.train, args.val, args.test});
+  std::printf("wrote %zu files to %s: 12 tasks in the clusters", files.size(), args.dir.c_str());
+  for (const std::string& c : suite_clusters()) std::printf(" %s", c.c_str());
+  std::printf(" (records, seen templates, evaluation task files, mixtures)\n");
   return 0;
 }
 

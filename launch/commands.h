@@ -58,6 +58,13 @@ struct EvalArgs {
 };
 int eval(const EvalArgs& args);
 
+struct TasksArgs {
+  std::string dir;
+  std::uint64_t seed = 1234;
+  int train = 400, val = 50, test = 100;  // records per task and split
+};
+int tasks(const TasksArgs& args);
+
 struct LayoutArgs {
   AttentionPattern pattern;
   std::int64_t seq_len = 1024;

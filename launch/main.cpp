@@ -123,6 +123,14 @@ int main(int argc, char** argv) {
   eval->add_option("--device", eval_args.device, "Where to score: cpu | cuda")->capture_default_str();
   eval->add_option("--tokenizer-dir", eval_args.tokenizer_dir, "gpt2: folder holding encoder.json and vocab.bpe");
 
+  kiln::cli::TasksArgs tasks_args;
+  auto* tasks = app.add_subcommand("tasks", "Write the built-in synthetic task suite (12 tasks, 4 clusters)");
+  tasks->add_option("dir", tasks_args.dir, "Folder to write")->required();
+  tasks->add_option("--seed", tasks_args.seed, "Seed of the records")->capture_default_str();
+  tasks->add_option("--train", tasks_args.train, "Training records per task")->capture_default_str();
+  tasks->add_option("--val", tasks_args.val, "Validation records per task")->capture_default_str();
+  tasks->add_option("--test", tasks_args.test, "Test records per task")->capture_default_str();
+
   kiln::cli::LayoutArgs layout_args;
   int per_head = 0;
   auto* layout = app.add_subcommand("layout", "Draw an attention block layout (SVG) and print its density");
@@ -190,6 +198,7 @@ int main(int argc, char** argv) {
     }
     if (*config) code = kiln::cli::show_config(config_path, config_overrides);
     if (*eval) code = kiln::cli::eval(eval_args);
+    if (*tasks) code = kiln::cli::tasks(tasks_args);
     if (*import) code = kiln::cli::import_hf(import_from, import_to);
     if (*export_cmd) code = kiln::cli::export_hf(export_from, export_to, shard_mb);
     if (*layout) {

@@ -7,9 +7,13 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <set>
 
 #include "core/data/tokenizer.h"
 #include "core/eval/evaluator.h"
+#include "core/eval/suite.h"
+#include "core/data/instruct.h"
 #include "core/model/decode.h"
 #include "core/model/gpt.h"
 
@@ -209,4 +213,42 @@ TEST_F(EvalTest, BadTaskFilesNameTheFileAndTheKey) {
   EXPECT_NE(e.find("output_type 'ranking'"), std::string::npos) << e;
   e = error_of("task: quiz\noutput_type: multiple_choice\ndataset: nowhere.jsonl\n");
   EXPECT_NE(e.find("nowhere.jsonl does not exist"), std::string::npos) << e;
+}
+
+// The built-in suite: 12 tasks in 4 clusters, 5 templates each (4 seen, 1 unseen), every
+// evaluation file and mixture loads (so every template fits every record), the same seed writes
+// the same files, and holding a cluster out leaves its 3 tasks out of training.
+TEST_F(EvalTest, TaskSuiteLoadsAndIsSeeded) {
+  const std::string a = (dir_ / "a").string(), b = (dir_ / "b").string(), c = (dir_ / "c").string();
+  const auto files = kiln::write_task_suite(a, 7, {20, 5, 10});
+  kiln::write_task_suite(b, 7, {20, 5, 10});
+  kiln::write_task_suite(c, 8, {20, 5, 10});
+  auto read = [](const fs::path& p) {
+    std::ifstream in(p);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  std::set<std::string> clusters;
+  int tasks = 0, different = 0;
+  for (const std::string& f : files) {
+    const fs::path p(f);
+    EXPECT_EQ(read(p), read(fs::path(b) / p.filename())) << f;
+    different += read(p) != read(fs::path(c) / p.filename());
+    if (f.find(".eval.yaml") == std::string::npos) continue;
+    for (const kiln::EvalTask& t : kiln::load_eval_tasks(f)) {
+      ++tasks;
+      clusters.insert(t.cluster);
+      EXPECT_EQ(t.templates.size(), 5u) << t.name;
+      EXPECT_EQ(t.docs.size(), 10u);
+    }
+  }
+  EXPECT_EQ(tasks, 12);
+  EXPECT_EQ(clusters.size(), 4u);
+  EXPECT_GT(different, 12);  // another seed, other records
+  auto tok = kiln::make_tokenizer("byte", "");
+  const kiln::MixtureConfig all = kiln::MixtureConfig::load(a + "/mixture_train.yaml");
+  EXPECT_EQ(all.tasks.size(), 12u);
+  EXPECT_EQ(kiln::InstructMixture(all, *tok).size(), 240u);
+  const kiln::MixtureConfig without = kiln::MixtureConfig::load(a + "/mixture_train_without_rules.yaml");
+  EXPECT_EQ(without.tasks.size(), 9u);
+  EXPECT_EQ(without.held_out.size(), 3u);
 }

@@ -1,0 +1,35 @@
+// The built-in synthetic task suite (`kiln tasks DIR`): 12 tasks in 4 clusters, made from a seed
+// without downloads, for instruction tuning and evaluation experiments in miniature
+// (docs/evaluation.md):
+//   strings     reverse, uppercase, sort_letters            (generation)
+//   arithmetic  add, subtract, multiply                     (generation)
+//   rules       parity, vowel_start, long_word              (multiple choice)
+//   extraction  first_word, last_word, find_number          (generation)
+// Each task has 5 templates: 4 "seen" ones (the SFT template set) and 1 "unseen" one (only in
+// the evaluation task file, for seen tasks with unseen templates); two of a multiple-choice
+// task's templates list its options (`{options}`).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+struct SuiteSizes {
+  int train = 400;
+  int val = 50;
+  int test = 100;
+};
+
+// Writes into dir, for each task T: T_train.jsonl, T_val.jsonl, T_test.jsonl (records with the
+// task's fields, `output`, and for multiple choice `options` and `label`), T.templates.yaml (the
+// seen templates, for mixtures) and T.eval.yaml (every template, k-shot exemplars from the train
+// split); and mixtures: mixture_train.yaml and mixture_val.yaml (every task), and for each
+// cluster C, mixture_train_without_C.yaml (C held out). Returns the files written.
+std::vector<std::string> write_task_suite(const std::string& dir, std::uint64_t seed, const SuiteSizes& sizes = {});
+
+// The suite's clusters, in order.
+std::vector<std::string> suite_clusters();
+
+}  // namespace kiln
