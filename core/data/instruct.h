@@ -191,8 +191,8 @@ struct MixtureTask {
 // FLAN's held-out protocol, in the mixture file:
 //   holdout_clusters: [nli]                       # never trained on (evaluated zero-shot)
 //   related_clusters: [[nli, paraphrase]]         # holding out one holds out the group
-// tasks then holds the trained tasks only; a task whose name or data file is also a held-out
-// task's is dropped from training (it would leak the held-out data), and listed in `dropped`.
+// tasks then holds the trained tasks only; a task whose data file is also a held-out task's is
+// dropped from training (it would leak the held-out data), and listed in `dropped`.
 struct MixtureConfig {
   std::uint64_t seed = 0;
   bool skip_bad_records = false;
