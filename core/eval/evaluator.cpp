@@ -162,7 +162,7 @@ EvalReport evaluate(Gpt& model, const Tokenizer& tokenizer, const std::vector<Ev
           SampleOptions sample;
           sample.max_tokens = task.max_gen_toks;
           sample.temperature = 0.0f;
-          double matches = 0;
+          double matches = 0, stopped = 0;
           for (std::size_t first = 0; first < docs; first += options.batch_rows) {
             const std::size_t n = std::min<std::size_t>(options.batch_rows, docs - first);
             std::vector<std::vector<std::int32_t>> prompts;
@@ -179,6 +179,8 @@ EvalReport evaluate(Gpt& model, const Tokenizer& tokenizer, const std::vector<Ev
             for (std::size_t i = 0; i < n; ++i) {
               std::vector<std::uint32_t> ids(outputs[i].begin(), outputs[i].end());
               report.generated_tokens += static_cast<std::int64_t>(ids.size());
+              // Fewer tokens than allowed: the decoder met end-of-text (it is not emitted).
+              stopped += ids.size() < static_cast<std::size_t>(task.max_gen_toks);
               std::string text = tokenizer.decode(ids);
               for (const std::string& stop : task.until) {
                 const auto at = text.find(stop);
@@ -187,7 +189,7 @@ EvalReport evaluate(Gpt& model, const Tokenizer& tokenizer, const std::vector<Ev
               matches += trim(text) == trim(task.target_text(t, task.docs[first + i]));
             }
           }
-          score.metrics = {{"exact_match", docs ? matches / docs : 0.0}};
+          score.metrics = {{"exact_match", docs ? matches / docs : 0.0}, {"stopped_at_eot", docs ? stopped / docs : 0.0}};
           report.gen_seconds += seconds_since(t0);
         }
         report.scores.push_back(std::move(score));

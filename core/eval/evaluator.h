@@ -7,7 +7,9 @@
 //    characters (target_delimiter included), as lm-evaluation-harness normalises.
 //  - generate_until, by greedy batched decoding until end-of-text, a stop string or max_gen_toks;
 //    exact_match after normalisation: the text before the first stop string, with leading and
-//    trailing whitespace removed, equals the gold answer so trimmed (case-sensitive).
+//    trailing whitespace removed, equals the gold answer so trimmed (case-sensitive);
+//    stopped_at_eot: the answer ended with end-of-text within max_gen_toks (a tuned model
+//    should stop by itself).
 //
 // k-shot prompts: k exemplars drawn without replacement from the task's fewshot_dataset with
 // Rng(fewshot_seed, document index), each written doc_to_text + target_delimiter + its answer,
@@ -55,7 +57,7 @@ struct EvalScore {
   int k = 0;
   std::int64_t docs = 0;
   std::int64_t truncated = 0;
-  std::map<std::string, double> metrics;  // acc, acc_norm | exact_match
+  std::map<std::string, double> metrics;  // acc, acc_norm | exact_match, stopped_at_eot
 };
 
 // The spread over a task's templates of one metric at one k.

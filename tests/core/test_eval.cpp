@@ -174,23 +174,30 @@ TEST_F(EvalTest, GenerationCutsAtStopStringsAndTrims) {
   std::vector<std::int32_t> prompt;
   for (auto id : tokenizer_->encode("2+2")) prompt.push_back(static_cast<std::int32_t>(id));
   std::string first;
+  std::size_t generated = 0;
   for (std::uint64_t seed = 13; seed < 400 && first.empty(); ++seed) {
     model.init_weights(seed, 0.5f);
     kiln::Decoder decoder(model);
     const auto out = decoder.generate({prompt}, greedy, static_cast<std::int32_t>(tokenizer_->eot()));
-    if (!out[0].empty() && out[0][0] < 128 && std::isalnum(out[0][0])) first = std::string(1, static_cast<char>(out[0][0]));
+    if (!out[0].empty() && out[0][0] < 128 && std::isalnum(out[0][0])) {
+      first = std::string(1, static_cast<char>(out[0][0]));
+      generated = out[0].size();
+    }
   }
   ASSERT_FALSE(first.empty());
   nlohmann::json stop = nlohmann::json::array({first});
   const std::string gen = "task: g\noutput_type: generate_until\ndataset: docs.jsonl\ndoc_to_text: \"{q}\"\n"
                           "doc_to_target: \"{empty}\"\ngeneration: {max_gen_toks: 4";
-  auto exact = [&](const std::string& yaml) {
+  auto metrics = [&](const std::string& yaml) {
     kiln::EvalOptions o;
     o.limit = 1;
-    return kiln::evaluate(model, *tokenizer_, kiln::load_eval_tasks(write("gen.yaml", yaml)), o).scores[0].metrics.at("exact_match");
+    return kiln::evaluate(model, *tokenizer_, kiln::load_eval_tasks(write("gen.yaml", yaml)), o).scores[0].metrics;
   };
-  EXPECT_EQ(exact(gen + ", until: " + stop.dump() + "}\n"), 1.0);
-  EXPECT_EQ(exact(gen + "}\n"), 0.0);
+  EXPECT_EQ(metrics(gen + ", until: " + stop.dump() + "}\n").at("exact_match"), 1.0);
+  const auto plain = metrics(gen + "}\n");
+  EXPECT_EQ(plain.at("exact_match"), 0.0);
+  // stopped_at_eot: the decoder met end-of-text before max_gen_toks (4).
+  EXPECT_EQ(plain.at("stopped_at_eot"), generated < 4 ? 1.0 : 0.0);
 }
 
 TEST_F(EvalTest, BadTaskFilesNameTheFileAndTheKey) {

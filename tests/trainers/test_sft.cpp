@@ -211,7 +211,7 @@ TEST_F(SftTest, EvaluatesTasksAtEveryValidation) {
   ASSERT_EQ(evals.size(), 2u);
   EXPECT_EQ(evals[1]["step"], 30);
   ASSERT_EQ(evals[1]["eval_scores"].size(), 2u);  // two templates, k = 0
-  ASSERT_EQ(evals[1]["eval_spreads"].size(), 1u);
+  ASSERT_EQ(evals[1]["eval_spreads"].size(), 2u);  // exact_match and stopped_at_eot
   const auto tokenizer = kiln::make_tokenizer("byte", "");
   const kiln::EvalReport direct =
       kiln::evaluate(trainer.model(), *tokenizer, kiln::load_eval_tasks((dir_ / "eval.yaml").string()), {});
