@@ -106,6 +106,24 @@ std::vector<double> loglikelihoods(Gpt& model, const std::vector<LoglikelihoodRe
   return out;
 }
 
+std::vector<LoglikelihoodRequest> rolling_requests(const std::vector<std::int32_t>& ids, std::int32_t eot,
+                                                   int context) {
+  KILN_CHECK(context >= 2, "rolling log-likelihood needs a model context of at least 2 tokens");
+  const std::size_t window = static_cast<std::size_t>(context / 2);
+  const std::size_t room = static_cast<std::size_t>(context) - window;  // context tokens a window sees
+  std::vector<LoglikelihoodRequest> out;
+  for (std::size_t start = 0; start < ids.size(); start += window) {
+    LoglikelihoodRequest r;
+    const std::size_t from = start + 1 <= room ? 0 : start - room;  // the text's start: after end-of-text
+    if (from == 0 && start + 1 <= room) r.context.push_back(eot);
+    r.context.insert(r.context.end(), ids.begin() + static_cast<std::ptrdiff_t>(from), ids.begin() + static_cast<std::ptrdiff_t>(start));
+    r.continuation.assign(ids.begin() + static_cast<std::ptrdiff_t>(start),
+                          ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), start + window)));
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
 EvalReport evaluate(Gpt& model, const Tokenizer& tokenizer, const std::vector<EvalTask>& tasks,
                     const EvalOptions& options) {
   const auto t_start = std::chrono::steady_clock::now();
@@ -113,7 +131,9 @@ EvalReport evaluate(Gpt& model, const Tokenizer& tokenizer, const std::vector<Ev
   std::unique_ptr<Decoder> decoder;
   const auto eot = static_cast<std::int32_t>(tokenizer.eot());
   for (const EvalTask& task : tasks) {
-    const std::vector<int> ks = options.num_fewshot.empty() ? task.num_fewshot : options.num_fewshot;
+    const std::vector<int> ks = task.rolling()                ? std::vector<int>{0}
+                                : options.num_fewshot.empty() ? task.num_fewshot
+                                                              : options.num_fewshot;
     for (int k : ks)
       KILN_CHECK(k >= 0 && static_cast<std::size_t>(k) <= task.fewshot.size(), task.source, ": task ", task.name,
                  ": ", k, " shots, but fewshot_dataset holds ", task.fewshot.size(), " exemplars");
@@ -121,7 +141,23 @@ EvalReport evaluate(Gpt& model, const Tokenizer& tokenizer, const std::vector<Ev
     for (const EvalTemplate& t : task.templates)
       for (int k : ks) {
         EvalScore score{task.name, task.cluster, t.name, task.output_type, k, static_cast<std::int64_t>(docs), 0, {}};
-        if (task.multiple_choice()) {
+        if (task.rolling()) {
+          const auto t0 = std::chrono::steady_clock::now();
+          std::vector<LoglikelihoodRequest> requests;
+          double tokens = 0, bytes = 0;
+          for (std::size_t d = 0; d < docs; ++d) {
+            const std::string text = task.text(t, task.docs[d]);
+            const std::vector<std::int32_t> ids = encode(tokenizer, text);
+            tokens += static_cast<double>(ids.size());
+            bytes += static_cast<double>(text.size());
+            for (auto& r : rolling_requests(ids, eot, model.shape().context)) requests.push_back(std::move(r));
+          }
+          double sum = 0;
+          for (double ll : loglikelihoods(model, requests, options.batch_rows, &score.truncated)) sum += ll;
+          score.metrics = {{"perplexity", tokens > 0 ? std::exp(-sum / tokens) : 0.0},
+                           {"bits_per_byte", bytes > 0 ? -sum / (bytes * std::log(2.0)) : 0.0}};
+          report.mc_seconds += seconds_since(t0);
+        } else if (task.multiple_choice()) {
           const auto t0 = std::chrono::steady_clock::now();
           std::vector<LoglikelihoodRequest> requests;
           std::vector<std::size_t> first_option(docs + 1, 0);

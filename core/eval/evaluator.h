@@ -11,6 +11,11 @@
 //    stopped_at_eot: the answer ended with end-of-text within max_gen_toks (a tuned model
 //    should stop by itself).
 //
+//  - loglikelihood_rolling: the log-likelihood of each document's doc_to_text as a whole, after
+//    end-of-text, in windows of context/2 new tokens that each see up to context/2 earlier
+//    tokens; perplexity = exp(-sum / tokens) and bits_per_byte = -sum / (bytes ln 2), over all
+//    the task's documents (k-shot does not apply).
+//
 // k-shot prompts: k exemplars drawn without replacement from the task's fewshot_dataset with
 // Rng(fewshot_seed, document index), each written doc_to_text + target_delimiter + its answer,
 // joined by fewshot_delimiter before the document's own text. A prompt longer than the model's
@@ -45,6 +50,12 @@ struct LoglikelihoodRequest {
 std::vector<double> loglikelihoods(Gpt& model, const std::vector<LoglikelihoodRequest>& requests, int batch_rows,
                                    std::int64_t* truncated = nullptr);
 
+// The rolling requests of one text's tokens (loglikelihood_rolling): windows of context/2 new
+// tokens, the first after end-of-text, each with up to context/2 earlier tokens as its context.
+// Their log-likelihoods sum to the text's.
+std::vector<LoglikelihoodRequest> rolling_requests(const std::vector<std::int32_t>& ids, std::int32_t eot,
+                                                   int context);
+
 struct EvalOptions {
   int batch_rows = 16;          // rows per forward pass (multiple choice) and sequences per decode
   std::int64_t limit = 0;       // score only the first `limit` documents of each task (0: all)
@@ -57,7 +68,7 @@ struct EvalScore {
   int k = 0;
   std::int64_t docs = 0;
   std::int64_t truncated = 0;
-  std::map<std::string, double> metrics;  // acc, acc_norm | exact_match, stopped_at_eot
+  std::map<std::string, double> metrics;  // acc, acc_norm | exact_match, stopped_at_eot | perplexity, bits_per_byte
 };
 
 // The spread over a task's templates of one metric at one k.

@@ -76,8 +76,10 @@ EvalTask parse_task(const YAML::Node& node, const std::string& file) {
   if (node["cluster"]) t.cluster = scalar(node, "cluster", file);
   KILN_CHECK(node["output_type"], at(file, node), ": task ", t.name, " has no output_type (multiple_choice or generate_until)");
   t.output_type = scalar(node, "output_type", file);
-  KILN_CHECK(t.output_type == "multiple_choice" || t.output_type == "generate_until", at(file, node["output_type"]),
-             ": output_type '", t.output_type, "' is not one kiln scores; use multiple_choice or generate_until");
+  KILN_CHECK(t.output_type == "multiple_choice" || t.output_type == "generate_until" ||
+                 t.output_type == "loglikelihood_rolling",
+             at(file, node["output_type"]), ": output_type '", t.output_type,
+             "' is not one kiln scores; use multiple_choice, generate_until or loglikelihood_rolling");
   const std::filesystem::path base = std::filesystem::path(file).parent_path();
   auto path_of = [&](const std::string& key) { return (base / scalar(node, key, file)).string(); };
   KILN_CHECK(node["dataset"], at(file, node), ": task ", t.name, " has no dataset (a JSONL file of documents)");
@@ -133,13 +135,13 @@ EvalTask parse_task(const YAML::Node& node, const std::string& file) {
   for (const EvalTemplate& tp : t.templates) {
     const std::string context = message(file, ": task ", t.name, ", template ", tp.name);
     KILN_CHECK(!tp.doc_to_text.empty(), context, " has no doc_to_text");
-    KILN_CHECK(!tp.doc_to_target.empty(), context, " has no doc_to_target");
+    KILN_CHECK(!tp.doc_to_target.empty() || t.rolling(), context, " has no doc_to_target");
     KILN_CHECK(!t.multiple_choice() || !tp.doc_to_choice.empty(), context,
                " has no doc_to_choice (the field holding each document's options)");
     for (const auto* docs : {&t.docs, &t.fewshot})
       for (const EvalDoc& d : *docs) {
         t.text(tp, d);
-        t.target_text(tp, d);  // multiple choice: checks the options and the gold indices too
+        if (!t.rolling()) t.target_text(tp, d);  // multiple choice: checks the options and gold indices too
       }
   }
   return t;

@@ -3,7 +3,7 @@
 //
 //   task: reverse                     # name
 //   cluster: strings                  # optional: the task cluster (held-out protocol)
-//   output_type: multiple_choice      # multiple_choice | generate_until
+//   output_type: multiple_choice      # multiple_choice | generate_until | loglikelihood_rolling
 //   dataset: reverse_test.jsonl       # the documents scored (relative to this file)
 //   fewshot_dataset: reverse_train.jsonl   # exemplars for k > 0 (never the scored documents)
 //   num_fewshot: [0, 1, 4]            # k values, each scored separately (default [0])
@@ -60,6 +60,7 @@ struct EvalTask {
   std::vector<EvalTemplate> templates;
 
   bool multiple_choice() const { return output_type == "multiple_choice"; }
+  bool rolling() const { return output_type == "loglikelihood_rolling"; }  // doc_to_text is the text scored
   // A template applied to a document: the prompt text, the options (multiple choice), the gold
   // option indices (multiple choice) or the gold answer text (generation). Errors name the
   // document and the field.

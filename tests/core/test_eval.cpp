@@ -259,3 +259,38 @@ TEST_F(EvalTest, TaskSuiteLoadsAndIsSeeded) {
   EXPECT_EQ(without.tasks.size(), 9u);
   EXPECT_EQ(without.held_out.size(), 3u);
 }
+
+// Rolling log-likelihood: windows cover every token once, each within the model's context; a
+// text shorter than the context scores as one pass after end-of-text; perplexity and bits per
+// byte follow from the sum.
+TEST_F(EvalTest, RollingLoglikelihoodCoversEveryTokenOnce) {
+  std::vector<std::int32_t> ids(150);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int32_t>((i * 37) % 256);
+  const auto requests = kiln::rolling_requests(ids, 256, 64);
+  std::vector<std::int32_t> covered;
+  for (const auto& r : requests) {
+    EXPECT_LE(r.context.size() + r.continuation.size(), 64u);
+    covered.insert(covered.end(), r.continuation.begin(), r.continuation.end());
+  }
+  EXPECT_EQ(covered, ids);
+  EXPECT_EQ(requests[0].context, std::vector<std::int32_t>{256});
+  EXPECT_EQ(requests[1].context.size(), 32u);  // after the first window: the 32 tokens before it, no eot
+  kiln::Gpt model(shape_);
+  model.init_weights(14, 0.5f);
+  std::ofstream(dir_ / "text.jsonl") << R"({"text": "the quick brown fox"})" << "\n"
+                                     << R"({"text": "jumps over the lazy dog"})" << "\n";
+  const auto tasks = kiln::load_eval_tasks(
+      write("ppl.yaml", "task: text\noutput_type: loglikelihood_rolling\ndataset: text.jsonl\ndoc_to_text: \"{text}\"\n"));
+  const kiln::EvalReport report = kiln::evaluate(model, *tokenizer_, tasks, {});
+  double sum = 0, tokens = 0;
+  for (const std::string text : {"the quick brown fox", "jumps over the lazy dog"}) {
+    std::vector<std::int32_t> t;
+    for (auto id : tokenizer_->encode(text)) t.push_back(static_cast<std::int32_t>(id));
+    sum += kiln::loglikelihoods(model, {{{static_cast<std::int32_t>(tokenizer_->eot())}, t}}, 1)[0];
+    tokens += static_cast<double>(t.size());  // bytes: one token each
+  }
+  ASSERT_EQ(report.scores.size(), 1u);
+  EXPECT_NEAR(report.scores[0].metrics.at("perplexity"), std::exp(-sum / tokens), 1e-9 * std::exp(-sum / tokens));
+  EXPECT_NEAR(report.scores[0].metrics.at("bits_per_byte"), -sum / (tokens * std::log(2.0)), 1e-9);
+  EXPECT_EQ(report.scores[0].truncated, 0);
+}
