@@ -684,14 +684,11 @@ void validate(const ExperimentConfig& config, const Origins& origins, const std:
 // value made absolute against base: each comma-separated item for a list key (a blend's
 // PATTERN@WEIGHT included), the whole string otherwise; absolute paths and "" are kept.
 std::string absolute_path(const std::string& value, const std::filesystem::path& base, bool list) {
+  const std::vector<std::string> items = list ? split_list(value) : std::vector<std::string>{value};
   std::string out;
-  std::size_t begin = 0;
-  while (begin <= value.size()) {
-    const std::size_t end = list ? std::min(value.find(',', begin), value.size()) : value.size();
-    const std::string item = value.substr(begin, end - begin);
-    if (begin > 0) out += ',';
-    out += item.empty() || item.front() == '/' ? item : (base / item).lexically_normal().string();
-    begin = end + 1;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out += ',';
+    out += items[i].empty() || items[i].front() == '/' ? items[i] : (base / items[i]).lexically_normal().string();
   }
   return out;
 }
@@ -722,6 +719,16 @@ ExperimentConfig parse(const std::string& yaml_text, const std::string& name,
 }  // namespace
 
 // ---- Public interface ----
+
+std::vector<std::string> split_list(const std::string& value) {
+  std::vector<std::string> items;
+  for (std::size_t begin = 0; begin <= value.size();) {
+    const std::size_t end = std::min(value.find(',', begin), value.size());
+    items.push_back(value.substr(begin, end - begin));
+    begin = end + 1;
+  }
+  return items;
+}
 
 std::vector<std::string> set_arch(ModelConfig& m, const std::string& arch,
                                   const std::function<bool(const std::string&)>& keep) {

@@ -36,8 +36,6 @@ Rendered render_mixture(const MixtureConfig& mixture_config, const std::string& 
   return r;
 }
 
-std::int64_t response_tokens(const Batch& b) { return b.loss_tokens(); }
-
 }  // namespace
 
 SftStage::SftStage(const ExperimentConfig& config, int replica, int replicas)
@@ -63,7 +61,7 @@ SftStage::SftStage(const ExperimentConfig& config, int replica, int replicas)
   const std::int64_t cells = static_cast<std::int64_t>(train_.batch.batch) * train_.batch.seq_len;
   summary_ = message("sft: ", train_examples_, " examples from ", per_task.size(), " task(s) of ", config.data.mixture,
                      " packed into ", train_.batch.batch, " rows of ", train_.batch.seq_len, " tokens (",
-                     response_tokens(train_.batch), " response tokens, ",
+                     train_.batch.loss_tokens(), " response tokens, ",
                      cells > 0 ? 100 * train_.pad_tokens / cells : 0, "% padding)");
   if (!mixture.held_out.empty()) {
     std::string held;

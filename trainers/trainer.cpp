@@ -257,13 +257,9 @@ Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext&
   }
   stage_ = make_stage(with_corpus_shards(config_), parallel_.dp_rank, parallel_.dims.dp);
   if (!config_.train.eval_tasks.empty()) {  // read now, so a bad task file stops the run before step 1
-    std::string files = config_.train.eval_tasks;
-    for (std::size_t start = 0; start <= files.size();) {
-      const std::size_t end = std::min(files.find(',', start), files.size());
-      if (end > start)
-        for (EvalTask& t : load_eval_tasks(files.substr(start, end - start))) eval_tasks_.push_back(std::move(t));
-      start = end + 1;
-    }
+    for (const std::string& file : split_list(config_.train.eval_tasks))
+      if (!file.empty())
+        for (EvalTask& t : load_eval_tasks(file)) eval_tasks_.push_back(std::move(t));
     eval_tokenizer_ = make_tokenizer(config_.data.tokenizer, config_.data.tokenizer_dir);
   }
   if (parallel_.dims.tp > 1) tp_ops_ = std::make_unique<TensorParallelGroup>(*parallel_.tp);
