@@ -284,6 +284,10 @@ Plan make_plan(const Gemm& g, unsigned epilogue, const PlanKey& key) {
   prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_a);
   prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_c);
   prefer(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_c);
+  // Split-K parts are summed in fp32 (the compute type) or not split at all. cuBLASLt otherwise
+  // may add them up in the output type: with bf16 outputs, each part rounded to bf16 put errors
+  // of 2-3% into 7x768x2050 and 33x65x129 products on an H200 (its first run, CudaLinearBf16).
+  prefer(CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, static_cast<std::uint32_t>(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE));
 
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;

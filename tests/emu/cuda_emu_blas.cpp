@@ -2,6 +2,7 @@
 // the documented checks, and the product on the host in double with fp32 / bf16 results.
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -31,6 +32,7 @@ struct cublasLtMatrixLayoutOpaque_t {
 struct cublasLtMatmulPreferenceOpaque_t {
   std::uint64_t max_workspace = 0;
   std::uint32_t align[4] = {256, 256, 256, 256};  // A, B, C, D
+  std::uint32_t reduction_mask = CUBLASLT_REDUCTION_SCHEME_MASK;
 };
 
 namespace {
@@ -104,7 +106,27 @@ cublasStatus_t check_problem(const cublasLtMatmulDescOpaque_t* desc, const cubla
 }
 
 // What an algorithm was chosen for, stored in cublasLtMatmulAlgo_t::data.
-enum AlgoField { kMagic, kShape, kTypes, kAlignAB, kAlignCD, kAlignBiasAux, kWorkspace };
+std::uint64_t pair(std::uint32_t lo, std::uint32_t hi) { return lo | static_cast<std::uint64_t>(hi) << 32; }
+
+enum AlgoField { kMagic, kShape, kTypes, kAlignAB, kAlignCD, kAlignBiasAux, kWorkspace, kSplitK };
+
+// The split-K choice, a stand-in for cuBLASLt's: an output of fewer 128x128 tiles than half the
+// 132 multiprocessors of an H100/H200, with K of 64 or more, is split into up to 8 parts of at
+// least 32 (scheme and parts packed into one word: parts in the low half).
+std::uint64_t split_k(const Problem& p, std::uint32_t mask, std::uint64_t workspace) {
+  const std::int64_t tiles = ((p.m + 127) / 128) * ((p.n + 127) / 128);
+  if (tiles >= 66 || p.k < 64) return pair(1, CUBLASLT_REDUCTION_SCHEME_NONE);
+  const auto parts = static_cast<std::uint32_t>(std::min<std::int64_t>(8, p.k / 32));
+  for (const std::uint32_t scheme : {CUBLASLT_REDUCTION_SCHEME_INPLACE, CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE,
+                                     CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE}) {
+    if ((mask & scheme) == 0) continue;
+    const std::uint64_t needs = scheme == CUBLASLT_REDUCTION_SCHEME_INPLACE ? 0 :
+        static_cast<std::uint64_t>(p.m * p.n) * parts *
+            (scheme == CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE ? 4 : element_bytes(p.d_type));
+    if (needs <= workspace) return pair(parts, scheme);
+  }
+  return pair(1, CUBLASLT_REDUCTION_SCHEME_NONE);
+}
 std::uint64_t shape_word(const Problem& p, const cublasLtMatmulDescOpaque_t& desc) {
   return static_cast<std::uint64_t>(p.m) * 0x9e3779b97f4a7c15ull ^ static_cast<std::uint64_t>(p.n) * 0xc2b2ae3d27d4eb4full ^
          static_cast<std::uint64_t>(p.k) * 0x165667b19e3779f9ull ^ static_cast<std::uint64_t>(desc.trans_a) << 1 ^
@@ -115,7 +137,6 @@ std::uint64_t types_word(const Problem& p, const cublasLtMatmulDescOpaque_t& des
          static_cast<std::uint64_t>(p.bias_type) << 16 | static_cast<std::uint64_t>(p.aux_type) << 24 |
          static_cast<std::uint64_t>(desc.epilogue) << 32;
 }
-std::uint64_t pair(std::uint32_t lo, std::uint32_t hi) { return lo | static_cast<std::uint64_t>(hi) << 32; }
 bool aligned(const void* p, std::uint64_t word, int half) {
   const auto required = static_cast<std::uint32_t>(half ? word >> 32 : word);
   return alignment_of(p) >= required;
@@ -294,6 +315,13 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t p
     std::memcpy(&pref->align[attr - CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES], buf, size);
     return CUBLAS_STATUS_SUCCESS;
   }
+  if (attr == CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK) {
+    if (size != sizeof(std::uint32_t)) return CUBLAS_STATUS_INVALID_VALUE;
+    std::memcpy(&pref->reduction_mask, buf, size);
+    if ((pref->reduction_mask & ~static_cast<std::uint32_t>(CUBLASLT_REDUCTION_SCHEME_MASK)) != 0)
+      return CUBLAS_STATUS_INVALID_VALUE;
+    return CUBLAS_STATUS_SUCCESS;
+  }
   misuse("a preference attribute the emulator does not know");
 }
 
@@ -323,6 +351,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtM
   r.algo.data[kAlignBiasAux] = pair(with_bias(desc->epilogue) ? alignment_of(desc->bias) : 0,
                                     with_aux(desc->epilogue) ? alignment_of(desc->aux) : 0);
   r.algo.data[kWorkspace] = pref->max_workspace;
+  r.algo.data[kSplitK] = split_k(p, pref->reduction_mask, pref->max_workspace);
   r.workspaceSize = pref->max_workspace;
   r.state = CUBLAS_STATUS_SUCCESS;
   r.wavesCount = 1.0f;
@@ -369,15 +398,34 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
   require_device(workspace, w[kWorkspace], "the workspace");
 
   // The product runs when the stream gets there, with the descriptor and layouts of now.
+  const auto parts = static_cast<std::int64_t>(static_cast<std::uint32_t>(w[kSplitK]));
+  const bool parts_in_output_type = (w[kSplitK] >> 32) == CUBLASLT_REDUCTION_SCHEME_INPLACE ||
+                                    (w[kSplitK] >> 32) == CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
   kiln::emu::enqueue(stream, [=, desc = *desc, a_layout = *a_layout, b_layout = *b_layout, c_ld = c_layout->ld,
                       d_ld = d_layout->ld] {
     const std::vector<float> op_a = pack(a, a_layout, desc.trans_a == CUBLAS_OP_T, m, k, true);
     const std::vector<float> op_b = pack(b, b_layout, desc.trans_b == CUBLAS_OP_T, n, k, false);
+    // One part's product in double, rounded to what the reduction scheme keeps: fp32, or the
+    // output type when the parts are added up there.
+    auto keep = [&](double v) {
+      const float f = static_cast<float>(v);
+      return p.d_type == CUDA_R_16BF && parts_in_output_type ? __bfloat162float(__float2bfloat16_rn(f)) : f;
+    };
     for (std::int64_t j = 0; j < n; ++j)
       for (std::int64_t i = 0; i < m; ++i) {
-        double v = static_cast<double>(alpha_value) * dot(&op_a[i * k], &op_b[j * k], k);
+        double v = 0.0;
+        if (parts == 1) {
+          v = static_cast<double>(alpha_value) * dot(&op_a[i * k], &op_b[j * k], k);
+        } else {
+          for (std::int64_t part = 0; part < parts; ++part) {
+            const std::int64_t first = k * part / parts, last = k * (part + 1) / parts;
+            v = keep(v + static_cast<double>(alpha_value) * dot(&op_a[i * k + first], &op_b[j * k + first], last - first));
+          }
+        }
         if (beta_value != 0.0f) v += static_cast<double>(beta_value) * element(c, p.d_type, c_ld, i, j);
         float x = static_cast<float>(v);
+        // A bf16 output's bias epilogue adds the bias to the product rounded to bf16 (as on an H200).
+        if (with_bias(e) && p.d_type == CUDA_R_16BF) x = __bfloat162float(__float2bfloat16_rn(x));
         if (with_bias(e)) x += element(desc.bias, p.bias_type, 1, i, 0);
         if (with_aux(e)) store(desc.aux, p.aux_type, desc.aux_ld, i, j, x);
         if (with_gelu(e)) x = static_cast<float>(gelu_tanh(x));

@@ -2,14 +2,18 @@
 // uses, found before the toolkit's header in test_cuda_emu and computed by tests/emu/cuda_emu_blas.cpp.
 // Its purpose is to test kiln's own use of cuBLASLt -- the row-major to column-major mapping,
 // transposes, leading dimensions, the epilogue it asks for and its fallbacks -- so it is a reference
-// of the API's documented semantics (cublasLt.h, the cuBLAS documentation), not of NVIDIA's
-// numerics or algorithm choice:
+// of the API's documented semantics (cublasLt.h, the cuBLAS documentation), plus two numeric
+// behaviours seen on an H200 that a caller must guard against (split-K parts added in bf16, the
+// bias added to a bf16-rounded product); not of NVIDIA's algorithm choice in general:
 //  - D = epilogue(alpha op(A) op(B) + beta C), all column-major: a layout (type, rows, cols, ld)
 //    describes the stored matrix before its op; op(A) is (m, k), op(B) (k, n), C and D (m, n).
 //    beta == 0 reads nothing from C. alpha and beta are host floats (scale type CUDA_R_32F).
 //  - Products exact, summed in double in k order, alpha and beta applied in double, rounded once
-//    to fp32 (CUBLAS_COMPUTE_32F; no TF32). Then the epilogue in fp32: BIAS adds bias[row] (the
-//    vector as long as D's rows, broadcast over columns); GELU applies the tanh form (cuBLASLt
+//    to fp32 (CUBLAS_COMPUTE_32F; no TF32). Split K (few output tiles: see
+//    cublasLtReductionScheme_t below) rounds each part's running sum to fp32, or to bf16 where
+//    the scheme adds parts in a bf16 output's type. Then the epilogue in fp32: BIAS adds bias[row]
+//    (the vector as long as D's rows, broadcast over columns), to the product first rounded to
+//    bf16 when D is bf16; GELU applies the tanh form (cuBLASLt
 //    does not document which form: the tanh form is what GPT-2 needs and what kiln's test of it
 //    asserts); the AUX variants store the GELU input to the aux matrix. bf16 results (D, aux) are
 //    rounded to nearest even.
@@ -70,8 +74,21 @@ enum cublasLtMatmulDescAttributes_t {
   CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = 26,        // int32_t (cudaDataType), -1: D's type
 };
 
+// How split-K parts are added up. The emulator's heuristic splits K where the output has few
+// tiles, and picks the first scheme the preference's mask allows in this order: INPLACE and
+// OUTPUT_TYPE (parts added in the output type: each partial sum rounded to bf16 for bf16 outputs,
+// as cuBLASLt did on an H200), then COMPUTE_TYPE (fp32 partials, one rounding at the end).
+enum cublasLtReductionScheme_t {
+  CUBLASLT_REDUCTION_SCHEME_NONE = 0,
+  CUBLASLT_REDUCTION_SCHEME_INPLACE = 1,
+  CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE = 2,
+  CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE = 4,
+  CUBLASLT_REDUCTION_SCHEME_MASK = 0x7,
+};
+
 enum cublasLtMatmulPreferenceAttributes_t {
   CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1,    // uint64_t
+  CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK = 3,  // uint32_t, default CUBLASLT_REDUCTION_SCHEME_MASK
   CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES = 5,  // uint32_t, default 256
   CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES = 6,
   CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES = 7,
