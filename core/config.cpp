@@ -481,13 +481,6 @@ void read_yaml(const std::string& text, const std::string& name, ExperimentConfi
 
 // ---- Command-line overrides ----
 
-std::string trim(const std::string& text) {
-  const char* space = " \t\r\n";
-  std::size_t begin = text.find_first_not_of(space);
-  if (begin == std::string::npos) return "";
-  return text.substr(begin, text.find_last_not_of(space) - begin + 1);
-}
-
 // The value of `key=value`. String keys take the text as written unless it is quoted (so that
 // globs like *.bin need no quoting); other keys read it as a YAML scalar.
 RawValue raw_from_override(const Key& key, const std::string& value, const std::string& where) {
@@ -719,6 +712,13 @@ ExperimentConfig parse(const std::string& yaml_text, const std::string& name,
 }  // namespace
 
 // ---- Public interface ----
+
+std::string trim(const std::string& text) {
+  const char* space = " \t\r\n";
+  std::size_t begin = text.find_first_not_of(space);
+  if (begin == std::string::npos) return "";
+  return text.substr(begin, text.find_last_not_of(space) - begin + 1);
+}
 
 std::vector<std::string> split_list(const std::string& value) {
   std::vector<std::string> items;

@@ -146,6 +146,9 @@ struct ExperimentConfig {
 // The items of a comma-separated list key (data.train, train.eval_tasks), empty ones kept.
 std::vector<std::string> split_list(const std::string& value);
 
+// The text without leading and trailing spaces, tabs and line ends.
+std::string trim(const std::string& text);
+
 // Reads a YAML file and applies `section.key=value` overrides; validates everything.
 ExperimentConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 // The same from YAML text; `name` stands in for the file name in error messages.

@@ -139,8 +139,7 @@ int sample(const SampleArgs& args) {
   std::vector<std::vector<std::int32_t>> prompts;
   std::vector<std::uint64_t> seeds;
   for (const std::string& text : texts) {
-    std::vector<std::int32_t> ids;
-    for (auto id : tokenizer->encode(text)) ids.push_back(static_cast<std::int32_t>(id));
+    std::vector<std::int32_t> ids = tokenizer->encode_ids(text);
     if (ids.empty()) ids.push_back(static_cast<std::int32_t>(tokenizer->eot()));
     for (int k = 0; k < args.batch; ++k) {
       prompts.push_back(ids);
@@ -188,12 +187,17 @@ int eval(const EvalArgs& args) {
   std::vector<EvalTask> tasks;
   for (const std::string& file : args.task_files)
     for (EvalTask& t : load_eval_tasks(file)) tasks.push_back(std::move(t));
+  // Under mpirun the ranks share the documents (the scores equal one process's); rank 0 writes.
+  const std::unique_ptr<Communicator> world = make_world_communicator(ParallelConfig{}.timeout_s, false);
+  if (args.device == "cuda" && world->size() > 1) device::use_device(gpu_of_rank(*world));
   Loaded loaded = load_for_inference(args.checkpoint, args.device, args.tokenizer_dir);
   EvalOptions options;
   options.batch_rows = args.batch;
   options.limit = args.limit;
   options.num_fewshot = args.num_fewshot;
+  options.ranks = {world->rank(), world->size(), [&](double* v, std::int64_t n) { world->sum(v, n); }};
   const EvalReport report = evaluate(*loaded.model, *loaded.tokenizer, tasks, options);
+  if (world->rank() != 0) return 0;
   nlohmann::json j = report.to_json();
   j["checkpoint"] = loaded.dir;
   j["task_files"] = args.task_files;

@@ -54,6 +54,11 @@ class Communicator {
   virtual std::unique_ptr<CommHandle> barrier_async() = 0;
   // Sum of one double over ranks (losses, token counts, norms).
   virtual double sum(double value) = 0;
+  // In place: each of n doubles becomes its sum over ranks (host memory; one collective where the
+  // communicator has one, else one sum() each).
+  virtual void sum(double* values, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) values[i] = sum(values[i]);
+  }
 
   void all_reduce(float* data, std::int64_t n, ReduceOp op = ReduceOp::sum) {
     all_reduce_async(data, n, op)->wait();

@@ -1,6 +1,7 @@
 // Parallel layout checks and process groups.
 #include "parallel/layout.h"
 
+#include "kernels/device.h"
 #include "kernels/error.h"
 
 namespace kiln {
@@ -35,6 +36,13 @@ ParallelContext single_process_context() {
   ctx.dp = ctx.world->split(0, 0, "data-parallel");
   ctx.tp = ctx.world->split(0, 0, "tensor-parallel");
   return ctx;
+}
+
+int gpu_of_rank(const Communicator& world) {
+  const int devices = device::device_count(), local = world.local_rank();
+  KILN_CHECK(devices == 1 || local < devices, "rank ", world.rank(), " is rank ", local, " on its machine, which "
+             "shows only ", devices, " CUDA devices: start at most one rank per GPU");
+  return devices == 1 ? 0 : local;
 }
 
 }  // namespace kiln

@@ -39,4 +39,8 @@ ParallelContext make_parallel_context(std::unique_ptr<Communicator> world, const
 // A context for one process and no MPI (tests, tools).
 ParallelContext single_process_context();
 
+// The GPU of this rank, one per rank: its place on its machine, or the one device a launcher that
+// binds GPUs (srun --gpus-per-task=1) leaves visible. An error when the machine shows fewer.
+int gpu_of_rank(const Communicator& world);
+
 }  // namespace kiln

@@ -14,6 +14,7 @@
 #include <deque>
 #include <functional>
 #include <future>
+#include <limits>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -143,6 +144,12 @@ class MpiCommunicator : public Communicator {
     })->wait();
     return total;
   }
+  void sum(double* values, std::int64_t n) override {
+    KILN_CHECK(n <= std::numeric_limits<int>::max(), "a sum of ", n, " doubles is too large for one MPI call");
+    submit(describe("sum", n), [&, this] {
+      mpi_check(MPI_Allreduce(MPI_IN_PLACE, values, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, comm_), "Allreduce");
+    })->wait();
+  }
 
   std::unique_ptr<Communicator> split(int color, int key, const std::string& label) override {
     MPI_Comm sub = MPI_COMM_NULL;
@@ -238,6 +245,7 @@ class SingleCommunicator : public Communicator {
   std::unique_ptr<CommHandle> broadcast_async(float*, std::int64_t, int) override { return done(); }
   std::unique_ptr<CommHandle> barrier_async() override { return done(); }
   double sum(double value) override { return value; }
+  void sum(double*, std::int64_t) override {}
   std::unique_ptr<Communicator> split(int, int, const std::string& label) override {
     return std::make_unique<SingleCommunicator>(label);
   }

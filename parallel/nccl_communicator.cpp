@@ -145,6 +145,7 @@ class NcclCommunicator : public Communicator {
     nccl_check(ncclAllReduce(scalar_, scalar_, 1, ncclDouble, ncclSum, comm_, stream_), "AllReduce");
     return record("barrier", 0);
   }
+  using Communicator::sum;  // the n-double sum: one sum() each
   double sum(double value) override {
     cuda_check(cudaMemcpyAsync(scalar_, &value, sizeof value, cudaMemcpyHostToDevice, stream_), "MemcpyAsync");
     nccl_check(ncclAllReduce(scalar_, scalar_, 1, ncclDouble, ncclSum, comm_, stream_), "AllReduce");

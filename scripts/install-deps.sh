@@ -2,6 +2,7 @@
 # Installs kiln's Debian packages. Idempotent: does nothing when everything is present.
 # KILN_WITH_TORCH=1 also installs PyTorch (Debian's python3-torch), used by the parity
 # fixture generator and the benchmark's reference, not by the build or the tests.
+# KILN_WITH_PLOT=1 also installs matplotlib (python3-matplotlib), for scripts/plot-eval.py.
 #
 # Packages are installed without their Recommends, so everything kiln needs is named here:
 # ocl-icd-opencl-dev because libdnnl-dev's CMake package requires OpenCL (Debian only recommends
@@ -12,6 +13,7 @@ pkgs=(cmake g++ make pkg-config libyaml-cpp-dev libdnnl-dev ocl-icd-opencl-dev l
       nlohmann-json3-dev libcli11-dev libgtest-dev libbenchmark-dev fortunes openmpi-bin
       libopenmpi-dev python3)
 if [ "${KILN_WITH_TORCH:-0}" = 1 ]; then pkgs+=(python3-torch python3-numpy libopenblas0-pthread); fi
+if [ "${KILN_WITH_PLOT:-0}" = 1 ]; then pkgs+=(python3-matplotlib); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "core/data/tokenizer.h"
+#include "core/rng.h"
 #include "kernels/error.h"
 
 namespace kiln {
@@ -45,23 +46,26 @@ SftStage::SftStage(const ExperimentConfig& config, int replica, int replicas)
       replicas_(replicas) {
   KILN_CHECK(!config.data.mixture.empty(), "train.stage=sft reads a task mixture: set data.mixture to its YAML "
              "file (docs/instruction-data.md)");
-  const auto tokenizer = make_tokenizer(config.data.tokenizer, config.data.tokenizer_dir);
+  tokenizer_ = make_tokenizer(config.data.tokenizer, config.data.tokenizer_dir);
+  const Tokenizer* tokenizer = tokenizer_.get();
   vocab_size_ = tokenizer->vocab_size();
   eot_ = static_cast<int>(tokenizer->eot());
-  const PackOptions options = pack_options(config, *tokenizer);
+  pack_options_ = pack_options(config, *tokenizer);
+  const PackOptions& options = pack_options_;
   const int rows_multiple = micro_batch_ * replicas_;
 
-  const MixtureConfig mixture = MixtureConfig::load(config.data.mixture);
+  mixture_ = MixtureConfig::load(config.data.mixture);
+  mixture_path_ = config.data.mixture;
+  train_seed_ = config.train.seed;
+  const MixtureConfig& mixture = mixture_;
   split_ = mixture.split_record();
-  Rendered train = render_mixture(mixture, config.data.mixture, *tokenizer);
-  train_examples_ = static_cast<std::int64_t>(train.examples.size());
+  start_pass(0);
   std::map<std::string, std::int64_t> per_task;
-  for (const std::string& t : train.tasks) ++per_task[t];
-  train_ = pack_examples(train.examples, options, rows_multiple);
+  for (const MixtureTask& t : mixture.tasks) per_task[t.name];
   const std::int64_t cells = static_cast<std::int64_t>(train_.batch.batch) * train_.batch.seq_len;
-  summary_ = message("sft: ", train_examples_, " examples from ", per_task.size(), " task(s) of ", config.data.mixture,
-                     " packed into ", train_.batch.batch, " rows of ", train_.batch.seq_len, " tokens (",
-                     train_.batch.loss_tokens(), " response tokens, ",
+  summary_ = message("sft: ", train_examples_, " examples per pass from ", per_task.size(), " task(s) of ",
+                     config.data.mixture, " packed into ", train_.batch.batch, " rows of ", train_.batch.seq_len,
+                     " tokens (pass 1: ", train_.batch.loss_tokens(), " response tokens, ",
                      cells > 0 ? 100 * train_.pad_tokens / cells : 0, "% padding)");
   if (!mixture.held_out.empty()) {
     std::string held;
@@ -86,19 +90,27 @@ SftStage::SftStage(const ExperimentConfig& config, int replica, int replicas)
   }
 }
 
+void SftStage::start_pass(std::uint64_t pass) {
+  MixtureConfig mixture = mixture_;
+  mixture.seed = Rng(train_seed_, mixture_.seed).u64(pass);
+  const Rendered rendered = render_mixture(mixture, mixture_path_, *tokenizer_);
+  train_examples_ = static_cast<std::int64_t>(rendered.examples.size());
+  train_ = pack_examples(rendered.examples, pack_options_, micro_batch_ * replicas_);
+}
+
 StepLoss SftStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
   StepLoss step;
   std::vector<Batch> micro;
   micro.reserve(grad_accum_);
-  const auto rows = static_cast<std::uint64_t>(train_.batch.batch);
   for (int i = 0; i < grad_accum_; ++i) {
     micro.push_back(slice_rows(train_.batch, static_cast<int>(next_row_) + replica_ * micro_batch_, micro_batch_));
     step.tokens += micro.back().loss_tokens();
     step.processed += static_cast<std::int64_t>(micro_batch_) * train_.batch.seq_len;
     next_row_ += static_cast<std::uint64_t>(micro_batch_) * replicas_;
-    if (next_row_ >= rows) {  // the pass ends (rows are a multiple of micro_batch x replicas)
+    if (next_row_ >= static_cast<std::uint64_t>(train_.batch.batch)) {
+      // The pass ends (rows are a multiple of micro_batch x replicas): render the next one.
       next_row_ = 0;
-      ++passes_;
+      start_pass(++passes_);
     }
   }
   // The mean over every response token of the step, on every replica. A step whose rows hold
@@ -147,12 +159,14 @@ void SftStage::restore(const nlohmann::json& state) {
   KILN_CHECK(state.contains("next_row") && state["next_row"].is_number_unsigned() && state.contains("rows") &&
                  state["rows"].is_number_integer(),
              "trainer_state.json: stage_state has no next_row/rows; it was not written by an sft run, or it is damaged");
+  const std::uint64_t passes = state.value("passes", std::uint64_t{0});
+  if (passes != passes_) start_pass(passes);
   KILN_CHECK(state["rows"].get<int>() == train_.batch.batch, "the checkpoint's sft data packed into ",
              state["rows"].get<int>(), " rows and this data.mixture packs into ", train_.batch.batch,
              " (data.mixture, its files, train.seq_len, train.micro_batch or the ranks changed); resume with the same "
              "data, or start a new run with --init-from the checkpoint");
   next_row_ = state["next_row"].get<std::uint64_t>();
-  passes_ = state.value("passes", std::uint64_t{0});
+  passes_ = passes;
 }
 
 std::string SftStage::describe() const { return summary_; }

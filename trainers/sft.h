@@ -3,17 +3,22 @@
 // model learns to answer and to stop. Examples are rendered through their tasks' templates,
 // packed several to a row (positions restart and attention stays inside each example, so an
 // example's loss in a packed row equals its loss alone; core/data/packing.h), and the packed
-// rows are read in order, pass after pass. Validation reports the loss of each task of
+// rows are read in order. Each pass over the mixture is rendered afresh, with the seed
+// Rng(train.seed, the mixture's seed).u64(pass): its own order, templates and exemplars, so
+// that over several passes a record is seen through several templates, and runs with another
+// train.seed see other draws. Validation reports the loss of each task of
 // data.val_mixture and their token-weighted mean.
 #pragma once
 
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "core/data/instruct.h"
 #include "core/data/packing.h"
+#include "core/data/tokenizer.h"
 #include "trainers/stage.h"
 
 namespace kiln {
@@ -33,8 +38,11 @@ class SftStage : public Stage {
   std::string describe() const override;
   nlohmann::json record() const override { return {{"stage", "sft"}, {"mixture", split_}}; }
 
-  // The packed training rows of one pass (all replicas'), for tests and tools.
+  // The packed training rows of the current pass (all replicas'), for tests and tools.
   const Packed& train_rows() const { return train_; }
+  // Renders and packs pass `pass` of the training mixture as the current one (the loop calls
+  // it at each pass's start and on resume; tests, to see a later pass).
+  void start_pass(std::uint64_t pass);
 
  private:
   struct ValTask {
@@ -45,7 +53,12 @@ class SftStage : public Stage {
   int micro_batch_, grad_accum_, replica_, replicas_;
   int vocab_size_ = 0;
   int eot_ = 0;
-  Packed train_;                 // rows of a pass, a multiple of micro_batch * replicas
+  MixtureConfig mixture_;        // the training mixture as loaded (its seed: the file's)
+  std::string mixture_path_;
+  std::uint64_t train_seed_ = 0;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  PackOptions pack_options_;
+  Packed train_;                 // rows of the current pass, a multiple of micro_batch * replicas
   std::int64_t train_examples_ = 0;
   std::uint64_t next_row_ = 0;   // the pass's row the next micro-batch starts at (this replica's: + replica * micro)
   std::uint64_t passes_ = 0;

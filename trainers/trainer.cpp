@@ -231,13 +231,7 @@ Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext&
                "(parallel.tensor=1) on GPUs");
     KILN_CHECK(config_.parallel.zero == 0 || parallel_.dims.dp == 1, "train.device=cuda with "
                "parallel.zero=1: ZeRO-1 runs on the cpu only in this version; set parallel.zero=0");
-    // One GPU per rank: the rank's place on its machine, or the one device a launcher that
-    // binds GPUs (srun --gpus-per-task=1) leaves visible.
-    const int devices = device::device_count(), local = parallel_.world->local_rank();
-    KILN_CHECK(devices == 1 || local < devices, "rank ", parallel_.rank, " is rank ", local,
-               " on its machine, which shows only ", devices, " CUDA devices: start at most one "
-               "rank per GPU");
-    const int gpu = devices == 1 ? 0 : local;
+    const int gpu = gpu_of_rank(*parallel_.world);
     device::use_device(gpu);
     // Gradients are summed over the data-parallel group on the GPUs, by NCCL (before the memory
     // baseline below: NCCL's own buffers are not kiln's to plan; a NCCL that connects lazily, on
@@ -486,17 +480,16 @@ AdamW::StepStats Trainer::optimizer_step(float lr) {
   return optimizer_->step(lr, grads.f32(), norm);
 }
 
-// train.eval_tasks: the main rank scores the tasks with the model as it is (tp 1: every rank
-// holds the whole model) and logs them; the other ranks wait for it.
+// train.eval_tasks: every rank scores its share of the documents with the model as it is (tp 1:
+// every rank holds the whole model); the scores are one process's, and the main rank logs them.
 void Trainer::evaluate_tasks(std::int64_t step, MetricsLog* log) {
-  if (parallel_.is_main()) {
-    EvalOptions options;
-    options.limit = config_.train.eval_limit;
-    options.batch_rows = config_.train.micro_batch;
-    const EvalReport report = evaluate(*model_, *eval_tokenizer_, eval_tasks_, options);
-    if (log) log->evaluation(step, report);
-  }
-  parallel_.world->barrier();
+  Communicator& world = *parallel_.world;
+  EvalOptions options;
+  options.limit = config_.train.eval_limit;
+  options.batch_rows = config_.train.micro_batch;
+  options.ranks = {world.rank(), world.size(), [&](double* v, std::int64_t n) { world.sum(v, n); }};
+  const EvalReport report = evaluate(*model_, *eval_tokenizer_, eval_tasks_, options);
+  if (parallel_.is_main() && log) log->evaluation(step, report);
 }
 
 PeakFlops Trainer::job_peak_flops() const {

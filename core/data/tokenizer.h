@@ -18,6 +18,11 @@ class Tokenizer {
   virtual int vocab_size() const = 0;      // every id is < vocab_size
   virtual std::uint32_t eot() const = 0;   // the end-of-text id that closes each document
   virtual std::vector<std::uint32_t> encode(std::string_view text) const = 0;
+  // encode() as the model's token ids (int32).
+  std::vector<std::int32_t> encode_ids(std::string_view text) const {
+    const std::vector<std::uint32_t> ids = encode(text);
+    return std::vector<std::int32_t>(ids.begin(), ids.end());
+  }
   // The eot id decodes to "<|endoftext|>"; an id >= vocab_size is an Error naming the id.
   virtual std::string decode(const std::vector<std::uint32_t>& ids) const = 0;
 };

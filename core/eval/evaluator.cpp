@@ -9,6 +9,7 @@
 #include <numeric>
 #include <tuple>
 
+#include "core/config.h"
 #include "core/model/decode.h"
 #include "core/rng.h"
 #include "kernels/error.h"
@@ -16,18 +17,6 @@
 namespace kiln {
 
 namespace {
-
-std::vector<std::int32_t> encode(const Tokenizer& tokenizer, const std::string& text) {
-  std::vector<std::int32_t> ids;
-  for (auto id : tokenizer.encode(text)) ids.push_back(static_cast<std::int32_t>(id));
-  return ids;
-}
-
-std::string trim(const std::string& s) {
-  const auto first = s.find_first_not_of(" \t\r\n");
-  if (first == std::string::npos) return "";
-  return s.substr(first, s.find_last_not_of(" \t\r\n") - first + 1);
-}
 
 // The k exemplars of document `doc`: a seeded draw without replacement from the pool.
 std::vector<std::size_t> exemplars(std::size_t pool, int k, std::uint64_t seed, std::size_t doc) {
@@ -127,6 +116,9 @@ std::vector<LoglikelihoodRequest> rolling_requests(const std::vector<std::int32_
 EvalReport evaluate(Gpt& model, const Tokenizer& tokenizer, const std::vector<EvalTask>& tasks,
                     const EvalOptions& options) {
   const auto t_start = std::chrono::steady_clock::now();
+  const EvalRanks& ranks = options.ranks;
+  KILN_CHECK(ranks.size >= 1 && ranks.rank >= 0 && ranks.rank < ranks.size && (ranks.size == 1 || ranks.sum),
+             "evaluation ranks: rank ", ranks.rank, " of ", ranks.size, " (and a sum over ranks when there are several)");
   EvalReport report;
   std::unique_ptr<Decoder> decoder;
   const auto eot = static_cast<std::int32_t>(tokenizer.eot());
@@ -138,59 +130,67 @@ EvalReport evaluate(Gpt& model, const Tokenizer& tokenizer, const std::vector<Ev
       KILN_CHECK(k >= 0 && static_cast<std::size_t>(k) <= task.fewshot.size(), task.source, ": task ", task.name,
                  ": ", k, " shots, but fewshot_dataset holds ", task.fewshot.size(), " exemplars");
     const std::size_t docs = options.limit > 0 ? std::min<std::size_t>(options.limit, task.docs.size()) : task.docs.size();
+    // This rank's documents.
+    std::vector<std::size_t> mine;
+    for (std::size_t d = static_cast<std::size_t>(ranks.rank); d < docs; d += static_cast<std::size_t>(ranks.size))
+      mine.push_back(d);
     for (const EvalTemplate& t : task.templates)
       for (int k : ks) {
         EvalScore score{task.name, task.cluster, t.name, task.output_type, k, static_cast<std::int64_t>(docs), 0, {}};
+        // Per-document results, `fields` per document, then this rank's count of truncated
+        // prompts; summed over ranks, then reduced in document order.
+        const std::size_t fields = task.rolling() || !task.multiple_choice() ? 3 : 2;
+        std::vector<double> per_doc(docs * fields + 1, 0.0);
+        double& truncated = per_doc.back();
+        std::int64_t cut = 0;
+        const auto t0 = std::chrono::steady_clock::now();
         if (task.rolling()) {
-          const auto t0 = std::chrono::steady_clock::now();
+          // Fields: log-likelihood, tokens, bytes.
           std::vector<LoglikelihoodRequest> requests;
-          double tokens = 0, bytes = 0;
-          for (std::size_t d = 0; d < docs; ++d) {
+          std::vector<std::size_t> doc_of;
+          for (std::size_t d : mine) {
             const std::string text = task.text(t, task.docs[d]);
-            const std::vector<std::int32_t> ids = encode(tokenizer, text);
-            tokens += static_cast<double>(ids.size());
-            bytes += static_cast<double>(text.size());
-            for (auto& r : rolling_requests(ids, eot, model.shape().context)) requests.push_back(std::move(r));
+            const std::vector<std::int32_t> ids = tokenizer.encode_ids(text);
+            per_doc[d * fields + 1] = static_cast<double>(ids.size());
+            per_doc[d * fields + 2] = static_cast<double>(text.size());
+            for (auto& r : rolling_requests(ids, eot, model.shape().context)) {
+              requests.push_back(std::move(r));
+              doc_of.push_back(d);
+            }
           }
-          double sum = 0;
-          for (double ll : loglikelihoods(model, requests, options.batch_rows, &score.truncated)) sum += ll;
-          score.metrics = {{"perplexity", tokens > 0 ? std::exp(-sum / tokens) : 0.0},
-                           {"bits_per_byte", bytes > 0 ? -sum / (bytes * std::log(2.0)) : 0.0}};
-          report.mc_seconds += seconds_since(t0);
+          const std::vector<double> ll = loglikelihoods(model, requests, options.batch_rows, &cut);
+          for (std::size_t i = 0; i < ll.size(); ++i) per_doc[doc_of[i] * fields] += ll[i];
         } else if (task.multiple_choice()) {
-          const auto t0 = std::chrono::steady_clock::now();
+          // Fields: the best option is gold (acc), the best per character is (acc_norm).
           std::vector<LoglikelihoodRequest> requests;
-          std::vector<std::size_t> first_option(docs + 1, 0);
+          std::vector<std::size_t> first_option(1, 0);
           std::vector<double> chars;
-          for (std::size_t d = 0; d < docs; ++d) {
-            const std::vector<std::int32_t> context = encode(tokenizer, prompt_text(task, t, d, k));
+          for (std::size_t d : mine) {
+            const std::vector<std::int32_t> context = tokenizer.encode_ids(prompt_text(task, t, d, k));
             for (const std::string& option : task.choices(t, task.docs[d])) {
               const std::string continuation = task.target_delimiter + option;
-              requests.push_back({context, encode(tokenizer, continuation)});
+              requests.push_back({context, tokenizer.encode_ids(continuation)});
               chars.push_back(static_cast<double>(std::max<std::size_t>(1, continuation.size())));
             }
-            first_option[d + 1] = requests.size();
+            first_option.push_back(requests.size());
           }
-          const std::vector<double> ll = loglikelihoods(model, requests, options.batch_rows, &score.truncated);
-          double acc = 0, acc_norm = 0;
-          for (std::size_t d = 0; d < docs; ++d) {
+          const std::vector<double> ll = loglikelihoods(model, requests, options.batch_rows, &cut);
+          for (std::size_t m = 0; m < mine.size(); ++m) {
+            const std::size_t d = mine[m];
             const std::vector<int> gold = task.gold(t, task.docs[d]);
-            std::size_t best = first_option[d], best_norm = first_option[d];
-            for (std::size_t i = first_option[d]; i < first_option[d + 1]; ++i) {
+            std::size_t best = first_option[m], best_norm = first_option[m];
+            for (std::size_t i = first_option[m]; i < first_option[m + 1]; ++i) {
               if (ll[i] > ll[best]) best = i;
               if (ll[i] / chars[i] > ll[best_norm] / chars[best_norm]) best_norm = i;
             }
             auto is_gold = [&](std::size_t i) {
-              return std::find(gold.begin(), gold.end(), static_cast<int>(i - first_option[d])) != gold.end();
+              return std::find(gold.begin(), gold.end(), static_cast<int>(i - first_option[m])) != gold.end();
             };
-            acc += is_gold(best);
-            acc_norm += is_gold(best_norm);
+            per_doc[d * fields] = is_gold(best);
+            per_doc[d * fields + 1] = is_gold(best_norm);
           }
-          score.metrics = {{"acc", docs ? acc / docs : 0.0}, {"acc_norm", docs ? acc_norm / docs : 0.0}};
-          report.mc_docs += static_cast<std::int64_t>(docs);
-          report.mc_seconds += seconds_since(t0);
         } else {
-          const auto t0 = std::chrono::steady_clock::now();
+          // Fields: exact match, stopped at end-of-text, tokens generated.
           if (!decoder) decoder = std::make_unique<Decoder>(model);
           const std::size_t room = static_cast<std::size_t>(model.shape().context - task.max_gen_toks);
           KILN_CHECK(model.shape().context > task.max_gen_toks, task.source, ": task ", task.name, ": max_gen_toks ",
@@ -198,35 +198,56 @@ EvalReport evaluate(Gpt& model, const Tokenizer& tokenizer, const std::vector<Ev
           SampleOptions sample;
           sample.max_tokens = task.max_gen_toks;
           sample.temperature = 0.0f;
-          double matches = 0, stopped = 0;
-          for (std::size_t first = 0; first < docs; first += options.batch_rows) {
-            const std::size_t n = std::min<std::size_t>(options.batch_rows, docs - first);
+          for (std::size_t first = 0; first < mine.size(); first += options.batch_rows) {
+            const std::size_t n = std::min<std::size_t>(options.batch_rows, mine.size() - first);
             std::vector<std::vector<std::int32_t>> prompts;
-            for (std::size_t d = first; d < first + n; ++d) {
-              std::vector<std::int32_t> ids = encode(tokenizer, prompt_text(task, t, d, k));
+            for (std::size_t i = first; i < first + n; ++i) {
+              std::vector<std::int32_t> ids = tokenizer.encode_ids(prompt_text(task, t, mine[i], k));
               if (ids.size() > room) {
                 ids.erase(ids.begin(), ids.end() - static_cast<std::ptrdiff_t>(room));
-                ++score.truncated;
+                ++cut;
               }
               if (ids.empty()) ids.push_back(eot);
               prompts.push_back(std::move(ids));
             }
             const auto outputs = decoder->generate(prompts, sample, eot);
             for (std::size_t i = 0; i < n; ++i) {
+              const std::size_t d = mine[first + i];
               std::vector<std::uint32_t> ids(outputs[i].begin(), outputs[i].end());
-              report.generated_tokens += static_cast<std::int64_t>(ids.size());
-              // Fewer tokens than allowed: the decoder met end-of-text (it is not emitted).
-              stopped += ids.size() < static_cast<std::size_t>(task.max_gen_toks);
               std::string text = tokenizer.decode(ids);
               for (const std::string& stop : task.until) {
                 const auto at = text.find(stop);
                 if (!stop.empty() && at != std::string::npos) text.resize(at);
               }
-              matches += trim(text) == trim(task.target_text(t, task.docs[first + i]));
+              per_doc[d * fields] = trim(text) == trim(task.target_text(t, task.docs[d]));
+              // Fewer tokens than allowed: the decoder met end-of-text (it is not emitted).
+              per_doc[d * fields + 1] = ids.size() < static_cast<std::size_t>(task.max_gen_toks);
+              per_doc[d * fields + 2] = static_cast<double>(ids.size());
             }
           }
-          score.metrics = {{"exact_match", docs ? matches / docs : 0.0}, {"stopped_at_eot", docs ? stopped / docs : 0.0}};
-          report.gen_seconds += seconds_since(t0);
+        }
+        truncated = static_cast<double>(cut);
+        const double seconds = seconds_since(t0);
+        if (ranks.size > 1) ranks.sum(per_doc.data(), static_cast<std::int64_t>(per_doc.size()));
+        score.truncated = static_cast<std::int64_t>(truncated);
+        // Totals in document order, whatever the ranks.
+        std::vector<double> total(fields, 0.0);
+        for (std::size_t d = 0; d < docs; ++d)
+          for (std::size_t f = 0; f < fields; ++f) total[f] += per_doc[d * fields + f];
+        const double n = static_cast<double>(docs);
+        if (task.rolling()) {
+          const double sum = total[0], tokens = total[1], bytes = total[2];
+          score.metrics = {{"perplexity", tokens > 0 ? std::exp(-sum / tokens) : 0.0},
+                           {"bits_per_byte", bytes > 0 ? -sum / (bytes * std::log(2.0)) : 0.0}};
+          report.mc_seconds += seconds;
+        } else if (task.multiple_choice()) {
+          score.metrics = {{"acc", docs ? total[0] / n : 0.0}, {"acc_norm", docs ? total[1] / n : 0.0}};
+          report.mc_docs += static_cast<std::int64_t>(docs);
+          report.mc_seconds += seconds;
+        } else {
+          score.metrics = {{"exact_match", docs ? total[0] / n : 0.0}, {"stopped_at_eot", docs ? total[1] / n : 0.0}};
+          report.generated_tokens += static_cast<std::int64_t>(total[2]);
+          report.gen_seconds += seconds;
         }
         report.scores.push_back(std::move(score));
       }

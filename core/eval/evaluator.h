@@ -26,6 +26,7 @@
 // pass holds.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -56,10 +57,20 @@ std::vector<double> loglikelihoods(Gpt& model, const std::vector<LoglikelihoodRe
 std::vector<LoglikelihoodRequest> rolling_requests(const std::vector<std::int32_t>& ids, std::int32_t eot,
                                                    int context);
 
+// Ranks sharing an evaluation: rank r scores documents r, r + size, ... of every task, template
+// and k, and the per-document results are summed over ranks, each one contributed by one rank and
+// zeros by the others, so every rank ends with the same scores as one process alone, to the bit.
+// `sum` sums values in place over the ranks (Communicator::sum over MPI, say).
+struct EvalRanks {
+  int rank = 0, size = 1;
+  std::function<void(double* values, std::int64_t n)> sum;
+};
+
 struct EvalOptions {
   int batch_rows = 16;          // rows per forward pass (multiple choice) and sequences per decode
   std::int64_t limit = 0;       // score only the first `limit` documents of each task (0: all)
   std::vector<int> num_fewshot;  // overrides every task's num_fewshot when not empty
+  EvalRanks ranks;              // default: this process alone
 };
 
 // One task, template and k: the metric values and the documents they average.
@@ -83,7 +94,8 @@ struct EvalReport {
   std::vector<EvalScore> scores;
   std::vector<EvalSpread> spreads;
   double seconds = 0;
-  std::int64_t mc_docs = 0, generated_tokens = 0;  // for examples/s and tokens/s
+  // For examples/s and tokens/s: over every rank (the times are this rank's).
+  std::int64_t mc_docs = 0, generated_tokens = 0;
   double mc_seconds = 0, gen_seconds = 0;
   nlohmann::json to_json() const;
   std::string table() const;  // the per-template table and the spread table, for the console

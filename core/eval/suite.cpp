@@ -31,11 +31,27 @@ struct SuiteTask {
   std::string name, cluster;
   bool multiple_choice = false;
   std::vector<std::string> options;  // multiple choice: the fixed options
-  // 5 prompt patterns over the record's field `x`: 4 seen, then 1 unseen.
-  std::vector<std::string> prompts;
+  // Three instructions naming the task (cues), each set into every frame below.
+  std::vector<std::string> cues;
   // The record's input text and its answer (multiple choice: the option's index).
   std::function<std::pair<std::string, std::string>(Draw&)> make;
 };
+
+// Frames a cue {c} and the input {x} are set into. A task's template is one cue in one frame:
+// 3 cues x 4 frames = 12, of which one pair is held out of tuning (its "unseen" template: a cue
+// and a frame each tuned on, never together for that task), plus the fifth frame, never tuned on
+// by any task (its "novel" templates). Multiple-choice tasks list their options ({options}) in
+// the first and third frames when tuning; evaluation prompts list none (rank classification).
+const std::vector<std::string> kFrames = {"{c}: {x}\n", "Q: {c} {x}?\nA: ", "Input: {x}\nTask: {c}\nOutput: ",
+                                          "{x}\n({c})\n"};
+const std::vector<std::string> kFramesWithOptions = {"{c}: {x}\n{options}\n", "",
+                                                     "Input: {x}\n{options}\nTask: {c}\nOutput: ", ""};
+const std::string kNovelFrame = "Here is \"{x}\". Now {c}.\n";
+
+std::string with_cue(const std::string& pattern, const std::string& cue) {
+  const std::size_t at = pattern.find("{c}");
+  return at == std::string::npos ? pattern : pattern.substr(0, at) + cue + pattern.substr(at + 3);
+}
 
 bool vowel(char c) { return std::string("aeiou").find(c) != std::string::npos; }
 
@@ -47,23 +63,20 @@ std::vector<SuiteTask> suite() {
   };
   std::vector<SuiteTask> t;
   t.push_back({"reverse", "strings", false, {},
-               {"Reverse the word {x}.\n", "Write {x} backwards.\n", "{x} reversed is: ", "Spell {x} from the end.\n",
-                "What is the word {x} read right to left?\n"},
+               {"reverse the word", "spell it backwards", "mirror the letters"},
                [](Draw& d) { std::string w = d.word(); return std::pair{w, std::string(w.rbegin(), w.rend())}; }});
   t.push_back({"uppercase", "strings", false, {},
-               {"Uppercase the word {x}.\n", "Write {x} in capital letters.\n", "{x} in upper case is: ",
-                "Shout the word {x}.\n", "Convert {x} to all caps.\n"},
+               {"uppercase the word", "capitalize every letter", "convert to all caps"},
                [](Draw& d) {
                  std::string w = d.word(), u = w;
                  for (char& c : u) c = static_cast<char>(c - 'a' + 'A');
                  return std::pair{w, u};
                }});
   t.push_back({"sort_letters", "strings", false, {},
-               {"Sort the letters of {x}.\n", "Put the letters of {x} in alphabetical order.\n",
-                "{x} with its letters sorted is: ", "Arrange {x} from a to z.\n", "Order the characters of {x}.\n"},
+               {"sort the letters", "put the letters in alphabetical order", "arrange from a to z"},
                [](Draw& d) { std::string w = d.word(), s = w; std::sort(s.begin(), s.end()); return std::pair{w, s}; }});
-  auto arithmetic = [&](const std::string& name, char op, std::vector<std::string> prompts) {
-    t.push_back({name, "arithmetic", false, {}, std::move(prompts), [op](Draw& d) {
+  auto arithmetic = [&](const std::string& name, char op, std::vector<std::string> cues) {
+    t.push_back({name, "arithmetic", false, {}, std::move(cues), [op](Draw& d) {
                    const int a = static_cast<int>(d.u(op == '*' ? 10 : 50)), b = static_cast<int>(d.u(op == '*' ? 10 : 50));
                    const int hi = std::max(a, b), lo = std::min(a, b);
                    const int r = op == '+' ? a + b : op == '-' ? hi - lo : a * b;
@@ -71,42 +84,32 @@ std::vector<SuiteTask> suite() {
                    return std::pair{std::to_string(x) + " " + op + " " + std::to_string(y), std::to_string(r)};
                  }});
   };
-  arithmetic("add", '+', {"Compute {x}.\n", "What is {x}?\n", "{x} = ", "Add: {x}\n", "Work out the sum {x}.\n"});
-  arithmetic("subtract", '-',
-             {"Compute {x}.\n", "What is {x}?\n", "{x} = ", "Subtract: {x}\n", "Work out the difference {x}.\n"});
-  arithmetic("multiply", '*',
-             {"Compute {x}.\n", "What is {x}?\n", "{x} = ", "Multiply: {x}\n", "Work out the product {x}.\n"});
+  arithmetic("add", '+', {"compute the sum", "add the numbers", "work out the total"});
+  arithmetic("subtract", '-', {"compute the difference", "subtract the numbers", "work out what is left"});
+  arithmetic("multiply", '*', {"compute the product", "multiply the numbers", "work out the times table"});
   t.push_back({"parity", "rules", true, {"even", "odd"},
-               {"Is {x} even or odd?\n", "{x}: even or odd?\n{options}\n", "The parity of {x} is: ",
-                "Tell whether {x} is even or odd.\n{options}\n", "Would {x} split into two equal whole halves?\n"},
+               {"is the number even or odd", "tell the parity", "say even or odd"},
                [](Draw& d) { const auto n = d.u(100); return std::pair{std::to_string(n), std::string(n % 2 ? "1" : "0")}; }});
   t.push_back({"vowel_start", "rules", true, {"yes", "no"},
-               {"Does {x} start with a vowel?\n", "{x}: first letter a vowel?\n{options}\n",
-                "Starts with a vowel ({x}): ", "Answer whether the word {x} begins with a vowel.\n{options}\n",
-                "Is the first letter of {x} one of a, e, i, o, u?\n"},
+               {"does the word start with a vowel", "is the first letter a vowel", "begins with a vowel"},
                [](Draw& d) { std::string w = d.word(); return std::pair{w, std::string(vowel(w[0]) ? "0" : "1")}; }});
   t.push_back({"long_word", "rules", true, {"yes", "no"},
-               {"Does {x} have more than four letters?\n", "{x}: longer than four letters?\n{options}\n",
-                "More than four letters ({x}): ", "Answer whether {x} is longer than four letters.\n{options}\n",
-                "Would {x} need five or more letter tiles?\n"},
+               {"does the word have more than four letters", "is it longer than four letters", "over four letters"},
                [](Draw& d) { std::string w = d.word(); return std::pair{w, std::string(w.size() > 4 ? "0" : "1")}; }});
   t.push_back({"first_word", "extraction", false, {},
-               {"First word of: {x}\n", "What is the first word of \"{x}\"?\n", "{x} -- its first word is: ",
-                "Copy the first word of this sentence: {x}\n", "Which word opens the phrase \"{x}\"?\n"},
+               {"give the first word", "copy the first word", "which word opens the sentence"},
                [sentence](Draw& d) {
                  const std::string s = sentence(d, 3 + static_cast<int>(d.u(3)));
                  return std::pair{s, s.substr(0, s.find(' '))};
                }});
   t.push_back({"last_word", "extraction", false, {},
-               {"Last word of: {x}\n", "What is the last word of \"{x}\"?\n", "{x} -- its last word is: ",
-                "Copy the last word of this sentence: {x}\n", "Which word closes the phrase \"{x}\"?\n"},
+               {"give the last word", "copy the last word", "which word closes the sentence"},
                [sentence](Draw& d) {
                  const std::string s = sentence(d, 3 + static_cast<int>(d.u(3)));
                  return std::pair{s, s.substr(s.rfind(' ') + 1)};
                }});
   t.push_back({"find_number", "extraction", false, {},
-               {"Find the number in: {x}\n", "Which number appears in \"{x}\"?\n", "{x} -- the number is: ",
-                "Copy the number from this sentence: {x}\n", "What figure is mentioned in \"{x}\"?\n"},
+               {"find the number", "copy the number", "which number appears"},
                [sentence](Draw& d) {
                  const std::string n = std::to_string(d.u(1000));
                  std::string a = sentence(d, 1 + static_cast<int>(d.u(2))), b = sentence(d, 1 + static_cast<int>(d.u(2)));
@@ -163,17 +166,31 @@ std::vector<std::string> write_task_suite(const std::string& dir, std::uint64_t 
                        "_test.jsonl\nfewshot_dataset: " + task.name + "_train.jsonl\nnum_fewshot: [0]\n" +
                        "target_delimiter: \"\"\nfewshot_delimiter: \"\\n\"\n" +
                        (task.multiple_choice ? "doc_to_choice: options\ndoc_to_target: label\n"
-                                             : "doc_to_target: \"{output}\"\ngeneration: {until: [\"\\n\"], max_gen_toks: 16}\n") +
+                                             : "doc_to_target: \"{output}\"\ngeneration: {until: [\"\\n\"], max_gen_toks: 8}\n") +
                        "templates:\n";
-    for (std::size_t p = 0; p < task.prompts.size(); ++p) {
-      const bool seen = p + 1 < task.prompts.size();
-      const std::string name = (seen ? "seen_" : "unseen_") + std::to_string(p + 1);
-      if (seen) templates += "  - {name: " + name + ", prompt: " + yaml_quoted(task.prompts[p]) + ", response: \"{output}\"}\n";
+    // Template names: cue and frame ("c2_f3"); the pair held out of tuning is "unseen_c2_f3", the
+    // novel frame "novel_c2". Each of the 12 tasks holds out a different pair.
+    const std::size_t held_cue = ti % task.cues.size(), held_frame = ti % kFrames.size();  // 12 distinct pairs
+    auto eval_template = [&](const std::string& name, std::string prompt) {
       // Evaluation prompts list no options: rank classification scores each option itself.
-      std::string prompt = task.prompts[p];
-      for (std::size_t at; (at = prompt.find("{options}\n")) != std::string::npos;) prompt.erase(at, 10);
       eval += "  - {name: " + name + ", doc_to_text: " + yaml_quoted(prompt) + "}\n";
+    };
+    for (std::size_t c = 0; c < task.cues.size(); ++c) {
+      for (std::size_t f = 0; f < kFrames.size(); ++f) {
+        std::string name = "c";  // appended, not "c" + ...: GCC 12 warns falsely there (-Wrestrict)
+        name += std::to_string(c + 1) + "_f" + std::to_string(f + 1);
+        const bool held = c == held_cue && f == held_frame;
+        const std::string plain = with_cue(kFrames[f], task.cues[c]);
+        if (!held) {
+          const bool list_options = task.multiple_choice && !kFramesWithOptions[f].empty();
+          const std::string tuned = list_options ? with_cue(kFramesWithOptions[f], task.cues[c]) : plain;
+          templates += "  - {name: " + name + ", prompt: " + yaml_quoted(tuned) + ", response: \"{output}\"}\n";
+        }
+        eval_template(held ? "unseen_" + name : name, plain);
+      }
     }
+    for (std::size_t c = 0; c < task.cues.size(); ++c)
+      eval_template("novel_c" + std::to_string(c + 1), with_cue(kNovelFrame, task.cues[c]));
     write(task.name + ".templates.yaml", templates);
     write(task.name + ".eval.yaml", eval);
   }

@@ -5,9 +5,10 @@
 //   arithmetic  add, subtract, multiply                     (generation)
 //   rules       parity, vowel_start, long_word              (multiple choice)
 //   extraction  first_word, last_word, find_number          (generation)
-// Each task has 5 templates: 4 "seen" ones (the SFT template set) and 1 "unseen" one (only in
-// the evaluation task file, for seen tasks with unseen templates); two of a multiple-choice
-// task's templates list its options (`{options}`).
+// Each task has 3 cues (instructions naming it) set into 4 frames: 12 templates, 11 of them tuned
+// on (the SFT template set) and one cue-frame pair held out ("unseen_cC_fF", only in the
+// evaluation file: seen tasks with unseen templates), plus a fifth frame no task is tuned on
+// ("novel_cC"). A multiple-choice task's tuning templates list its options in two frames.
 #pragma once
 
 #include <cstdint>

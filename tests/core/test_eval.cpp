@@ -244,8 +244,21 @@ TEST_F(EvalTest, TaskSuiteLoadsAndIsSeeded) {
     for (const kiln::EvalTask& t : kiln::load_eval_tasks(f)) {
       ++tasks;
       clusters.insert(t.cluster);
-      EXPECT_EQ(t.templates.size(), 5u) << t.name;
+      // 3 cues x 4 frames, one pair held out of tuning, and 3 in the novel frame.
+      EXPECT_EQ(t.templates.size(), 15u) << t.name;
       EXPECT_EQ(t.docs.size(), 10u);
+      int unseen = 0, novel = 0;
+      const std::string tuning = read(fs::path(a) / (t.name + ".templates.yaml"));
+      for (const kiln::EvalTemplate& tt : t.templates) {
+        const bool held = tt.name.rfind("unseen_", 0) == 0, new_frame = tt.name.rfind("novel_", 0) == 0;
+        unseen += held;
+        novel += new_frame;
+        // The tuning set holds every template but these (an unseen one under its plain name too).
+        const bool in_tuning = tuning.find("{name: " + (held ? tt.name.substr(7) : tt.name) + ",") != std::string::npos;
+        EXPECT_EQ(in_tuning, !held && !new_frame) << t.name << " " << tt.name;
+      }
+      EXPECT_EQ(unseen, 1) << t.name;
+      EXPECT_EQ(novel, 3) << t.name;
     }
   }
   EXPECT_EQ(tasks, 12);

@@ -46,6 +46,19 @@ TEST(Communicator, AllReduceSums) {
   }
 }
 
+// The n-double sum (the evaluator's): each value summed over ranks, in place.
+TEST(Communicator, SumsDoublesInPlace) {
+  kiln::Communicator& comm = world();
+  std::vector<double> data(7);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = (comm.rank() + 1) * 0.1 + static_cast<double>(i);
+  comm.sum(data.data(), static_cast<std::int64_t>(data.size()));
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    double expect = 0;
+    for (int r = 0; r < comm.size(); ++r) expect += (r + 1) * 0.1 + static_cast<double>(i);
+    EXPECT_NEAR(data[i], expect, 1e-12) << i;
+  }
+}
+
 TEST(Communicator, ReduceScatterAndAllGatherWithUnevenSizes) {
   kiln::Communicator& comm = world();
   for (std::int64_t n : {1, 10, 1001}) {

@@ -144,6 +144,26 @@ TEST_F(SftTest, PromptTokensCarryNoGradient) {
   EXPECT_NE(grads(response_changed), base);
 }
 
+// Each pass is rendered afresh from train.seed: the same seed gives the same rows, another
+// seed or a later pass other orders and template draws over the same examples.
+TEST_F(SftTest, PassesAndSeedsDrawAfresh) {
+  const kiln::ExperimentConfig c = config("draws");
+  kiln::ExperimentConfig other = c;
+  other.train.seed = c.train.seed + 1;
+  kiln::SftStage a(c, 0, 1), same(c, 0, 1), b(other, 0, 1);
+  const auto inputs = [](const kiln::SftStage& s) { return s.train_rows().batch.inputs; };
+  const auto examples = [](const kiln::SftStage& s) { return s.train_rows().placements.size(); };
+  EXPECT_EQ(inputs(a), inputs(same));
+  EXPECT_NE(inputs(a), inputs(b));
+  const auto first_pass = inputs(a);
+  const std::size_t count = examples(a);
+  a.start_pass(1);
+  EXPECT_NE(inputs(a), first_pass);
+  EXPECT_EQ(examples(a), count);
+  a.start_pass(0);
+  EXPECT_EQ(inputs(a), first_pass);
+}
+
 // The loop tunes on the mixture (the response loss falls), validates each task, resumes
 // bit-exactly from a checkpoint, and train.init_from starts a new run from the tuned weights.
 TEST_F(SftTest, TunesValidatesPerTaskResumesAndInitsFrom) {
