@@ -16,6 +16,7 @@
 #include "core/data/instruct.h"
 #include "core/model/decode.h"
 #include "core/model/gpt.h"
+#include "eval_model.h"
 
 namespace fs = std::filesystem;
 
@@ -35,13 +36,7 @@ class EvalTest : public ::testing::Test {
     std::ofstream shots(dir_ / "shots.jsonl");
     for (int i = 0; i < 5; ++i)
       shots << R"({"q": "q)" << i << R"(", "options": ["x", "y"], "label": 1, "empty": ""})" << "\n";
-    shape_.n_layer = 2;
-    shape_.n_head = 2;
-    shape_.n_embd = 32;
-    shape_.context = 64;
-    shape_.vocab = tokenizer_->vocab_size();
-    shape_.padded_vocab = (shape_.vocab + 63) / 64 * 64;
-    shape_.attention_block = 16;
+    shape_ = kiln::testing::eval_test_shape(tokenizer_->vocab_size());
   }
   void TearDown() override { fs::remove_all(dir_); }
 

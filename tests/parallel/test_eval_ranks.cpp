@@ -12,6 +12,7 @@
 #include "core/eval/evaluator.h"
 #include "core/eval/suite.h"
 #include "core/model/gpt.h"
+#include "eval_model.h"
 #include "test_world.h"
 
 namespace fs = std::filesystem;
@@ -32,15 +33,7 @@ TEST(EvalRanks, ScoresEqualOneProcessAlone) {
     for (kiln::EvalTask& t : kiln::load_eval_tasks((dir / file).string())) tasks.push_back(std::move(t));
 
   const auto tokenizer = kiln::make_tokenizer("byte", "");
-  kiln::GptShape shape;
-  shape.n_layer = 2;
-  shape.n_head = 2;
-  shape.n_embd = 32;
-  shape.context = 64;
-  shape.vocab = tokenizer->vocab_size();
-  shape.padded_vocab = (shape.vocab + 63) / 64 * 64;
-  shape.attention_block = 16;
-  kiln::Gpt model(shape);
+  kiln::Gpt model(kiln::testing::eval_test_shape(tokenizer->vocab_size()));
   model.init_weights(21, 1.0f);
 
   kiln::EvalOptions options;
