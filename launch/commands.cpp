@@ -1,6 +1,8 @@
 // kiln train / tokenize / tokenizer train / sample / config.
 #include "launch/commands.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -190,6 +192,7 @@ int eval(const EvalArgs& args) {
   // Under mpirun the ranks share the documents (the scores equal one process's); rank 0 writes.
   const std::unique_ptr<Communicator> world = make_world_communicator(ParallelConfig{}.timeout_s, false);
   if (args.device == "cuda" && world->size() > 1) device::use_device(gpu_of_rank(*world));
+  omp_set_num_threads(threads_per_rank(0, *world));  // ranks on one machine share its cores
   Loaded loaded = load_for_inference(args.checkpoint, args.device, args.tokenizer_dir);
   EvalOptions options;
   options.batch_rows = args.batch;

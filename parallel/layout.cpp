@@ -1,6 +1,11 @@
 // Parallel layout checks and process groups.
 #include "parallel/layout.h"
 
+#include <omp.h>
+
+#include <algorithm>
+#include <thread>
+
 #include "kernels/device.h"
 #include "kernels/error.h"
 
@@ -36,6 +41,13 @@ ParallelContext single_process_context() {
   ctx.dp = ctx.world->split(0, 0, "data-parallel");
   ctx.tp = ctx.world->split(0, 0, "tensor-parallel");
   return ctx;
+}
+
+int threads_per_rank(int configured, const Communicator& world) {
+  if (configured > 0) return configured;
+  if (world.local_size() <= 1) return omp_get_max_threads();
+  const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  return std::max(1, cores / world.local_size());
 }
 
 int gpu_of_rank(const Communicator& world) {

@@ -39,6 +39,10 @@ ParallelContext make_parallel_context(std::unique_ptr<Communicator> world, const
 // A context for one process and no MPI (tests, tools).
 ParallelContext single_process_context();
 
+// CPU threads for this rank: `configured` when above 0, else all of them for a rank alone on its
+// machine, else the machine's cores shared out among its ranks.
+int threads_per_rank(int configured, const Communicator& world);
+
 // The GPU of this rank, one per rank: its place on its machine, or the one device a launcher that
 // binds GPUs (srun --gpus-per-task=1) leaves visible. An error when the machine shows fewer.
 int gpu_of_rank(const Communicator& world);

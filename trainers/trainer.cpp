@@ -117,13 +117,6 @@ void inject_fault(int rank, std::int64_t step) {
     for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
 }
 
-// Threads per rank: train.threads, else the machine's cores shared by the ranks on it.
-int threads_per_rank(const TrainConfig& train, const Communicator& world) {
-  if (train.threads > 0) return train.threads;
-  if (world.local_size() <= 1) return omp_get_max_threads();
-  const int cores = static_cast<int>(std::thread::hardware_concurrency());
-  return std::max(1, cores / world.local_size());
-}
 }  // namespace
 
 ExperimentConfig checkpoint_config(const std::string& checkpoint_dir) {
@@ -221,7 +214,7 @@ Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext&
       options_(std::move(options)),
       owned_parallel_(&parallel == &owned_parallel_ ? single_process_context() : ParallelContext{}),
       parallel_(parallel) {
-  omp_set_num_threads(threads_per_rank(config_.train, *parallel_.world));
+  omp_set_num_threads(threads_per_rank(config_.train.threads, *parallel_.world));
   if (config_.train.device == "cuda") {
     KILN_CHECK(device::cuda_available(), "train.device=cuda, but ", device::cuda_description(),
                "; train on the cpu (train.device=cpu) or on a machine with a GPU and a kiln "
