@@ -14,6 +14,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "kernels/error.h"
+#include "core/data/yaml_fields.h"
 #include "core/rng.h"
 
 namespace kiln {
@@ -97,16 +98,6 @@ std::string yaml_string(const YAML::Node& node, const std::string& key, const st
   const YAML::Node v = node[key];
   KILN_CHECK(v && v.IsScalar(), context, ": missing string '", key, "'");
   return v.as<std::string>();
-}
-
-void check_keys(const YAML::Node& node, const std::set<std::string>& valid, const std::string& context) {
-  for (const auto& kv : node) {
-    const std::string key = kv.first.as<std::string>();
-    if (valid.count(key)) continue;
-    std::string list;
-    for (const auto& v : valid) list += (list.empty() ? "" : ", ") + v;
-    throw Error(message(context, ": unknown key '", key, "'; valid keys: ", list));
-  }
 }
 
 void shuffle(std::vector<std::uint64_t>& v, const Rng& rng) {
@@ -209,7 +200,7 @@ TemplateSet TemplateSet::parse(const std::string& yaml_text, const std::string& 
   }
   KILN_CHECK(root.IsMap(), source, ": a template set is a map with 'templates' (and optionally 'fields', "
              "'exemplar_separator', 'chat')");
-  check_keys(root, {"fields", "exemplar_separator", "templates", "chat"}, source);
+  check_fields(root, {"fields", "exemplar_separator", "templates", "chat"}, source, "a template set");
   if (root["fields"]) set.fields_ = root["fields"].as<std::vector<std::string>>();
   if (root["exemplar_separator"]) set.exemplar_separator_ = root["exemplar_separator"].as<std::string>();
   if (root["templates"]) {
@@ -217,14 +208,14 @@ TemplateSet TemplateSet::parse(const std::string& yaml_text, const std::string& 
     for (const auto& node : root["templates"]) {
       const std::string ctx = message(source, " template ", set.templates_.size());
       KILN_CHECK(node.IsMap(), ctx, ": expected a map with name, prompt, response");
-      check_keys(node, {"name", "prompt", "response"}, ctx);
+      check_fields(node, {"name", "prompt", "response"}, source, message("template ", set.templates_.size()));
       set.templates_.push_back(
           {yaml_string(node, "name", ctx), yaml_string(node, "prompt", ctx), yaml_string(node, "response", ctx)});
     }
   }
   set.chat_ = {{"system", "{content}\n\n"}, {"user", "User: {content}\n\nAssistant: "}, {"assistant", "{content}"}};
   if (root["chat"]) {
-    check_keys(root["chat"], {"system", "user", "assistant"}, source + " chat");
+    check_fields(root["chat"], {"system", "user", "assistant"}, source, "chat");
     for (const auto& kv : root["chat"]) set.chat_[kv.first.as<std::string>()] = kv.second.as<std::string>();
   }
   KILN_CHECK(!set.templates_.empty() || root["chat"], source, ": no templates (add a 'templates' list)");
@@ -406,7 +397,7 @@ MixtureConfig MixtureConfig::load(const std::string& path) {
     throw Error(message(path, ": cannot read the mixture (", e.what(), ")"));
   }
   KILN_CHECK(root.IsMap() && root["tasks"] && root["tasks"].IsSequence(), path, ": a mixture needs a 'tasks' list");
-  check_keys(root, {"seed", "skip_bad_records", "tasks", "holdout_clusters", "related_clusters"}, path);
+  check_fields(root, {"seed", "skip_bad_records", "tasks", "holdout_clusters", "related_clusters"}, path, "a mixture");
   MixtureConfig config;
   if (root["seed"]) config.seed = root["seed"].as<std::uint64_t>();
   if (root["skip_bad_records"]) config.skip_bad_records = root["skip_bad_records"].as<bool>();
@@ -415,7 +406,7 @@ MixtureConfig MixtureConfig::load(const std::string& path) {
   std::set<std::string> names;
   for (const auto& node : root["tasks"]) {
     const std::string ctx = message(path, " task ", config.tasks.size());
-    check_keys(node, {"name", "cluster", "file", "templates", "weight", "cap", "k_shot"}, ctx);
+    check_fields(node, {"name", "cluster", "file", "templates", "weight", "cap", "k_shot"}, path, message("task ", config.tasks.size()));
     MixtureTask task;
     task.name = yaml_string(node, "name", ctx);
     if (node["cluster"]) task.cluster = yaml_string(node, "cluster", ctx);

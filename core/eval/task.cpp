@@ -9,6 +9,7 @@
 
 #include "core/data/instruct.h"
 #include "core/data/jsonl.h"
+#include "core/data/yaml_fields.h"
 #include "kernels/error.h"
 
 namespace kiln {
@@ -22,24 +23,9 @@ const std::set<std::string> kTaskKeys = {"task",           "cluster",          "
 const std::set<std::string> kTemplateKeys = {"name", "doc_to_text", "doc_to_target", "doc_to_choice"};
 const std::set<std::string> kGenerationKeys = {"until", "max_gen_toks"};
 
-std::string at(const std::string& file, const YAML::Node& node) {
-  return message(file, ":", node.Mark().line + 1);
-}
-
-void check_keys(const YAML::Node& node, const std::set<std::string>& valid, const std::string& file,
-                const std::string& what) {
-  for (const auto& kv : node) {
-    const std::string key = kv.first.as<std::string>();
-    if (valid.count(key)) continue;
-    std::string list;
-    for (const auto& v : valid) list += (list.empty() ? "" : ", ") + v;
-    throw Error(message(at(file, kv.first), ": ", what, " has no field '", key, "'; the fields are ", list));
-  }
-}
-
 std::string scalar(const YAML::Node& node, const std::string& key, const std::string& file) {
   const YAML::Node v = node[key];
-  KILN_CHECK(v.IsScalar(), at(file, v), ": '", key, "' must be a string");
+  KILN_CHECK(v.IsScalar(), yaml_where(file, v), ": '", key, "' must be a string");
   return v.as<std::string>();
 }
 
@@ -67,25 +53,25 @@ std::string fill(const std::string& pattern, const EvalDoc& doc, const std::stri
 }
 
 EvalTask parse_task(const YAML::Node& node, const std::string& file) {
-  KILN_CHECK(node.IsMap(), at(file, node), ": a task is a map of fields (task, output_type, dataset, ...)");
-  check_keys(node, kTaskKeys, file, "a task");
+  KILN_CHECK(node.IsMap(), yaml_where(file, node), ": a task is a map of fields (task, output_type, dataset, ...)");
+  check_fields(node, kTaskKeys, file, "a task");
   EvalTask t;
   t.source = file;
-  KILN_CHECK(node["task"], at(file, node), ": the task has no 'task' (its name)");
+  KILN_CHECK(node["task"], yaml_where(file, node), ": the task has no 'task' (its name)");
   t.name = scalar(node, "task", file);
   if (node["cluster"]) t.cluster = scalar(node, "cluster", file);
-  KILN_CHECK(node["output_type"], at(file, node), ": task ", t.name, " has no output_type (multiple_choice or generate_until)");
+  KILN_CHECK(node["output_type"], yaml_where(file, node), ": task ", t.name, " has no output_type (multiple_choice or generate_until)");
   t.output_type = scalar(node, "output_type", file);
   KILN_CHECK(t.output_type == "multiple_choice" || t.output_type == "generate_until" ||
                  t.output_type == "loglikelihood_rolling",
-             at(file, node["output_type"]), ": output_type '", t.output_type,
+             yaml_where(file, node["output_type"]), ": output_type '", t.output_type,
              "' is not one kiln scores; use multiple_choice, generate_until or loglikelihood_rolling");
   const std::filesystem::path base = std::filesystem::path(file).parent_path();
   auto path_of = [&](const std::string& key) { return (base / scalar(node, key, file)).string(); };
-  KILN_CHECK(node["dataset"], at(file, node), ": task ", t.name, " has no dataset (a JSONL file of documents)");
-  t.docs = read_docs(path_of("dataset"), "dataset", at(file, node["dataset"]));
+  KILN_CHECK(node["dataset"], yaml_where(file, node), ": task ", t.name, " has no dataset (a JSONL file of documents)");
+  t.docs = read_docs(path_of("dataset"), "dataset", yaml_where(file, node["dataset"]));
   if (node["fewshot_dataset"])
-    t.fewshot = read_docs(path_of("fewshot_dataset"), "fewshot_dataset", at(file, node["fewshot_dataset"]));
+    t.fewshot = read_docs(path_of("fewshot_dataset"), "fewshot_dataset", yaml_where(file, node["fewshot_dataset"]));
   if (const YAML::Node k = node["num_fewshot"]) {
     t.num_fewshot.clear();
     if (k.IsSequence())
@@ -93,8 +79,8 @@ EvalTask parse_task(const YAML::Node& node, const std::string& file) {
     else
       t.num_fewshot.push_back(k.as<int>());
     for (int v : t.num_fewshot) {
-      KILN_CHECK(v >= 0, at(file, k), ": num_fewshot ", v, " is negative");
-      KILN_CHECK(static_cast<std::size_t>(v) <= t.fewshot.size(), at(file, k), ": num_fewshot ", v, " is larger than the ",
+      KILN_CHECK(v >= 0, yaml_where(file, k), ": num_fewshot ", v, " is negative");
+      KILN_CHECK(static_cast<std::size_t>(v) <= t.fewshot.size(), yaml_where(file, k), ": num_fewshot ", v, " is larger than the ",
                  t.fewshot.size(), " exemplars of fewshot_dataset", t.fewshot.empty() ? " (none is set)" : "",
                  "; lower it or give more exemplars");
     }
@@ -103,11 +89,11 @@ EvalTask parse_task(const YAML::Node& node, const std::string& file) {
   if (node["target_delimiter"]) t.target_delimiter = scalar(node, "target_delimiter", file);
   if (node["fewshot_delimiter"]) t.fewshot_delimiter = scalar(node, "fewshot_delimiter", file);
   if (const YAML::Node g = node["generation"]) {
-    check_keys(g, kGenerationKeys, file, "generation");
+    check_fields(g, kGenerationKeys, file, "generation");
     if (g["until"])
       for (const auto& v : g["until"]) t.until.push_back(v.as<std::string>());
     if (g["max_gen_toks"]) t.max_gen_toks = g["max_gen_toks"].as<int>();
-    KILN_CHECK(t.max_gen_toks >= 1, at(file, g), ": max_gen_toks must be at least 1");
+    KILN_CHECK(t.max_gen_toks >= 1, yaml_where(file, g), ": max_gen_toks must be at least 1");
   }
   EvalTemplate shared;
   shared.name = "default";
@@ -117,9 +103,9 @@ EvalTask parse_task(const YAML::Node& node, const std::string& file) {
        : std::string(key) == "doc_to_target" ? shared.doc_to_target
                                               : shared.doc_to_choice) = scalar(node, key, file);
   if (const YAML::Node list = node["templates"]) {
-    KILN_CHECK(list.IsSequence() && list.size() > 0, at(file, list), ": templates must be a non-empty list");
+    KILN_CHECK(list.IsSequence() && list.size() > 0, yaml_where(file, list), ": templates must be a non-empty list");
     for (const auto& tn : list) {
-      check_keys(tn, kTemplateKeys, file, "a template");
+      check_fields(tn, kTemplateKeys, file, "a template");
       EvalTemplate tp = shared;
       tp.name = tn["name"] ? scalar(tn, "name", file) : message("t", t.templates.size() + 1);
       if (tn["doc_to_text"]) tp.doc_to_text = scalar(tn, "doc_to_text", file);
