@@ -212,9 +212,10 @@ int eval(const EvalArgs& args) {
                               : loaded.dir + "/eval.json";
   write_file_atomic(out, j.dump(1) + "\n");
   std::printf("%s\n", report.table().c_str());
-  std::string speed;
-  if (report.mc_docs > 0) speed += message(", multiple choice ", report.mc_docs / report.mc_seconds, " examples/s");
-  if (report.generated_tokens > 0) speed += message(", generation ", report.generated_tokens / report.gen_seconds, " tokens/s");
+  std::string speed;  // the rates the JSON holds
+  const nlohmann::json& rate = j["throughput"];
+  if (report.mc_docs > 0) speed += message(", multiple choice ", rate["multiple_choice_examples_per_s"].get<double>(), " examples/s");
+  if (report.generated_tokens > 0) speed += message(", generation ", rate["generated_tokens_per_s"].get<double>(), " tokens/s");
   std::printf("%.1f s%s; results: %s\n", report.seconds, speed.c_str(), out.c_str());
   return 0;
 }

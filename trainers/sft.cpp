@@ -47,44 +47,38 @@ SftStage::SftStage(const ExperimentConfig& config, int replica, int replicas)
   KILN_CHECK(!config.data.mixture.empty(), "train.stage=sft reads a task mixture: set data.mixture to its YAML "
              "file (docs/instruction-data.md)");
   tokenizer_ = make_tokenizer(config.data.tokenizer, config.data.tokenizer_dir);
-  const Tokenizer* tokenizer = tokenizer_.get();
-  vocab_size_ = tokenizer->vocab_size();
-  eot_ = static_cast<int>(tokenizer->eot());
-  pack_options_ = pack_options(config, *tokenizer);
-  const PackOptions& options = pack_options_;
-  const int rows_multiple = micro_batch_ * replicas_;
+  vocab_size_ = tokenizer_->vocab_size();
+  eot_ = static_cast<int>(tokenizer_->eot());
+  pack_options_ = pack_options(config, *tokenizer_);
 
   mixture_ = MixtureConfig::load(config.data.mixture);
   mixture_path_ = config.data.mixture;
   train_seed_ = config.train.seed;
-  const MixtureConfig& mixture = mixture_;
-  split_ = mixture.split_record();
+  split_ = mixture_.split_record();
   start_pass(0);
-  std::map<std::string, std::int64_t> per_task;
-  for (const MixtureTask& t : mixture.tasks) per_task[t.name];
   const std::int64_t cells = static_cast<std::int64_t>(train_.batch.batch) * train_.batch.seq_len;
-  summary_ = message("sft: ", train_examples_, " examples per pass from ", per_task.size(), " task(s) of ",
+  summary_ = message("sft: ", train_examples_, " examples per pass from ", mixture_.tasks.size(), " task(s) of ",
                      config.data.mixture, " packed into ", train_.batch.batch, " rows of ", train_.batch.seq_len,
                      " tokens (pass 1: ", train_.batch.loss_tokens(), " response tokens, ",
                      cells > 0 ? 100 * train_.pad_tokens / cells : 0, "% padding)");
-  if (!mixture.held_out.empty()) {
+  if (!mixture_.held_out.empty()) {
     std::string held;
-    for (const MixtureTask& t : mixture.held_out) held += (held.empty() ? "" : ", ") + t.name;
+    for (const MixtureTask& t : mixture_.held_out) held += (held.empty() ? "" : ", ") + t.name;
     summary_ += message("\nheld out (clusters ", split_["holdout_clusters"].dump(), "): ", held);
-    for (const auto& [task, why] : mixture.dropped) summary_ += message("\ndropped from training: ", task, " (", why, ")");
+    for (const auto& [task, why] : mixture_.dropped) summary_ += message("\ndropped from training: ", task, " (", why, ")");
   }
 
   if (!config.data.val_mixture.empty()) {
     // Validation scores every task of its mixture, held-out ones included (their zero-shot loss).
     MixtureConfig val_mixture = MixtureConfig::load(config.data.val_mixture);
     val_mixture.tasks.insert(val_mixture.tasks.end(), val_mixture.held_out.begin(), val_mixture.held_out.end());
-    Rendered val = render_mixture(val_mixture, config.data.val_mixture, *tokenizer);
+    Rendered val = render_mixture(val_mixture, config.data.val_mixture, *tokenizer_);
     std::map<std::string, std::vector<Example>> by_task;
     for (std::size_t i = 0; i < val.examples.size(); ++i) by_task[val.tasks[i]].push_back(std::move(val.examples[i]));
     std::int64_t n = 0;
     for (auto& [name, examples] : by_task) {
       n += static_cast<std::int64_t>(examples.size());
-      val_.push_back({name, pack_examples(examples, options, rows_multiple)});
+      val_.push_back({name, pack_examples(examples, pack_options_, micro_batch_ * replicas_)});
     }
     summary_ += message("; validation: ", n, " examples of ", val_.size(), " task(s) from ", config.data.val_mixture);
   }
