@@ -580,8 +580,10 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
     fail(set_at("train.eval_tasks"), message("train.eval_tasks decodes on one model replica, which parallel.tp=",
                                              c.parallel.tp, " splits; set train.eval_tasks=\"\" and score the checkpoints "
                                              "with kiln eval"));
-  if (c.train.stage == "sft") {
-    if (c.data.mixture.empty())
+  const std::string& stage = c.train.stage;
+  const bool preference_stage = stage == "reward" || stage == "dpo" || stage == "ppo";
+  if (stage == "sft" || preference_stage) {
+    if (stage == "sft" && c.data.mixture.empty())
       fail(set_at("train.stage"), message("train.stage=sft tunes on the responses of a task mixture: set "
                                           "data.mixture to its YAML file (docs/instruction-data.md)"));
     for (const char* pretraining : {"data.train", "data.val", "data.corpus"}) {
@@ -589,14 +591,55 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
                                  : std::string(pretraining) == "data.val" ? c.data.val
                                                                           : c.data.corpus;
       if (!value.empty())
-        fail(set_at(pretraining), message(pretraining, " is pretraining data, which train.stage=sft does not read; "
-                                          "set ", pretraining, "=\"\" (sft reads data.mixture and data.val_mixture)"));
+        fail(set_at(pretraining), message(pretraining, " is pretraining data, which train.stage=", stage,
+                                          " does not read; set ", pretraining, "=\"\""));
     }
-  } else if (!c.data.mixture.empty() || !c.data.val_mixture.empty()) {
-    const char* which = c.data.mixture.empty() ? "data.val_mixture" : "data.mixture";
-    fail(set_at(which), message(which, " is read by train.stage=sft; this run's train.stage is ", c.train.stage,
-                                ": set train.stage=sft, or ", which, "=\"\""));
   }
+  const bool ptx = stage == "ppo" && c.ppo.ptx_coef > 0;
+  if (stage != "sft" && !ptx && (!c.data.mixture.empty() || !c.data.val_mixture.empty())) {
+    const char* which = c.data.mixture.empty() ? "data.val_mixture" : "data.mixture";
+    fail(set_at(which), message(which, " is read by train.stage=sft (and by ppo with ppo.ptx_coef > 0); this run's "
+                                "train.stage is ", stage, ": set train.stage=sft, or ", which, "=\"\""));
+  }
+  if (ptx && c.data.mixture.empty())
+    fail(set_at("ppo.ptx_coef"), "ppo.ptx_coef > 0 mixes in the SFT loss of data.mixture: set data.mixture to "
+                                 "the SFT task mixture, or ppo.ptx_coef=0");
+  if ((stage == "reward" || stage == "dpo") && c.data.preferences.empty())
+    fail(set_at("train.stage"), message("train.stage=", stage, " trains on preference pairs: set data.preferences to "
+                                        "a JSONL file of {prompt, chosen, rejected} records (docs/rlhf.md)"));
+  if (stage != "reward" && stage != "dpo" && (!c.data.preferences.empty() || !c.data.val_preferences.empty())) {
+    const char* which = c.data.preferences.empty() ? "data.val_preferences" : "data.preferences";
+    fail(set_at(which), message(which, " is read by train.stage=reward and dpo; this run's train.stage is ", stage,
+                                ": set ", which, "=\"\""));
+  }
+  if (stage == "ppo" && c.data.prompts.empty())
+    fail(set_at("train.stage"), "train.stage=ppo rolls out from prompts: set data.prompts to a JSONL file of "
+                                "{prompt} records (docs/rlhf.md)");
+  if (stage != "ppo" && !c.data.prompts.empty())
+    fail(set_at("data.prompts"), message("data.prompts is read by train.stage=ppo; this run's train.stage is ", stage,
+                                         ": set data.prompts=\"\""));
+  if (stage != "ppo" && stage != "dpo" && !c.data.val_prompts.empty())
+    fail(set_at("data.val_prompts"), message("data.val_prompts is read by train.stage=ppo and dpo; this run's "
+                                             "train.stage is ", stage, ": set data.val_prompts=\"\""));
+  if ((stage == "dpo" || stage == "ppo") && c.roles.reference.empty() && c.train.init_from.empty())
+    fail(set_at("train.stage"), message("train.stage=", stage, " tunes a policy against a reference model: set "
+                                        "train.init_from (the SFT checkpoint; also the reference) or roles.reference"));
+  if (stage == "ppo" && c.roles.reward.empty())
+    fail(set_at("train.stage"), "train.stage=ppo needs a reward model: set roles.reward to a run or checkpoint "
+                                "folder of train.stage=reward");
+  if (stage != "ppo" && (!c.roles.reward.empty() || !c.roles.value.empty()))
+    fail(set_at(c.roles.reward.empty() ? "roles.value" : "roles.reward"),
+         message("roles.reward and roles.value are read by train.stage=ppo; this run's train.stage is ", stage));
+  if (stage != "ppo" && stage != "dpo" && !c.roles.reference.empty())
+    fail(set_at("roles.reference"), message("roles.reference is read by train.stage=dpo and ppo; this run's "
+                                            "train.stage is ", stage));
+  if (stage == "ppo" && c.parallel.tp > 1)
+    fail(set_at("parallel.tp"), message("train.stage=ppo decodes its rollouts on whole model replicas, which parallel.tp=",
+                                        c.parallel.tp, " splits; use data parallelism (parallel.tp=1)"));
+  if (stage == "ppo" && c.ppo.max_new_tokens >= c.train.seq_len)
+    fail(set_at("ppo.max_new_tokens"), message("ppo.max_new_tokens=", c.ppo.max_new_tokens, " leaves no room for a "
+                                               "prompt in train.seq_len=", c.train.seq_len, "; lower it or raise "
+                                               "train.seq_len"));
   if (c.model.dtype == "bf16" && (c.train.device != "cuda" || c.model.norm != "pre")) {
     fail(set_at("model.dtype"),
          message("model.dtype=bf16 (bf16 activations) runs on the GPU with a pre-LN model; ",

@@ -78,6 +78,14 @@ struct DataConfig {
   std::string val_mixture;
   // gpt2: the folder holding encoder.json and vocab.bpe ("" = $KILN_GPT2_BPE_DIR, else an error).
   std::string tokenizer_dir;
+  // train.stage reward and dpo: preference records {prompt, chosen, rejected} (JSONL) to train on
+  // and to validate on ("": none).
+  std::string preferences;
+  std::string val_preferences;
+  // train.stage ppo: prompt records {prompt, ...} (JSONL) to roll out from, and held-out ones
+  // whose responses validation scores ("": none).
+  std::string prompts;
+  std::string val_prompts;
 };
 
 struct OptimConfig {
@@ -132,6 +140,48 @@ struct ParallelConfig {
   int rank_logs = 0;          // 1: every rank writes <run_dir>/rank_<r>.log
 };
 
+// The other models of a preference-tuning stage (docs/rlhf.md), each a run or checkpoint folder.
+// The trained model itself (the policy, or the reward model being trained) starts from
+// train.init_from.
+struct RolesConfig {
+  std::string reference;  // dpo, ppo: the frozen reference ("": train.init_from)
+  std::string reward;     // ppo: the frozen reward model (a checkpoint with a scalar head)
+  std::string value;      // ppo: the trained value model's initial weights ("": roles.reward)
+};
+
+struct RewardConfig {
+  float center = 0.0f;        // coefficient of the centring term (r_chosen + r_rejected)^2
+  int use_margin = 1;         // 1: a record's numeric "margin" field is subtracted inside the sigmoid
+};
+
+struct DpoConfig {
+  float beta = 0.1f;
+  float label_smoothing = 0.0f;      // conservative DPO: the probability that a label is wrong
+  std::string loss = "sigmoid";      // sigmoid | ipo
+  std::string reference = "live";    // live | precomputed (once, at the start)
+};
+
+struct PpoConfig {
+  int rollout_prompts = 32;       // prompts per rollout, over all data-parallel ranks
+  int max_new_tokens = 24;
+  float temperature = 1.0f;
+  float kl_coef = 0.05f;          // initial (or fixed) KL penalty coefficient; 0: no penalty
+  float kl_target = 0.0f;         // > 0: adapt the coefficient toward this KL (nats per sequence)
+  float kl_horizon = 10000.0f;
+  std::string kl_estimator = "k1";  // k1 | k2 | k3
+  float missing_eot_penalty = -1.0f;  // added to the score of a response without end-of-text
+  int reward_normalize = 1;       // 1: (score - mean) / std with the reward model's stored statistics
+  float reward_clip = 5.0f;       // |reward| clipped to this; 0: no clip
+  float gamma = 1.0f;
+  float lam = 0.95f;
+  float clip_ratio = 0.2f;
+  float value_clip = 0.2f;        // 0: no value clipping
+  int epochs = 2;                 // passes over each rollout
+  int minibatches = 2;            // optimizer steps per pass
+  float value_lr = 0.0f;          // the value model's peak learning rate; 0: optim.lr
+  float ptx_coef = 0.0f;          // > 0: add this times the SFT loss on data.mixture (PPO-ptx)
+};
+
 struct ExperimentConfig {
   ModelConfig model;
   DataConfig data;
@@ -140,6 +190,10 @@ struct ExperimentConfig {
   CheckpointConfig checkpoint;
   LogConfig log;
   ParallelConfig parallel;
+  RolesConfig roles;
+  RewardConfig reward;
+  DpoConfig dpo;
+  PpoConfig ppo;
   std::string source;  // the YAML file this came from ("" when built in code)
 };
 

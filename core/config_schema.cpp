@@ -15,7 +15,7 @@ const std::vector<std::string> kMlpChoices = {"gelu", "swiglu"};
 const std::vector<std::string> kMatmulChoices = {"f32", "bf16"};
 const std::vector<std::string> kScheduleChoices = {"cosine", "constant"};
 const std::vector<std::string> kProgressChoices = {"auto", "on", "off"};
-const std::vector<std::string> kStageChoices = {"pretrain", "sft"};
+const std::vector<std::string> kStageChoices = {"pretrain", "sft", "reward", "dpo", "ppo"};
 const std::vector<std::string> kTokenizerChoices = {"byte", "gpt2"};
 const std::vector<std::string> kDeviceChoices = {"cpu", "cuda"};
 
@@ -125,6 +125,19 @@ void data_keys(Schema& s) {
       .key("tokenizer_dir", &DataConfig::tokenizer_dir, Limits(),
            "gpt2: folder holding encoder.json and vocab.bpe (relative to the config file; "
            "\"\": $KILN_GPT2_BPE_DIR)")
+      .path(PathBase::config_file)
+      .key("preferences", &DataConfig::preferences, Limits(),
+           "train.stage=reward or dpo: preference records {prompt, chosen, rejected} (JSONL; relative to the "
+           "config file)")
+      .path(PathBase::config_file)
+      .key("val_preferences", &DataConfig::val_preferences, Limits(),
+           "reward, dpo: held-out preference records for validation (\"\": none)")
+      .path(PathBase::config_file)
+      .key("prompts", &DataConfig::prompts, Limits(),
+           "train.stage=ppo: prompt records {prompt, answer (optional: the gold rule's)} to roll out from (JSONL)")
+      .path(PathBase::config_file)
+      .key("val_prompts", &DataConfig::val_prompts, Limits(),
+           "ppo, dpo: held-out prompts whose sampled responses validation scores (\"\": none)")
       .path(PathBase::config_file);
 }
 
@@ -177,7 +190,8 @@ void train_keys(Schema& s) {
       .aka({"output_dir", "out_dir", "save_dir", "checkpoint_dir"})
       .key("threads", &TrainConfig::threads, at_least(0), "CPU threads; 0: all cores")
       .key("stage", &TrainConfig::stage, one_of(kStageChoices),
-           "what the loop trains: pretrain (token shards) or sft (a task mixture's responses)")
+           "what the loop trains: pretrain (token shards), sft (a task mixture's responses), reward (a reward model "
+           "on preference pairs), dpo or ppo (a policy from preferences; docs/rlhf.md)")
       .key("init_from", &TrainConfig::init_from, Limits(),
            "weights to start from: a model.safetensors, run or checkpoint folder, or Hugging Face folder "
            "(\"\": initialise; --init-from overrides; relative to the config file)")
@@ -222,6 +236,71 @@ void parallel_keys(Schema& s) {
 
 }  // namespace
 
+void preference_keys(Schema& s) {
+  SectionBuilder<RolesConfig>(s, "roles", &ExperimentConfig::roles,
+                              "the other models of a preference-tuning stage (docs/rlhf.md)")
+      .key("reference", &RolesConfig::reference, Limits(),
+           "dpo, ppo: the frozen reference model, a run or checkpoint folder (\"\": train.init_from)")
+      .path(PathBase::config_file)
+      .aka({"ref_model", "ref", "reference_model"})
+      .key("reward", &RolesConfig::reward, Limits(),
+           "ppo: the frozen reward model, a run or checkpoint folder of train.stage=reward")
+      .path(PathBase::config_file)
+      .aka({"reward_model", "rm"})
+      .key("value", &RolesConfig::value, Limits(),
+           "ppo: the value model's initial weights (\"\": roles.reward)")
+      .path(PathBase::config_file)
+      .aka({"critic", "value_model"});
+  SectionBuilder<RewardConfig>(s, "reward", &ExperimentConfig::reward, "train.stage=reward: the Bradley-Terry loss")
+      .key("center", &RewardConfig::center, at_least(0),
+           "coefficient of the centring term (r_chosen + r_rejected)^2; 0: none")
+      .aka({"center_rewards_coefficient"})
+      .key("use_margin", &RewardConfig::use_margin, between(0, 1),
+           "1: subtract a record's numeric 'margin' field inside the sigmoid");
+  SectionBuilder<DpoConfig>(s, "dpo", &ExperimentConfig::dpo, "train.stage=dpo: direct preference optimisation")
+      .key("beta", &DpoConfig::beta, above(0), "strength of the implicit KL constraint")
+      .key("label_smoothing", &DpoConfig::label_smoothing, at_least(0).below(0.5),
+           "conservative DPO: the assumed probability that a label is wrong")
+      .key("loss", &DpoConfig::loss, one_of({"sigmoid", "ipo"}), "sigmoid (DPO) or ipo")
+      .aka({"loss_type"})
+      .key("reference", &DpoConfig::reference, one_of({"live", "precomputed"}),
+           "reference log-probabilities computed with every batch (live) or once at the start (precomputed)");
+  SectionBuilder<PpoConfig>(s, "ppo", &ExperimentConfig::ppo, "train.stage=ppo: rollouts, KL penalty, GAE, clipping")
+      .key("rollout_prompts", &PpoConfig::rollout_prompts, between(1, 1 << 20),
+           "prompts per rollout over all data-parallel ranks (a multiple of their number)")
+      .aka({"rollout_batch_size", "batch_size"})
+      .key("max_new_tokens", &PpoConfig::max_new_tokens, between(1, 1 << 20), "tokens a response may have")
+      .aka({"response_length", "generate_max_len"})
+      .key("temperature", &PpoConfig::temperature, above(0).up_to(100), "sampling temperature of rollouts")
+      .key("kl_coef", &PpoConfig::kl_coef, at_least(0), "KL penalty coefficient (initial, when adaptive); 0: none")
+      .aka({"init_kl_coef", "kl_penalty", "beta"})
+      .key("kl_target", &PpoConfig::kl_target, at_least(0),
+           "> 0: adapt kl_coef toward this KL per sequence (nats); 0: fixed")
+      .key("kl_horizon", &PpoConfig::kl_horizon, above(0), "adaptive KL: sequences over which the coefficient adapts")
+      .key("kl_estimator", &PpoConfig::kl_estimator, one_of({"k1", "k2", "k3"}),
+           "per-token KL estimate: k1 = logp - ref, k2 = (logp - ref)^2 / 2, k3 = exp(ref - logp) - 1 - (ref - logp)")
+      .key("missing_eot_penalty", &PpoConfig::missing_eot_penalty, Limits(),
+           "added to the reward of a response that ends without end-of-text")
+      .key("reward_normalize", &PpoConfig::reward_normalize, between(0, 1),
+           "1: normalise scores by the reward model's stored mean and standard deviation")
+      .key("reward_clip", &PpoConfig::reward_clip, at_least(0), "rewards clipped to [-this, this]; 0: no clip")
+      .key("gamma", &PpoConfig::gamma, between(0, 1), "GAE discount")
+      .key("lambda", &PpoConfig::lam, between(0, 1), "GAE lambda")
+      .aka({"lam", "gae_lambda"})
+      .key("clip_ratio", &PpoConfig::clip_ratio, above(0).below(1), "policy ratio clip epsilon")
+      .aka({"cliprange", "eps_clip"})
+      .key("value_clip", &PpoConfig::value_clip, at_least(0), "value clip around the rollout's values; 0: none")
+      .aka({"cliprange_value"})
+      .key("epochs", &PpoConfig::epochs, between(1, 1000), "passes over each rollout")
+      .aka({"ppo_epochs", "max_epochs"})
+      .key("minibatches", &PpoConfig::minibatches, between(1, 1 << 20),
+           "optimizer steps per pass over a rollout (each train.max_steps step is one)")
+      .key("value_lr", &PpoConfig::value_lr, at_least(0).up_to(10), "value model's peak learning rate; 0: optim.lr")
+      .aka({"critic_learning_rate", "vf_lr"})
+      .key("ptx_coef", &PpoConfig::ptx_coef, at_least(0),
+           "PPO-ptx: weight of the SFT loss on data.mixture added to the policy's; 0: none");
+}
+
 const Schema& schema() {
   static const Schema table = [] {
     Schema s;
@@ -232,6 +311,7 @@ const Schema& schema() {
     checkpoint_keys(s);
     log_keys(s);
     parallel_keys(s);
+    preference_keys(s);
     return s;
   }();
   return table;

@@ -12,12 +12,14 @@
 #include "core/checkpoint/hugging_face.h"
 #include "core/checkpoint/model_io.h"
 #include "core/checkpoint/run_dir.h"
+#include "core/checkpoint/safetensors.h"
 #include "core/data/bpe_train.h"
 #include "core/data/tokenizer.h"
 #include "core/eval/evaluator.h"
 #include "core/eval/suite.h"
 #include "kernels/device.h"
 #include "parallel/layout.h"
+#include "trainers/rollout.h"
 #include "trainers/trainer.h"
 
 namespace kiln::cli {
@@ -125,6 +127,7 @@ Loaded load_for_inference(const std::string& checkpoint, const std::string& devi
   GptShape shape = GptShape::from_config(config.model, l.tokenizer->vocab_size());
   shape.bf16 = false;
   shape.recompute = false;
+  shape.score_head = SafetensorsFile(l.dir + "/model.safetensors").contains("score.weight");  // a reward model
   l.model = std::make_unique<Gpt>(shape, device);
   load_model(*l.model, l.dir + "/model.safetensors");
   return l;
@@ -225,6 +228,42 @@ int tasks(const TasksArgs& args) {
   std::printf("wrote %zu files to %s: 12 tasks in the clusters", files.size(), args.dir.c_str());
   for (const std::string& c : suite_clusters()) std::printf(" %s", c.c_str());
   std::printf(" (records, seen templates, evaluation task files, mixtures)\n");
+  return 0;
+}
+
+int prefs(const PrefsArgs& args) {
+  const auto files = write_preference_world(args.dir, args.world);
+  std::printf("wrote %zu files to %s: SFT records and mixtures, preference pairs (gold-ranked and length-ranked), "
+              "prompts (docs/rlhf.md)\n", files.size(), args.dir.c_str());
+  return 0;
+}
+
+int policy_eval(const PolicyEvalArgs& args) {
+  KILN_CHECK(args.batch >= 1 && args.max_new_tokens >= 1, "--batch and --max-new-tokens must be at least 1");
+  Loaded policy = load_for_inference(args.checkpoint, args.device, "");
+  const int seq_len = policy.model->shape().context;
+  const std::vector<PromptRecord> prompts = load_prompts(args.prompts, *policy.tokenizer, seq_len, args.max_new_tokens);
+  Loaded reward;
+  ScoreNorm norm;
+  if (!args.reward.empty()) {
+    reward = load_for_inference(args.reward, args.device, "");
+    KILN_CHECK(reward.model->params().has(Role::score_weight), "--reward ", args.reward, " has no scalar head "
+               "(score.weight); it is not a reward model: train one with train.stage=reward");
+    KILN_CHECK(reward.tokenizer->name() == policy.tokenizer->name() &&
+                   reward.tokenizer->vocab_size() == policy.tokenizer->vocab_size(),
+               "--reward ", args.reward, " reads the ", reward.tokenizer->name(), " tokenizer and the policy the ",
+               policy.tokenizer->name(), "; a reward model must read the policy's tokens");
+    norm = read_score_norm(args.reward);
+  }
+  const PolicyScores s = score_policy(*policy.model, *policy.tokenizer, prompts, args.max_new_tokens, seq_len,
+                                      args.batch, 0, 1, [](double*, std::int64_t) {}, reward.model.get(), norm);
+  nlohmann::json j = s.as_map();
+  j["checkpoint"] = policy.dir;
+  j["prompts"] = args.prompts;
+  j["n"] = prompts.size();
+  if (!args.reward.empty()) j["reward"] = reward.dir;
+  if (!args.out.empty()) write_file_atomic(args.out, j.dump(1) + "\n");
+  std::printf("%s\n", j.dump(1).c_str());
   return 0;
 }
 

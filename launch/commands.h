@@ -10,6 +10,7 @@
 #include "core/data/tokenize.h"
 #include "core/model/attention_layout.h"
 #include "core/model/decode.h"
+#include "core/eval/preference_world.h"
 
 namespace kiln::cli {
 
@@ -64,6 +65,27 @@ struct TasksArgs {
   int train = 400, val = 50, test = 100;  // records per task and split
 };
 int tasks(const TasksArgs& args);
+
+// kiln prefs DIR: the preference world (core/eval/preference_world.h).
+struct PrefsArgs {
+  std::string dir;
+  WorldOptions world;
+};
+int prefs(const PrefsArgs& args);
+
+// kiln policy-eval RUN PROMPTS: greedy responses of a policy to prompt records, scored by the
+// gold rule (records with an answer) and, with --reward, by a reward model (normalised by its
+// stored statistics); prints and writes JSON.
+struct PolicyEvalArgs {
+  std::string checkpoint;
+  std::string prompts;
+  std::string reward;         // "": no reward model
+  std::string out;            // "": print only
+  int max_new_tokens = 24;
+  int batch = 16;
+  std::string device = "cpu";
+};
+int policy_eval(const PolicyEvalArgs& args);
 
 struct LayoutArgs {
   AttentionPattern pattern;

@@ -131,6 +131,29 @@ int main(int argc, char** argv) {
   tasks->add_option("--val", tasks_args.val, "Validation records per task")->capture_default_str();
   tasks->add_option("--test", tasks_args.test, "Test records per task")->capture_default_str();
 
+  kiln::cli::PrefsArgs prefs_args;
+  auto* prefs = app.add_subcommand("prefs", "Write the preference world: SFT data, gold-ranked pairs and prompts (docs/rlhf.md)");
+  prefs->add_option("dir", prefs_args.dir, "Folder to write")->required();
+  prefs->add_option("--seed", prefs_args.world.seed, "Seed of the records")->capture_default_str();
+  prefs->add_option("--sft", prefs_args.world.sft, "Instruction-tuning records")->capture_default_str();
+  prefs->add_option("--pairs", prefs_args.world.pairs, "Training preference pairs")->capture_default_str();
+  prefs->add_option("--val-pairs", prefs_args.world.val_pairs, "Held-out preference pairs")->capture_default_str();
+  prefs->add_option("--prompts", prefs_args.world.prompts, "PPO training prompts")->capture_default_str();
+  prefs->add_option("--val-prompts", prefs_args.world.val_prompts, "Held-out prompts")->capture_default_str();
+  prefs->add_option("--label-noise", prefs_args.world.label_noise, "Probability that a training pair's labels are swapped")
+      ->capture_default_str();
+
+  kiln::cli::PolicyEvalArgs policy_eval_args;
+  auto* policy_eval = app.add_subcommand("policy-eval", "Score a policy's greedy responses by the gold rule and a reward model");
+  policy_eval->add_option("checkpoint", policy_eval_args.checkpoint, "Run or checkpoint folder of the policy")->required();
+  policy_eval->add_option("prompts", policy_eval_args.prompts, "Prompt records (JSONL: prompt, answer)")->required();
+  policy_eval->add_option("--reward", policy_eval_args.reward, "Run or checkpoint folder of a reward model");
+  policy_eval->add_option("--out", policy_eval_args.out, "Write the scores to this JSON file");
+  policy_eval->add_option("--max-new-tokens", policy_eval_args.max_new_tokens, "Tokens a response may have")
+      ->capture_default_str();
+  policy_eval->add_option("--batch", policy_eval_args.batch, "Sequences decoded together")->capture_default_str();
+  policy_eval->add_option("--device", policy_eval_args.device, "cpu | cuda")->capture_default_str();
+
   kiln::cli::LayoutArgs layout_args;
   int per_head = 0;
   auto* layout = app.add_subcommand("layout", "Draw an attention block layout (SVG) and print its density");
@@ -199,6 +222,8 @@ int main(int argc, char** argv) {
     if (*config) code = kiln::cli::show_config(config_path, config_overrides);
     if (*eval) code = kiln::cli::eval(eval_args);
     if (*tasks) code = kiln::cli::tasks(tasks_args);
+    if (*prefs) code = kiln::cli::prefs(prefs_args);
+    if (*policy_eval) code = kiln::cli::policy_eval(policy_eval_args);
     if (*import) code = kiln::cli::import_hf(import_from, import_to);
     if (*export_cmd) code = kiln::cli::export_hf(export_from, export_to, shard_mb);
     if (*layout) {

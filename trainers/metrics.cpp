@@ -47,15 +47,19 @@ void MetricsLog::clear_bar() {
 }
 
 void MetricsLog::step(const StepRecord& r) {
-  append({{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
-          {"tokens_per_s", r.tokens_per_s}, {"mfu", r.mfu}, {"step_s", r.step_seconds},
-          {"tokens", r.tokens}, {"comm_wait_s", r.comm_wait_s}, {"comm_bytes", r.comm_bytes}});
+  nlohmann::json record = {{"step", r.step}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
+                           {"tokens_per_s", r.tokens_per_s}, {"mfu", r.mfu}, {"step_s", r.step_seconds},
+                           {"tokens", r.tokens}, {"comm_wait_s", r.comm_wait_s}, {"comm_bytes", r.comm_bytes}};
+  for (const auto& [name, value] : r.extra) record[name] = value;
+  append(record);
   if (!console_) return;
   if (r.step % log_every_ == 0 || r.step == max_steps_ || r.step == 1) {
     clear_bar();
-    std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad norm %.3f | %8.0f tok/s | MFU %5.1f%%\n",
+    std::string extra;
+    for (const auto& [name, value] : r.extra) extra += message(" | ", name, " ", value);
+    std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad norm %.3f | %8.0f tok/s | MFU %5.1f%%%s\n",
                 static_cast<long long>(r.step), static_cast<long long>(max_steps_), r.loss, r.lr,
-                r.grad_norm, r.tokens_per_s, 100.0 * r.mfu);
+                r.grad_norm, r.tokens_per_s, 100.0 * r.mfu, extra.c_str());
   }
   if (progress_bar_ && r.step < max_steps_) {
     constexpr int kWidth = 30;
@@ -69,15 +73,18 @@ void MetricsLog::step(const StepRecord& r) {
   std::fflush(stdout);
 }
 
-void MetricsLog::validation(std::int64_t step, double val_loss, const std::map<std::string, double>& by_task) {
+void MetricsLog::validation(std::int64_t step, double val_loss, const std::map<std::string, double>& by_task,
+                            const std::map<std::string, double>& extra) {
   nlohmann::json record = {{"step", step}, {"val_loss", val_loss}};
   if (!by_task.empty()) record["val_loss_by_task"] = by_task;
+  for (const auto& [name, value] : extra) record["val_" + name] = value;
   append(record);
   if (!console_) return;
   clear_bar();
   std::string tasks;
   for (const auto& [name, loss] : by_task) tasks += message(tasks.empty() ? " (" : ", ", name, " ", loss);
   if (!tasks.empty()) tasks += ")";
+  for (const auto& [name, value] : extra) tasks += message(" | ", name, " ", value);
   std::printf("step %6lld | validation loss %.4f%s\n", static_cast<long long>(step), val_loss, tasks.c_str());
   std::fflush(stdout);
 }

@@ -25,6 +25,8 @@ struct StepRecord {
   std::int64_t tokens = 0;    // tokens processed so far in the run
   double comm_wait_s = 0.0;   // time the step waited for gradient communication (parallel runs)
   double comm_bytes = 0.0;    // gradient bytes this rank handed to collectives in the step
+  // The stage's own values (Stage::step_metrics: ppo's reward, KL, ...), logged by name.
+  std::map<std::string, double> extra;
 };
 
 class MetricsLog {
@@ -39,7 +41,9 @@ class MetricsLog {
 
   void step(const StepRecord& record);
   // The validation loss, and per task where the stage has tasks (jsonl "val_loss_by_task").
-  void validation(std::int64_t step, double val_loss, const std::map<std::string, double>& by_task = {});
+  // `extra`: the stage's other validation values (jsonl "val_<name>"), e.g. reward accuracy.
+  void validation(std::int64_t step, double val_loss, const std::map<std::string, double>& by_task = {},
+                  const std::map<std::string, double>& extra = {});
   // train.eval_tasks' scores (jsonl "eval_scores", "eval_spreads"; a console line per spread).
   void evaluation(std::int64_t step, const EvalReport& report);
   void note(const std::string& text);  // a console line (not in the jsonl)

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -34,6 +35,22 @@ struct StepContext {
   // Call right before the step's last backward pass: its gradients are then summed over the
   // replicas while backward runs. Earlier passes of the step only accumulate locally.
   std::function<void()> before_last_backward = [] {};
+  // The same for another trained role's model (ppo: "value").
+  std::function<void(const std::string& role)> before_last_backward_of = [](const std::string&) {};
+  // In place: each of n doubles becomes its sum over the replicas (one collective).
+  std::function<void(double*, std::int64_t)> sum_many = [](double*, std::int64_t) {};
+};
+
+// A model a stage needs besides the one it trains (docs/rlhf.md): its role, where its weights
+// come from (a run or checkpoint folder), whether it is trained (its own AdamW, schedule,
+// gradient sync, ZeRO-1 shard and checkpoint files <role>.safetensors and
+// <role>.optimizer.safetensors) or frozen, and whether it has a scalar head.
+struct RoleRequest {
+  std::string name;   // "reference", "reward", "value"
+  std::string from;   // run or checkpoint folder
+  bool trainable = false;
+  bool scalar_head = false;
+  float lr = 0.0f;    // trainable: peak learning rate (the schedule is optim's)
 };
 
 class Stage {
@@ -62,6 +79,23 @@ class Stage {
   // What the run folder records of the stage's data as stage.json (sft: the tasks trained,
   // held out and dropped), or null for nothing.
   virtual nlohmann::json record() const { return nullptr; }
+
+  // Preference tuning. Whether the trained model has a scalar head (a reward model), and
+  // whether its initial weights may lack one (then the head starts from the seed).
+  virtual bool scalar_head() const { return false; }
+  // The other models the stage needs; the trainer builds them on its device and layout, loads
+  // their weights, checks their tokenizer and vocabulary against the run's, and hands them over
+  // by name with attach() before step 1 (a trained role's weights are restored on resume first).
+  virtual std::vector<RoleRequest> roles() const { return {}; }
+  virtual void attach(const std::map<std::string, Gpt*>& /*roles*/) {}
+  // Values to log with the step just taken (metrics.jsonl; a few on the console), e.g. ppo's
+  // reward, KL and clip fractions.
+  virtual std::map<std::string, double> step_metrics() const { return {}; }
+  // Values of the last validation other than its loss (e.g. reward accuracy, gold reward).
+  virtual std::map<std::string, double> validation_metrics() const { return {}; }
+  // Metadata saved in the trained model's model.safetensors at a checkpoint (e.g. the reward
+  // model's score mean and standard deviation); may run the model (collective over replicas).
+  virtual std::map<std::string, std::string> model_metadata(Gpt& /*model*/, StepContext& /*ctx*/) { return {}; }
 };
 
 // The stage named by train.stage, reading replica `replica` of `replicas` disjoint slices of the

@@ -19,6 +19,7 @@
 #include "core/checkpoint/hugging_face.h"
 #include "core/checkpoint/model_io.h"
 #include "core/checkpoint/run_dir.h"
+#include "core/checkpoint/safetensors.h"
 #include "core/data/corpus_cache.h"
 #include "core/eval/evaluator.h"
 #include "kernels/device.h"
@@ -250,20 +251,92 @@ Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext&
     eval_tokenizer_ = make_tokenizer(config_.data.tokenizer, config_.data.tokenizer_dir);
   }
   if (parallel_.dims.tp > 1) tp_ops_ = std::make_unique<TensorParallelGroup>(*parallel_.tp);
-  model_ = std::make_unique<Gpt>(GptShape::from_config(config_.model, stage_->vocab_size(),
-                                                       parallel_.dims.tp, parallel_.tp_rank),
-                                 device_, tp_ops_.get());
-  const std::int64_t n = model_->parameter_buffer().numel();
+  GptShape shape = GptShape::from_config(config_.model, stage_->vocab_size(), parallel_.dims.tp, parallel_.tp_rank);
+  shape.score_head = stage_->scalar_head();
+  main_.model = std::make_unique<Gpt>(shape, device_, tp_ops_.get());
+  main_.optim = config_.optim;
+  make_optimizer(main_);
+  build_roles();
+  ctx_.replica = parallel_.dp_rank;
+  ctx_.replicas = parallel_.dims.dp;
+  if (parallel_.dims.dp > 1) {
+    ctx_.sum_over_replicas = [this](double v) { return parallel_.dp->sum(v); };
+    ctx_.sum_many = [this](double* v, std::int64_t n) { parallel_.dp->sum(v, n); };
+  }
+  if (main_.sync) ctx_.before_last_backward = [this] { main_.sync->arm(); };
+  ctx_.before_last_backward_of = [this](const std::string& name) {
+    for (Role& role : others_)
+      if (role.name == name && role.sync) role.sync->arm();
+  };
+}
+
+// AdamW over the role's whole model, or over this rank's slice of it (ZeRO-1); gradient sync for
+// data parallelism without ZeRO.
+void Trainer::make_optimizer(Role& role) {
+  Gpt& model = *role.model;
+  const std::int64_t n = model.parameter_buffer().numel();
   if (config_.parallel.zero == 1 && parallel_.dims.dp > 1) {
     const Chunk mine = chunk_of(n, parallel_.dims.dp, parallel_.dp_rank);
-    optimizer_ = std::make_unique<AdamW>(config_.optim, *model_, mine.begin, mine.end);
-    grad_shard_ = Tensor::zeros({mine.size()});
+    role.optimizer = std::make_unique<AdamW>(role.optim, model, mine.begin, mine.end);
+    role.grad_shard = Tensor::zeros({mine.size()});
   } else {
-    optimizer_ = std::make_unique<AdamW>(config_.optim, *model_);
+    role.optimizer = std::make_unique<AdamW>(role.optim, model);
     if (parallel_.dims.dp > 1)
-      sync_ = std::make_unique<GradientSync>(*model_, grad_comm_ ? *grad_comm_ : *parallel_.dp,
-                                             config_.parallel.bucket_mb);
+      role.sync = std::make_unique<GradientSync>(model, grad_comm_ ? *grad_comm_ : *parallel_.dp,
+                                                 config_.parallel.bucket_mb);
   }
+}
+
+// The stage's other roles: each built from its checkpoint's model section on this run's device and
+// layout, checked to read the run's tokens, and loaded (a trained role's weights are replaced
+// by the run's own checkpoint on resume).
+void Trainer::build_roles() {
+  for (const RoleRequest& request : stage_->roles()) {
+    const std::string key = "roles." + request.name;
+    KILN_CHECK(!request.from.empty(), "train.stage=", stage_->name(), " needs a ", request.name, " model: set ", key,
+               " to a run or checkpoint folder");
+    std::error_code ec;
+    KILN_CHECK(std::filesystem::is_directory(request.from, ec), key, "=", request.from,
+               " is not a folder; give a kiln run or checkpoint folder");
+    const std::string checkpoint = resolve_checkpoint(request.from);
+    const ExperimentConfig theirs = checkpoint_config(checkpoint);
+    KILN_CHECK(theirs.data.tokenizer == config_.data.tokenizer, key, "=", request.from, " was trained with "
+               "data.tokenizer=", theirs.data.tokenizer, " but this run reads data.tokenizer=", config_.data.tokenizer,
+               "; every model of a run must read the same tokens: use a ", request.name, " model trained with ",
+               config_.data.tokenizer);
+    const std::string weights = checkpoint + "/model.safetensors";
+    const SafetensorsFile file(weights);
+    if (request.scalar_head)
+      KILN_CHECK(file.contains("score.weight"), key, "=", request.from, ": ", weights, " has no scalar head "
+                 "(score.weight); it is not a reward or value model: train one with train.stage=reward");
+    GptShape shape = GptShape::from_config(theirs.model, stage_->vocab_size(), parallel_.dims.tp, parallel_.tp_rank);
+    KILN_CHECK(theirs.model.vocab_size == 0 || theirs.model.vocab_size == stage_->vocab_size(), key, "=",
+               request.from, " has a vocabulary of ", theirs.model.vocab_size, " tokens but this run's tokenizer has ",
+               stage_->vocab_size(), "; use a ", request.name, " model of the same vocabulary");
+    if (file.contains("wte.weight")) {
+      const std::int64_t rows = file.shape("wte.weight").at(0);
+      KILN_CHECK(rows == stage_->vocab_size(), key, "=", request.from, " has a vocabulary of ", rows,
+                 " tokens but this run's tokenizer has ", stage_->vocab_size(), "; use a ", request.name,
+                 " model of the same vocabulary");
+    }
+    shape.score_head = request.scalar_head;
+    Role& role = others_.emplace_back();
+    role.name = request.name;
+    role.from = request.from;
+    role.model = std::make_unique<Gpt>(shape, device_, tp_ops_.get());
+    load_model(*role.model, weights);
+    if (request.trainable) {
+      role.optim = config_.optim;
+      if (request.lr > 0) role.optim.lr = request.lr;
+      make_optimizer(role);
+    }
+  }
+}
+
+Gpt* Trainer::role_model(const std::string& role) {
+  for (Role& r : others_)
+    if (r.name == role) return r.model.get();
+  return nullptr;
 }
 
 Trainer::~Trainer() = default;
@@ -279,19 +352,27 @@ void Trainer::init_from(const std::string& source) {
   std::error_code ec;
   KILN_CHECK(std::filesystem::exists(source, ec), "--init-from ", source, " does not exist; pass a model.safetensors, "
              "a run or checkpoint folder, or a Hugging Face model folder");
+  Gpt& model = *main_.model;
   if (is_hf_folder(source)) {
     const ModelConfig hf = hf_model_config(source);
-    GptShape run = model_->shape();
+    GptShape run = model.shape();
     run.tp_size = 1;  // compare whole models
     run.tp_rank = 0;
     check_same_architecture(GptShape::from_config(hf, hf.vocab_size), run, source);
-    load_hf_weights(*model_, source);
+    load_hf_weights(model, source);
     say("initial weights from the Hugging Face model " + source);
     return;
   }
   const std::string file = std::filesystem::is_directory(source, ec) ? resolve_checkpoint(source) + "/model.safetensors"
                                                                      : source;
-  load_model(*model_, file);
+  if (stage_->scalar_head() && !SafetensorsFile(file).contains("score.weight")) {
+    // A reward model from a language model: the trunk from the file, the scalar head from the seed.
+    model.init_weights(config_.train.seed, config_.model.init_std);
+    load_model(model, file, {"score.weight"});
+    say("initial weights from " + file + " (its trunk; the scalar head starts from train.seed)");
+    return;
+  }
+  load_model(model, file);
   say("initial weights from " + file);
 }
 
@@ -310,18 +391,25 @@ void Trainer::start_or_resume() {
     } else if (!config_.train.init_from.empty()) {
       init_from(config_.train.init_from);
     } else {
-      model_->init_weights(config_.train.seed, config_.model.init_std);
+      main_.model->init_weights(config_.train.seed, config_.model.init_std);
     }
     return;
   }
   // Every rank reads the (layout-independent) files and keeps what it needs.
   check_same_model(checkpoint_config(*checkpoint).model, config_.model, *checkpoint);
-  load_model(*model_, *checkpoint + "/model.safetensors");
-  Tensor m = Tensor::zeros(model_->parameter_buffer().shape());
-  Tensor v = Tensor::zeros(model_->parameter_buffer().shape());
-  optimizer_->set_steps(load_optimizer(*model_, m, v, *checkpoint + "/optimizer.safetensors"));
-  optimizer_->exp_avg().copy_from(m.view(optimizer_->begin(), {optimizer_->end() - optimizer_->begin()}));
-  optimizer_->exp_avg_sq().copy_from(v.view(optimizer_->begin(), {optimizer_->end() - optimizer_->begin()}));
+  auto restore = [&](Role& role) {
+    Gpt& model = *role.model;
+    AdamW& optimizer = *role.optimizer;
+    load_model(model, *checkpoint + "/" + role.weights_file());
+    Tensor m = Tensor::zeros(model.parameter_buffer().shape());
+    Tensor v = Tensor::zeros(model.parameter_buffer().shape());
+    optimizer.set_steps(load_optimizer(model, m, v, *checkpoint + "/" + role.optimizer_file()));
+    optimizer.exp_avg().copy_from(m.view(optimizer.begin(), {optimizer.end() - optimizer.begin()}));
+    optimizer.exp_avg_sq().copy_from(v.view(optimizer.begin(), {optimizer.end() - optimizer.begin()}));
+  };
+  restore(main_);
+  for (Role& role : others_)
+    if (role.optimizer) restore(role);
   const TrainerState state =
       read_trainer_state(*checkpoint + "/trainer_state.json", stage_->name(), kTrainerStateVersion);
   start_step_ = state.step;
@@ -335,21 +423,35 @@ void Trainer::start_or_resume() {
 }
 
 void Trainer::save_checkpoint(std::int64_t step) {
-  // Moments of the whole model: with ZeRO-1 each rank contributes its slice.
-  const std::int64_t n = model_->parameter_buffer().numel();
-  Tensor m = optimizer_->exp_avg(), v = optimizer_->exp_avg_sq();
-  if (optimizer_->end() - optimizer_->begin() != n) {  // ZeRO-1 (cpu only)
-    m = Tensor::empty({n});
-    v = Tensor::empty({n});
-    parallel_.dp->all_gather(optimizer_->exp_avg().f32(), m.f32(), n);
-    parallel_.dp->all_gather(optimizer_->exp_avg_sq().f32(), v.f32(), n);
-  }
-  // Every rank takes part in gathering tensor-parallel shards; the main rank writes.
+  // Every rank takes part in gathering tensor-parallel shards (and ZeRO-1 moments); the main rank writes.
   const bool main = parallel_.is_main();
   const std::string tmp = main ? begin_checkpoint(config_.train.run_dir, step) : std::string();
-  save_model(*model_, tmp + "/model.safetensors", {{"kiln_step", std::to_string(step)}}, main);
-  save_optimizer(*model_, m, v, optimizer_->steps(), tmp + "/optimizer.safetensors", main);
+  std::map<std::string, std::string> metadata = stage_->model_metadata(*main_.model, ctx_);
+  metadata["kiln_step"] = std::to_string(step);
+  auto save = [&](Role& role) {
+    Gpt& model = *role.model;
+    AdamW& optimizer = *role.optimizer;
+    // Moments of the whole model: with ZeRO-1 each rank contributes its slice.
+    const std::int64_t n = model.parameter_buffer().numel();
+    Tensor m = optimizer.exp_avg(), v = optimizer.exp_avg_sq();
+    if (optimizer.end() - optimizer.begin() != n) {  // ZeRO-1 (cpu only)
+      m = Tensor::empty({n});
+      v = Tensor::empty({n});
+      parallel_.dp->all_gather(optimizer.exp_avg().f32(), m.f32(), n);
+      parallel_.dp->all_gather(optimizer.exp_avg_sq().f32(), v.f32(), n);
+    }
+    save_model(model, tmp + "/" + role.weights_file(),
+               role.name.empty() ? metadata : std::map<std::string, std::string>{{"kiln_step", std::to_string(step)}},
+               main);
+    save_optimizer(model, m, v, optimizer.steps(), tmp + "/" + role.optimizer_file(), main);
+  };
+  save(main_);
+  for (Role& role : others_)
+    if (role.optimizer) save(role);
   if (main) {
+    nlohmann::json roles = nlohmann::json::object();
+    for (const Role& role : others_)
+      roles[role.name] = {{"from", role.from}, {"trained", role.optimizer != nullptr}};
     const nlohmann::json state = {{"format", "kiln-trainer-state"},
                                   {"version", kTrainerStateVersion},
                                   {"stage", stage_->name()},
@@ -358,11 +460,12 @@ void Trainer::save_checkpoint(std::int64_t step) {
                                   {"seed", config_.train.seed},
                                   {"threads", omp_get_max_threads()},
                                   {"layout", {{"dp", parallel_.dims.dp}, {"tp", parallel_.dims.tp}}},
+                                  {"roles", roles},
                                   {"stage_state", stage_->state()}};
     write_file_atomic(tmp + "/trainer_state.json", state.dump(2) + "\n");
     write_file_atomic(tmp + "/config.yaml", to_yaml(config_));
     // transformers' from_pretrained(checkpoint) reads it (GPT-2 and LLaMA-shaped models).
-    GptShape whole = model_->shape();
+    GptShape whole = main_.model->shape();
     whole.tp_size = 1;
     whole.tp_rank = 0;
     write_hf_config(tmp, whole, stage_->eot());
@@ -376,21 +479,39 @@ std::string mib(double bytes) { return message(static_cast<long long>(std::llrou
 }  // namespace
 
 void Trainer::print_memory_plan() {
-  model_->reserve_activations(config_.train.micro_batch, config_.train.seq_len);
-  const Tensor& copy = model_->bf16_weights();  // model.dtype bf16: the weights products read
-  const double params = static_cast<double>(model_->parameter_buffer().nbytes()) +
-                        (copy.defined() ? static_cast<double>(copy.nbytes()) : 0.0);
-  const double grads = static_cast<double>(model_->gradient_buffer().nbytes());
-  const double optimizer = static_cast<double>(optimizer_->exp_avg().nbytes() + optimizer_->exp_avg_sq().nbytes()) +
-                           (grad_shard_.defined() ? static_cast<double>(grad_shard_.nbytes()) : 0.0);
-  const double activations = static_cast<double>(model_->activation_bytes());
+  // Every model of the run: the trained one first, then the stage's other roles.
+  double params = 0, grads = 0, optimizer = 0, activations = 0;
+  std::string per_role;
+  auto count = [&](Role& role) {
+    Gpt& model = *role.model;
+    model.reserve_activations(config_.train.micro_batch, config_.train.seq_len);
+    const Tensor& copy = model.bf16_weights();  // model.dtype bf16: the weights products read
+    const double p = static_cast<double>(model.parameter_buffer().nbytes()) +
+                     (copy.defined() ? static_cast<double>(copy.nbytes()) : 0.0);
+    const double g = static_cast<double>(model.gradient_buffer().nbytes());
+    const double o = role.optimizer ? static_cast<double>(role.optimizer->exp_avg().nbytes() +
+                                                          role.optimizer->exp_avg_sq().nbytes()) +
+                                          (role.grad_shard.defined() ? static_cast<double>(role.grad_shard.nbytes()) : 0.0)
+                                    : 0.0;
+    const double a = static_cast<double>(model.activation_bytes());
+    params += p;
+    grads += g;
+    optimizer += o;
+    activations += a;
+    if (!others_.empty())
+      per_role += message("\n  ", role.name.empty() ? stage_->name() == "reward" ? "reward (trained)" : "policy (trained)"
+                                                    : role.name + (role.optimizer ? " (trained)" : " (frozen)"),
+                          ": ", mib(p + g + o + a));
+  };
+  count(main_);
+  for (Role& role : others_) count(role);
   // cuda: the cuBLASLt workspace and kernel scratch (sort buffers, reduction partials); with
   // bf16 products on fp32 activations (model.matmul bf16), the rounded copies of the largest
   // product's inputs, the LM head's gradient (logits and activations).
   double workspace = 0.0;
   if (device_ == Device::cuda) {
     workspace = 40.0 * (1 << 20);
-    const GptShape& s = model_->shape();
+    const GptShape& s = main_.model->shape();
     if (s.bf16_matmul && !s.bf16) {
       const double rows = static_cast<double>(config_.train.micro_batch) * config_.train.seq_len;
       workspace += 2.0 * (rows * s.local_vocab() + rows * s.n_embd + static_cast<double>(s.local_vocab()) * s.n_embd);
@@ -401,7 +522,7 @@ void Trainer::print_memory_plan() {
   say(message("memory plan (", device_name(device_), "): parameters ", mib(params), ", gradients ",
               mib(grads), ", optimizer ", mib(optimizer), ", activations ", mib(activations),
               device_ == Device::cuda ? ", workspace " + mib(workspace) : std::string(), " = ",
-              mib(total)));
+              mib(total), per_role));
 }
 
 void Trainer::print_measured_memory() {
@@ -418,21 +539,21 @@ void Trainer::print_measured_memory() {
               mib(static_cast<double>(stats.reserved)), " reserved"));
 }
 
-double Trainer::grad_sum_squares(const float* grads, std::int64_t begin, std::int64_t end) const {
+double Trainer::grad_sum_squares(const Gpt& model, const float* grads, std::int64_t begin, std::int64_t end) const {
   // Over elements [begin, end) of the flat buffer (grads points at element begin). Parameters
   // every tensor-parallel rank holds whole count on one rank only, and so do replicated
   // key/value heads (on the first of their replicas).
   const KernelTable& k = kernels_for(device_);
   if (parallel_.dims.tp == 1) return k.sum_squares(grads, end - begin);  // one pass (one wait on cuda)
-  const float* base = model_->parameter_buffer().f32();
-  const ParamTable& table = model_->params();
+  const float* base = model.parameter_buffer().f32();
+  const ParamTable& table = model.params();
   double total = 0.0;
   auto add = [&](std::int64_t from, std::int64_t to) {  // flat range, clipped to [begin, end)
     from = std::max(begin, from);
     to = std::min(end, to);
     if (from < to) total += k.sum_squares(grads + (from - begin), to - from);
   };
-  for (const Parameter& p : model_->parameters()) {
+  for (const Parameter& p : model.parameters()) {
     if (p.split == Split::none && parallel_.tp_rank != 0) continue;
     const std::int64_t at = p.value.f32() - base;
     if (p.split != Split::qkv || !table.is_copy(p, table.kv_columns(p).first)) {
@@ -445,32 +566,34 @@ double Trainer::grad_sum_squares(const float* grads, std::int64_t begin, std::in
   return total;
 }
 
-AdamW::StepStats Trainer::optimizer_step(float lr) {
-  Tensor& grads = model_->gradient_buffer();
-  if (grad_shard_.defined()) {
+AdamW::StepStats Trainer::optimizer_step(Role& role, float lr) {
+  Gpt& model = *role.model;
+  AdamW& optimizer = *role.optimizer;
+  Tensor& grads = model.gradient_buffer();
+  if (role.grad_shard.defined()) {
     // ZeRO-1: sum this rank's slice over the replicas, update it, then share the parameters.
-    Tensor& params = model_->parameter_buffer();
+    Tensor& params = model.parameter_buffer();
     const std::int64_t n = params.numel();
     const auto t0 = std::chrono::steady_clock::now();
-    parallel_.dp->reduce_scatter(grads.f32(), grad_shard_.f32(), n);
-    comm_wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const double squares = grad_sum_squares(grad_shard_.f32(), optimizer_->begin(), optimizer_->end());
+    parallel_.dp->reduce_scatter(grads.f32(), role.grad_shard.f32(), n);
+    comm_wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double squares = grad_sum_squares(model, role.grad_shard.f32(), optimizer.begin(), optimizer.end());
     const double norm = std::sqrt(parallel_.tp->sum(parallel_.dp->sum(squares)));
-    const AdamW::StepStats stats = optimizer_->step(lr, grad_shard_.f32(), norm);
+    const AdamW::StepStats stats = optimizer.step(lr, role.grad_shard.f32(), norm);
     const auto t1 = std::chrono::steady_clock::now();
-    parallel_.dp->all_gather(params.f32() + optimizer_->begin(), params.f32(), n);
+    parallel_.dp->all_gather(params.f32() + optimizer.begin(), params.f32(), n);
     comm_wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
-    comm_bytes_ = 2.0 * n * sizeof(float);  // gradients in, parameters out
+    comm_bytes_ += 2.0 * n * sizeof(float);  // gradients in, parameters out
     return stats;
   }
-  if (sync_) {
+  if (role.sync) {
     const auto t0 = std::chrono::steady_clock::now();
-    sync_->finish();
-    comm_wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    comm_bytes_ = static_cast<double>(grads.numel()) * sizeof(float);
+    role.sync->finish();
+    comm_wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    comm_bytes_ += static_cast<double>(grads.numel()) * sizeof(float);
   }
-  const double norm = std::sqrt(parallel_.tp->sum(grad_sum_squares(grads.f32(), 0, grads.numel())));
-  return optimizer_->step(lr, grads.f32(), norm);
+  const double norm = std::sqrt(parallel_.tp->sum(grad_sum_squares(model, grads.f32(), 0, grads.numel())));
+  return optimizer.step(lr, grads.f32(), norm);
 }
 
 // train.eval_tasks: every rank scores its share of the documents with the model as it is (tp 1:
@@ -481,12 +604,12 @@ void Trainer::evaluate_tasks(std::int64_t step, MetricsLog* log) {
   options.limit = config_.train.eval_limit;
   options.batch_rows = config_.train.micro_batch;
   options.ranks = {world.rank(), world.size(), [&](double* v, std::int64_t n) { world.sum(v, n); }};
-  const EvalReport report = evaluate(*model_, *eval_tokenizer_, eval_tasks_, options);
+  const EvalReport report = evaluate(*main_.model, *eval_tokenizer_, eval_tasks_, options);
   if (parallel_.is_main() && log) log->evaluation(step, report);
 }
 
 PeakFlops Trainer::job_peak_flops() const {
-  const bool bf16 = model_->shape().bf16_matmul || model_->shape().bf16;
+  const bool bf16 = main_.model->shape().bf16_matmul || main_.model->shape().bf16;
   const int world = parallel_.dims.world;
   if (config_.log.peak_flops > 0) {
     const int sharing = device_ == Device::cuda ? 1 : parallel_.world->local_size();
@@ -511,11 +634,14 @@ TrainResult Trainer::run() {
   namespace fs = std::filesystem;
   const bool main = parallel_.is_main();
   start_or_resume();
+  std::map<std::string, Gpt*> roles;
+  for (Role& role : others_) roles[role.name] = role.model.get();
+  stage_->attach(roles);
   if (main) fs::create_directories(config_.train.run_dir);  // resuming into a new folder
   if (main) write_file_atomic(config_.train.run_dir + "/config.yaml", to_yaml(config_));
   if (const nlohmann::json record = stage_->record(); main && !record.is_null())
     write_file_atomic(config_.train.run_dir + "/stage.json", record.dump(1) + "\n");
-  const GptShape& shape = model_->shape();
+  const GptShape& shape = main_.model->shape();
   const std::int64_t max_steps = config_.train.max_steps;
   const int dp = parallel_.dims.dp;
   const std::int64_t global_batch = static_cast<std::int64_t>(config_.train.micro_batch) * config_.train.grad_accum * dp;
@@ -527,7 +653,7 @@ TrainResult Trainer::run() {
               shape.describe(), ", ", shape.num_params(), " parameters, ",
               flops_per_token / 1e6, " MFLOP/token"));
   say(parallel_.describe() + (dp > 1 ? message(config_.parallel.zero ? ", ZeRO-1" : "",
-                                               sync_ ? message(", ", sync_->num_buckets(), " gradient buckets") : "")
+                                               main_.sync ? message(", ", main_.sync->num_buckets(), " gradient buckets") : "")
                                      : std::string()));
   say(message("batch: ", config_.train.micro_batch, " x ", config_.train.grad_accum, " accumulation x ",
               dp, " data-parallel = ", global_batch, " sequences of ", config_.train.seq_len,
@@ -549,12 +675,7 @@ TrainResult Trainer::run() {
   else if (config_.parallel.rank_logs)
     log = std::make_unique<MetricsLog>(message(config_.train.run_dir, "/rank_", parallel_.rank, ".jsonl"),
                                        false, false, max_steps, config_.log.every, start_step_);
-  StepContext ctx;
-  ctx.replica = parallel_.dp_rank;
-  ctx.replicas = dp;
-  if (dp > 1) ctx.sum_over_replicas = [this](double v) { return parallel_.dp->sum(v); };
-  if (sync_) ctx.before_last_backward = [this] { sync_->arm(); };
-
+  StepContext& ctx = ctx_;
   TrainResult result;
   result.last_step = start_step_;
   const std::int64_t last = options_.stop_after > 0 ? std::min(options_.stop_after, max_steps) : max_steps;
@@ -564,9 +685,16 @@ TrainResult Trainer::run() {
     inject_fault(parallel_.rank, step);
     const auto t0 = std::chrono::steady_clock::now();
     const float lr = learning_rate(config_.optim, step, max_steps);
-    model_->zero_grad();
-    const StepLoss loss = stage_->accumulate_gradients(*model_, ctx);
-    const AdamW::StepStats stats = optimizer_step(lr);
+    main_.model->zero_grad();
+    for (Role& role : others_)
+      if (role.optimizer) role.model->zero_grad();
+    const StepLoss loss = stage_->accumulate_gradients(*main_.model, ctx);
+    comm_wait_s_ = comm_bytes_ = 0.0;
+    const AdamW::StepStats stats = optimizer_step(main_, lr);
+    std::map<std::string, double> extra = stage_->step_metrics();
+    for (Role& role : others_)
+      if (role.optimizer)
+        extra[role.name + "_grad_norm"] = optimizer_step(role, learning_rate(role.optim, step, max_steps)).grad_norm;
     const double loss_sum = ctx.sum_over_replicas(loss.loss_sum);
     const double tokens = ctx.sum_over_replicas(static_cast<double>(loss.tokens));
     const auto processed = static_cast<std::int64_t>(loss.processed) * dp;
@@ -583,6 +711,7 @@ TrainResult Trainer::run() {
     record.tokens = tokens_seen_;
     record.comm_wait_s = comm_wait_s_;
     record.comm_bytes = comm_bytes_;
+    record.extra = std::move(extra);
     if (tp_ops_) {  // tensor-parallel reductions happen inside forward and backward
       const auto [bytes, seconds] = tp_ops_->take_stats();
       record.comm_bytes += bytes;
@@ -596,9 +725,9 @@ TrainResult Trainer::run() {
       timed_tokens += processed;
     }
     if (config_.train.eval_every > 0 && (step % config_.train.eval_every == 0 || step == max_steps)) {
-      if (auto val = stage_->validation_loss(*model_, ctx)) {
+      if (auto val = stage_->validation_loss(*main_.model, ctx)) {
         result.last_val_loss = val;
-        if (log) log->validation(step, *val, stage_->task_losses());
+        if (log) log->validation(step, *val, stage_->task_losses(), stage_->validation_metrics());
       }
       if (!eval_tasks_.empty()) evaluate_tasks(step, log.get());
     }

@@ -60,19 +60,38 @@ class Trainer {
   ~Trainer();
   TrainResult run();
 
-  Gpt& model() { return *model_; }
+  Gpt& model() { return *main_.model; }
+  // Another model of the run by role (preference tuning: "reference", "reward", "value"), or null.
+  Gpt* role_model(const std::string& role);
   // The memory plan printed before step 1, and (cuda) the device memory this run used after
   // step 1 by cudaMemGetInfo; 0 until run() gets there.
   std::int64_t planned_memory_bytes() const { return planned_bytes_; }
   std::int64_t measured_memory_bytes() const { return measured_bytes_; }
 
  private:
+  // A model of the run: the trained one (name "", the policy or the reward model being trained)
+  // or another role a stage asked for (RoleRequest), with its optimizer state when trained.
+  struct Role {
+    std::string name;
+    std::string from;                     // other roles: the run or checkpoint folder
+    std::unique_ptr<Gpt> model;
+    OptimConfig optim;                    // its learning rate and schedule
+    std::unique_ptr<AdamW> optimizer;     // the whole model, or this rank's slice (ZeRO-1); null: frozen
+    std::unique_ptr<GradientSync> sync;   // data parallelism without ZeRO
+    Tensor grad_shard;                    // ZeRO-1: this rank's summed gradient slice
+    // Checkpoint files: model.safetensors / optimizer.safetensors for the trained model,
+    // <name>.safetensors / <name>.optimizer.safetensors for another trained role.
+    std::string weights_file() const { return name.empty() ? "model.safetensors" : name + ".safetensors"; }
+    std::string optimizer_file() const { return name.empty() ? "optimizer.safetensors" : name + ".optimizer.safetensors"; }
+  };
+  void make_optimizer(Role& role);
+  void build_roles();
   void start_or_resume();
   void init_from(const std::string& source);
   void save_checkpoint(std::int64_t step);
   // Gradients summed over replicas, clipped, and one AdamW update on every rank.
-  AdamW::StepStats optimizer_step(float lr);
-  double grad_sum_squares(const float* grads, std::int64_t begin, std::int64_t end) const;
+  AdamW::StepStats optimizer_step(Role& role, float lr);
+  double grad_sum_squares(const Gpt& model, const float* grads, std::int64_t begin, std::int64_t end) const;
   double comm_wait_s_ = 0.0, comm_bytes_ = 0.0;  // of the last step
   void say(const std::string& line) const;
   ExperimentConfig with_corpus_shards(const ExperimentConfig& config) const;
@@ -95,11 +114,10 @@ class Trainer {
   std::unique_ptr<Tokenizer> eval_tokenizer_;
   void evaluate_tasks(std::int64_t step, MetricsLog* log);
   std::unique_ptr<TensorParallelGroup> tp_ops_;  // the model's tensor-parallel group (tp > 1)
-  std::unique_ptr<Gpt> model_;
-  std::unique_ptr<AdamW> optimizer_;    // the whole model, or this rank's slice (ZeRO-1)
+  Role main_;                 // the trained model
+  std::vector<Role> others_;  // the stage's other roles, in the order it asked for them
   std::unique_ptr<Communicator> grad_comm_;  // cuda with dp > 1: NCCL over parallel_.dp's ranks
-  std::unique_ptr<GradientSync> sync_;  // data parallelism without ZeRO
-  Tensor grad_shard_;                   // ZeRO-1: this rank's summed gradient slice
+  StepContext ctx_;           // what the stage gets of the data-parallel plumbing
   std::int64_t start_step_ = 0;
   std::int64_t tokens_seen_ = 0;
   Device device_ = Device::cpu;

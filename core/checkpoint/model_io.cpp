@@ -63,12 +63,15 @@ void save_model(const Gpt& model, const std::string& path,
   write_safetensors(path, tensors, meta);
 }
 
-void load_model(Gpt& model, const std::string& path) {
-  if (hf_llama_layout(model.shape())) return load_hf_safetensors(model, path);
+void load_model(Gpt& model, const std::string& path, const std::set<std::string>& may_be_missing) {
+  if (hf_llama_layout(model.shape()) && may_be_missing.empty()) return load_hf_safetensors(model, path);
+  KILN_CHECK(!hf_llama_layout(model.shape()), path, ": a scalar head over a LLaMA-named trunk is not supported "
+             "in this version; start the reward model from a GPT-2-shaped (model.arch=gpt2) checkpoint");
   const SafetensorsFile file(path);
   Tensor& buffer = model.parameter_buffer();
-  Tensor params = buffer.device() == Device::cpu ? buffer : Tensor::zeros(buffer.shape());
+  Tensor params = buffer.device() == Device::cpu ? buffer : buffer.to(Device::cpu);
   for (Parameter& p : model.parameters()) {
+    if (may_be_missing.count(p.name) && !file.contains(p.name)) continue;
     float* w = params.f32() + offset_of(model, p);
     read_shard(model, file, p.name, p, w);
     for (std::int64_t i = 0; i < p.value.numel(); ++i)

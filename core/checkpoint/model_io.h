@@ -4,6 +4,7 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <string>
 
 #include "core/checkpoint/safetensors.h"
@@ -20,7 +21,9 @@ void save_model(const Gpt& model, const std::string& path,
 // names and shapes, or Hugging Face's LLaMA names and layouts for that family (hugging_face.h).
 std::vector<NamedTensor> model_tensors(const Gpt& model);
 // Loads every parameter by name; errors name the file, the tensor and the shapes that differ.
-void load_model(Gpt& model, const std::string& path);
+// Parameters named in `may_be_missing` keep their current values when the file lacks them (a
+// reward model's scalar head over a language model's trunk).
+void load_model(Gpt& model, const std::string& path, const std::set<std::string>& may_be_missing = {});
 
 // AdamW moments as "<param name>.exp_avg" / ".exp_avg_sq" (shaped like the weights), from
 // moment buffers laid out like the model's whole flat parameter buffer — whatever slices the

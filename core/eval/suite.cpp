@@ -124,6 +124,32 @@ std::string yaml_quoted(const std::string& s) { return nlohmann::json(s).dump();
 
 std::vector<std::string> suite_clusters() { return {"strings", "arithmetic", "rules", "extraction"}; }
 
+std::vector<std::string> suite_generation_tasks() {
+  std::vector<std::string> names;
+  for (const SuiteTask& t : suite())
+    if (!t.multiple_choice) names.push_back(t.name);
+  return names;
+}
+
+SuiteItem suite_item(const std::string& task, std::uint64_t seed, std::uint64_t stream, std::uint64_t index) {
+  const std::vector<SuiteTask> tasks = suite();
+  const auto it = std::find_if(tasks.begin(), tasks.end(), [&](const SuiteTask& t) { return t.name == task; });
+  KILN_CHECK(it != tasks.end(), "the task suite has no task '", task, "'");
+  const std::size_t ti = static_cast<std::size_t>(it - tasks.begin());
+  Draw d{Rng(seed, stream * 1000003ull + index)};
+  auto [x, answer] = it->make(d);
+  if (it->multiple_choice) answer = it->options[static_cast<std::size_t>(std::stoi(answer))];
+  // A seen template: any cue-frame pair but the task's held-out one.
+  std::size_t c = 0, f = 0;
+  do {
+    c = d.u(it->cues.size());
+    f = d.u(kFrames.size());
+  } while (c == ti % it->cues.size() && f == ti % kFrames.size());
+  std::string prompt = with_cue(kFrames[f], it->cues[c]);
+  prompt.replace(prompt.find("{x}"), 3, x);
+  return {it->name, it->cluster, x, answer, prompt};
+}
+
 std::vector<std::string> write_task_suite(const std::string& dir, std::uint64_t seed, const SuiteSizes& sizes) {
   KILN_CHECK(sizes.train >= 8 && sizes.val >= 1 && sizes.test >= 1, "the task suite needs at least 8 training, 1 "
              "validation and 1 test record per task");

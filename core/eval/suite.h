@@ -33,4 +33,15 @@ std::vector<std::string> write_task_suite(const std::string& dir, std::uint64_t 
 // The suite's clusters, in order.
 std::vector<std::string> suite_clusters();
 
+// One input of a suite task as the suite draws it, for other generators built on the suite (the
+// preference world, core/eval/preference_world.h): the input, the answer (multiple choice: the
+// option's text), and a prompt through one of the task's seen cue-frame templates (zero-shot, no
+// options listed). Item `index` of stream `stream` under `seed` is a pure function of the three.
+struct SuiteItem {
+  std::string task, cluster, x, answer, prompt;
+};
+// The names of the tasks answered by generation (not multiple choice), in suite order.
+std::vector<std::string> suite_generation_tasks();
+SuiteItem suite_item(const std::string& task, std::uint64_t seed, std::uint64_t stream, std::uint64_t index);
+
 }  // namespace kiln

@@ -179,7 +179,8 @@ const float* Decoder::step(const std::vector<int>& sequences, const std::vector<
 std::vector<std::vector<std::int32_t>> Decoder::generate(const std::vector<std::vector<std::int32_t>>& prompts,
                                                          const SampleOptions& options, std::int32_t eot,
                                                          const std::vector<std::uint64_t>& seeds,
-                                                         const std::function<void(int, std::int32_t)>& on_token) {
+                                                         const std::function<void(int, std::int32_t)>& on_token,
+                                                         const std::function<void(int, std::int32_t, const float*)>& on_choice) {
   KILN_CHECK(!prompts.empty(), "nothing to decode: no prompt given");
   KILN_CHECK(seeds.empty() || seeds.size() == prompts.size(), seeds.size(), " seeds for ", prompts.size(), " prompts");
   KILN_CHECK(options.max_tokens >= 0, "--max-tokens ", options.max_tokens, " must be >= 0");
@@ -223,6 +224,7 @@ std::vector<std::vector<std::int32_t>> Decoder::generate(const std::vector<std::
       if (!q.pending.empty()) continue;  // still reading its prompt
       const std::uint64_t seed = seeds.empty() ? options.seed : seeds[rows[r]];
       const std::int32_t next = choose(logits + static_cast<std::int64_t>(r) * vp, vocab, options, seed, q.out.size());
+      if (on_choice) on_choice(rows[r], next, logits + static_cast<std::int64_t>(r) * vp);
       if ((options.stop_at_eot && next == eot) ||
           std::find(options.stop_tokens.begin(), options.stop_tokens.end(), next) != options.stop_tokens.end()) {
         q.done = true;

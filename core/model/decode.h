@@ -38,11 +38,14 @@ class Decoder {
 
   // Generates for each prompt (each at least one token; only its newest `context` tokens are
   // read). seeds[i] seeds sequence i (empty: options.seed for all). on_token(i, token) sees each
-  // new token as it is chosen. Returns each sequence's new tokens.
+  // new token as it is chosen; on_choice(i, token, logits) sees every choice, a stop token
+  // included, with the logits (padded vocabulary row, host) it was drawn from. Returns each
+  // sequence's new tokens.
   std::vector<std::vector<std::int32_t>> generate(
       const std::vector<std::vector<std::int32_t>>& prompts, const SampleOptions& options,
       std::int32_t eot, const std::vector<std::uint64_t>& seeds = {},
-      const std::function<void(int sequence, std::int32_t token)>& on_token = {});
+      const std::function<void(int sequence, std::int32_t token)>& on_token = {},
+      const std::function<void(int sequence, std::int32_t token, const float* logits)>& on_choice = {});
 
   // The low level: reset(batch) starts `batch` empty sequences; step feeds tokens[i] to
   // sequences[i] at its next position and returns the logits of the next token for each, on the

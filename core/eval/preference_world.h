@@ -1,0 +1,51 @@
+// A preference world with a known truth, for reward modelling, PPO and DPO experiments
+// (`kiln prefs DIR`, docs/rlhf.md). Prompts come from generation tasks of the built-in suite
+// (core/eval/suite.h); responses are made from each prompt's answer in four kinds: the answer
+// alone, the answer with filler after it ("... hope that helps!"), a wrong answer, and a wrong
+// answer with filler. The gold rule ranks any response to a prompt:
+//
+//   gold = 1 (if the response is the answer, possibly followed by more text) - 0.02 per character
+//          beyond the answer's length, at most 1 in all  (so in [-1, 1])
+//
+// correctness first, brevity second. Preference pairs are two responses of different kinds
+// ranked by the gold rule, with optional label noise; a length-gamed set ranks the same pairs by
+// length instead (a reward model trained on it can be gamed: the negative control). Every record
+// keeps the prompt's `answer`, so anything a policy generates can be scored against the truth.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kiln {
+
+// The gold reward of `response` (the text a policy wrote, without its end-of-text) to a prompt
+// whose answer is `answer`.
+double gold_reward(const std::string& answer, const std::string& response);
+// Whether `response` gives `answer`: it starts with the answer, and no letter or digit follows it.
+bool gold_correct(const std::string& answer, const std::string& response);
+
+struct WorldOptions {
+  std::uint64_t seed = 4321;
+  int sft = 3000;           // instruction-tuning records
+  int pairs = 3000;         // training preference pairs
+  int val_pairs = 300;      // held-out preference pairs
+  int prompts = 1000;       // PPO training prompts
+  int val_prompts = 200;    // held-out prompts (gold evaluation)
+  double label_noise = 0.0; // probability that a training pair's labels are swapped
+  // The SFT data's responses by kind: answer alone, with filler, wrong (alone or with filler).
+  double sft_terse = 0.55, sft_verbose = 0.3;  // the rest is wrong
+  // The suite's generation tasks it draws prompts from (arithmetic is left out by default: a small
+  // reward model cannot check sums, so its pairs would measure arithmetic, not preference learning).
+  std::vector<std::string> tasks = {"reverse", "uppercase", "sort_letters", "first_word", "last_word", "find_number"};
+};
+
+// Writes into dir: sft_train.jsonl and sft_val.jsonl ({prompt, completion, task, answer}),
+// mixture_sft.yaml and mixture_sft_val.yaml (their mixtures), prefs_train.jsonl and
+// prefs_val.jsonl ({prompt, chosen, rejected, task, answer, gold_chosen, gold_rejected}),
+// prefs_length_train.jsonl (the same kind of pairs, the longer response chosen), prompts_train.jsonl
+// and prompts_val.jsonl ({prompt, task, answer}). Held-out files draw from other streams than the
+// training files. Returns the files written.
+std::vector<std::string> write_preference_world(const std::string& dir, const WorldOptions& options);
+
+}  // namespace kiln
