@@ -32,11 +32,13 @@ class DpoStage : public Stage {
   StepLoss accumulate_gradients(Gpt& model, StepContext& ctx) override;
   std::optional<double> validation_loss(Gpt& model, StepContext& ctx) override;
   std::map<std::string, double> step_metrics() const override { return step_metrics_; }
+  std::vector<std::string> console_metrics() const override { return {"accuracy", "reward_margin"}; }
   std::map<std::string, double> validation_metrics() const override { return val_metrics_; }
   nlohmann::json state() const override { return train_.state(); }
   void restore(const nlohmann::json& state) override { train_.restore(state); }
   std::string describe() const override;
 
+  const PreferenceData& train_data() const { return train_; }
   // Each pair's summed response log-probabilities (chosen, rejected) under `model`.
   static std::vector<std::pair<double, double>> sequence_logprobs(Gpt& model, const PairBatch& batch);
 

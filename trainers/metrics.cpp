@@ -56,7 +56,8 @@ void MetricsLog::step(const StepRecord& r) {
   if (r.step % log_every_ == 0 || r.step == max_steps_ || r.step == 1) {
     clear_bar();
     std::string extra;
-    for (const auto& [name, value] : r.extra) extra += message(" | ", name, " ", value);
+    for (const std::string& name : r.console)
+      if (const auto it = r.extra.find(name); it != r.extra.end()) extra += message(" | ", name, " ", it->second);
     std::printf("step %6lld/%lld | loss %.4f | lr %.3e | grad norm %.3f | %8.0f tok/s | MFU %5.1f%%%s\n",
                 static_cast<long long>(r.step), static_cast<long long>(max_steps_), r.loss, r.lr,
                 r.grad_norm, r.tokens_per_s, 100.0 * r.mfu, extra.c_str());

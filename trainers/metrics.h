@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -27,6 +28,7 @@ struct StepRecord {
   double comm_bytes = 0.0;    // gradient bytes this rank handed to collectives in the step
   // The stage's own values (Stage::step_metrics: ppo's reward, KL, ...), logged by name.
   std::map<std::string, double> extra;
+  std::vector<std::string> console;  // the names of `extra` the console line shows
 };
 
 class MetricsLog {

@@ -222,13 +222,19 @@ void PpoStage::make_rollout(Gpt& policy, StepContext& ctx) {
 }
 
 std::vector<std::size_t> PpoStage::minibatch(std::int64_t index) const {
+  // A permutation of the rollout's global sequences (the same whatever the layout) cut into
+  // minibatches; this replica trains on its own sequences of the minibatch, so every layout
+  // sums the same sequences into each step (a replica may hold more of one minibatch than another).
   const PpoConfig& o = config_.ppo;
-  const std::size_t local = rollout_.size(), size = local / o.minibatches;
+  const std::size_t global = static_cast<std::size_t>(o.rollout_prompts), size = global / o.minibatches;
+  const std::size_t local = rollout_.size(), first_local = static_cast<std::size_t>(replica_) * local;
   const std::int64_t epoch = index / o.minibatches, m = index % o.minibatches;
   const std::vector<std::size_t> order =
-      permutation(local, Rng(config_.train.seed, kEpochStream + (rollouts_ << 16) + static_cast<std::uint64_t>(epoch)));
-  return std::vector<std::size_t>(order.begin() + static_cast<std::ptrdiff_t>(m * size),
-                                  order.begin() + static_cast<std::ptrdiff_t>((m + 1) * size));
+      permutation(global, Rng(config_.train.seed, kEpochStream + (rollouts_ << 16) + static_cast<std::uint64_t>(epoch)));
+  std::vector<std::size_t> mine;
+  for (std::size_t k = static_cast<std::size_t>(m) * size; k < static_cast<std::size_t>(m + 1) * size; ++k)
+    if (order[k] >= first_local && order[k] < first_local + local) mine.push_back(order[k] - first_local);
+  return mine;
 }
 
 StepLoss PpoStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
@@ -236,7 +242,11 @@ StepLoss PpoStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
   const PpoConfig& o = config_.ppo;
   if (rollout_.empty() || next_update_ >= static_cast<std::int64_t>(o.epochs) * o.minibatches)
     make_rollout(model, ctx);
-  const std::vector<std::size_t> ids = minibatch(next_update_);
+  std::vector<std::size_t> ids = minibatch(next_update_);
+  // A replica with none of the minibatch's sequences still runs one row, with zero weights, so
+  // that its gradient sync (armed before the last backward) takes part in the collectives.
+  const bool idle = ids.empty();
+  if (idle) ids.push_back(0);
   const int micro = config_.train.micro_batch;
   // Every micro-batch's current log-probabilities and values first (forward only), then the
   // gradients of both losses.
@@ -247,7 +257,8 @@ StepLoss PpoStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
     groups.emplace_back(ids.begin() + static_cast<std::ptrdiff_t>(first),
                         ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), first + micro)));
     batches.push_back(rows(groups.back()));
-    for (std::size_t i : groups.back()) tokens += static_cast<double>(rollout_[i].logprobs.size());
+    if (!idle)
+      for (std::size_t i : groups.back()) tokens += static_cast<double>(rollout_[i].logprobs.size());
   }
   const double total = ctx.sum_over_replicas(tokens);
   const float scale = total > 0 ? static_cast<float>(1.0 / total) : 0.0f;
@@ -265,6 +276,7 @@ StepLoss PpoStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
       for (std::size_t t = 0; t < s.logprobs.size(); ++t) {
         const std::size_t p = at + s.prompt - 1 + t;
         const PolicyTerms pt = ppo_policy_loss(lp[p], s.logprobs[t], s.advantages[t], o.clip_ratio);
+        if (idle) continue;
         b.weights[p] = static_cast<float>(-pt.d_logp);  // forward_backward's loss is w * (-log p)
         sums[0] += pt.loss;
         sums[1] += pt.clipped ? 1.0 : 0.0;
@@ -273,7 +285,6 @@ StepLoss PpoStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
         logprob_diff = std::max(logprob_diff, std::abs(log_ratio));
       }
     }
-    step.tokens += 0;
     step.processed += static_cast<std::int64_t>(b.batch) * b.seq_len;
   }
   for (std::size_t g = 0; g < batches.size(); ++g) {
@@ -310,6 +321,7 @@ StepLoss PpoStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
       for (std::size_t t = 0; t < s.values.size(); ++t) {
         const std::size_t p = at + s.prompt - 1 + t;
         const ValueTerms vt = ppo_value_loss(v[p], s.values[t], s.returns[t], o.value_clip);
+        if (idle) continue;
         dv[p] = static_cast<float>(vt.d_value * scale);
         sums[3] += vt.loss;
         sums[4] += vt.clipped ? 1.0 : 0.0;

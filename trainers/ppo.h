@@ -40,6 +40,7 @@ class PpoStage : public Stage {
   StepLoss accumulate_gradients(Gpt& model, StepContext& ctx) override;
   std::optional<double> validation_loss(Gpt& model, StepContext& ctx) override;
   std::map<std::string, double> step_metrics() const override;
+  std::vector<std::string> console_metrics() const override { return {"reward", "gold", "kl", "length"}; }
   std::map<std::string, double> validation_metrics() const override { return val_metrics_; }
   nlohmann::json state() const override;
   void restore(const nlohmann::json& state) override;

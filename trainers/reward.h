@@ -28,12 +28,14 @@ class RewardStage : public Stage {
   StepLoss accumulate_gradients(Gpt& model, StepContext& ctx) override;
   std::optional<double> validation_loss(Gpt& model, StepContext& ctx) override;
   std::map<std::string, double> step_metrics() const override { return step_metrics_; }
+  std::vector<std::string> console_metrics() const override { return {"accuracy", "margin"}; }
   std::map<std::string, double> validation_metrics() const override { return val_metrics_; }
   std::map<std::string, std::string> model_metadata(Gpt& model, StepContext& ctx) override;
   nlohmann::json state() const override { return train_.state(); }
   void restore(const nlohmann::json& state) override { train_.restore(state); }
   std::string describe() const override;
 
+  const PreferenceData& train_data() const { return train_; }
   // Every pair's (r_chosen, r_rejected) of a batch of pairs: one forward pass.
   std::vector<std::pair<double, double>> scores(Gpt& model, const PairBatch& batch);
 

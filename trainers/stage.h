@@ -91,6 +91,8 @@ class Stage {
   // Values to log with the step just taken (metrics.jsonl; a few on the console), e.g. ppo's
   // reward, KL and clip fractions.
   virtual std::map<std::string, double> step_metrics() const { return {}; }
+  // The names of those the console line shows (all of them go to metrics.jsonl).
+  virtual std::vector<std::string> console_metrics() const { return {}; }
   // Values of the last validation other than its loss (e.g. reward accuracy, gold reward).
   virtual std::map<std::string, double> validation_metrics() const { return {}; }
   // Metadata saved in the trained model's model.safetensors at a checkpoint (e.g. the reward

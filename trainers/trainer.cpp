@@ -265,14 +265,14 @@ Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext&
   }
   if (main_.sync) ctx_.before_last_backward = [this] { main_.sync->arm(); };
   ctx_.before_last_backward_of = [this](const std::string& name) {
-    for (Role& role : others_)
+    for (ModelRole& role : others_)
       if (role.name == name && role.sync) role.sync->arm();
   };
 }
 
 // AdamW over the role's whole model, or over this rank's slice of it (ZeRO-1); gradient sync for
 // data parallelism without ZeRO.
-void Trainer::make_optimizer(Role& role) {
+void Trainer::make_optimizer(ModelRole& role) {
   Gpt& model = *role.model;
   const std::int64_t n = model.parameter_buffer().numel();
   if (config_.parallel.zero == 1 && parallel_.dims.dp > 1) {
@@ -310,20 +310,18 @@ void Trainer::build_roles() {
       KILN_CHECK(file.contains("score.weight"), key, "=", request.from, ": ", weights, " has no scalar head "
                  "(score.weight); it is not a reward or value model: train one with train.stage=reward");
     GptShape shape = GptShape::from_config(theirs.model, stage_->vocab_size(), parallel_.dims.tp, parallel_.tp_rank);
-    KILN_CHECK(theirs.model.vocab_size == 0 || theirs.model.vocab_size == stage_->vocab_size(), key, "=",
-               request.from, " has a vocabulary of ", theirs.model.vocab_size, " tokens but this run's tokenizer has ",
-               stage_->vocab_size(), "; use a ", request.name, " model of the same vocabulary");
-    if (file.contains("wte.weight")) {
-      const std::int64_t rows = file.shape("wte.weight").at(0);
+    shape.score_head = request.scalar_head;
+    ModelRole& role = others_.emplace_back();
+    role.name = request.name;
+    role.from = request.from;
+    role.model = std::make_unique<Gpt>(shape, device_, tp_ops_.get());
+    const std::string embedding = role.model->params().get(Role::token_embedding).name;
+    if (file.contains(embedding)) {
+      const std::int64_t rows = file.shape(embedding).at(0);
       KILN_CHECK(rows == stage_->vocab_size(), key, "=", request.from, " has a vocabulary of ", rows,
                  " tokens but this run's tokenizer has ", stage_->vocab_size(), "; use a ", request.name,
                  " model of the same vocabulary");
     }
-    shape.score_head = request.scalar_head;
-    Role& role = others_.emplace_back();
-    role.name = request.name;
-    role.from = request.from;
-    role.model = std::make_unique<Gpt>(shape, device_, tp_ops_.get());
     load_model(*role.model, weights);
     if (request.trainable) {
       role.optim = config_.optim;
@@ -334,7 +332,7 @@ void Trainer::build_roles() {
 }
 
 Gpt* Trainer::role_model(const std::string& role) {
-  for (Role& r : others_)
+  for (ModelRole& r : others_)
     if (r.name == role) return r.model.get();
   return nullptr;
 }
@@ -397,7 +395,7 @@ void Trainer::start_or_resume() {
   }
   // Every rank reads the (layout-independent) files and keeps what it needs.
   check_same_model(checkpoint_config(*checkpoint).model, config_.model, *checkpoint);
-  auto restore = [&](Role& role) {
+  auto restore = [&](ModelRole& role) {
     Gpt& model = *role.model;
     AdamW& optimizer = *role.optimizer;
     load_model(model, *checkpoint + "/" + role.weights_file());
@@ -408,7 +406,7 @@ void Trainer::start_or_resume() {
     optimizer.exp_avg_sq().copy_from(v.view(optimizer.begin(), {optimizer.end() - optimizer.begin()}));
   };
   restore(main_);
-  for (Role& role : others_)
+  for (ModelRole& role : others_)
     if (role.optimizer) restore(role);
   const TrainerState state =
       read_trainer_state(*checkpoint + "/trainer_state.json", stage_->name(), kTrainerStateVersion);
@@ -428,7 +426,7 @@ void Trainer::save_checkpoint(std::int64_t step) {
   const std::string tmp = main ? begin_checkpoint(config_.train.run_dir, step) : std::string();
   std::map<std::string, std::string> metadata = stage_->model_metadata(*main_.model, ctx_);
   metadata["kiln_step"] = std::to_string(step);
-  auto save = [&](Role& role) {
+  auto save = [&](ModelRole& role) {
     Gpt& model = *role.model;
     AdamW& optimizer = *role.optimizer;
     // Moments of the whole model: with ZeRO-1 each rank contributes its slice.
@@ -446,11 +444,11 @@ void Trainer::save_checkpoint(std::int64_t step) {
     save_optimizer(model, m, v, optimizer.steps(), tmp + "/" + role.optimizer_file(), main);
   };
   save(main_);
-  for (Role& role : others_)
+  for (ModelRole& role : others_)
     if (role.optimizer) save(role);
   if (main) {
     nlohmann::json roles = nlohmann::json::object();
-    for (const Role& role : others_)
+    for (const ModelRole& role : others_)
       roles[role.name] = {{"from", role.from}, {"trained", role.optimizer != nullptr}};
     const nlohmann::json state = {{"format", "kiln-trainer-state"},
                                   {"version", kTrainerStateVersion},
@@ -482,7 +480,7 @@ void Trainer::print_memory_plan() {
   // Every model of the run: the trained one first, then the stage's other roles.
   double params = 0, grads = 0, optimizer = 0, activations = 0;
   std::string per_role;
-  auto count = [&](Role& role) {
+  auto count = [&](ModelRole& role) {
     Gpt& model = *role.model;
     model.reserve_activations(config_.train.micro_batch, config_.train.seq_len);
     const Tensor& copy = model.bf16_weights();  // model.dtype bf16: the weights products read
@@ -504,7 +502,7 @@ void Trainer::print_memory_plan() {
                           ": ", mib(p + g + o + a));
   };
   count(main_);
-  for (Role& role : others_) count(role);
+  for (ModelRole& role : others_) count(role);
   // cuda: the cuBLASLt workspace and kernel scratch (sort buffers, reduction partials); with
   // bf16 products on fp32 activations (model.matmul bf16), the rounded copies of the largest
   // product's inputs, the LM head's gradient (logits and activations).
@@ -566,7 +564,7 @@ double Trainer::grad_sum_squares(const Gpt& model, const float* grads, std::int6
   return total;
 }
 
-AdamW::StepStats Trainer::optimizer_step(Role& role, float lr) {
+AdamW::StepStats Trainer::optimizer_step(ModelRole& role, float lr) {
   Gpt& model = *role.model;
   AdamW& optimizer = *role.optimizer;
   Tensor& grads = model.gradient_buffer();
@@ -635,7 +633,7 @@ TrainResult Trainer::run() {
   const bool main = parallel_.is_main();
   start_or_resume();
   std::map<std::string, Gpt*> roles;
-  for (Role& role : others_) roles[role.name] = role.model.get();
+  for (ModelRole& role : others_) roles[role.name] = role.model.get();
   stage_->attach(roles);
   if (main) fs::create_directories(config_.train.run_dir);  // resuming into a new folder
   if (main) write_file_atomic(config_.train.run_dir + "/config.yaml", to_yaml(config_));
@@ -686,13 +684,13 @@ TrainResult Trainer::run() {
     const auto t0 = std::chrono::steady_clock::now();
     const float lr = learning_rate(config_.optim, step, max_steps);
     main_.model->zero_grad();
-    for (Role& role : others_)
+    for (ModelRole& role : others_)
       if (role.optimizer) role.model->zero_grad();
     const StepLoss loss = stage_->accumulate_gradients(*main_.model, ctx);
     comm_wait_s_ = comm_bytes_ = 0.0;
     const AdamW::StepStats stats = optimizer_step(main_, lr);
     std::map<std::string, double> extra = stage_->step_metrics();
-    for (Role& role : others_)
+    for (ModelRole& role : others_)
       if (role.optimizer)
         extra[role.name + "_grad_norm"] = optimizer_step(role, learning_rate(role.optim, step, max_steps)).grad_norm;
     const double loss_sum = ctx.sum_over_replicas(loss.loss_sum);
@@ -712,6 +710,7 @@ TrainResult Trainer::run() {
     record.comm_wait_s = comm_wait_s_;
     record.comm_bytes = comm_bytes_;
     record.extra = std::move(extra);
+    record.console = stage_->console_metrics();
     if (tp_ops_) {  // tensor-parallel reductions happen inside forward and backward
       const auto [bytes, seconds] = tp_ops_->take_stats();
       record.comm_bytes += bytes;

@@ -71,7 +71,7 @@ class Trainer {
  private:
   // A model of the run: the trained one (name "", the policy or the reward model being trained)
   // or another role a stage asked for (RoleRequest), with its optimizer state when trained.
-  struct Role {
+  struct ModelRole {
     std::string name;
     std::string from;                     // other roles: the run or checkpoint folder
     std::unique_ptr<Gpt> model;
@@ -84,13 +84,13 @@ class Trainer {
     std::string weights_file() const { return name.empty() ? "model.safetensors" : name + ".safetensors"; }
     std::string optimizer_file() const { return name.empty() ? "optimizer.safetensors" : name + ".optimizer.safetensors"; }
   };
-  void make_optimizer(Role& role);
+  void make_optimizer(ModelRole& role);
   void build_roles();
   void start_or_resume();
   void init_from(const std::string& source);
   void save_checkpoint(std::int64_t step);
   // Gradients summed over replicas, clipped, and one AdamW update on every rank.
-  AdamW::StepStats optimizer_step(Role& role, float lr);
+  AdamW::StepStats optimizer_step(ModelRole& role, float lr);
   double grad_sum_squares(const Gpt& model, const float* grads, std::int64_t begin, std::int64_t end) const;
   double comm_wait_s_ = 0.0, comm_bytes_ = 0.0;  // of the last step
   void say(const std::string& line) const;
@@ -114,8 +114,8 @@ class Trainer {
   std::unique_ptr<Tokenizer> eval_tokenizer_;
   void evaluate_tasks(std::int64_t step, MetricsLog* log);
   std::unique_ptr<TensorParallelGroup> tp_ops_;  // the model's tensor-parallel group (tp > 1)
-  Role main_;                 // the trained model
-  std::vector<Role> others_;  // the stage's other roles, in the order it asked for them
+  ModelRole main_;                 // the trained model
+  std::vector<ModelRole> others_;  // the stage's other roles, in the order it asked for them
   std::unique_ptr<Communicator> grad_comm_;  // cuda with dp > 1: NCCL over parallel_.dp's ranks
   StepContext ctx_;           // what the stage gets of the data-parallel plumbing
   std::int64_t start_step_ = 0;
