@@ -142,6 +142,9 @@ int main(int argc, char** argv) {
   prefs->add_option("--val-prompts", prefs_args.world.val_prompts, "Held-out prompts")->capture_default_str();
   prefs->add_option("--label-noise", prefs_args.world.label_noise, "Probability that a training pair's labels are swapped")
       ->capture_default_str();
+  prefs->add_option("--tasks", prefs_args.world.tasks, "The suite's generation tasks to draw prompts from")
+      ->delimiter(',')
+      ->capture_default_str();
 
   kiln::cli::PolicyEvalArgs policy_eval_args;
   auto* policy_eval = app.add_subcommand("policy-eval", "Score a policy's greedy responses by the gold rule and a reward model");
