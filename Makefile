@@ -7,7 +7,7 @@ DEMO_DIR ?= runs/quickstart
 # Extra config overrides for the demo run, e.g. make demo DEMO_ARGS=data.tokenizer=gpt2
 DEMO_ARGS ?=
 
-.PHONY: deps configure build build-kiln test test-fast demo flan bench clean
+.PHONY: deps configure build build-kiln test test-fast demo flan rlhf bench clean
 
 deps:
 	./scripts/install-deps.sh
@@ -38,6 +38,12 @@ demo: build-kiln
 flan: build-kiln
 	KILN_WITH_PLOT=1 ./scripts/install-deps.sh
 	./scripts/flan-experiment $(BUILD)/kiln runs/flan
+
+# Preference tuning in miniature (docs/rlhf.md): SFT, a reward model, PPO and DPO over 3 seeds,
+# and the negative control (a length-ranked reward model with the KL penalty off and on).
+rlhf: build-kiln
+	KILN_WITH_PLOT=1 ./scripts/install-deps.sh
+	./scripts/rlhf-experiment $(BUILD)/kiln runs/rlhf
 
 bench: configure
 	KILN_WITH_TORCH=1 ./scripts/install-deps.sh

@@ -633,6 +633,10 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
   if (stage != "ppo" && stage != "dpo" && !c.roles.reference.empty())
     fail(set_at("roles.reference"), message("roles.reference is read by train.stage=dpo and ppo; this run's "
                                             "train.stage is ", stage));
+  if ((stage == "reward" || stage == "ppo") && c.model.dtype == "bf16")
+    fail(set_at("model.dtype"), message("train.stage=", stage, " reads a scalar head on the trunk's hidden states, which "
+                                        "are fp32 activations in this version; set model.dtype=f32 (model.matmul=bf16 "
+                                        "keeps bf16 products)"));
   if (stage == "ppo" && c.parallel.tp > 1)
     fail(set_at("parallel.tp"), message("train.stage=ppo decodes its rollouts on whole model replicas, which parallel.tp=",
                                         c.parallel.tp, " splits; use data parallelism (parallel.tp=1)"));

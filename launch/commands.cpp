@@ -256,11 +256,13 @@ int policy_eval(const PolicyEvalArgs& args) {
     norm = read_score_norm(args.reward);
   }
   const PolicyScores s = score_policy(*policy.model, *policy.tokenizer, prompts, args.max_new_tokens, seq_len,
-                                      args.batch, 0, 1, [](double*, std::int64_t) {}, reward.model.get(), norm);
+                                      args.batch, 0, 1, [](double*, std::int64_t) {}, reward.model.get(), norm,
+                                      args.temperature, args.seed);
   nlohmann::json j = s.as_map();
   j["checkpoint"] = policy.dir;
   j["prompts"] = args.prompts;
   j["n"] = prompts.size();
+  j["temperature"] = args.temperature;
   if (!args.reward.empty()) j["reward"] = reward.dir;
   if (!args.out.empty()) write_file_atomic(args.out, j.dump(1) + "\n");
   std::printf("%s\n", j.dump(1).c_str());

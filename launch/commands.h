@@ -73,7 +73,7 @@ struct PrefsArgs {
 };
 int prefs(const PrefsArgs& args);
 
-// kiln policy-eval RUN PROMPTS: greedy responses of a policy to prompt records, scored by the
+// kiln policy-eval RUN PROMPTS: responses of a policy to prompt records (greedy or sampled), scored by the
 // gold rule (records with an answer) and, with --reward, by a reward model (normalised by its
 // stored statistics); prints and writes JSON.
 struct PolicyEvalArgs {
@@ -84,6 +84,8 @@ struct PolicyEvalArgs {
   int max_new_tokens = 24;
   int batch = 16;
   std::string device = "cpu";
+  float temperature = 0.0f;   // 0: greedy
+  std::uint64_t seed = 0;
 };
 int policy_eval(const PolicyEvalArgs& args);
 

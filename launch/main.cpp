@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
 
   kiln::cli::PolicyEvalArgs policy_eval_args;
-  auto* policy_eval = app.add_subcommand("policy-eval", "Score a policy's greedy responses by the gold rule and a reward model");
+  auto* policy_eval = app.add_subcommand("policy-eval", "Score a policy's responses by the gold rule and a reward model");
   policy_eval->add_option("checkpoint", policy_eval_args.checkpoint, "Run or checkpoint folder of the policy")->required();
   policy_eval->add_option("prompts", policy_eval_args.prompts, "Prompt records (JSONL: prompt, answer)")->required();
   policy_eval->add_option("--reward", policy_eval_args.reward, "Run or checkpoint folder of a reward model");
@@ -156,6 +156,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   policy_eval->add_option("--batch", policy_eval_args.batch, "Sequences decoded together")->capture_default_str();
   policy_eval->add_option("--device", policy_eval_args.device, "cpu | cuda")->capture_default_str();
+  policy_eval->add_option("--temperature", policy_eval_args.temperature, "Sampling temperature; 0 = greedy")
+      ->capture_default_str();
+  policy_eval->add_option("--seed", policy_eval_args.seed, "Sampling seed (one stream per prompt)")->capture_default_str();
 
   kiln::cli::LayoutArgs layout_args;
   int per_head = 0;

@@ -109,7 +109,8 @@ std::optional<double> DpoStage::validation_loss(Gpt& model, StepContext& ctx) {
   val_metrics_.clear();
   if (!val_prompts_.empty()) {
     const PolicyScores s = score_policy(model, *tokenizer_, val_prompts_, config_.ppo.max_new_tokens,
-                                        config_.train.seq_len, micro_batch_, replica_, replicas_, ctx.sum_many);
+                                        config_.train.seq_len, micro_batch_, replica_, replicas_, ctx.sum_many,
+                                        nullptr, {}, config_.ppo.temperature, config_.train.seed);
     val_metrics_ = s.as_map();
   }
   if (!val_) return std::nullopt;

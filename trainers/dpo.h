@@ -8,8 +8,8 @@
 // response carries -dL/ds, so one forward-backward pass gives the exact gradient. Reference
 // log-probabilities are computed with every batch (dpo.reference: live) or once for every pair
 // at the start (precomputed). Logged: the implicit rewards beta (s - ref) of chosen and rejected,
-// their margin and the accuracy; validation adds the policy's gold and reward-free scores on
-// data.val_prompts (greedy responses).
+// their margin and the accuracy; validation adds the gold scores of the policy's responses to
+// data.val_prompts (sampled at ppo.temperature, at most ppo.max_new_tokens).
 #pragma once
 
 #include <memory>

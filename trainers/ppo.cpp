@@ -355,9 +355,9 @@ std::optional<double> PpoStage::validation_loss(Gpt& model, StepContext& ctx) {
   if (val_prompts_.empty()) return std::nullopt;
   const PolicyScores s = score_policy(model, *tokenizer_, val_prompts_, config_.ppo.max_new_tokens,
                                       config_.train.seq_len, config_.train.micro_batch, replica_, replicas_,
-                                      ctx.sum_many, reward_, norm_);
+                                      ctx.sum_many, reward_, norm_, config_.ppo.temperature, config_.train.seed);
   val_metrics_ = s.as_map();
-  return -s.proxy;  // ppo's validation loss: the negated mean reward-model score of greedy responses
+  return -s.proxy;  // ppo's validation loss: the negated mean reward-model score of the sampled responses
 }
 
 nlohmann::json PpoStage::state() const {

@@ -9,6 +9,7 @@
 #include "core/data/instruct.h"
 #include "core/data/jsonl.h"
 #include "core/eval/preference_world.h"
+#include "core/rng.h"
 #include "kernels/error.h"
 
 namespace kiln {
@@ -126,7 +127,8 @@ std::map<std::string, double> PolicyScores::as_map() const {
 
 PolicyScores score_policy(Gpt& policy, const Tokenizer& tokenizer, const std::vector<PromptRecord>& prompts,
                           int max_new_tokens, int seq_len, int rows, int replica, int replicas,
-                          const std::function<void(double*, std::int64_t)>& sum_many, Gpt* reward, ScoreNorm norm) {
+                          const std::function<void(double*, std::int64_t)>& sum_many, Gpt* reward, ScoreNorm norm,
+                          float temperature, std::uint64_t seed) {
   std::vector<std::size_t> mine;
   for (std::size_t i = static_cast<std::size_t>(replica); i < prompts.size(); i += static_cast<std::size_t>(replicas))
     mine.push_back(i);
@@ -134,13 +136,17 @@ PolicyScores score_policy(Gpt& policy, const Tokenizer& tokenizer, const std::ve
   double sums[7] = {};
   const std::int32_t eot = static_cast<std::int32_t>(tokenizer.eot());
   SampleOptions options;
-  options.temperature = 0.0f;
+  options.temperature = temperature;
   options.max_tokens = max_new_tokens;
   for (std::size_t first = 0; first < mine.size(); first += static_cast<std::size_t>(rows)) {
     const std::size_t n = std::min<std::size_t>(rows, mine.size() - first);
     std::vector<std::vector<std::int32_t>> batch;
-    for (std::size_t j = 0; j < n; ++j) batch.push_back(prompts[mine[first + j]].ids);
-    const Responses r = sample_responses(policy, batch, options, eot, {});
+    std::vector<std::uint64_t> seeds;
+    for (std::size_t j = 0; j < n; ++j) {
+      batch.push_back(prompts[mine[first + j]].ids);
+      seeds.push_back(Rng(seed, 0x4556414c53414d50ull).u64(mine[first + j]));  // "EVALSAMP"
+    }
+    const Responses r = sample_responses(policy, batch, options, eot, seeds);
     std::vector<std::vector<std::int32_t>> whole;
     for (std::size_t j = 0; j < n; ++j) {
       const PromptRecord& p = prompts[mine[first + j]];

@@ -58,7 +58,8 @@ struct Responses {
 Responses sample_responses(Gpt& policy, const std::vector<std::vector<std::int32_t>>& prompts,
                            const SampleOptions& options, std::int32_t eot, const std::vector<std::uint64_t>& seeds);
 
-// A policy on held-out prompts: greedy responses, scored by the gold rule (prompts with an
+// A policy on held-out prompts: its responses (greedy, or sampled at `temperature` with a seed
+// per prompt from `seed`, the same whatever the layout), scored by the gold rule (prompts with an
 // answer) and, given a reward model, by its normalised score. Each replica takes every
 // replicas-th prompt; sums go through sum_many.
 struct PolicyScores {
@@ -72,6 +73,6 @@ struct PolicyScores {
 PolicyScores score_policy(Gpt& policy, const Tokenizer& tokenizer, const std::vector<PromptRecord>& prompts,
                           int max_new_tokens, int seq_len, int rows, int replica, int replicas,
                           const std::function<void(double*, std::int64_t)>& sum_many, Gpt* reward = nullptr,
-                          ScoreNorm norm = {});
+                          ScoreNorm norm = {}, float temperature = 0.0f, std::uint64_t seed = 0);
 
 }  // namespace kiln

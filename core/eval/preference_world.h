@@ -27,17 +27,19 @@ bool gold_correct(const std::string& answer, const std::string& response);
 
 struct WorldOptions {
   std::uint64_t seed = 4321;
-  int sft = 3000;           // instruction-tuning records
-  int pairs = 3000;         // training preference pairs
+  int sft = 10000;          // instruction-tuning records
+  int pairs = 20000;        // training preference pairs
   int val_pairs = 300;      // held-out preference pairs
   int prompts = 1000;       // PPO training prompts
-  int val_prompts = 200;    // held-out prompts (gold evaluation)
+  int val_prompts = 500;    // held-out prompts (gold evaluation)
   double label_noise = 0.0; // probability that a training pair's labels are swapped
   // The SFT data's responses by kind: answer alone, with filler, wrong (alone or with filler).
   double sft_terse = 0.55, sft_verbose = 0.3;  // the rest is wrong
-  // The suite's generation tasks it draws prompts from (arithmetic is left out by default: a small
-  // reward model cannot check sums, so its pairs would measure arithmetic, not preference learning).
-  std::vector<std::string> tasks = {"reverse", "uppercase", "sort_letters", "first_word", "last_word", "find_number"};
+  // The suite's generation tasks it draws prompts from. By default the four whose answer is (a
+  // form of) a piece of the prompt: a small model can learn to check them, so the pairs measure
+  // preference learning rather than arithmetic or spelling (a 4-layer byte model tuned on all
+  // six string and extraction tasks reached 43% correct, and its reward model 68% accuracy).
+  std::vector<std::string> tasks = {"uppercase", "first_word", "last_word", "find_number"};
 };
 
 // Writes into dir: sft_train.jsonl and sft_val.jsonl ({prompt, completion, task, answer}),

@@ -420,3 +420,18 @@ TEST_F(RlhfTest, BadInputNamesTheRecordOrTheKey) {
   EXPECT_NE(error_of([&] { kiln::parse_config(kiln::to_yaml(r), "reward.yaml"); }).find("roles.reward and roles.value are read by train.stage=ppo"),
             std::string::npos);
 }
+
+TEST_F(RlhfTest, PpoPtxAddsTheSftLossOfTheMixture) {
+  kiln::ExperimentConfig plain = fx().ppo_config("ppo_plain"), ptx = fx().ppo_config("ppo_ptx");
+  plain.train.max_steps = ptx.train.max_steps = 2;
+  ptx.ppo.ptx_coef = 0.5f;
+  ptx.data.mixture = fx().world("mixture_sft.yaml");
+  const kiln::TrainResult a = train(plain), b = train(ptx);
+  const auto m = metrics(ptx);
+  ASSERT_EQ(m.size(), 2u);
+  EXPECT_GT(m[0]["ptx_loss"].get<double>(), 0.0);
+  EXPECT_FALSE(metrics(plain)[0].contains("ptx_loss"));
+  // The same rollout and first policy loss; the SFT term moves the policy differently.
+  EXPECT_EQ(a.losses[0], b.losses[0]);
+  EXPECT_NE(a.losses[1], b.losses[1]);
+}
