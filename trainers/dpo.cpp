@@ -52,11 +52,9 @@ void DpoStage::attach(const std::map<std::string, Gpt*>& roles) {
   }
 }
 
-std::vector<std::pair<double, double>> DpoStage::reference(const PreferenceData& data,
-                                                           const std::vector<std::size_t>& ids,
+std::vector<std::pair<double, double>> DpoStage::reference(const std::vector<std::size_t>& ids,
                                                            const PairBatch& batch, bool train) {
   if (!train || precomputed_.empty()) return sequence_logprobs(*reference_, batch);
-  (void)data;
   std::vector<std::pair<double, double>> out;
   for (std::size_t i : ids) out.push_back(precomputed_.at(i));
   return out;
@@ -67,12 +65,12 @@ StepLoss DpoStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
   StepLoss step;
   const double pairs = static_cast<double>(micro_batch_) * grad_accum_ * replicas_;
   const DpoConfig& o = config_.dpo;
-  double sums[4] = {};  // reward chosen, reward rejected, correct, (unused)
+  double sums[3] = {};  // reward chosen, reward rejected, correct
   for (int a = 0; a < grad_accum_; ++a) {
     const std::vector<std::size_t> ids = train_.step_pairs(a, micro_batch_, grad_accum_, replica_, replicas_);
     PairBatch pb = train_.batch(ids);
     const auto policy = sequence_logprobs(model, pb);
-    const auto ref = reference(train_, ids, pb, true);
+    const auto ref = reference(ids, pb, true);
     Batch& b = pb.batch;
     b.weights.assign(b.inputs.size(), 0.0f);
     auto weigh = [&](const Placement& p, double w) {
@@ -97,7 +95,7 @@ StepLoss DpoStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
   }
   model.take_loss_sum();  // the weighted token sum is not the DPO loss; step.loss_sum is
   train_.advance(micro_batch_, grad_accum_, replicas_);
-  ctx.sum_many(sums, 4);
+  ctx.sum_many(sums, 3);
   step_metrics_ = {{"reward_chosen", sums[0] / pairs},
                    {"reward_rejected", sums[1] / pairs},
                    {"reward_margin", (sums[0] - sums[1]) / pairs},
@@ -121,7 +119,7 @@ std::optional<double> DpoStage::validation_loss(Gpt& model, StepContext& ctx) {
     for (std::size_t i = first; i < std::min(val_->size(), first + micro_batch_); ++i) ids.push_back(i);
     const PairBatch pb = val_->batch(ids);
     const auto policy = sequence_logprobs(model, pb);
-    const auto ref = reference(*val_, ids, pb, false);
+    const auto ref = reference(ids, pb, false);
     for (std::size_t j = 0; j < ids.size(); ++j) {
       const DpoTerms t = dpo_loss(policy[j].first, policy[j].second, ref[j].first, ref[j].second, config_.dpo.beta,
                                   config_.dpo.label_smoothing, config_.dpo.loss == "ipo");

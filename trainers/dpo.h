@@ -43,9 +43,10 @@ class DpoStage : public Stage {
   static std::vector<std::pair<double, double>> sequence_logprobs(Gpt& model, const PairBatch& batch);
 
  private:
-  // The reference's (chosen, rejected) sums for pairs `ids` of `data`.
-  std::vector<std::pair<double, double>> reference(const PreferenceData& data, const std::vector<std::size_t>& ids,
-                                                   const PairBatch& batch, bool train);
+  // The reference's (chosen, rejected) sums for the pairs of `batch` (training pairs `ids`:
+  // precomputed ones when dpo.reference is precomputed).
+  std::vector<std::pair<double, double>> reference(const std::vector<std::size_t>& ids, const PairBatch& batch,
+                                                   bool train);
 
   ExperimentConfig config_;
   std::unique_ptr<Tokenizer> tokenizer_;

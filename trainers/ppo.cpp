@@ -145,9 +145,9 @@ void PpoStage::make_rollout(Gpt& policy, StepContext& ctx) {
   }
   // Rewards: the reward model's score of each whole sequence at its last token.
   const std::vector<double> raw = last_token_scores(*reward_, *reward_head_, whole, config_.train.seq_len, micro);
-  // sums: n, score, raw proxy, gold n, gold, correct, kl, entropy, entropy tokens, length, ended, tokens,
-  //       adv, adv^2, decode diff max (as a sum of maxima / replicas is wrong: kept local), ret, ret^2, err, err^2
-  double sums[19] = {};
+  // sums: 0 n, 1 reward, 2 proxy, 3 gold n, 4 gold, 5 correct, 6 kl, 7 entropy, 8 entropy tokens,
+  //       9 length, 10 ended, 11 tokens, 12 adv, 13 adv^2, 14 ret, 15 ret^2, 16 err, 17 err^2
+  double sums[18] = {};
   std::vector<std::vector<double>> rewards(local);
   for (int j = 0; j < local; ++j) {
     Sequence& s = rollout_[j];
@@ -187,21 +187,21 @@ void PpoStage::make_rollout(Gpt& policy, StepContext& ctx) {
       sums[11] += 1;
       sums[12] += adv[t];
       sums[13] += adv[t] * adv[t];
-      sums[15] += ret[t];
-      sums[16] += ret[t] * ret[t];
+      sums[14] += ret[t];
+      sums[15] += ret[t] * ret[t];
       const double err = ret[t] - values[t];
-      sums[17] += err;
-      sums[18] += err * err;
+      sums[16] += err;
+      sums[17] += err * err;
     }
   }
-  ctx.sum_many(sums, 19);
+  ctx.sum_many(sums, 18);
   // Whitened advantages over the whole rollout (every replica's tokens).
   const double mean = sums[12] / sums[11];
   const double sd = std::sqrt(std::max(0.0, sums[13] / sums[11] - mean * mean));
   for (Sequence& s : rollout_)
     for (float& a : s.advantages) a = static_cast<float>((a - mean) / (sd + 1e-8));
-  const double var_ret = sums[16] / sums[11] - std::pow(sums[15] / sums[11], 2);
-  const double var_err = sums[18] / sums[11] - std::pow(sums[17] / sums[11], 2);
+  const double var_ret = sums[15] / sums[11] - std::pow(sums[14] / sums[11], 2);
+  const double var_err = sums[17] / sums[11] - std::pow(sums[16] / sums[11], 2);
   const double kl_mean = sums[6] / sums[0];
   rollout_metrics_ = {{"reward", sums[1] / sums[0]},
                       {"proxy", sums[2] / sums[0]},
@@ -211,7 +211,7 @@ void PpoStage::make_rollout(Gpt& policy, StepContext& ctx) {
                       {"length", sums[9] / sums[0]},
                       {"eot_rate", sums[10] / sums[0]},
                       {"value_explained_var", var_ret > 0 ? 1.0 - var_err / var_ret : 0.0},
-                      {"logprob_decode_diff", decode_diff}};
+                      {"logprob_decode_diff", ctx.max_over_replicas(decode_diff)}};
   if (sums[3] > 0) {
     rollout_metrics_["gold"] = sums[4] / sums[3];
     rollout_metrics_["correct"] = sums[5] / sums[3];
@@ -262,7 +262,7 @@ StepLoss PpoStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
   }
   const double total = ctx.sum_over_replicas(tokens);
   const float scale = total > 0 ? static_cast<float>(1.0 / total) : 0.0f;
-  // sums: policy loss, clipped, approx kl, value loss, value clipped, max |logp - old| (local)
+  // sums: policy loss, clipped, approx kl, value loss, value clipped
   double sums[5] = {};
   double logprob_diff = 0.0;
   StepLoss step;
@@ -339,7 +339,7 @@ StepLoss PpoStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
                      {"approx_kl", sums[2] / total},
                      {"value_loss", sums[3] / total},
                      {"value_clipfrac", sums[4] / total},
-                     {"logprob_diff", logprob_diff}};
+                     {"logprob_diff", ctx.max_over_replicas(logprob_diff)}};
   if (ptx_) update_metrics_["ptx_loss"] = ptx_loss;
   ++next_update_;
   return step;

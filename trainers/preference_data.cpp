@@ -59,7 +59,6 @@ std::vector<std::size_t> PreferenceData::step_pairs(int micro, int micro_batch, 
   const std::size_t per_step = static_cast<std::size_t>(micro_batch) * grad_accum * replicas;
   KILN_CHECK(per_step <= pairs_.size(), path_, " has ", pairs_.size(), " pairs, fewer than one step reads (train.micro_batch x "
              "train.grad_accum x data-parallel ranks = ", per_step, "); lower them or add pairs");
-  (void)grad_accum;
   std::vector<std::size_t> out;
   const std::size_t first = next_ + (static_cast<std::size_t>(micro) * replicas + replica) * micro_batch;
   for (int j = 0; j < micro_batch; ++j) out.push_back(order_[first + j]);

@@ -39,6 +39,8 @@ struct StepContext {
   std::function<void(const std::string& role)> before_last_backward_of = [](const std::string&) {};
   // In place: each of n doubles becomes its sum over the replicas (one collective).
   std::function<void(double*, std::int64_t)> sum_many = [](double*, std::int64_t) {};
+  // The largest of a value over all replicas.
+  std::function<double(double)> max_over_replicas = [](double v) { return v; };
 };
 
 // A model a stage needs besides the one it trains (docs/rlhf.md): its role, where its weights

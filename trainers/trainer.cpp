@@ -262,6 +262,11 @@ Trainer::Trainer(ExperimentConfig config, TrainOptions options, ParallelContext&
   if (parallel_.dims.dp > 1) {
     ctx_.sum_over_replicas = [this](double v) { return parallel_.dp->sum(v); };
     ctx_.sum_many = [this](double* v, std::int64_t n) { parallel_.dp->sum(v, n); };
+    ctx_.max_over_replicas = [this](double v) {
+      float x = static_cast<float>(v);  // the collectives carry floats: enough for a logged maximum
+      parallel_.dp->all_reduce(&x, 1, ReduceOp::max);
+      return static_cast<double>(x);
+    };
   }
   if (main_.sync) ctx_.before_last_backward = [this] { main_.sync->arm(); };
   ctx_.before_last_backward_of = [this](const std::string& name) {
@@ -309,7 +314,13 @@ void Trainer::build_roles() {
     if (request.scalar_head)
       KILN_CHECK(file.contains("score.weight"), key, "=", request.from, ": ", weights, " has no scalar head "
                  "(score.weight); it is not a reward or value model: train one with train.stage=reward");
-    GptShape shape = GptShape::from_config(theirs.model, stage_->vocab_size(), parallel_.dims.tp, parallel_.tp_rank);
+    // Their architecture; this run's precision and kernel settings (they train or run here).
+    ModelConfig m = theirs.model;
+    m.dtype = config_.model.dtype;
+    m.matmul = config_.model.matmul;
+    m.recompute = config_.model.recompute;
+    m.attention_block = config_.model.attention_block;
+    GptShape shape = GptShape::from_config(m, stage_->vocab_size(), parallel_.dims.tp, parallel_.tp_rank);
     shape.score_head = request.scalar_head;
     ModelRole& role = others_.emplace_back();
     role.name = request.name;
@@ -329,12 +340,6 @@ void Trainer::build_roles() {
       make_optimizer(role);
     }
   }
-}
-
-Gpt* Trainer::role_model(const std::string& role) {
-  for (ModelRole& r : others_)
-    if (r.name == role) return r.model.get();
-  return nullptr;
 }
 
 Trainer::~Trainer() = default;

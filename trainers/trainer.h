@@ -61,8 +61,6 @@ class Trainer {
   TrainResult run();
 
   Gpt& model() { return *main_.model; }
-  // Another model of the run by role (preference tuning: "reference", "reward", "value"), or null.
-  Gpt* role_model(const std::string& role);
   // The memory plan printed before step 1, and (cuda) the device memory this run used after
   // step 1 by cudaMemGetInfo; 0 until run() gets there.
   std::int64_t planned_memory_bytes() const { return planned_bytes_; }
