@@ -142,6 +142,9 @@ int main(int argc, char** argv) {
   prefs->add_option("--val-prompts", prefs_args.world.val_prompts, "Held-out prompts")->capture_default_str();
   prefs->add_option("--label-noise", prefs_args.world.label_noise, "Probability that a training pair's labels are swapped")
       ->capture_default_str();
+  prefs->add_option("--margin-scale", prefs_args.world.margin_scale,
+                    "> 0: gold-ranked pairs carry a margin of this times their gold difference")
+      ->capture_default_str();
   prefs->add_option("--tasks", prefs_args.world.tasks, "The suite's generation tasks to draw prompts from")
       ->delimiter(',')
       ->capture_default_str();

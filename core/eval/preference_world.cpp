@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <filesystem>
 
 #include <nlohmann/json.hpp>
@@ -83,7 +84,8 @@ std::string sft_lines(const WorldOptions& o, std::uint64_t stream, int count) {
 
 // Pairs of responses of two different kinds, ranked by the gold rule (by_length: the longer
 // one chosen), labels swapped with probability noise.
-std::string pair_lines(const WorldOptions& o, std::uint64_t stream, int count, double noise, bool by_length) {
+std::string pair_lines(const WorldOptions& o, std::uint64_t stream, int count, double noise, bool by_length,
+                       double margin_scale) {
   std::string lines;
   for (int i = 0; i < count; ++i) {
     Item it = draw_item(o, stream, static_cast<std::uint64_t>(i));
@@ -107,6 +109,7 @@ std::string pair_lines(const WorldOptions& o, std::uint64_t stream, int count, d
     r["rejected"] = a_first ? b : a;
     r["gold_chosen"] = a_first ? ga : gb;
     r["gold_rejected"] = a_first ? gb : ga;
+    if (margin_scale > 0) r["margin"] = margin_scale * std::abs(ga - gb);
     lines += r.dump() + "\n";
   }
   return lines;
@@ -123,6 +126,8 @@ std::string prompt_lines(const WorldOptions& o, std::uint64_t stream, int count)
 std::vector<std::string> write_preference_world(const std::string& dir, const WorldOptions& o) {
   KILN_CHECK(o.sft >= 1 && o.pairs >= 1 && o.val_pairs >= 1 && o.prompts >= 1 && o.val_prompts >= 1,
              "the preference world needs at least one record of each kind");
+  KILN_CHECK(o.margin_scale >= 0.0 && std::isfinite(o.margin_scale), "--margin-scale ", o.margin_scale,
+             " must be a finite number >= 0");
   KILN_CHECK(o.label_noise >= 0.0 && o.label_noise <= 0.5, "--label-noise ", o.label_noise,
              " must be in [0, 0.5] (the probability that a pair's labels are swapped)");
   KILN_CHECK(o.sft_terse >= 0.0 && o.sft_verbose >= 0.0 && o.sft_terse + o.sft_verbose <= 1.0,
@@ -146,9 +151,9 @@ std::vector<std::string> write_preference_world(const std::string& dir, const Wo
   const std::string seed = std::to_string(o.seed);
   write("mixture_sft.yaml", "seed: " + seed + "\ntasks:\n  - {name: world, file: sft_train.jsonl}\n");
   write("mixture_sft_val.yaml", "seed: " + seed + "\ntasks:\n  - {name: world, file: sft_val.jsonl}\n");
-  write("prefs_train.jsonl", pair_lines(o, 102, o.pairs, o.label_noise, false));
-  write("prefs_val.jsonl", pair_lines(o, 103, o.val_pairs, 0.0, false));
-  write("prefs_length_train.jsonl", pair_lines(o, 102, o.pairs, 0.0, true));
+  write("prefs_train.jsonl", pair_lines(o, 102, o.pairs, o.label_noise, false, o.margin_scale));
+  write("prefs_val.jsonl", pair_lines(o, 103, o.val_pairs, 0.0, false, 0.0));
+  write("prefs_length_train.jsonl", pair_lines(o, 102, o.pairs, 0.0, true, 0.0));
   write("prompts_train.jsonl", prompt_lines(o, 104, o.prompts));
   write("prompts_val.jsonl", prompt_lines(o, 105, o.val_prompts));
   return written;

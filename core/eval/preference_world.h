@@ -33,6 +33,10 @@ struct WorldOptions {
   int prompts = 1000;       // PPO training prompts
   int val_prompts = 500;    // held-out prompts (gold evaluation)
   double label_noise = 0.0; // probability that a training pair's labels are swapped
+  // > 0: each gold-ranked pair carries "margin": margin_scale x (gold of chosen - gold of rejected),
+  // which the reward stage subtracts inside the sigmoid (reward.use_margin): pairs that differ in
+  // correctness must be separated further than pairs that differ in padding.
+  double margin_scale = 0.0;
   // The SFT data's responses by kind: answer alone, with filler, wrong (alone or with filler).
   double sft_terse = 0.55, sft_verbose = 0.3;  // the rest is wrong
   // The suite's generation tasks it draws prompts from. By default the four whose answer is (a

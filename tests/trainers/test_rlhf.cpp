@@ -153,6 +153,18 @@ TEST(PreferenceWorld, GoldRuleRanksCorrectnessThenBrevity) {
   }
   EXPECT_GT(swapped, 30);
   EXPECT_LT(swapped, 70);
+  // Margins, when asked for, are the gold difference scaled; held-out pairs carry none.
+  o.label_noise = 0.0;
+  o.margin_scale = 2.0;
+  kiln::write_preference_world((dir / "margins").string(), o);
+  std::ifstream with_margins(dir / "margins" / "prefs_train.jsonl");
+  while (std::getline(with_margins, a)) {
+    const auto g = nlohmann::json::parse(a);
+    EXPECT_NEAR(g["margin"].get<double>(), 2.0 * (g["gold_chosen"].get<double>() - g["gold_rejected"].get<double>()), 1e-12);
+  }
+  std::ifstream held_out(dir / "margins" / "prefs_val.jsonl");
+  std::getline(held_out, a);
+  EXPECT_FALSE(nlohmann::json::parse(a).contains("margin"));
   fs::remove_all(dir);
 }
 
