@@ -637,9 +637,6 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
     fail(set_at("model.dtype"), message("train.stage=", stage, " reads a scalar head on the trunk's hidden states, which "
                                         "are fp32 activations in this version; set model.dtype=f32 (model.matmul=bf16 "
                                         "keeps bf16 products)"));
-  if (stage == "ppo" && c.parallel.tp > 1)
-    fail(set_at("parallel.tp"), message("train.stage=ppo decodes its rollouts on whole model replicas, which parallel.tp=",
-                                        c.parallel.tp, " splits; use data parallelism (parallel.tp=1)"));
   if (stage == "ppo" && c.ppo.max_new_tokens >= c.train.seq_len)
     fail(set_at("ppo.max_new_tokens"), message("ppo.max_new_tokens=", c.ppo.max_new_tokens, " leaves no room for a "
                                                "prompt in train.seq_len=", c.train.seq_len, "; lower it or raise "

@@ -5,7 +5,8 @@
 // is synchronised between a rollout engine and a training engine.
 //
 // A rollout: ppo.rollout_prompts prompts (shared out over the data-parallel ranks) are answered
-// by batched decoding (ppo.temperature, at most ppo.max_new_tokens, stopping at end-of-text);
+// by batched decoding (under tensor parallelism, on a whole copy of the policy gathered from its
+// shards before each rollout) (ppo.temperature, at most ppo.max_new_tokens, stopping at end-of-text);
 // each prompt + response is one row. The policy and the reference score every response token at
 // the sampling temperature (the policy's numbers from the same forward pass training uses, so
 // the first update sees ratio 1 exactly; their largest difference from the decoder's own is
@@ -59,6 +60,9 @@ class PpoStage : public Stage {
 
  private:
   void make_rollout(Gpt& policy, StepContext& ctx);
+  // The model rollouts decode with: the policy itself, or under tensor parallelism a whole copy
+  // of it gathered from the shards (the same on every rank; the decoder runs whole models).
+  Gpt& decoding_policy(Gpt& policy);
   // Rows of sequences ids (one per row), masked on their response tokens.
   Batch rows(const std::vector<std::size_t>& ids) const;
   std::vector<std::size_t> minibatch(std::int64_t index) const;
@@ -74,6 +78,7 @@ class PpoStage : public Stage {
   ScoreNorm norm_;
   KlController kl_;
   std::unique_ptr<SftStage> ptx_;  // PPO-ptx: the SFT data
+  std::unique_ptr<Gpt> whole_;     // tensor parallelism: the policy gathered whole for decoding
   std::uint64_t ptx_row_ = 0, ptx_pass_ = 0;
 
   std::uint64_t rollouts_ = 0;      // rollouts made so far

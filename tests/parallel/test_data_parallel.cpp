@@ -332,9 +332,10 @@ TEST_F(DataParallelTest, TensorParallelCheckpointsResumeOnOneRank) {
 
 // train.stage reward, dpo and ppo over the ranks equal one process at the same global batch:
 // reward and dpo over data and over tensor parallelism (a step's pairs split over the replicas,
-// its loss the mean over all of them), ppo over data parallelism (each replica rolls out its share
+// its loss the mean over all of them); ppo over data parallelism (each replica rolls out its share
 // of the prompts with the same per-prompt seeds, advantages are whitened over the whole rollout,
-// and each minibatch sums the same sequences).
+// and each minibatch sums the same sequences), with ZeRO-1, and over tensor parallelism (all four
+// models split; rollouts decode on the policy gathered whole).
 TEST_F(DataParallelTest, PreferenceStagesMatchOneRank) {
   const kiln::testing::RlhfFixture fx(dir_ / "rlhf");
   if (world().rank() == 0) fx.build();
@@ -378,6 +379,16 @@ TEST_F(DataParallelTest, PreferenceStagesMatchOneRank) {
   const nlohmann::json a = first(ppo("ppo_one" + me).train.run_dir), b = first(ppo("ppo_dp").train.run_dir);
   for (const char* key : {"reward", "gold", "length", "kl", "value_loss"})
     EXPECT_NEAR(a[key].get<double>(), b[key].get<double>(), 1e-5) << key;
+  // Tensor parallelism: every model split over the ranks; rollouts decode on a whole copy of the
+  // policy gathered from its shards.
+  if (2 % w == 0) {
+    kiln::ExperimentConfig tp = ppo("ppo_tp");
+    tp.parallel.tp = w;
+    tp.ppo.rollout_prompts = 4 * w;
+    const kiln::TrainResult t = parallel(tp);
+    for (std::size_t i = 0; i < one.losses.size(); ++i) EXPECT_NEAR(t.losses[i], one.losses[i], 1e-4) << "tp step " << i + 1;
+    EXPECT_NEAR(first(tp.train.run_dir)["reward"].get<double>(), a["reward"].get<double>(), 1e-5);
+  }
   // ZeRO-1: each trained role (policy and value) keeps its own slice of AdamW's moments.
   kiln::ExperimentConfig zero = ppo("ppo_zero");
   zero.parallel.zero = 1;
