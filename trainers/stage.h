@@ -1,7 +1,8 @@
-// A Stage is what differs between training stages (pretrain and sft now; reward, ppo and dpo
-// later): where batches come from, how the loss and its gradient are formed, and what extra
-// state must be saved to resume. The Trainer owns everything that does not differ: the
-// optimizer, clipping, schedule, logging, validation cadence and checkpoints.
+// A Stage is what differs between training stages (pretrain, sft, reward, dpo, ppo): where
+// batches come from, how the loss and its gradient are formed, which other models it needs
+// (roles), and what extra state must be saved to resume. The Trainer owns everything that does
+// not differ: the models and their optimizers, clipping, schedule, logging, validation cadence
+// and checkpoints.
 #pragma once
 
 #include <cstdint>
