@@ -7,6 +7,8 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace kiln {
 
@@ -59,5 +61,11 @@ class Rng {
   std::uint64_t seed_;
   std::uint64_t stream_;
 };
+
+// Fisher-Yates over v with the draws rng.u64(n), ..., rng.u64(2): a pure function of rng.
+template <class T>
+void shuffle(std::vector<T>& v, const Rng& rng) {
+  for (std::size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[rng.u64(i) % i]);
+}
 
 }  // namespace kiln

@@ -46,8 +46,7 @@ void DpoStage::attach(const std::map<std::string, Gpt*>& roles) {
   // whatever the layout), in micro-batches of the file's order.
   precomputed_.clear();
   for (std::size_t first = 0; first < train_.size(); first += static_cast<std::size_t>(micro_batch_)) {
-    std::vector<std::size_t> ids;
-    for (std::size_t i = first; i < std::min(train_.size(), first + micro_batch_); ++i) ids.push_back(i);
+    const std::vector<std::size_t> ids = train_.indices(first, micro_batch_);
     for (const auto& s : sequence_logprobs(*reference_, train_.batch(ids))) precomputed_.push_back(s);
   }
 }
@@ -115,8 +114,7 @@ std::optional<double> DpoStage::validation_loss(Gpt& model, StepContext& ctx) {
   double sums[3] = {};  // loss, correct, pairs
   for (std::size_t first = static_cast<std::size_t>(replica_ * micro_batch_); first < val_->size();
        first += static_cast<std::size_t>(micro_batch_) * replicas_) {
-    std::vector<std::size_t> ids;
-    for (std::size_t i = first; i < std::min(val_->size(), first + micro_batch_); ++i) ids.push_back(i);
+    const std::vector<std::size_t> ids = val_->indices(first, micro_batch_);
     const PairBatch pb = val_->batch(ids);
     const auto policy = sequence_logprobs(model, pb);
     const auto ref = reference(ids, pb, false);

@@ -17,7 +17,7 @@ namespace {
 std::vector<std::size_t> permutation(std::size_t n, const Rng& rng) {
   std::vector<std::size_t> order(n);
   std::iota(order.begin(), order.end(), std::size_t{0});
-  for (std::size_t i = n; i > 1; --i) std::swap(order[i - 1], order[rng.u64(i) % i]);
+  shuffle(order, rng);
   return order;
 }
 
@@ -149,18 +149,14 @@ void PpoStage::make_rollout(Gpt& policy, StepContext& ctx) {
     const std::vector<float> lp = policy.token_logprobs(b, o.temperature);
     const std::vector<float> ref = reference_->token_logprobs(b, o.temperature);
     const std::vector<float> v = value_head_->forward(value_->trunk_forward(b));
-    for (std::size_t r = 0; r < ids.size(); ++r) {
-      Sequence& s = rollout_[ids[r]];
-      const std::size_t at = r * b.seq_len;
-      for (std::size_t p = s.prompt - 1; p + 1 < s.tokens.size(); ++p) {
-        s.logprobs.push_back(lp[at + p]);
-        s.ref_logprobs.push_back(ref[at + p]);
-        s.values.push_back(v[at + p]);
-      }
-      const auto& decoded = responses.logprobs[ids[r]];
-      for (std::size_t t = 0; t < decoded.size() && t < s.logprobs.size(); ++t)
-        decode_diff = std::max(decode_diff, std::abs(decoded[t] - static_cast<double>(s.logprobs[t])));
-    }
+    each_response_token(ids, [&](std::size_t j, std::size_t t, std::size_t p) {
+      Sequence& s = rollout_[j];
+      s.logprobs.push_back(lp[p]);
+      s.ref_logprobs.push_back(ref[p]);
+      s.values.push_back(v[p]);
+      if (t < responses.logprobs[j].size())
+        decode_diff = std::max(decode_diff, std::abs(responses.logprobs[j][t] - static_cast<double>(lp[p])));
+    });
   }
   // Rewards: the reward model's score of each whole sequence at its last token.
   const std::vector<double> raw = last_token_scores(*reward_, *reward_head_, whole, config_.train.seq_len, micro);
@@ -289,21 +285,17 @@ StepLoss PpoStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
     Batch& b = batches[g];
     const std::vector<float> lp = model.token_logprobs(b, o.temperature);
     b.weights.assign(b.inputs.size(), 0.0f);
-    for (std::size_t r = 0; r < groups[g].size(); ++r) {
-      const Sequence& s = rollout_[groups[g][r]];
-      const std::size_t at = r * b.seq_len;
-      for (std::size_t t = 0; t < s.logprobs.size(); ++t) {
-        const std::size_t p = at + s.prompt - 1 + t;
-        const PolicyTerms pt = ppo_policy_loss(lp[p], s.logprobs[t], s.advantages[t], o.clip_ratio);
-        if (idle) continue;
-        b.weights[p] = static_cast<float>(-pt.d_logp);  // forward_backward's loss is w * (-log p)
-        sums[0] += pt.loss;
-        sums[1] += pt.clipped ? 1.0 : 0.0;
-        const double log_ratio = static_cast<double>(lp[p]) - s.logprobs[t];
-        sums[2] += std::expm1(log_ratio) - log_ratio;
-        logprob_diff = std::max(logprob_diff, std::abs(log_ratio));
-      }
-    }
+    each_response_token(groups[g], [&](std::size_t j, std::size_t t, std::size_t p) {
+      if (idle) return;
+      const Sequence& s = rollout_[j];
+      const PolicyTerms pt = ppo_policy_loss(lp[p], s.logprobs[t], s.advantages[t], o.clip_ratio);
+      b.weights[p] = static_cast<float>(-pt.d_logp);  // forward_backward's loss is w * (-log p)
+      sums[0] += pt.loss;
+      sums[1] += pt.clipped ? 1.0 : 0.0;
+      const double log_ratio = static_cast<double>(lp[p]) - s.logprobs[t];
+      sums[2] += std::expm1(log_ratio) - log_ratio;
+      logprob_diff = std::max(logprob_diff, std::abs(log_ratio));
+    });
     step.processed += static_cast<std::int64_t>(b.batch) * b.seq_len;
   }
   for (std::size_t g = 0; g < batches.size(); ++g) {
@@ -334,18 +326,14 @@ StepLoss PpoStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
     const Tensor& hidden = value_->trunk_forward(b);
     const std::vector<float> v = value_head_->forward(hidden);
     std::vector<float> dv(v.size(), 0.0f);
-    for (std::size_t r = 0; r < groups[g].size(); ++r) {
-      const Sequence& s = rollout_[groups[g][r]];
-      const std::size_t at = r * b.seq_len;
-      for (std::size_t t = 0; t < s.values.size(); ++t) {
-        const std::size_t p = at + s.prompt - 1 + t;
-        const ValueTerms vt = ppo_value_loss(v[p], s.values[t], s.returns[t], o.value_clip);
-        if (idle) continue;
-        dv[p] = static_cast<float>(vt.d_value * scale);
-        sums[3] += vt.loss;
-        sums[4] += vt.clipped ? 1.0 : 0.0;
-      }
-    }
+    each_response_token(groups[g], [&](std::size_t j, std::size_t t, std::size_t p) {
+      if (idle) return;
+      const Sequence& s = rollout_[j];
+      const ValueTerms vt = ppo_value_loss(v[p], s.values[t], s.returns[t], o.value_clip);
+      dv[p] = static_cast<float>(vt.d_value * scale);
+      sums[3] += vt.loss;
+      sums[4] += vt.clipped ? 1.0 : 0.0;
+    });
     Tensor dhidden = Tensor::zeros({hidden.numel() / c, c}, DType::f32, value_->device());
     value_head_->backward(hidden, dv, dhidden);
     if (g + 1 == batches.size()) ctx.before_last_backward_of("value");

@@ -65,6 +65,16 @@ class PpoStage : public Stage {
   Gpt& decoding_policy(Gpt& policy);
   // Rows of sequences ids (one per row), masked on their response tokens.
   Batch rows(const std::vector<std::size_t>& ids) const;
+  // f(sequence, t, p) for each response token t of the sequences of rows(ids): p is the flat
+  // position (row * seq_len + column) whose target is that token.
+  template <class F>
+  void each_response_token(const std::vector<std::size_t>& ids, F&& f) const {
+    const std::size_t seq_len = static_cast<std::size_t>(config_.train.seq_len);
+    for (std::size_t r = 0; r < ids.size(); ++r) {
+      const std::size_t prompt = static_cast<std::size_t>(rollout_[ids[r]].prompt);
+      for (std::size_t t = 0; prompt + t < rollout_[ids[r]].tokens.size(); ++t) f(ids[r], t, r * seq_len + prompt - 1 + t);
+    }
+  }
   std::vector<std::size_t> minibatch(std::int64_t index) const;
 
   ExperimentConfig config_;

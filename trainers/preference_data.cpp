@@ -49,8 +49,7 @@ PreferenceData::PreferenceData(const std::string& path, const Tokenizer& tokeniz
 void PreferenceData::start_pass(std::uint64_t pass) {
   order_.resize(pairs_.size());
   std::iota(order_.begin(), order_.end(), std::size_t{0});
-  const Rng rng(seed_, 0x5052454650415353ull + pass);  // "PREFPASS"
-  for (std::size_t i = order_.size(); i > 1; --i) std::swap(order_[i - 1], order_[rng.u64(i) % i]);
+  shuffle(order_, Rng(seed_, 0x5052454650415353ull + pass));  // "PREFPASS"
   pass_ = pass;
 }
 
@@ -83,6 +82,12 @@ void PreferenceData::restore(const nlohmann::json& state) {
              "; resume with the same data, or start a new run with --init-from the checkpoint");
   start_pass(state["pass"].get<std::uint64_t>());
   next_ = state["next"].get<std::uint64_t>();
+}
+
+std::vector<std::size_t> PreferenceData::indices(std::size_t first, std::size_t count) const {
+  std::vector<std::size_t> out;
+  for (std::size_t i = first; i < std::min(pairs_.size(), first + count); ++i) out.push_back(i);
+  return out;
 }
 
 PairBatch PreferenceData::batch(const std::vector<std::size_t>& indices) const {

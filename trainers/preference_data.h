@@ -42,6 +42,8 @@ class PreferenceData {
 
   std::size_t size() const { return pairs_.size(); }
   const std::string& path() const { return path_; }
+  // Pairs [first, first + count) of the file's order, cut at the end.
+  std::vector<std::size_t> indices(std::size_t first, std::size_t count) const;
   // Pairs `indices` (into the file's order) packed into one batch.
   PairBatch batch(const std::vector<std::size_t>& indices) const;
 

@@ -76,8 +76,7 @@ std::optional<double> RewardStage::validation_loss(Gpt& model, StepContext& ctx)
   double sums[4] = {};  // loss, correct, margin, pairs
   for (std::size_t first = static_cast<std::size_t>(replica_ * micro_batch_); first < val_->size();
        first += static_cast<std::size_t>(micro_batch_) * replicas_) {
-    std::vector<std::size_t> ids;
-    for (std::size_t i = first; i < std::min(val_->size(), first + micro_batch_); ++i) ids.push_back(i);
+    const std::vector<std::size_t> ids = val_->indices(first, micro_batch_);
     const PairBatch pb = val_->batch(ids);
     const auto s = scores(model, pb);
     for (std::size_t j = 0; j < s.size(); ++j) {
@@ -98,8 +97,7 @@ std::map<std::string, std::string> RewardStage::model_metadata(Gpt& model, StepC
   double sums[3] = {};  // n, sum, sum of squares
   for (std::size_t first = static_cast<std::size_t>(replica_ * micro_batch_); first < data.size();
        first += static_cast<std::size_t>(micro_batch_) * replicas_) {
-    std::vector<std::size_t> ids;
-    for (std::size_t i = first; i < std::min(data.size(), first + micro_batch_); ++i) ids.push_back(i);
+    const std::vector<std::size_t> ids = data.indices(first, micro_batch_);
     for (const auto& [rc, rr] : scores(model, data.batch(ids))) {
       sums[0] += 2;
       sums[1] += rc + rr;

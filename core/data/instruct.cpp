@@ -100,10 +100,6 @@ std::string yaml_string(const YAML::Node& node, const std::string& key, const st
   return v.as<std::string>();
 }
 
-void shuffle(std::vector<std::uint64_t>& v, const Rng& rng) {
-  for (std::size_t i = v.size(); i > 1; --i) std::swap(v[i - 1], v[rng.u64(i) % i]);
-}
-
 }  // namespace
 
 // ---- records ---------------------------------------------------------------------------------
