@@ -618,20 +618,28 @@ void validate_cross(const ExperimentConfig& c, const Origins& origins, const std
   if (stage != "ppo" && !c.data.prompts.empty())
     fail(set_at("data.prompts"), message("data.prompts is read by train.stage=ppo; this run's train.stage is ", stage,
                                          ": set data.prompts=\"\""));
-  if (stage != "ppo" && stage != "dpo" && !c.data.val_prompts.empty())
-    fail(set_at("data.val_prompts"), message("data.val_prompts is read by train.stage=ppo and dpo; this run's "
+  if (!preference_stage && !c.data.val_prompts.empty())
+    fail(set_at("data.val_prompts"), message("data.val_prompts is read by train.stage=ppo, dpo and reward; this run's "
                                              "train.stage is ", stage, ": set data.val_prompts=\"\""));
   if ((stage == "dpo" || stage == "ppo") && c.roles.reference.empty() && c.train.init_from.empty())
     fail(set_at("train.stage"), message("train.stage=", stage, " tunes a policy against a reference model: set "
                                         "train.init_from (the SFT checkpoint; also the reference) or roles.reference"));
+  if (stage == "reward" && !c.data.val_prompts.empty() && c.roles.reference.empty() && c.train.init_from.empty())
+    fail(set_at("data.val_prompts"), "train.stage=reward with data.val_prompts normalises its scores by a reference "
+                                     "policy's responses to them: set roles.reference (or train.init_from) to the SFT "
+                                     "policy, or data.val_prompts=\"\"");
+  if (stage == "reward" && !c.roles.reference.empty() && c.data.val_prompts.empty())
+    fail(set_at("roles.reference"), "train.stage=reward reads roles.reference only to sample the responses to "
+                                    "data.val_prompts that normalise its scores: set data.val_prompts, or "
+                                    "roles.reference=\"\"");
   if (stage == "ppo" && c.roles.reward.empty())
     fail(set_at("train.stage"), "train.stage=ppo needs a reward model: set roles.reward to a run or checkpoint "
                                 "folder of train.stage=reward");
   if (stage != "ppo" && (!c.roles.reward.empty() || !c.roles.value.empty()))
     fail(set_at(c.roles.reward.empty() ? "roles.value" : "roles.reward"),
          message("roles.reward and roles.value are read by train.stage=ppo; this run's train.stage is ", stage));
-  if (stage != "ppo" && stage != "dpo" && !c.roles.reference.empty())
-    fail(set_at("roles.reference"), message("roles.reference is read by train.stage=dpo and ppo; this run's "
+  if (!preference_stage && !c.roles.reference.empty())
+    fail(set_at("roles.reference"), message("roles.reference is read by train.stage=dpo, ppo and reward; this run's "
                                             "train.stage is ", stage));
   if ((stage == "reward" || stage == "ppo") && c.model.dtype == "bf16")
     fail(set_at("model.dtype"), message("train.stage=", stage, " reads a scalar head on the trunk's hidden states, which "

@@ -152,6 +152,10 @@ struct RolesConfig {
 struct RewardConfig {
   float center = 0.0f;        // coefficient of the centring term (r_chosen + r_rejected)^2
   int use_margin = 1;         // 1: a record's numeric "margin" field is subtracted inside the sigmoid
+  // With data.val_prompts: the reference policy's responses to them (sampled at norm_temperature,
+  // at most norm_max_new_tokens) are the samples whose score mean and deviation are stored.
+  float norm_temperature = 1.0f;
+  int norm_max_new_tokens = 40;
 };
 
 struct DpoConfig {

@@ -137,7 +137,8 @@ void data_keys(Schema& s) {
            "train.stage=ppo: prompt records {prompt, answer (optional: the gold rule's)} to roll out from (JSONL)")
       .path(PathBase::config_file)
       .key("val_prompts", &DataConfig::val_prompts, Limits(),
-           "ppo, dpo: held-out prompts whose sampled responses validation scores (\"\": none)")
+           "ppo, dpo: held-out prompts whose sampled responses validation scores; reward: the prompts of the "
+           "reference responses that normalise the scores (\"\": none)")
       .path(PathBase::config_file);
 }
 
@@ -240,7 +241,8 @@ void preference_keys(Schema& s) {
   SectionBuilder<RolesConfig>(s, "roles", &ExperimentConfig::roles,
                               "the other models of a preference-tuning stage (docs/rlhf.md)")
       .key("reference", &RolesConfig::reference, Limits(),
-           "dpo, ppo: the frozen reference model, a run or checkpoint folder (\"\": train.init_from)")
+           "dpo, ppo: the frozen reference model, a run or checkpoint folder (\"\": train.init_from); reward: the "
+           "policy whose responses to data.val_prompts normalise the scores")
       .path(PathBase::config_file)
       .aka({"ref_model", "ref", "reference_model"})
       .key("reward", &RolesConfig::reward, Limits(),
@@ -256,7 +258,12 @@ void preference_keys(Schema& s) {
            "coefficient of the centring term (r_chosen + r_rejected)^2; 0: none")
       .aka({"center_rewards_coefficient"})
       .key("use_margin", &RewardConfig::use_margin, between(0, 1),
-           "1: subtract a record's numeric 'margin' field inside the sigmoid");
+           "1: subtract a record's numeric 'margin' field inside the sigmoid")
+      .key("norm_temperature", &RewardConfig::norm_temperature, above(0).up_to(100),
+           "with data.val_prompts: temperature of the reference policy's responses whose scores set the stored "
+           "mean and standard deviation")
+      .key("norm_max_new_tokens", &RewardConfig::norm_max_new_tokens, between(1, 1 << 20),
+           "with data.val_prompts: tokens a reference response may have");
   SectionBuilder<DpoConfig>(s, "dpo", &ExperimentConfig::dpo, "train.stage=dpo: direct preference optimisation")
       .key("beta", &DpoConfig::beta, above(0), "strength of the implicit KL constraint")
       .key("label_smoothing", &DpoConfig::label_smoothing, at_least(0).below(0.5),

@@ -140,6 +140,11 @@ int main(int argc, char** argv) {
   prefs->add_option("--val-pairs", prefs_args.world.val_pairs, "Held-out preference pairs")->capture_default_str();
   prefs->add_option("--prompts", prefs_args.world.prompts, "PPO training prompts")->capture_default_str();
   prefs->add_option("--val-prompts", prefs_args.world.val_prompts, "Held-out prompts")->capture_default_str();
+  prefs->add_option("--sft-terse", prefs_args.world.sft_terse,
+                    "Share of the SFT demonstrations that give the answer alone")->capture_default_str();
+  prefs->add_option("--sft-verbose", prefs_args.world.sft_verbose,
+                    "Share of the SFT demonstrations that pad the answer with filler (the rest are wrong)")
+      ->capture_default_str();
   prefs->add_option("--label-noise", prefs_args.world.label_noise, "Probability that a training pair's labels are swapped")
       ->capture_default_str();
   prefs->add_option("--margin-scale", prefs_args.world.margin_scale,

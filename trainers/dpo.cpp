@@ -105,7 +105,8 @@ StepLoss DpoStage::accumulate_gradients(Gpt& model, StepContext& ctx) {
 std::optional<double> DpoStage::validation_loss(Gpt& model, StepContext& ctx) {
   val_metrics_.clear();
   if (!val_prompts_.empty()) {
-    const PolicyScores s = score_policy(model, *tokenizer_, val_prompts_, config_.ppo.max_new_tokens,
+    Gpt& whole = gathered_whole(model, config_.model, tokenizer_->vocab_size(), whole_);
+    const PolicyScores s = score_policy(whole, *tokenizer_, val_prompts_, config_.ppo.max_new_tokens,
                                         config_.train.seq_len, micro_batch_, replica_, replicas_, ctx.sum_many,
                                         nullptr, {}, config_.ppo.temperature, config_.train.seed);
     val_metrics_ = s.as_map();

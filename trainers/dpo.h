@@ -54,6 +54,7 @@ class DpoStage : public Stage {
   PreferenceData train_;
   std::unique_ptr<PreferenceData> val_;
   std::vector<PromptRecord> val_prompts_;
+  std::unique_ptr<Gpt> whole_;  // tensor parallelism: the policy gathered whole for sampling
   Gpt* reference_ = nullptr;
   std::vector<std::pair<double, double>> precomputed_;  // dpo.reference precomputed: every training pair's
   std::map<std::string, double> step_metrics_, val_metrics_;

@@ -83,25 +83,6 @@ Batch PpoStage::rows(const std::vector<std::size_t>& ids) const {
   return b;
 }
 
-Gpt& PpoStage::decoding_policy(Gpt& policy) {
-  if (policy.shape().tp_size == 1) return policy;
-  if (!whole_)
-    whole_ = std::make_unique<Gpt>(GptShape::from_config(config_.model, tokenizer_->vocab_size()), policy.device());
-  std::vector<Parameter>& shards = policy.parameters();
-  std::vector<Parameter>& whole = whole_->parameters();
-  KILN_ASSERT(shards.size() == whole.size());
-  for (std::size_t i = 0; i < shards.size(); ++i) {
-    // The whole tensor (a collective over the tensor-parallel group); the vocabulary's padding
-    // differs between layouts, and only its real rows, at the front, are copied.
-    const Tensor full = policy.gather_full(shards[i], shards[i].value.f32());
-    KILN_ASSERT(shards[i].name == whole[i].name);
-    const std::int64_t n = std::min(full.numel(), whole[i].value.numel());
-    std::copy(full.f32(), full.f32() + n, whole[i].value.f32());
-  }
-  whole_->refresh_bf16_weights();
-  return *whole_;
-}
-
 void PpoStage::make_rollout(Gpt& policy, StepContext& ctx) {
   const PpoConfig& o = config_.ppo;
   const int local = o.rollout_prompts / replicas_, micro = config_.train.micro_batch;
@@ -126,7 +107,8 @@ void PpoStage::make_rollout(Gpt& policy, StepContext& ctx) {
   sample.temperature = o.temperature;
   sample.max_tokens = o.max_new_tokens;
   const std::int32_t eot = static_cast<std::int32_t>(tokenizer_->eot());
-  const Responses responses = sample_responses(decoding_policy(policy), prompts, sample, eot, seeds);
+  Gpt& decoding = gathered_whole(policy, config_.model, tokenizer_->vocab_size(), whole_);
+  const Responses responses = sample_responses(decoding, prompts, sample, eot, seeds);
 
   rollout_.assign(local, {});
   std::vector<std::vector<std::int32_t>> whole;
@@ -360,7 +342,8 @@ std::map<std::string, double> PpoStage::step_metrics() const {
 
 std::optional<double> PpoStage::validation_loss(Gpt& model, StepContext& ctx) {
   if (val_prompts_.empty()) return std::nullopt;
-  const PolicyScores s = score_policy(model, *tokenizer_, val_prompts_, config_.ppo.max_new_tokens,
+  Gpt& whole = gathered_whole(model, config_.model, tokenizer_->vocab_size(), whole_);
+  const PolicyScores s = score_policy(whole, *tokenizer_, val_prompts_, config_.ppo.max_new_tokens,
                                       config_.train.seq_len, config_.train.micro_batch, replica_, replicas_,
                                       ctx.sum_many, reward_, norm_, config_.ppo.temperature, config_.train.seed);
   val_metrics_ = s.as_map();

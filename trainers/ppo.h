@@ -60,9 +60,6 @@ class PpoStage : public Stage {
 
  private:
   void make_rollout(Gpt& policy, StepContext& ctx);
-  // The model rollouts decode with: the policy itself, or under tensor parallelism a whole copy
-  // of it gathered from the shards (the same on every rank; the decoder runs whole models).
-  Gpt& decoding_policy(Gpt& policy);
   // Rows of sequences ids (one per row), masked on their response tokens.
   Batch rows(const std::vector<std::size_t>& ids) const;
   // f(sequence, t, p) for each response token t of the sequences of rows(ids): p is the flat

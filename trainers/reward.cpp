@@ -9,7 +9,8 @@
 namespace kiln {
 
 RewardStage::RewardStage(const ExperimentConfig& config, int replica, int replicas)
-    : tokenizer_(make_tokenizer(config.data.tokenizer, config.data.tokenizer_dir)),
+    : config_(config),
+      tokenizer_(make_tokenizer(config.data.tokenizer, config.data.tokenizer_dir)),
       micro_batch_(config.train.micro_batch),
       grad_accum_(config.train.grad_accum),
       replica_(replica),
@@ -19,6 +20,19 @@ RewardStage::RewardStage(const ExperimentConfig& config, int replica, int replic
   if (!config.data.val_preferences.empty())
     val_ = std::make_unique<PreferenceData>(config.data.val_preferences, *tokenizer_, config.train.seq_len,
                                             config.train.seed, config.reward.use_margin);
+  if (!config.data.val_prompts.empty())
+    norm_prompts_ = load_prompts(config.data.val_prompts, *tokenizer_, config.train.seq_len,
+                                 config.reward.norm_max_new_tokens);
+}
+
+std::vector<RoleRequest> RewardStage::roles() const {
+  if (norm_prompts_.empty()) return {};
+  const std::string& from = config_.roles.reference.empty() ? config_.train.init_from : config_.roles.reference;
+  return {{"reference", from, false, false, 0.0f}};
+}
+
+void RewardStage::attach(const std::map<std::string, Gpt*>& roles) {
+  if (!norm_prompts_.empty()) reference_ = roles.at("reference");
 }
 
 ScalarHead& RewardStage::head(Gpt& model) {
@@ -92,6 +106,20 @@ std::optional<double> RewardStage::validation_loss(Gpt& model, StepContext& ctx)
 }
 
 std::map<std::string, std::string> RewardStage::model_metadata(Gpt& model, StepContext& ctx) {
+  if (!norm_prompts_.empty()) {
+    // The reference samples: the reference policy's responses to data.val_prompts (a seed per
+    // prompt, the same whatever the layout), scored raw.
+    KILN_CHECK(reference_ != nullptr, "reward: roles not attached");
+    Gpt& policy = gathered_whole(*reference_, config_.model, tokenizer_->vocab_size(), whole_);
+    const PolicyScores s = score_policy(policy, *tokenizer_, norm_prompts_, config_.reward.norm_max_new_tokens,
+                                        config_.train.seq_len, micro_batch_, replica_, replicas_, ctx.sum_many,
+                                        &model, ScoreNorm{}, config_.reward.norm_temperature, config_.train.seed);
+    return {{"kiln_score_mean", message(s.proxy)}, {"kiln_score_std", message(s.proxy_std)},
+            {"kiln_score_samples", message(norm_prompts_.size(), " responses of the reference policy (",
+                                           roles().front().from, ") to ", config_.data.val_prompts,
+                                           " at temperature ", config_.reward.norm_temperature, ", seed ",
+                                           config_.train.seed)}};
+  }
   // The reference samples: every response of the held-out pairs (else of the training pairs).
   const PreferenceData& data = val_ ? *val_ : train_;
   double sums[3] = {};  // n, sum, sum of squares
@@ -114,7 +142,10 @@ std::map<std::string, std::string> RewardStage::model_metadata(Gpt& model, StepC
 std::string RewardStage::describe() const {
   return message("reward: ", train_.size(), " preference pairs from ", train_.path(),
                  val_ ? message("; validation: ", val_->size(), " pairs from ", val_->path()) : std::string(),
-                 center_ > 0 ? message("; centring ", center_) : std::string());
+                 center_ > 0 ? message("; centring ", center_) : std::string(),
+                 norm_prompts_.empty() ? std::string()
+                                       : message("; scores normalised by the reference policy's responses to ",
+                                                 norm_prompts_.size(), " prompts"));
 }
 
 }  // namespace kiln

@@ -122,7 +122,26 @@ std::map<std::string, double> PolicyScores::as_map() const {
   if (!std::isnan(gold)) m["gold"] = gold;
   if (!std::isnan(correct)) m["correct"] = correct;
   if (!std::isnan(proxy)) m["proxy"] = proxy;
+  if (!std::isnan(proxy_std)) m["proxy_std"] = proxy_std;
   return m;
+}
+
+Gpt& gathered_whole(Gpt& model, const ModelConfig& config, int vocab, std::unique_ptr<Gpt>& whole) {
+  if (model.shape().tp_size == 1) return model;
+  if (!whole) whole = std::make_unique<Gpt>(GptShape::from_config(config, vocab), model.device());
+  std::vector<Parameter>& shards = model.parameters();
+  std::vector<Parameter>& out = whole->parameters();
+  KILN_ASSERT(shards.size() == out.size());
+  for (std::size_t i = 0; i < shards.size(); ++i) {
+    // The whole tensor (a collective over the tensor-parallel group); the vocabulary's padding
+    // differs between layouts, and only its real rows, at the front, are copied.
+    const Tensor full = model.gather_full(shards[i], shards[i].value.f32());
+    KILN_ASSERT(shards[i].name == out[i].name);
+    const std::int64_t n = std::min(full.numel(), out[i].value.numel());
+    std::copy(full.f32(), full.f32() + n, out[i].value.f32());
+  }
+  whole->refresh_bf16_weights();
+  return *whole;
 }
 
 PolicyScores score_policy(Gpt& policy, const Tokenizer& tokenizer, const std::vector<PromptRecord>& prompts,
@@ -132,8 +151,8 @@ PolicyScores score_policy(Gpt& policy, const Tokenizer& tokenizer, const std::ve
   std::vector<std::size_t> mine;
   for (std::size_t i = static_cast<std::size_t>(replica); i < prompts.size(); i += static_cast<std::size_t>(replicas))
     mine.push_back(i);
-  // sums: n, gold n, gold, correct, length, ended, proxy
-  double sums[7] = {};
+  // sums: n, gold n, gold, correct, length, ended, proxy, proxy squared
+  double sums[8] = {};
   const std::int32_t eot = static_cast<std::int32_t>(tokenizer.eot());
   SampleOptions options;
   options.temperature = temperature;
@@ -167,10 +186,14 @@ PolicyScores score_policy(Gpt& policy, const Tokenizer& tokenizer, const std::ve
     }
     if (reward) {
       ScalarHead head(*reward);
-      for (double score : last_token_scores(*reward, head, whole, seq_len, rows)) sums[6] += (score - norm.mean) / norm.std;
+      for (double score : last_token_scores(*reward, head, whole, seq_len, rows)) {
+        const double z = (score - norm.mean) / norm.std;
+        sums[6] += z;
+        sums[7] += z * z;
+      }
     }
   }
-  sum_many(sums, 7);
+  sum_many(sums, 8);
   PolicyScores out;
   if (sums[0] == 0) return out;
   out.length = sums[4] / sums[0];
@@ -179,7 +202,10 @@ PolicyScores score_policy(Gpt& policy, const Tokenizer& tokenizer, const std::ve
     out.gold = sums[2] / sums[1];
     out.correct = sums[3] / sums[1];
   }
-  if (reward) out.proxy = sums[6] / sums[0];
+  if (reward) {
+    out.proxy = sums[6] / sums[0];
+    out.proxy_std = std::sqrt(std::max(0.0, sums[7] / sums[0] - out.proxy * out.proxy));
+  }
   return out;
 }
 

@@ -9,9 +9,11 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "core/config.h"
 #include "core/data/tokenizer.h"
 #include "core/model/decode.h"
 #include "core/model/gpt.h"
@@ -46,6 +48,11 @@ ScoreNorm read_score_norm(const std::string& checkpoint_or_run);
 std::vector<double> last_token_scores(Gpt& model, ScalarHead& head, const std::vector<std::vector<std::int32_t>>& seqs,
                                       int seq_len, int rows);
 
+// The model the decoder (which runs whole models) samples from: `model` itself, or under tensor
+// parallelism a whole copy gathered from its shards into `whole` (a collective over the
+// tensor-parallel group; the same on every rank). `config` and `vocab` shape the copy.
+Gpt& gathered_whole(Gpt& model, const ModelConfig& config, int vocab, std::unique_ptr<Gpt>& whole);
+
 // Sampled responses: tokens (without the end-of-text) and whether the end-of-text was chosen.
 struct Responses {
   std::vector<std::vector<std::int32_t>> tokens;
@@ -68,6 +75,7 @@ struct PolicyScores {
   double length = 0.0;     // mean response length in tokens
   double eot_rate = 0.0;   // fraction of responses that ended with end-of-text
   double proxy = std::numeric_limits<double>::quiet_NaN();    // mean normalised reward-model score
+  double proxy_std = std::numeric_limits<double>::quiet_NaN();  // its standard deviation over the responses
   std::map<std::string, double> as_map() const;
 };
 PolicyScores score_policy(Gpt& policy, const Tokenizer& tokenizer, const std::vector<PromptRecord>& prompts,

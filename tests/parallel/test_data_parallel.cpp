@@ -15,6 +15,7 @@
 #include "parallel/layout.h"
 #include "rlhf_fixture.h"
 #include "test_world.h"
+#include "trainers/rollout.h"
 #include "trainers/trainer.h"
 
 namespace fs = std::filesystem;
@@ -350,15 +351,33 @@ TEST_F(DataParallelTest, PreferenceStagesMatchOneRank) {
     c.train.max_steps = 4;
     return c;
   };
+  // The reward model's stored statistics: its scores of the reference policy's responses to
+  // data.val_prompts (sampled on the reference gathered whole under tensor parallelism).
+  auto expect_same_norm = [](const std::string& run, const std::string& other) {
+    const kiln::ScoreNorm a = kiln::read_score_norm(run), b = kiln::read_score_norm(other);
+    ASSERT_TRUE(a.stored && b.stored);
+    EXPECT_NEAR(a.mean, b.mean, 1e-4 * (1 + std::abs(a.mean)));
+    EXPECT_NEAR(a.std, b.std, 1e-4 * (1 + a.std));
+  };
   for (const std::string stage : {"reward", "dpo"}) {
-    auto config = [&](const std::string& run) { return stage == "reward" ? fx.reward_config(run) : fx.dpo_config(run); };
-    const kiln::TrainResult one = kiln::Trainer(pairs(config(stage + "_one" + me), 1, 1), quiet).run();
-    const kiln::TrainResult dp = parallel(pairs(config(stage + "_dp"), w, 1));
+    auto config = [&](const std::string& run) {
+      if (stage == "dpo") return fx.dpo_config(run);
+      kiln::ExperimentConfig c = fx.reward_config(run);
+      c.data.val_prompts = fx.world("prompts_val.jsonl");
+      return c;
+    };
+    const kiln::ExperimentConfig one_config = pairs(config(stage + "_one" + me), 1, 1);
+    const kiln::TrainResult one = kiln::Trainer(one_config, quiet).run();
+    const kiln::ExperimentConfig dp_config = pairs(config(stage + "_dp"), w, 1);
+    const kiln::TrainResult dp = parallel(dp_config);
     ASSERT_EQ(dp.losses.size(), one.losses.size());
     expect_close(dp.losses, one.losses, 0, 1e-4);
+    if (stage == "reward") expect_same_norm(dp_config.train.run_dir, one_config.train.run_dir);
     if (2 % w != 0) continue;  // the fixture's 2 heads split over 2 ranks, not 3
-    const kiln::TrainResult tp = parallel(pairs(config(stage + "_tp"), 1, w));
+    const kiln::ExperimentConfig tp_config = pairs(config(stage + "_tp"), 1, w);
+    const kiln::TrainResult tp = parallel(tp_config);
     expect_close(tp.losses, one.losses, 0, 1e-4);
+    if (stage == "reward") expect_same_norm(tp_config.train.run_dir, one_config.train.run_dir);
   }
   auto ppo = [&](const std::string& run) {
     kiln::ExperimentConfig c = fx.ppo_config(run);

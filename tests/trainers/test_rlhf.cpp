@@ -304,6 +304,35 @@ TEST_F(RlhfTest, RewardRunStoresItsScoreStatistics) {
   EXPECT_GT(norm.std, 0.0);
 }
 
+// With data.val_prompts the stored statistics are those of the reference policy's responses, so
+// that policy scores 0 on average with a standard deviation of 1 (Ziegler et al.'s normalisation),
+// whatever the decoding batch.
+TEST_F(RlhfTest, RewardNormalisedByTheReferencePolicyScoresItZeroWithDeviationOne) {
+  kiln::ExperimentConfig c = fx().reward_config("reward_norm");
+  c.data.val_prompts = fx().world("prompts_train.jsonl");
+  c.train.max_steps = 2;
+  train(c);
+  const kiln::ScoreNorm norm = kiln::read_score_norm(c.train.run_dir);
+  ASSERT_TRUE(norm.stored);
+  ASSERT_GT(norm.std, 0.0);
+  const kiln::SafetensorsFile file(kiln::resolve_checkpoint(c.train.run_dir) + "/model.safetensors");
+  EXPECT_NE(file.metadata().at("kiln_score_samples").find("prompts_train.jsonl"), std::string::npos);
+  auto policy = load(c, fx().sft_run(), false);
+  auto reward = load(c, c.train.run_dir, true);
+  const auto tokenizer = kiln::make_tokenizer("byte", "");
+  const auto prompts = kiln::load_prompts(c.data.val_prompts, *tokenizer, c.train.seq_len, c.reward.norm_max_new_tokens);
+  const kiln::PolicyScores s =
+      kiln::score_policy(*policy, *tokenizer, prompts, c.reward.norm_max_new_tokens, c.train.seq_len, 3, 0, 1,
+                         [](double*, std::int64_t) {}, reward.get(), norm, c.reward.norm_temperature, c.train.seed);
+  EXPECT_NEAR(s.proxy, 0.0, 1e-4);
+  EXPECT_NEAR(s.proxy_std, 1.0, 1e-4);
+  // Other samples of the same policy (another seed) do not score exactly 0 and 1.
+  const kiln::PolicyScores other =
+      kiln::score_policy(*policy, *tokenizer, prompts, c.reward.norm_max_new_tokens, c.train.seq_len, 3, 0, 1,
+                         [](double*, std::int64_t) {}, reward.get(), norm, c.reward.norm_temperature, c.train.seed + 1);
+  EXPECT_GT(std::abs(other.proxy) + std::abs(other.proxy_std - 1.0), 1e-3);
+}
+
 TEST_F(RlhfTest, DpoAtTheReferenceLosesLog2AndItsGradientMatchesFiniteDifferences) {
   const kiln::ExperimentConfig c = fx().dpo_config("unused");
   kiln::DpoStage stage(c, 0, 1);
@@ -430,6 +459,14 @@ TEST_F(RlhfTest, BadInputNamesTheRecordOrTheKey) {
   kiln::ExperimentConfig r = fx().reward_config("bad_reward");
   r.roles.reward = fx().reward_run();
   EXPECT_NE(error_of([&] { kiln::parse_config(kiln::to_yaml(r), "reward.yaml"); }).find("roles.reward and roles.value are read by train.stage=ppo"),
+            std::string::npos);
+  r.roles.reward = "";
+  r.roles.reference = fx().sft_run();
+  EXPECT_NE(error_of([&] { kiln::parse_config(kiln::to_yaml(r), "reward.yaml"); }).find("set data.val_prompts, or roles.reference"),
+            std::string::npos);
+  r.roles.reference = r.train.init_from = "";
+  r.data.val_prompts = fx().world("prompts_val.jsonl");
+  EXPECT_NE(error_of([&] { kiln::parse_config(kiln::to_yaml(r), "reward.yaml"); }).find("set roles.reference (or train.init_from)"),
             std::string::npos);
 }
 
