@@ -26,6 +26,7 @@
 
 #include "core/config_schema.h"
 #include "core/model/attention_layout.h"
+#include "core/yaml_document.h"
 #include "kernels/error.h"
 
 namespace kiln {
@@ -450,7 +451,7 @@ void read_yaml(const std::string& text, const std::string& name, ExperimentConfi
   check_text(text, name);
   YAML::Node root;
   try {
-    root = YAML::Load(text);
+    root = load_one_yaml_document(text, name);
   } catch (const YAML::Exception& e) {
     const bool tab = line_of(text, e.mark.line).find('\t') != std::string::npos;
     fail(at(name, e.mark), "YAML syntax error: " + e.msg +

@@ -119,6 +119,9 @@ struct TrainConfig {
   // model folder ("": initialise; `kiln train --init-from` overrides it).
   std::string init_from;
   std::string device = "cpu";  // cpu | cuda (the first GPU of each process)
+  // auto: resume from the newest complete checkpoint in run_dir when there is one, else start
+  // afresh (a requeued cluster job); off: only `kiln train --resume` resumes.
+  std::string resume = "off";
 };
 
 struct CheckpointConfig {

@@ -58,13 +58,13 @@ void model_keys(Schema& s) {
            "rope_scaling=llama3: the context the model was first trained at")
       .aka({"rotary_base", "rope_base"})
       .key("mlp", &ModelConfig::mlp, one_of(kMlpChoices), "MLP kind")
-      .key("mlp_width", &ModelConfig::mlp_width, at_least(0),
+      .key("mlp_width", &ModelConfig::mlp_width, between(0, 1 << 20),
            "hidden width of the MLP; 0: 4 x n_embd (gelu) or 8/3 x n_embd rounded up to mlp_multiple_of (swiglu)")
       .aka({"n_inner", "intermediate_size", "ffn_dim", "d_ff", "ffn_hidden_size"})
-      .key("mlp_multiple_of", &ModelConfig::mlp_multiple_of, at_least(1),
+      .key("mlp_multiple_of", &ModelConfig::mlp_multiple_of, between(1, 1 << 16),
            "swiglu with mlp_width 0: the width is rounded up to a multiple of this (LLaMA's multiple_of)")
       .aka({"multiple_of"})
-      .key("n_kv_head", &ModelConfig::n_kv_head, at_least(0),
+      .key("n_kv_head", &ModelConfig::n_kv_head, between(0, 1 << 16),
            "key/value heads; 0: n_head; a divisor of n_head: grouped-query attention (split over parallel.tp ranks "
            "when tp divides it, replicated when it divides tp)")
       .aka({"num_key_value_heads", "n_kv_heads", "num_kv_heads"})
@@ -165,13 +165,13 @@ void optim_keys(Schema& s) {
 
 void train_keys(Schema& s) {
   SectionBuilder<TrainConfig>(s, "train", &ExperimentConfig::train, "the training loop")
-      .key("micro_batch", &TrainConfig::micro_batch, at_least(1),
+      .key("micro_batch", &TrainConfig::micro_batch, between(1, 1 << 20),
            "sequences per forward/backward pass")
       .aka({"batch_size", "micro_batch_size", "per_device_train_batch_size", "batch"})
-      .key("seq_len", &TrainConfig::seq_len, at_least(1),
+      .key("seq_len", &TrainConfig::seq_len, between(1, 1 << 20),
            "tokens per training sequence (<= model.context)")
       .aka({"sequence_length", "seq_length", "max_seq_len", "max_length"})
-      .key("grad_accum", &TrainConfig::grad_accum, at_least(1),
+      .key("grad_accum", &TrainConfig::grad_accum, between(1, 1 << 20),
            "micro-batches accumulated per optimizer step")
       .aka({"gradient_accumulation_steps", "accumulation_steps", "grad_accum_steps"})
       .key("max_steps", &TrainConfig::max_steps, at_least(1), "optimizer steps to train")
@@ -179,7 +179,7 @@ void train_keys(Schema& s) {
       .key("seed", &TrainConfig::seed, Limits(), "seed of weight init and data order")
       .key("eval_every", &TrainConfig::eval_every, at_least(0),
            "steps between validations; 0 disables")
-      .key("eval_batches", &TrainConfig::eval_batches, at_least(1), "micro-batches per validation")
+      .key("eval_batches", &TrainConfig::eval_batches, between(1, 1 << 20), "micro-batches per validation")
       .key("eval_tasks", &TrainConfig::eval_tasks, Limits(),
            "evaluation task files, comma-separated (docs/evaluation.md), scored at every validation and logged "
            "(\"\": none; relative to the config file; needs parallel.tp=1)")
@@ -189,7 +189,7 @@ void train_keys(Schema& s) {
            "folder for checkpoints, logs and the resolved config.yaml (relative to the working directory)")
       .path(PathBase::working_dir)
       .aka({"output_dir", "out_dir", "save_dir", "checkpoint_dir"})
-      .key("threads", &TrainConfig::threads, at_least(0), "CPU threads; 0: all cores")
+      .key("threads", &TrainConfig::threads, between(0, 1024), "CPU threads; 0: all cores")
       .key("stage", &TrainConfig::stage, one_of(kStageChoices),
            "what the loop trains: pretrain (token shards), sft (a task mixture's responses), reward (a reward model "
            "on preference pairs), dpo or ppo (a policy from preferences; docs/rlhf.md)")
@@ -197,6 +197,9 @@ void train_keys(Schema& s) {
            "weights to start from: a model.safetensors, run or checkpoint folder, or Hugging Face folder "
            "(\"\": initialise; --init-from overrides; relative to the config file)")
       .path(PathBase::config_file)
+      .key("resume", &TrainConfig::resume, one_of({"off", "auto"}),
+           "auto: continue from the newest complete checkpoint in run_dir if there is one, else start afresh "
+           "(requeued cluster jobs); off: only --resume continues a run")
       .key("device", &TrainConfig::device, one_of(kDeviceChoices),
            "where the model trains: cpu, or cuda (a build with nvcc and a GPU)");
 }
@@ -214,7 +217,7 @@ void log_keys(Schema& s) {
       .key("every", &LogConfig::every, at_least(1), "steps between log lines")
       .key("progress", &LogConfig::progress, one_of(kProgressChoices),
            "progress bar (auto: on when stdout is a terminal)")
-      .key("peak_flops", &LogConfig::peak_flops, at_least(0),
+      .key("peak_flops", &LogConfig::peak_flops, at_least(0).up_to(1e21),
            "peak FLOP/s for MFU: of one machine (cpu) or of one GPU (cuda); 0: measured at the "
            "start (cpu) or derived from the GPU's model (cuda)");
 }
@@ -227,9 +230,9 @@ void parallel_keys(Schema& s) {
       .aka({"tensor_parallel", "tensor_parallel_size", "tensor_model_parallel_size", "tp_size"})
       .key("zero", &ParallelConfig::zero, between(0, 1),
            "1: shard AdamW state over data-parallel ranks (ZeRO-1)")
-      .key("bucket_mb", &ParallelConfig::bucket_mb, above(0),
+      .key("bucket_mb", &ParallelConfig::bucket_mb, above(0).up_to(65536),
            "gradient all-reduce bucket size in MiB")
-      .key("timeout_s", &ParallelConfig::timeout_s, above(0),
+      .key("timeout_s", &ParallelConfig::timeout_s, above(0).up_to(1e6),
            "seconds a collective may take before the job is aborted")
       .key("rank_logs", &ParallelConfig::rank_logs, between(0, 1),
            "1: every rank also writes run_dir/rank_<r>.log");

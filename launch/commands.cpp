@@ -27,7 +27,8 @@ namespace kiln::cli {
 int train(const TrainArgs& args) {
   ExperimentConfig config = load_config(args.config, args.overrides);
   TrainOptions options;
-  options.resume = args.resume;
+  // train.resume=auto continues when there is a checkpoint (unless --overwrite asks for a fresh start).
+  options.resume = args.resume.empty() && config.train.resume == "auto" && !args.overwrite ? "auto" : args.resume;
   options.init_from = args.init_from;
   options.stop_after = args.stop_after;
   options.overwrite = args.overwrite;

@@ -75,6 +75,9 @@ int main(int argc, char** argv) {
   tokenize->add_flag("--skip-bad-records", tok.skip_bad_records, "*.jsonl inputs: count and skip malformed records instead of failing");
   tokenize->add_option("--val-fraction", tok.val_fraction, "Fraction of documents for validation")->capture_default_str();
   tokenize->add_option("--seed", tok.seed, "Seed of the train/validation split")->capture_default_str();
+  tokenize->add_option("--shard-tokens", tok.shard_tokens, "Most tokens per shard file")
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 40))
+      ->capture_default_str();
 
   kiln::cli::TokenizerTrainArgs bpe;
   bpe.corpus.command = "tokenizer train";
@@ -224,7 +227,10 @@ int main(int argc, char** argv) {
   int code = 0;
   try {
     if (*train) {
-      train_args.resume = !resume_from.empty() ? resume_from : (resume ? "auto" : "");
+      if ((resume || !resume_from.empty()) && train_args.overwrite)
+        throw kiln::Error("--resume and --overwrite contradict each other: --resume continues the run in "
+                          "train.run_dir, --overwrite deletes it and starts afresh; pass one of them");
+      train_args.resume = !resume_from.empty() ? resume_from : (resume ? "latest" : "");
       code = kiln::cli::train(train_args);
     }
     if (*tokenize) code = kiln::cli::tokenize(tok);

@@ -1,6 +1,8 @@
 // Console and metrics.jsonl output of a training run.
 #include "trainers/metrics.h"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -13,7 +15,8 @@ namespace kiln {
 
 MetricsLog::MetricsLog(const std::string& path, bool console, bool progress_bar,
                        std::int64_t max_steps, int log_every, std::int64_t resume_step)
-    : console_(console),
+    : path_(path),
+      console_(console),
       progress_bar_(console && progress_bar), max_steps_(max_steps), log_every_(log_every) {
   if (resume_step > 0) {
     // Keep only what the checkpoint we resume from had seen.
@@ -28,6 +31,8 @@ MetricsLog::MetricsLog(const std::string& path, bool console, bool progress_bar,
   }
   file_ = std::fopen(path.c_str(), resume_step > 0 ? "a" : "w");
   KILN_CHECK(file_ != nullptr, "cannot open ", path, " for writing: ", std::strerror(errno));
+  KILN_CHECK(std::fseek(file_, 0, SEEK_END) == 0 && (size_ = std::ftell(file_)) >= 0, "cannot seek in ", path, ": ",
+             std::strerror(errno));
 }
 
 MetricsLog::~MetricsLog() {
@@ -37,8 +42,21 @@ MetricsLog::~MetricsLog() {
 
 void MetricsLog::append(const nlohmann::json& record) {
   const std::string line = record.dump() + "\n";
-  std::fwrite(line.data(), 1, line.size(), file_);
-  std::fflush(file_);
+  errno = 0;
+  if (std::fwrite(line.data(), 1, line.size(), file_) == line.size() && std::fflush(file_) == 0) {
+    size_ += static_cast<std::int64_t>(line.size());
+    return;
+  }
+  // A full disk or a lost mount: the run stops rather than train on without its record. The file
+  // is cut back to its last whole record (best effort), and the checkpoints, written atomically,
+  // are untouched: the newest one is complete.
+  const int err = errno != 0 ? errno : EIO;
+  std::clearerr(file_);
+  const bool cut = ::ftruncate(fileno(file_), size_) == 0;
+  throw Error(message("cannot write ", path_, ": ", std::strerror(err), " (the disk may be full). The run stops here; ",
+                      cut ? "the file keeps every record before this one" : "the file may end in a partial record",
+                      ", and the newest checkpoint in the run folder is complete: free space and continue with "
+                      "kiln train --resume"));
 }
 
 void MetricsLog::clear_bar() {

@@ -54,7 +54,9 @@ class MetricsLog {
   void append(const nlohmann::json& record);
   void clear_bar();
 
+  std::string path_;
   std::FILE* file_ = nullptr;
+  std::int64_t size_ = 0;  // bytes of whole records in the file
   bool console_;
   bool progress_bar_;
   bool bar_shown_ = false;

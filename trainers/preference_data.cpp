@@ -82,6 +82,8 @@ void PreferenceData::restore(const nlohmann::json& state) {
              "; resume with the same data, or start a new run with --init-from the checkpoint");
   start_pass(state["pass"].get<std::uint64_t>());
   next_ = state["next"].get<std::uint64_t>();
+  KILN_CHECK(next_ < pairs_.size(), "trainer_state.json: stage_state.next ", next_, " is past the ", pairs_.size(),
+             " pairs of ", path_, "; the file is damaged or belongs to another run");
 }
 
 std::vector<std::size_t> PreferenceData::indices(std::size_t first, std::size_t count) const {

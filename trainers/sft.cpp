@@ -160,6 +160,9 @@ void SftStage::restore(const nlohmann::json& state) {
              " (data.mixture, its files, train.seq_len, train.micro_batch or the ranks changed); resume with the same "
              "data, or start a new run with --init-from the checkpoint");
   next_row_ = state["next_row"].get<std::uint64_t>();
+  KILN_CHECK(next_row_ < static_cast<std::uint64_t>(train_.batch.batch), "trainer_state.json: stage_state.next_row ",
+             next_row_, " is past the ", train_.batch.batch, " rows of the data; the file is damaged or belongs to "
+             "another run");
   passes_ = passes;
 }
 

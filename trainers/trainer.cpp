@@ -152,6 +152,25 @@ TrainerState read_trainer_state(const std::string& path, const std::string& stag
   return {integer("step"), integer("tokens_seen"), integer("threads"), state["stage_state"]};
 }
 
+// trainer_state.json's step agrees with the folder it is in (step_NNNNNNNN) and with the step the
+// weights were saved at (model.safetensors' kiln_step): a state copied into the wrong folder, or
+// edited, would otherwise resume the schedule and data at the wrong place without a word.
+void check_state_matches_folder(const std::string& checkpoint, std::int64_t step) {
+  const std::string folder = std::filesystem::path(checkpoint).filename().string();
+  std::int64_t named = -1;
+  if (folder.size() > 5 && folder.rfind("step_", 0) == 0 &&
+      folder.find_first_not_of("0123456789", 5) == std::string::npos)
+    named = std::stoll(folder.substr(5));
+  KILN_CHECK(named < 0 || named == step, checkpoint, "/trainer_state.json says step ", step, " but its folder is ",
+             folder, "; the checkpoint is inconsistent (a file was copied or edited): resume from another checkpoint");
+  const SafetensorsFile weights(checkpoint + "/model.safetensors");
+  const auto saved = weights.metadata().find("kiln_step");
+  KILN_CHECK(saved == weights.metadata().end() || saved->second == std::to_string(step), checkpoint,
+             "/trainer_state.json says step ", step, " but model.safetensors was saved at step ",
+             saved == weights.metadata().end() ? std::string() : saved->second,
+             "; the checkpoint is inconsistent (a file was copied or edited): resume from another checkpoint");
+}
+
 // A fresh start must not silently replace an earlier run's metrics and checkpoints.
 void prepare_run_dir(const std::string& run_dir, bool overwrite) {
   namespace fs = std::filesystem;
@@ -381,13 +400,23 @@ void Trainer::init_from(const std::string& source) {
 
 void Trainer::start_or_resume() {
   std::optional<std::string> checkpoint;
-  if (options_.resume == "auto")
-    checkpoint = find_latest_checkpoint(config_.train.run_dir);
-  else if (!options_.resume.empty())
+  const std::string& run_dir = config_.train.run_dir;
+  // The folder is this run's until it ends: a second kiln train on it is refused before anything
+  // is read or deleted.
+  if (parallel_.is_main()) run_lock_ = std::make_unique<RunDirLock>(run_dir);
+  if (options_.resume == "auto" || options_.resume == "latest") {
+    checkpoint = find_latest_checkpoint(run_dir);
+    KILN_CHECK(checkpoint || options_.resume == "auto", "--resume: train.run_dir=", run_dir, " holds no complete "
+               "checkpoint to continue from (", run_dir, "/checkpoints); start afresh without --resume (with "
+               "--overwrite if the folder keeps the metrics of a run that saved none), or set train.resume=auto to "
+               "continue when there is a checkpoint and start afresh when there is none");
+    if (!checkpoint) say("train.resume=auto: no checkpoint in " + run_dir + "; starting afresh");
+  } else if (!options_.resume.empty()) {
     checkpoint = resolve_checkpoint(options_.resume);
+  }
   if (!checkpoint) {
-    // --resume with nothing to resume from starts afresh, replacing what an early crash left.
-    if (parallel_.is_main()) prepare_run_dir(config_.train.run_dir, options_.overwrite || !options_.resume.empty());
+    // train.resume=auto with nothing to resume from starts afresh, replacing what an early crash left.
+    if (parallel_.is_main()) prepare_run_dir(run_dir, options_.overwrite || options_.resume == "auto");
     parallel_.world->barrier();
     if (!options_.init_from.empty()) {
       init_from(options_.init_from);
@@ -399,7 +428,12 @@ void Trainer::start_or_resume() {
     return;
   }
   // Every rank reads the (layout-independent) files and keeps what it needs.
-  check_same_model(checkpoint_config(*checkpoint).model, config_.model, *checkpoint);
+  const ExperimentConfig saved = checkpoint_config(*checkpoint);
+  KILN_CHECK(saved.data.tokenizer == config_.data.tokenizer, "checkpoint ", *checkpoint,
+             " was trained with data.tokenizer=", saved.data.tokenizer, " but this run reads data.tokenizer=",
+             config_.data.tokenizer, "; its embedding rows are that tokenizer's ids, so it cannot continue on another's: set data.tokenizer to "
+             "the checkpoint's, or start a new run");
+  check_same_model(saved.model, config_.model, *checkpoint);
   auto restore = [&](ModelRole& role) {
     Gpt& model = *role.model;
     AdamW& optimizer = *role.optimizer;
@@ -415,10 +449,12 @@ void Trainer::start_or_resume() {
     if (role.optimizer) restore(role);
   const TrainerState state =
       read_trainer_state(*checkpoint + "/trainer_state.json", stage_->name(), kTrainerStateVersion);
+  check_state_matches_folder(*checkpoint, state.step);
   start_step_ = state.step;
   tokens_seen_ = state.tokens_seen;
   stage_->restore(state.stage_state);
-  say(message("resumed from ", *checkpoint, " at step ", start_step_));
+  say(message(options_.resume == "auto" ? "train.resume=auto: " : "", "resumed from ", *checkpoint, " at step ",
+              start_step_));
   if (state.threads != omp_get_max_threads())
     say(message("note: the checkpoint was written with ", state.threads, " thread(s) per rank and "
                 "this run uses ", omp_get_max_threads(), "; it continues correctly but not "

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/checkpoint/run_dir.h"
 #include "core/config.h"
 #include "core/data/tokenizer.h"
 #include "core/eval/task.h"
@@ -28,8 +29,10 @@ class MetricsLog;
 namespace kiln {
 
 struct TrainOptions {
-  // "" starts fresh; "auto" resumes from the newest checkpoint in train.run_dir (fresh start if
-  // there is none); anything else is a checkpoint folder or a run dir to resume from.
+  // "" starts fresh; "latest" resumes from the newest checkpoint in train.run_dir (an error if
+  // there is none: `kiln train --resume`); "auto" does when there is one and starts fresh
+  // otherwise (train.resume: auto); anything else is a checkpoint folder or a run dir to resume
+  // from.
   std::string resume;
   // Stop (as if interrupted) after this step; 0 runs to train.max_steps.
   std::int64_t stop_after = 0;
@@ -112,6 +115,7 @@ class Trainer {
   std::unique_ptr<Tokenizer> eval_tokenizer_;
   void evaluate_tasks(std::int64_t step, MetricsLog* log);
   std::unique_ptr<TensorParallelGroup> tp_ops_;  // the model's tensor-parallel group (tp > 1)
+  std::unique_ptr<RunDirLock> run_lock_;         // the main rank's hold on train.run_dir while it runs
   ModelRole main_;                 // the trained model
   std::vector<ModelRole> others_;  // the stage's other roles, in the order it asked for them
   std::unique_ptr<Communicator> grad_comm_;  // cuda with dp > 1: NCCL over parallel_.dp's ranks

@@ -40,6 +40,22 @@ std::int64_t offset_of(const Gpt& model, const Parameter& p) {
   return p.value.f32() - model.parameter_buffer().f32();
 }
 
+// Every tensor of a file names a parameter of the model (with `suffix`, and ".exp_avg_sq" too for
+// an optimizer file): a tensor the model does not have means the file belongs to another model.
+void check_no_unexpected_tensors(const Gpt& model, const SafetensorsFile& file, const std::string& path,
+                                 const std::string& suffix) {
+  std::set<std::string> known;
+  for (const Parameter& p : model.parameters()) {
+    known.insert(p.name + suffix);
+    if (!suffix.empty()) known.insert(p.name + ".exp_avg_sq");
+  }
+  for (const std::string& name : file.names())
+    KILN_CHECK(known.count(name), path, ": tensor '", name, "' is not a", suffix.empty() ? " parameter" : "n optimizer state",
+               " of this model (", model.shape().describe(), ", ", model.parameters().size(), " parameters); the file "
+               "belongs to a model of another shape or architecture: compare model.* with the config.yaml of the "
+               "run that wrote it");
+}
+
 // Files are read and written from host memory: a device buffer is copied to the host first.
 Tensor on_host(const Tensor& t) { return t.device() == Device::cpu ? t : t.to(Device::cpu); }
 }  // namespace
@@ -68,6 +84,7 @@ void load_model(Gpt& model, const std::string& path, const std::set<std::string>
   KILN_CHECK(!hf_llama_layout(model.shape()), path, ": a scalar head over a LLaMA-named trunk is not supported "
              "in this version; start the reward model from a GPT-2-shaped (model.arch=gpt2) checkpoint");
   const SafetensorsFile file(path);
+  check_no_unexpected_tensors(model, file, path, "");
   Tensor& buffer = model.parameter_buffer();
   Tensor params = buffer.device() == Device::cpu ? buffer : buffer.to(Device::cpu);
   for (Parameter& p : model.parameters()) {
@@ -101,6 +118,7 @@ std::int64_t load_optimizer(const Gpt& model, Tensor& exp_avg, Tensor& exp_avg_s
   KILN_ASSERT(exp_avg.numel() == model.parameter_buffer().numel() && exp_avg_sq.numel() == exp_avg.numel());
   KILN_ASSERT(exp_avg.device() == Device::cpu && exp_avg_sq.device() == Device::cpu);
   const SafetensorsFile file(path);
+  check_no_unexpected_tensors(model, file, path, ".exp_avg");
   for (const Parameter& p : model.parameters()) {
     const std::int64_t offset = offset_of(model, p);
     read_shard(model, file, p.name + ".exp_avg", p, exp_avg.f32() + offset);

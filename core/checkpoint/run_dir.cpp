@@ -3,6 +3,7 @@
 #include "core/checkpoint/run_dir.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 
 #include "core/checkpoint/atomic_file.h"
@@ -211,6 +213,42 @@ std::string resolve_checkpoint(const std::string& path_in) {
   throw Error(message(path, " is neither a checkpoint folder (holding model.safetensors or ",
                       "trainer_state.json) nor a run directory (holding checkpoints/); pass ",
                       "<run_dir> or <run_dir>/checkpoints/step_XXXXXXXX"));
+}
+
+RunDirLock::RunDirLock(const std::string& run_dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(run_dir, ec);
+  KILN_CHECK(!ec && std::filesystem::is_directory(run_dir), "cannot create train.run_dir=", run_dir, ": ",
+             ec ? ec.message() : "a file of that name exists", "; choose another train.run_dir");
+  const std::string path = run_dir + "/.lock";
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  KILN_CHECK(fd_ >= 0, "cannot open ", path, ": ", std::strerror(errno));
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    char holder[512] = {};
+    const ssize_t n = ::pread(fd_, holder, sizeof(holder) - 1, 0);
+    ::close(fd_);
+    fd_ = -1;
+    std::string who = n > 0 ? std::string(holder, static_cast<std::size_t>(n)) : std::string("an unknown process");
+    while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
+    KILN_CHECK(err != EWOULDBLOCK, "train.run_dir=", run_dir, " is in use by another run (", who, "); wait for it to "
+               "end or stop it, or choose another train.run_dir. Two runs writing one folder would mix their "
+               "checkpoints and metrics");
+    throw Error(message("cannot lock ", path, ": ", std::strerror(err)));
+  }
+  char host[256] = {};
+  ::gethostname(host, sizeof(host) - 1);
+  const std::time_t now = std::time(nullptr);
+  char when[64] = {};
+  std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&now));
+  const std::string text = message("pid ", ::getpid(), " on ", host, " since ", when, "\n");
+  // Best effort: the lock itself is what guards the folder; the text only names the holder.
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
+    std::fprintf(stderr, "kiln: warning: cannot record the holder in %s: %s\n", path.c_str(), std::strerror(errno));
+}
+
+RunDirLock::~RunDirLock() {
+  if (fd_ >= 0) ::close(fd_);  // closing drops the flock
 }
 
 }  // namespace kiln

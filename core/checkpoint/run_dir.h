@@ -40,4 +40,19 @@ std::vector<std::string> list_checkpoints(const std::string& run_dir);
 // saying what was found and what to pass otherwise.
 std::string resolve_checkpoint(const std::string& path);
 
+// Ownership of a run folder: <run_dir>/.lock, held with flock(2) for as long as this object
+// lives, records the holder (pid, host, start time). A second holder is refused with a message
+// naming the first; the kernel drops the lock when its holder exits or dies, so a crashed run
+// leaves nothing to clean up. The folder is created if missing.
+class RunDirLock {
+ public:
+  explicit RunDirLock(const std::string& run_dir);
+  ~RunDirLock();
+  RunDirLock(const RunDirLock&) = delete;
+  RunDirLock& operator=(const RunDirLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 }  // namespace kiln

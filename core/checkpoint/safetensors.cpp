@@ -208,15 +208,24 @@ void SafetensorsFile::parse_header(const std::string& header, std::uint64_t data
   }
   std::stable_sort(found.begin(), found.end(),
                    [](const auto& a, const auto& b) { return a.second.begin < b.second.begin; });
+  // The format's rule: the tensors index the whole data, in some order, with no holes and no
+  // bytes after the last (a file with trailing bytes was cut from, or glued to, something else).
+  std::uint64_t covered = data_start;
   for (std::size_t i = 0; i < found.size(); ++i) {
     if (i > 0) {
       const auto& prev = found[i - 1];
       KILN_CHECK(prev.second.end <= found[i].second.begin, path_, ": tensors '", prev.first,
                  "' and '", found[i].first, "' overlap in the data; the file is corrupt");
     }
+    KILN_CHECK(found[i].second.begin == covered, path_, ": ", found[i].second.begin - covered, " bytes before tensor '",
+               found[i].first, "' belong to no tensor; the file is corrupt");
+    covered = found[i].second.end;
     order_.push_back(found[i].first);
     entries_.emplace(found[i].first, found[i].second);
   }
+  KILN_CHECK(covered == data_start + data_size, path_, ": ", data_start + data_size - covered,
+             " bytes after the last tensor's data belong to no tensor; the file is corrupt or has something "
+             "appended to it");
 }
 
 std::vector<std::string> SafetensorsFile::names() const { return order_; }

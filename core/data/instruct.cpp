@@ -16,6 +16,8 @@
 #include "kernels/error.h"
 #include "core/data/yaml_fields.h"
 #include "core/rng.h"
+#include "core/yaml_document.h"
+#include "core/checkpoint/atomic_file.h"
 
 namespace kiln {
 namespace {
@@ -190,7 +192,7 @@ TemplateSet TemplateSet::parse(const std::string& yaml_text, const std::string& 
   set.source_ = source;
   YAML::Node root;
   try {
-    root = YAML::Load(yaml_text);
+    root = load_one_yaml_document(yaml_text, source);
   } catch (const YAML::Exception& e) {
     throw Error(message(source, ": not valid YAML (", e.what(), ")"));
   }
@@ -388,7 +390,7 @@ PreferencePair InstructRenderer::render_preference(const std::vector<PreferenceR
 MixtureConfig MixtureConfig::load(const std::string& path) {
   YAML::Node root;
   try {
-    root = YAML::LoadFile(path);
+    root = load_one_yaml_document(read_file(path), path);
   } catch (const YAML::Exception& e) {
     throw Error(message(path, ": cannot read the mixture (", e.what(), ")"));
   }

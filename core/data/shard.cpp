@@ -193,6 +193,7 @@ Shard::Shard(const std::string& path) : path_(path) {
     num_tokens_ = num_tokens;
     token_bytes_ = static_cast<int>(token_bytes);
     vocab_size_ = static_cast<int>(vocab);
+    check_ids();
   } catch (...) {
     release();
     throw;
@@ -240,6 +241,35 @@ std::uint32_t Shard::operator[](std::uint64_t i) const {
   std::uint32_t t;
   std::memcpy(&t, at, 4);
   return t;
+}
+
+// Every id below vocab_size, checked once when the shard is opened (one pass over the mapped
+// tokens, about a second per GB): a corrupt id is found before step 1, not when a window that
+// holds it is read hours into the run.
+void Shard::check_ids() const {
+  const unsigned char* base = map_ + kShardHeaderSize;
+  const auto vocab = static_cast<std::uint32_t>(vocab_size_);
+  std::uint32_t largest = 0;
+  if (token_bytes_ == 2) {
+    std::uint16_t m = 0;
+    for (std::uint64_t i = 0; i < num_tokens_; ++i) {
+      std::uint16_t t;
+      std::memcpy(&t, base + 2 * i, 2);
+      m = std::max(m, t);
+    }
+    largest = m;
+  } else {
+    for (std::uint64_t i = 0; i < num_tokens_; ++i) {
+      std::uint32_t t;
+      std::memcpy(&t, base + 4 * i, 4);
+      largest = std::max(largest, t);
+    }
+  }
+  if (largest < vocab) return;
+  for (std::uint64_t i = 0; i < num_tokens_; ++i)
+    KILN_CHECK((*this)[i] < vocab, "token shard ", path_, ": token ", i, " is ", (*this)[i],
+               ", not below the header's vocab_size ", vocab_size_, "; the shard is corrupt or was written for "
+               "another tokenizer: re-run `kiln tokenize`");
 }
 
 void Shard::read(std::uint64_t start, std::uint64_t count, std::int32_t* out) const {

@@ -45,6 +45,7 @@ class Shard {
 
  private:
   void release();
+  void check_ids() const;
 
   std::string path_;
   const unsigned char* map_ = nullptr;  // the whole file, header included

@@ -7,8 +7,15 @@
 // `kiln tokenizer train`.
 #include "core/data/tokenize.h"
 
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
+#include <cstdlib>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -73,6 +80,12 @@ class ShardWriter {
     write_shard((fs::path(out_dir_) / name).string(), buffer_, vocab_);
     written_.emplace_back(name, buffer_.size());
     buffer_.clear();
+    // Tests of an interrupted run: KILN_FAULT=tokenize:kill:N ends the process with SIGKILL once
+    // N shards of a split are written.
+    if (const char* fault = std::getenv("KILN_FAULT")) {
+      unsigned long long after = 0;
+      if (std::sscanf(fault, "tokenize:kill:%llu", &after) == 1 && written_.size() == after) std::raise(SIGKILL);
+    }
   }
 
   std::string out_dir_, prefix_;
@@ -115,6 +128,27 @@ SplitPlan plan_split(const TokenizeOptions& options, std::uint64_t documents) {
 
 // Deletes train_NNN.bin / val_NNN.bin files left in out_dir by an earlier, larger run, so a
 // glob such as out_dir/train_*.bin sees exactly this run's shards.
+// Replaces folder `to` with folder `from` (same parent): atomically where the filesystem can
+// exchange two names (renameat2 RENAME_EXCHANGE), else by two renames; the old folder is deleted.
+void swap_in_folder(const std::string& from, const std::string& to) {
+  std::error_code ec;
+  if (!fs::exists(to, ec)) {
+    fs::rename(from, to, ec);
+    KILN_CHECK(!ec, "tokenize: cannot move ", from, " to ", to, ": ", ec.message());
+    return;
+  }
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
+    fs::remove_all(from, ec);  // now the previous output
+    return;
+  }
+  const std::string old = to + ".old-" + std::to_string(::getpid());
+  fs::rename(to, old, ec);
+  KILN_CHECK(!ec, "tokenize: cannot move the previous output ", to, " aside: ", ec.message());
+  fs::rename(from, to, ec);
+  KILN_CHECK(!ec, "tokenize: cannot move ", from, " to ", to, ": ", ec.message(), "; the previous output is in ", old);
+  fs::remove_all(old, ec);
+}
+
 void remove_stale_shards(const std::string& out_dir, const std::vector<std::string>& keep) {
   static const std::regex kShardName(R"((train|val)_[0-9]+\.bin)");
   for (const fs::directory_entry& entry : fs::directory_iterator(out_dir)) {
@@ -255,12 +289,47 @@ TokenizeReport tokenize_checked(const TokenizeOptions& options) {
 
 TokenizeReport tokenize_corpus(const TokenizeOptions& options) {
   check_options(options);
+  fs::path out = fs::path(options.out_dir).lexically_normal();
+  if (!out.has_filename()) out = out.parent_path();  // "data/fortunes/"
+  // The shards and manifest are written into a folder beside --out and swapped in whole when
+  // complete, so an interrupted run leaves the previous output as it was, never new train shards
+  // beside an old validation shard and manifest. --out is replaced whole, so it may hold only
+  // kiln's files.
+  static const std::regex kOurs(R"((train|val)_[0-9]+\.bin|manifest\.json(\.tmp)?|sources\.json)");
+  std::error_code ec;
+  if (fs::is_directory(out, ec))
+    for (const fs::directory_entry& entry : fs::directory_iterator(out)) {
+      const std::string name = entry.path().filename().string();
+      KILN_CHECK(std::regex_match(name, kOurs), "tokenize: --out ", out.string(), " holds ", name, ", which kiln "
+                 "tokenize did not write; the output folder is replaced whole when tokenizing ends: choose a new "
+                 "or empty folder for --out");
+    }
+  TokenizeOptions aside = options;
+  aside.out_dir = out.string() + ".tmp-" + std::to_string(::getpid());
+  // What killed runs left beside --out (their process is gone) is removed.
+  const fs::path parent = out.has_parent_path() ? out.parent_path() : fs::path(".");
+  const std::string stem = out.filename().string() + ".tmp-";
+  for (const fs::directory_entry& entry : fs::directory_iterator(parent, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(stem, 0) != 0 || name.find_first_not_of("0123456789", stem.size()) != std::string::npos) continue;
+    const long pid = std::strtol(name.c_str() + stem.size(), nullptr, 10);
+    if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) fs::remove_all(entry.path(), ec);
+  }
+  fs::remove_all(aside.out_dir, ec);
+  TokenizeReport report;
   try {
-    return tokenize_checked(options);
+    report = tokenize_checked(aside);
   } catch (const fs::filesystem_error& e) {
+    fs::remove_all(aside.out_dir, ec);
     throw Error(message("tokenize: ", e.what(), "; check that the inputs are readable and ",
                         "the output folder ", options.out_dir, " is writable"));
+  } catch (...) {
+    fs::remove_all(aside.out_dir, ec);
+    throw;
   }
+  swap_in_folder(aside.out_dir, out.string());
+  for (std::string& shard : report.shards) shard = (out / fs::path(shard).filename()).string();
+  return report;
 }
 
 }  // namespace kiln

@@ -9,7 +9,9 @@
 
 #include "core/data/instruct.h"
 #include "core/data/jsonl.h"
+#include "core/checkpoint/atomic_file.h"
 #include "core/data/yaml_fields.h"
+#include "core/yaml_document.h"
 #include "kernels/error.h"
 
 namespace kiln {
@@ -182,10 +184,14 @@ std::string EvalTask::target_text(const EvalTemplate& t, const EvalDoc& doc) con
 
 std::vector<EvalTask> load_eval_tasks(const std::string& path) {
   YAML::Node root;
+  std::string text;
   try {
-    root = YAML::LoadFile(path);
-  } catch (const YAML::BadFile&) {
+    text = read_file(path);
+  } catch (const Error&) {
     throw Error(message("task file ", path, " cannot be read"));
+  }
+  try {
+    root = load_one_yaml_document(text, path);
   } catch (const YAML::Exception& e) {
     throw Error(message(path, ":", e.mark.line + 1, ": not valid YAML: ", e.msg));
   }

@@ -269,6 +269,45 @@ TEST_F(CliTest, AStuckRankAbortsTheJobWithinTheTimeout) {
   EXPECT_NE(r.output.find("did not finish within parallel.timeout_s=5"), std::string::npos) << r.output;
 }
 
+// Whose run folder, and which start: --resume needs a checkpoint, --resume and --overwrite
+// contradict each other, train.resume=auto continues or starts afresh (a requeued job).
+TEST_F(CliTest, ResumeNeedsACheckpointAndAutoDoesNot) {
+  ASSERT_EQ(tokenize().code, 0);
+  const std::string cfg = tiny_config();
+  const CliRun none = kiln("train " + cfg + " --resume");
+  EXPECT_EQ(none.code, 1) << none.output;
+  EXPECT_NE(none.output.find("holds no complete checkpoint"), std::string::npos) << none.output;
+  const CliRun both = kiln("train " + cfg + " --resume --overwrite");
+  EXPECT_EQ(both.code, 1) << both.output;
+  EXPECT_NE(both.output.find("--resume and --overwrite contradict each other"), std::string::npos) << both.output;
+  const CliRun first = kiln("train " + cfg + " train.resume=auto train.max_steps=10");
+  ASSERT_EQ(first.code, 0) << first.output;
+  EXPECT_NE(first.output.find("train.resume=auto: no checkpoint"), std::string::npos) << first.output;
+  const CliRun second = kiln("train " + cfg + " train.resume=auto train.max_steps=20");
+  ASSERT_EQ(second.code, 0) << second.output;
+  EXPECT_NE(second.output.find("train.resume=auto: resumed from"), std::string::npos) << second.output;
+}
+
+// kiln tokenize killed part-way through an output folder leaves the earlier output whole (the
+// new one is written aside and swapped in only when complete), and training reads it.
+TEST_F(CliTest, AKilledTokenizeLeavesTheEarlierOutput) {
+  ASSERT_EQ(tokenize().code, 0);
+  const std::string manifest = (dir_ / "data" / "manifest.json").string();
+  std::ifstream in(manifest);
+  const std::string before((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::ofstream(dir_ / "corpus" / "more.txt") << std::string(50000, 'x') << "\n";
+  const CliRun killed = run_shell("KILN_FAULT=tokenize:kill:2 " + std::string(KILN_BINARY) + " tokenize --input " +
+                                  (dir_ / "corpus").string() + " --separator % --shard-tokens 4000 --out " +
+                                  (dir_ / "data").string());
+  EXPECT_NE(killed.code, 0) << killed.output;
+  std::ifstream after_in(manifest);
+  const std::string after((std::istreambuf_iterator<char>(after_in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(after, before);
+  EXPECT_FALSE(fs::exists(dir_ / "data" / "train_001.bin"));  // the killed run's second shard is not there
+  const CliRun train = kiln("train " + tiny_config() + " train.max_steps=2");
+  EXPECT_EQ(train.code, 0) << train.output;
+}
+
 TEST_F(CliTest, AKilledRankEndsTheJob) {
   ASSERT_EQ(tokenize().code, 0);
   const auto start = std::chrono::steady_clock::now();

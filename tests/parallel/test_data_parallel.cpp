@@ -383,6 +383,7 @@ TEST_F(DataParallelTest, PreferenceStagesMatchOneRank) {
     kiln::ExperimentConfig c = fx.ppo_config(run);
     c.ppo.rollout_prompts = 4 * w;
     c.train.max_steps = 4;
+    c.train.eval_every = 4;  // validation samples data.val_prompts after the last step
     return c;
   };
   const kiln::TrainResult one = kiln::Trainer(ppo("ppo_one" + me), quiet).run();
@@ -395,6 +396,16 @@ TEST_F(DataParallelTest, PreferenceStagesMatchOneRank) {
     std::getline(in, line);
     return nlohmann::json::parse(line);
   };
+  auto validation = [](const std::string& run_dir) {
+    std::ifstream in(run_dir + "/metrics.jsonl");
+    nlohmann::json out;
+    for (std::string line; std::getline(in, line);)
+      if (auto j = nlohmann::json::parse(line); j.contains("val_proxy")) out = j;
+    return out;
+  };
+  const nlohmann::json val_one = validation(ppo("ppo_one" + me).train.run_dir);
+  ASSERT_TRUE(val_one.contains("val_gold"));
+  EXPECT_NEAR(validation(ppo("ppo_dp").train.run_dir)["val_proxy"].get<double>(), val_one["val_proxy"].get<double>(), 1e-4);
   const nlohmann::json a = first(ppo("ppo_one" + me).train.run_dir), b = first(ppo("ppo_dp").train.run_dir);
   for (const char* key : {"reward", "gold", "length", "kl", "value_loss"})
     EXPECT_NEAR(a[key].get<double>(), b[key].get<double>(), 1e-5) << key;
@@ -407,6 +418,8 @@ TEST_F(DataParallelTest, PreferenceStagesMatchOneRank) {
     const kiln::TrainResult t = parallel(tp);
     for (std::size_t i = 0; i < one.losses.size(); ++i) EXPECT_NEAR(t.losses[i], one.losses[i], 1e-4) << "tp step " << i + 1;
     EXPECT_NEAR(first(tp.train.run_dir)["reward"].get<double>(), a["reward"].get<double>(), 1e-5);
+    // Validation samples on the policy gathered whole too.
+    EXPECT_NEAR(validation(tp.train.run_dir)["val_proxy"].get<double>(), val_one["val_proxy"].get<double>(), 1e-4);
   }
   // ZeRO-1: each trained role (policy and value) keeps its own slice of AdamW's moments.
   kiln::ExperimentConfig zero = ppo("ppo_zero");
