@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 #include "core/checkpoint/atomic_file.h"
@@ -19,10 +20,36 @@
 #include "core/eval/suite.h"
 #include "kernels/device.h"
 #include "parallel/layout.h"
+#include "trainers/preemption.h"
 #include "trainers/rollout.h"
 #include "trainers/trainer.h"
 
 namespace kiln::cli {
+
+namespace {
+
+// A run stopped by a signal: where it stands, and under Slurm a requeue of this job, which then
+// continues from the checkpoint (kiln submit's jobs set train.resume=auto).
+void report_stop(const TrainResult& result, const std::string& run_dir) {
+  const auto checkpoint = find_latest_checkpoint(run_dir);
+  std::printf("stopped by %s at step %lld; checkpoint %s. Continue with kiln train --resume (a run with "
+              "train.resume=auto continues by itself); exit status %d\n",
+              result.stop_signal > 0 ? signal_name(result.stop_signal) : "a signal to another rank",
+              static_cast<long long>(result.last_step), checkpoint ? checkpoint->c_str() : "(none)", kStopExitStatus);
+  std::fflush(stdout);
+  const char* job = std::getenv("SLURM_JOB_ID");
+  if (job == nullptr || std::getenv("KILN_NO_REQUEUE") != nullptr) return;
+  const std::string command = message("scontrol requeue ", job, " 2>&1");
+  const int status = std::system(command.c_str());
+  if (status == 0)
+    std::printf("requeued Slurm job %s: it continues from the checkpoint when it starts again\n", job);
+  else
+    std::printf("kiln: warning: `%s` failed (status %d); the job was not requeued. Submit it again (kiln submit) "
+                "and it continues from the checkpoint\n", command.c_str(), status);
+  std::fflush(stdout);
+}
+
+}  // namespace
 
 int train(const TrainArgs& args) {
   ExperimentConfig config = load_config(args.config, args.overrides);
@@ -34,8 +61,14 @@ int train(const TrainArgs& args) {
   options.overwrite = args.overwrite;
   ParallelContext parallel =
       make_parallel_context(make_world_communicator(config.parallel.timeout_s, true), config);
+  const std::string run_dir = config.train.run_dir;
+  install_stop_handlers();
   Trainer trainer(std::move(config), options, parallel);
   const TrainResult result = trainer.run();
+  if (result.stop_signal != 0) {
+    if (parallel.is_main()) report_stop(result, run_dir);
+    return kStopExitStatus;
+  }
   if (!parallel.is_main()) return 0;
   if (result.steps_run == 0) {
     std::printf("nothing to do: the run is already at step %lld of train.max_steps\n",

@@ -26,6 +26,7 @@
 #include "parallel/nccl_communicator.h"
 #include "parallel/tensor_parallel_group.h"
 #include "trainers/metrics.h"
+#include "trainers/preemption.h"
 
 namespace kiln {
 
@@ -771,12 +772,24 @@ TrainResult Trainer::run() {
       }
       if (!eval_tasks_.empty()) evaluate_tasks(step, log.get());
     }
-    if ((config_.checkpoint.every > 0 && step % config_.checkpoint.every == 0) || step == max_steps) {
+    const bool saved = (config_.checkpoint.every > 0 && step % config_.checkpoint.every == 0) || step == max_steps;
+    if (saved) {
       save_checkpoint(step);
       if (log) log->note(message("checkpoint: step ", step));
     }
     result.last_step = step;
     ++result.steps_run;
+    // A stop asked by signal on any rank (preemption.h): the ranks agree on it here, at the step
+    // boundary (one collective), write a checkpoint together and end the run.
+    if (step < last && parallel_.world->sum(stop_signal() != 0 ? 1.0 : 0.0) > 0) {
+      if (!saved) save_checkpoint(step);
+      result.stop_signal = stop_signal() != 0 ? stop_signal() : -1;
+      if (log)
+        log->note(message("stopped at step ", step, " by ", result.stop_signal > 0 ? signal_name(result.stop_signal)
+                                                                                    : "a signal to another rank",
+                          "; checkpoint: step ", step));
+      break;
+    }
   }
   if (timed_seconds > 0) {
     result.tokens_per_s = timed_tokens / timed_seconds;

@@ -51,6 +51,9 @@ struct TrainResult {
   std::optional<double> last_val_loss;
   double tokens_per_s = 0.0;            // mean over the steps run, first step excluded if >1
   double mfu = 0.0;
+  // A signal asked the run to stop (preemption.h): the signal, or -1 when it reached another
+  // rank; the run ended after checkpointing step last_step. 0: it ran to its end.
+  int stop_signal = 0;
 };
 
 class Trainer {

@@ -5,11 +5,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace fs = std::filesystem;
 
@@ -306,6 +309,94 @@ TEST_F(CliTest, AKilledTokenizeLeavesTheEarlierOutput) {
   EXPECT_FALSE(fs::exists(dir_ / "data" / "train_001.bin"));  // the killed run's second shard is not there
   const CliRun train = kiln("train " + tiny_config() + " train.max_steps=2");
   EXPECT_EQ(train.code, 0) << train.output;
+}
+
+// Starts `command` (through sh, which execs it) with its output to `log`; returns its pid.
+pid_t spawn(const std::string& command, const std::string& log) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const std::string line = "exec " + command + " > " + log + " 2>&1";
+    ::execl("/bin/sh", "sh", "-c", line.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// Lines of a file (0 when it does not exist yet).
+int lines_of(const fs::path& path) {
+  std::ifstream in(path);
+  int n = 0;
+  for (std::string line; std::getline(in, line);) ++n;
+  return n;
+}
+
+// The "loss" values of a run's metrics.jsonl, as written.
+std::vector<std::string> logged_losses(const fs::path& run) {
+  std::vector<std::string> out;
+  std::ifstream in(run / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const auto at = line.find("\"loss\":");
+    if (at != std::string::npos && line.find("\"val_loss\"") == std::string::npos)
+      out.push_back(line.substr(at, line.find(',', at) - at));
+  }
+  return out;
+}
+
+// Preemption: a signal stops the run at the next step with a checkpoint and exit status 75, and
+// train.resume=auto continues it to the same losses, bit for bit, as a run never stopped: one
+// process stopped by SIGTERM, and two ranks under mpirun stopped by SIGUSR1 (which mpirun
+// forwards; Slurm's --signal=USR1@SECONDS sends it before a time limit).
+TEST_F(CliTest, ASignalCheckpointsAndAutoResumeContinuesBitForBit) {
+  ASSERT_EQ(tokenize().code, 0);
+  const std::string cfg = tiny_config();
+  const std::string common = " train.max_steps=150 checkpoint.every=1000 train.eval_every=0 log.every=1";
+  for (const auto& [ranks, signal] : {std::pair{1, SIGTERM}, std::pair{2, SIGUSR1}}) {
+    const std::string launch = ranks == 1 ? std::string() : mpirun(ranks);
+    const fs::path whole = dir_ / ("whole_" + std::to_string(ranks));
+    const CliRun never_stopped = run_shell(launch + KILN_BINARY + " train " + cfg + common + " train.run_dir=" +
+                                           whole.string());
+    ASSERT_EQ(never_stopped.code, 0) << never_stopped.output;
+    const std::vector<std::string> reference = logged_losses(whole);
+    ASSERT_EQ(reference.size(), 150u);
+    const fs::path run = dir_ / ("stopped_" + std::to_string(ranks));
+    const std::string command = launch + KILN_BINARY + " train " + cfg + common + " train.resume=auto train.run_dir=" +
+                                run.string();
+    const pid_t pid = spawn(command, (dir_ / "stop.log").string());
+    const auto start = std::chrono::steady_clock::now();
+    while (lines_of(run / "metrics.jsonl") < 10 &&
+           std::chrono::steady_clock::now() - start < std::chrono::seconds(120))
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    ::kill(pid, signal);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    std::ifstream in(dir_ / "stop.log");
+    const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    ASSERT_TRUE(WIFEXITED(status)) << log;
+    EXPECT_EQ(WEXITSTATUS(status), 75) << log;
+    EXPECT_NE(log.find("stopped by"), std::string::npos) << log;
+    const int stopped_at = static_cast<int>(logged_losses(run).size());
+    EXPECT_GE(stopped_at, 10);
+    ASSERT_LT(stopped_at, 150) << "the run ended before the signal; make it longer";
+    EXPECT_TRUE(fs::exists(run / "checkpoints" / ("step_" + std::string(8 - std::to_string(stopped_at).size(), '0') +
+                                                  std::to_string(stopped_at))));
+    // The requeued job: the same command, which continues from that checkpoint.
+    const CliRun rest = run_shell(command);
+    ASSERT_EQ(rest.code, 0) << rest.output;
+    EXPECT_NE(rest.output.find("train.resume=auto: resumed from"), std::string::npos) << rest.output;
+    EXPECT_EQ(logged_losses(run), reference) << ranks << " rank(s)";
+    // Run again when finished: nothing to do, status 0 (a requeue loop ends).
+    const CliRun done = run_shell(command);
+    EXPECT_EQ(done.code, 0) << done.output;
+    EXPECT_NE(done.output.find("nothing to do"), std::string::npos) << done.output;
+  }
+}
+
+// `kiln train | head`: the closed pipe does not end training.
+TEST_F(CliTest, AClosedConsolePipeDoesNotStopTraining) {
+  ASSERT_EQ(tokenize().code, 0);
+  const CliRun r = run_shell(std::string(KILN_BINARY) + " train " + tiny_config() +
+                             " log.every=1 | head -n 2");
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "checkpoints" / "step_00000030")) << r.output;
 }
 
 TEST_F(CliTest, AKilledRankEndsTheJob) {
