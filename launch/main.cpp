@@ -9,6 +9,7 @@
 
 #include "kernels/error.h"
 #include "launch/commands.h"
+#include "launch/submit.h"
 #include "parallel/communicator.h"
 
 namespace {
@@ -201,6 +202,26 @@ int main(int argc, char** argv) {
   export_cmd->add_option("--shard-mb", shard_mb, "Largest weights file in MiB; past it, shards and an index")
       ->capture_default_str();
 
+  kiln::cli::SubmitArgs submit_args;
+  auto* submit = app.add_subcommand("submit", "Submit a training run as a Slurm batch job (docs/parallel.md)");
+  submit->add_option("config", submit_args.config, "Experiment YAML")->required();
+  submit->add_option("overrides", submit_args.overrides, "Overrides: section.key=value ...");
+  submit->add_option("--nodes", submit_args.nodes, "Nodes")->capture_default_str();
+  submit->add_option("--gpus-per-node", submit_args.gpus_per_node, "GPUs per node, one rank each (train.device=cuda)");
+  submit->add_option("--ranks-per-node", submit_args.ranks_per_node, "Ranks per node of a CPU job (default 1)");
+  submit->add_option("--cpus-per-task", submit_args.cpus_per_task, "CPUs per rank (its OpenMP threads)");
+  submit->add_option("--time", submit_args.time, "Time limit (Slurm's --time, e.g. 04:00:00)");
+  submit->add_option("--partition", submit_args.partition, "Slurm partition");
+  submit->add_option("--account", submit_args.account, "Slurm account");
+  submit->add_option("--job-name", submit_args.job_name, "Job name (default kiln-<run folder>)");
+  submit->add_option("--signal-seconds", submit_args.signal_seconds,
+                     "Seconds before the time limit at which SIGUSR1 asks the run to checkpoint and requeue")
+      ->capture_default_str();
+  submit->add_option("--array", submit_args.array, "A file of override lines: one job-array task per line");
+  submit->add_option("--sbatch-arg", submit_args.sbatch_args, "An extra #SBATCH option, e.g. --qos=high (repeatable)");
+  submit->add_option("--kiln", submit_args.kiln, "The kiln binary the job runs (default: this one)");
+  submit->add_flag("--dry-run", submit_args.dry_run, "Print the sbatch script instead of submitting it");
+
   auto* config = app.add_subcommand("config", "Print a resolved config, or every key with no file");
   config->add_option("config", config_path, "Experiment YAML");
   config->add_option("overrides", config_overrides, "Overrides: section.key=value ...");
@@ -240,6 +261,7 @@ int main(int argc, char** argv) {
       code = kiln::cli::sample(sample_args);
     }
     if (*config) code = kiln::cli::show_config(config_path, config_overrides);
+    if (*submit) code = kiln::cli::submit(submit_args);
     if (*eval) code = kiln::cli::eval(eval_args);
     if (*tasks) code = kiln::cli::tasks(tasks_args);
     if (*prefs) code = kiln::cli::prefs(prefs_args);

@@ -399,6 +399,46 @@ TEST_F(CliTest, AClosedConsolePipeDoesNotStopTraining) {
   EXPECT_TRUE(fs::exists(dir_ / "run" / "checkpoints" / "step_00000030")) << r.output;
 }
 
+// kiln submit --dry-run: the sbatch script of a CPU job, a GPU job and a job array.
+TEST_F(CliTest, SubmitWritesAnSbatchScriptThatRequeuesAndResumes) {
+  ASSERT_EQ(tokenize().code, 0);
+  const std::string cfg = tiny_config();
+  const CliRun cpu = kiln("submit " + cfg + " train.max_steps=7 --nodes 2 --ranks-per-node 3 --cpus-per-task 4 "
+                          "--time 02:00:00 --partition short --dry-run");
+  ASSERT_EQ(cpu.code, 0) << cpu.output;
+  for (const std::string& line : std::vector<std::string>{"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=3", "#SBATCH --cpus-per-task=4",
+                                 "#SBATCH --time=02:00:00", "#SBATCH --partition=short", "#SBATCH --signal=USR1@120",
+                                 "#SBATCH --requeue", "#SBATCH --output=" + (dir_ / "run" / "slurm-%j.out").string(),
+                                 "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}", "srun --mpi=pmix",
+                                 " train.max_steps=7 train.threads=$SLURM_CPUS_PER_TASK train.resume=auto"})
+    EXPECT_NE(cpu.output.find(line), std::string::npos) << line << "\n" << cpu.output;
+  EXPECT_EQ(cpu.output.find("gpus"), std::string::npos) << cpu.output;
+  const std::string script = write("job.sbatch", cpu.output);
+  EXPECT_EQ(run_shell("bash -n " + script).code, 0);
+  // A GPU job: one rank per GPU, each bound to its own.
+  const CliRun no_gpus = kiln("submit " + cfg + " train.device=cuda --dry-run");
+  EXPECT_EQ(no_gpus.code, 1);
+  EXPECT_NE(no_gpus.output.find("--gpus-per-node"), std::string::npos) << no_gpus.output;
+  const CliRun gpu = kiln("submit " + cfg + " train.device=cuda --gpus-per-node 8 --dry-run");
+  ASSERT_EQ(gpu.code, 0) << gpu.output;
+  EXPECT_NE(gpu.output.find("#SBATCH --ntasks-per-node=8\n#SBATCH --gpus-per-task=1"), std::string::npos) << gpu.output;
+  EXPECT_NE(gpu.output.find("NCCL_DEBUG"), std::string::npos) << gpu.output;
+  // A job array: one task per line, each in its own run folder; a bad line is named.
+  const std::string points = write("points.txt", "# sizes\nmodel.n_layer=1\n\nmodel.n_layer=3 train.max_steps=5\n");
+  const CliRun array = kiln("submit " + cfg + " --array " + points + " --dry-run");
+  ASSERT_EQ(array.code, 0) << array.output;
+  EXPECT_NE(array.output.find("#SBATCH --array=0-1"), std::string::npos) << array.output;
+  EXPECT_NE(array.output.find("  1) point=(model.n_layer=3 train.max_steps=5 train.run_dir=" +
+                              (dir_ / "run" / "point_1").string() + ") ;;"),
+            std::string::npos) << array.output;
+  EXPECT_EQ(run_shell("bash -n " + write("array.sbatch", array.output)).code, 0);
+  const std::string bad = write("bad.txt", "model.n_layer=2\nmodel.n_layer=zero\n");
+  const CliRun rejected = kiln("submit " + cfg + " --array " + bad + " --dry-run");
+  EXPECT_EQ(rejected.code, 1);
+  EXPECT_NE(rejected.output.find("point 1"), std::string::npos) << rejected.output;
+  EXPECT_NE(rejected.output.find("model.n_layer"), std::string::npos) << rejected.output;
+}
+
 TEST_F(CliTest, AKilledRankEndsTheJob) {
   ASSERT_EQ(tokenize().code, 0);
   const auto start = std::chrono::steady_clock::now();
