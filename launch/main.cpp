@@ -33,9 +33,18 @@ Examples:
 
 // Reports a fatal error. Under mpirun the other ranks may be waiting in a collective for this
 // one, so the whole job is ended (MPI_Abort) rather than left to hang.
+// Before the ranks communicate (a config error) every rank fails alike and rank 0 alone says so;
+// later, a rank's error may be its own, and each rank that fails says which it is.
 int fail(int code, const char* kind, const char* what) {
   std::fflush(stdout);
-  std::fprintf(stderr, "\nkiln: %s: %s\n", kind, what);
+  const bool several = kiln::launched_with_several_ranks();
+  const int rank = kiln::launcher_rank();
+  if (!several)
+    std::fprintf(stderr, "\nkiln: %s: %s\n", kind, what);
+  else if (kiln::communication_started())
+    std::fprintf(stderr, "\nkiln: rank %d: %s: %s\n", rank, kind, what);
+  else if (rank == 0)
+    std::fprintf(stderr, "\nkiln: %s: %s\n", kind, what);
   std::fflush(stderr);
   kiln::abort_all_ranks(code);
   return code;

@@ -87,6 +87,13 @@ std::unique_ptr<Communicator> make_single_communicator(const std::string& label)
 // True when the launcher (mpirun, srun) started this process as one of several ranks.
 bool launched_with_several_ranks();
 
+// This process's rank as its launcher numbered it (OpenMPI, PMIx, PMI or srun's environment),
+// readable before MPI starts; 0 when it was started alone.
+int launcher_rank();
+// Whether the ranks have started communicating (MPI is initialised); before that, every rank
+// fails the same way on the same config, and only rank 0 need say so.
+bool communication_started();
+
 // Ends every rank of the job with this exit code (MPI_Abort) when running under MPI with
 // several ranks; otherwise does nothing. For the CLI, after a fatal error.
 void abort_all_ranks(int code);

@@ -303,6 +303,19 @@ std::unique_ptr<Communicator> make_world_communicator(double timeout_s, bool log
   return world;
 }
 
+int launcher_rank() {
+  if (!launched_with_several_ranks()) return 0;
+  for (const char* name : {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"})
+    if (const char* value = std::getenv(name)) return std::atoi(value);
+  return 0;
+}
+
+bool communication_started() {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  return initialized != 0;
+}
+
 void abort_all_ranks(int code) {
   int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);

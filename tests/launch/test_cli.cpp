@@ -258,6 +258,18 @@ TEST_F(CliTest, MpirunTrainsOneJobAndLogsOnce) {
   for (std::size_t pos = 0; (pos = r.output.find("step     30/30", pos)) != std::string::npos; ++pos) ++lines;
   EXPECT_EQ(lines, 1u) << r.output;
   EXPECT_TRUE(fs::exists(dir_ / "run" / "checkpoints" / "step_00000030"));
+  // Every startup line once.
+  for (const char* line : {"communicator: mpi", "model: ", "layout: ", "batch: ", "run dir: ", "memory plan"}) {
+    std::size_t seen = 0;
+    for (std::size_t pos = 0; (pos = r.output.find(line, pos)) != std::string::npos; ++pos) ++seen;
+    EXPECT_EQ(seen, 1u) << line << "\n" << r.output;
+  }
+  // A config error is the same on every rank; rank 0 alone reports it.
+  const CliRun bad = run_shell(mpirun(2) + KILN_BINARY + " train " + tiny_config() + " train.max_stepz=3");
+  EXPECT_NE(bad.code, 0);
+  std::size_t errors = 0;
+  for (std::size_t pos = 0; (pos = bad.output.find("unknown key", pos)) != std::string::npos; ++pos) ++errors;
+  EXPECT_EQ(errors, 1u) << bad.output;
 }
 
 TEST_F(CliTest, AStuckRankAbortsTheJobWithinTheTimeout) {
