@@ -122,6 +122,10 @@ struct TrainConfig {
   // auto: resume from the newest complete checkpoint in run_dir when there is one, else start
   // afresh (a requeued cluster job); off: only `kiln train --resume` resumes.
   std::string resume = "off";
+  // A non-finite gradient norm (or loss): stop the run, or skip the step (weights unchanged,
+  // logged), stopping after skip_limit such steps in a row.
+  std::string on_nonfinite = "stop";
+  int skip_limit = 3;
 };
 
 struct CheckpointConfig {

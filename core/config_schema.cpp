@@ -200,6 +200,10 @@ void train_keys(Schema& s) {
       .key("resume", &TrainConfig::resume, one_of({"off", "auto"}),
            "auto: continue from the newest complete checkpoint in run_dir if there is one, else start afresh "
            "(requeued cluster jobs); off: only --resume continues a run")
+      .key("on_nonfinite", &TrainConfig::on_nonfinite, one_of({"stop", "skip"}),
+           "a step with a non-finite loss or gradient norm: stop the run, or skip it (weights unchanged, logged)")
+      .key("skip_limit", &TrainConfig::skip_limit, between(1, 1000000),
+           "on_nonfinite=skip: skipped steps in a row after which the run stops")
       .key("device", &TrainConfig::device, one_of(kDeviceChoices),
            "where the model trains: cpu, or cuda (a build with nvcc and a GPU)");
 }

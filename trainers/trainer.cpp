@@ -102,17 +102,25 @@ void check_same_architecture(const GptShape& hf, const GptShape& run, const std:
   }
 }
 
-// A test hook for failure handling (docs/parallel.md): KILN_FAULT="hang:RANK:STEP" makes that
-// rank stop responding, and "kill:RANK:STEP" makes it die, at the start of that step.
-void inject_fault(int rank, std::int64_t step) {
+// A test hook for failure handling (docs/parallel.md): KILN_FAULT=KIND:RANK:STEP (STEP+ : that
+// step and every later one). kill: the rank dies (SIGKILL) and hang: it stops responding, at the
+// start of the step; nangrad: one gradient becomes NaN after the step's backward passes.
+bool fault_now(const char* wanted, int rank, std::int64_t step) {
   static const char* fault = std::getenv("KILN_FAULT");
-  if (fault == nullptr) return;
+  if (fault == nullptr) return false;
   char kind[8] = {};
   int fault_rank = -1;
   long long fault_step = -1;
-  if (std::sscanf(fault, "%7[a-z]:%d:%lld", kind, &fault_rank, &fault_step) != 3) return;
-  if (fault_rank != rank || fault_step != step) return;
-  std::fprintf(stderr, "kiln: KILN_FAULT: rank %d %s at step %lld\n", rank, kind, fault_step);
+  char plus = 0;
+  const int n = std::sscanf(fault, "%7[a-z]:%d:%lld%c", kind, &fault_rank, &fault_step, &plus);
+  if (n < 3 || std::strcmp(kind, wanted) != 0 || fault_rank != rank) return false;
+  return n == 4 && plus == '+' ? step >= fault_step : step == fault_step;
+}
+
+void inject_fault(int rank, std::int64_t step) {
+  const char* kind = fault_now("kill", rank, step) ? "kill" : fault_now("hang", rank, step) ? "hang" : nullptr;
+  if (kind == nullptr) return;
+  std::fprintf(stderr, "kiln: KILN_FAULT: rank %d %s at step %lld\n", rank, kind, static_cast<long long>(step));
   std::fflush(stderr);
   if (std::strcmp(kind, "kill") == 0) std::raise(SIGKILL);
   if (std::strcmp(kind, "hang") == 0)
@@ -619,6 +627,8 @@ AdamW::StepStats Trainer::optimizer_step(ModelRole& role, float lr) {
     comm_wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double squares = grad_sum_squares(model, role.grad_shard.f32(), optimizer.begin(), optimizer.end());
     const double norm = std::sqrt(parallel_.tp->sum(parallel_.dp->sum(squares)));
+    // The norm is the same on every rank, so every rank skips together and no slice changes.
+    if (skip_nonfinite(norm)) return {norm, 0.0f};
     const AdamW::StepStats stats = optimizer.step(lr, role.grad_shard.f32(), norm);
     const auto t1 = std::chrono::steady_clock::now();
     parallel_.dp->all_gather(params.f32() + optimizer.begin(), params.f32(), n);
@@ -633,7 +643,12 @@ AdamW::StepStats Trainer::optimizer_step(ModelRole& role, float lr) {
     comm_bytes_ += static_cast<double>(grads.numel()) * sizeof(float);
   }
   const double norm = std::sqrt(parallel_.tp->sum(grad_sum_squares(model, grads.f32(), 0, grads.numel())));
+  if (skip_nonfinite(norm)) return {norm, 0.0f};
   return optimizer.step(lr, grads.f32(), norm);
+}
+
+bool Trainer::skip_nonfinite(double value) const {
+  return !std::isfinite(value) && config_.train.on_nonfinite == "skip";
 }
 
 // train.eval_tasks: every rank scores its share of the documents with the model as it is (tp 1:
@@ -729,6 +744,7 @@ TrainResult Trainer::run() {
     for (ModelRole& role : others_)
       if (role.optimizer) role.model->zero_grad();
     const StepLoss loss = stage_->accumulate_gradients(*main_.model, ctx);
+    if (fault_now("nangrad", parallel_.rank, step)) main_.model->gradient_buffer().f32()[0] = std::nanf("");
     comm_wait_s_ = comm_bytes_ = 0.0;
     const AdamW::StepStats stats = optimizer_step(main_, lr);
     std::map<std::string, double> extra = stage_->step_metrics();
@@ -737,6 +753,17 @@ TrainResult Trainer::run() {
         extra[role.name + "_grad_norm"] = optimizer_step(role, learning_rate(role.optim, step, max_steps)).grad_norm;
     const double loss_sum = ctx.sum_over_replicas(loss.loss_sum);
     const double tokens = ctx.sum_over_replicas(static_cast<double>(loss.tokens));
+    // A non-finite loss or gradient norm: train.on_nonfinite=stop ends the run (AdamW refuses
+    // the update); skip leaves the weights as they were, logs it, and stops after
+    // train.skip_limit such steps in a row. The loss and the norm are the same on every rank.
+    const bool nonfinite = !std::isfinite(stats.grad_norm);
+    // (A non-finite loss has a non-finite gradient; one with a finite gradient was applied already.)
+    KILN_CHECK(std::isfinite(loss_sum / tokens) || nonfinite, "the loss is ", loss_sum / tokens, " at step ", step,
+               " while the gradient norm is finite (", stats.grad_norm, "); check the data");
+    skipped_in_a_row_ = nonfinite ? skipped_in_a_row_ + 1 : 0;
+    KILN_CHECK(skipped_in_a_row_ <= config_.train.skip_limit, skipped_in_a_row_, " steps in a row (up to step ", step,
+               ") had a non-finite loss or gradient norm and were skipped (train.skip_limit=", config_.train.skip_limit,
+               "); training diverged: lower optim.lr, or resume from an earlier checkpoint");
     const auto processed = static_cast<std::int64_t>(loss.processed) * dp;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     tokens_seen_ += processed;
@@ -752,6 +779,11 @@ TrainResult Trainer::run() {
     record.comm_wait_s = comm_wait_s_;
     record.comm_bytes = comm_bytes_;
     record.extra = std::move(extra);
+    if (nonfinite) {
+      record.extra["skipped"] = 1.0;
+      if (log) log->note(message("step ", step, " skipped: the gradient norm is ", stats.grad_norm,
+                                 " (train.on_nonfinite=skip; ", skipped_in_a_row_, " in a row)"));
+    }
     record.console = stage_->console_metrics();
     if (tp_ops_) {  // tensor-parallel reductions happen inside forward and backward
       const auto [bytes, seconds] = tp_ops_->take_stats();

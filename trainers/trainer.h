@@ -95,6 +95,9 @@ class Trainer {
   void save_checkpoint(std::int64_t step);
   // Gradients summed over replicas, clipped, and one AdamW update on every rank.
   AdamW::StepStats optimizer_step(ModelRole& role, float lr);
+  // train.on_nonfinite=skip and `value` (a gradient norm) is not finite: leave the weights.
+  bool skip_nonfinite(double value) const;
+  int skipped_in_a_row_ = 0;
   double grad_sum_squares(const Gpt& model, const float* grads, std::int64_t begin, std::int64_t end) const;
   double comm_wait_s_ = 0.0, comm_bytes_ = 0.0;  // of the last step
   void say(const std::string& line) const;

@@ -55,7 +55,8 @@ AdamW::StepStats AdamW::step(float lr) {
 
 AdamW::StepStats AdamW::step(float lr, const float* grads, double norm) {
   KILN_CHECK(std::isfinite(norm), "the gradient norm is ", norm, " at step ", steps_ + 1,
-             "; lower optim.lr or check the data (training diverged)");
+             "; lower optim.lr or check the data (training diverged), or set train.on_nonfinite=skip to skip "
+             "such steps");
   float scale = 1.0f;
   if (config_.grad_clip > 0.0f && norm > config_.grad_clip)
     scale = static_cast<float>(config_.grad_clip / (norm + 1e-6));

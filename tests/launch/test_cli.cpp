@@ -451,6 +451,33 @@ TEST_F(CliTest, SubmitWritesAnSbatchScriptThatRequeuesAndResumes) {
   EXPECT_NE(rejected.output.find("model.n_layer"), std::string::npos) << rejected.output;
 }
 
+// A NaN gradient: train.on_nonfinite=stop ends the run naming the choice; skip leaves the weights,
+// logs the step, and stops after train.skip_limit such steps in a row.
+TEST_F(CliTest, NonFiniteStepsStopOrAreSkipped) {
+  ASSERT_EQ(tokenize().code, 0);
+  const std::string cfg = tiny_config();
+  const CliRun stop = run_shell("KILN_FAULT=nangrad:0:5 " + std::string(KILN_BINARY) + " train " + cfg);
+  EXPECT_EQ(stop.code, 1) << stop.output;
+  EXPECT_NE(stop.output.find("the gradient norm is nan at step 5"), std::string::npos) << stop.output;
+  EXPECT_NE(stop.output.find("train.on_nonfinite=skip"), std::string::npos) << stop.output;
+  const CliRun skip = run_shell("KILN_FAULT=nangrad:0:5 " + std::string(KILN_BINARY) + " train " + cfg +
+                                " train.on_nonfinite=skip --overwrite");
+  ASSERT_EQ(skip.code, 0) << skip.output;
+  EXPECT_NE(skip.output.find("step 5 skipped: the gradient norm is nan"), std::string::npos) << skip.output;
+  std::ifstream in(dir_ / "run" / "metrics.jsonl");
+  int skipped = 0;
+  for (std::string line; std::getline(in, line);)
+    if (line.find("\"skipped\":1") != std::string::npos) {
+      ++skipped;
+      EXPECT_NE(line.find("\"step\":5"), std::string::npos) << line;
+    }
+  EXPECT_EQ(skipped, 1);
+  const CliRun diverged = run_shell("KILN_FAULT=nangrad:0:5+ " + std::string(KILN_BINARY) + " train " + cfg +
+                                    " train.on_nonfinite=skip train.skip_limit=3 --overwrite");
+  EXPECT_EQ(diverged.code, 1) << diverged.output;
+  EXPECT_NE(diverged.output.find("4 steps in a row (up to step 8)"), std::string::npos) << diverged.output;
+}
+
 TEST_F(CliTest, AKilledRankEndsTheJob) {
   ASSERT_EQ(tokenize().code, 0);
   const auto start = std::chrono::steady_clock::now();
