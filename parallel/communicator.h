@@ -71,6 +71,10 @@ class Communicator {
   }
   void broadcast(float* data, std::int64_t n, int root) { broadcast_async(data, n, root)->wait(); }
   void barrier() { barrier_async()->wait(); }
+  // A barrier without parallel.timeout_s, for ranks that wait while rank 0 does work known to be
+  // long (tokenizing a corpus, writing a checkpoint, clearing a run folder): such a wait is not
+  // a hang. A rank that dies meanwhile is still noticed by the launcher, which ends the job.
+  virtual void barrier_untimed() { barrier(); }
 
   // A sub-group: ranks with equal color, ordered by key (MPI_Comm_split semantics).
   virtual std::unique_ptr<Communicator> split(int color, int key, const std::string& label) = 0;

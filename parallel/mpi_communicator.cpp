@@ -42,6 +42,9 @@ void mpi_check(int code, const char* what) {
   throw Error(message("MPI ", what, " failed: ", std::string(text, length)));
 }
 
+// Set when a collective of any communicator missed its deadline (see ~MpiCommunicator).
+std::atomic<bool> g_any_stuck{false};
+
 // A finished-or-not operation: waits on the worker's promise with a deadline.
 class FutureHandle : public CommHandle {
  public:
@@ -73,17 +76,26 @@ class MpiCommunicator : public Communicator {
         local_rank_(local_rank), local_size_(local_size) {
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
-    worker_ = std::thread([this] { run_worker(); });
+    worker_ = std::thread([work = work_] { run_worker(*work); });
   }
 
   ~MpiCommunicator() override {
     {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
+      std::lock_guard<std::mutex> lock(work_->mutex);
+      work_->stop = true;
+      if (stuck_ || g_any_stuck) work_->tasks.clear();  // none may run after this object is gone
     }
-    ready_.notify_all();
-    // A worker stuck inside MPI (a dead peer) cannot be joined; the process is ending then.
-    if (stuck_) worker_.detach(); else worker_.join();
+    work_->ready.notify_all();
+    // A worker stuck inside MPI (a dead peer) cannot be joined, and once any communicator of the
+    // process is stuck, MPI is left alone (no MPI_Comm_free beside a pending collective, which
+    // crashed OpenMPI and printed a segfault trace over the real message): the process is
+    // ending, by MPI_Abort, then.
+    // (The worker owns the queue it waits on, so a detached one outlives this object safely.)
+    if (stuck_ || g_any_stuck) {
+      worker_.detach();
+      return;
+    }
+    worker_.join();
     if (comm_ != MPI_COMM_WORLD) MPI_Comm_free(&comm_);
   }
 
@@ -133,6 +145,16 @@ class MpiCommunicator : public Communicator {
     });
   }
 
+  void barrier_untimed() override {
+    std::packaged_task<void()> task([this] { mpi_check(MPI_Barrier(comm_), "Barrier"); });
+    std::future<void> done = task.get_future();
+    {
+      std::lock_guard<std::mutex> lock(work_->mutex);
+      work_->tasks.push_back(std::move(task));
+    }
+    work_->ready.notify_one();
+    done.get();
+  }
   std::unique_ptr<CommHandle> barrier_async() override {
     return submit(describe("barrier", 0), [this] { mpi_check(MPI_Barrier(comm_), "Barrier"); });
   }
@@ -174,10 +196,10 @@ class MpiCommunicator : public Communicator {
     std::packaged_task<void()> task(std::move(work));
     std::future<void> done = task.get_future();
     {
-      std::lock_guard<std::mutex> lock(mutex_);
-      queue_.push_back(std::move(task));
+      std::lock_guard<std::mutex> lock(work_->mutex);
+      work_->tasks.push_back(std::move(task));
     }
-    ready_.notify_one();
+    work_->ready.notify_one();
     return std::make_unique<TimedHandle>(std::move(done), std::move(what), timeout_s_, this);
   }
 
@@ -191,6 +213,7 @@ class MpiCommunicator : public Communicator {
         FutureHandle::wait();
       } catch (...) {
         owner_->stuck_ = true;
+        g_any_stuck = true;
         throw;
       }
     }
@@ -199,15 +222,23 @@ class MpiCommunicator : public Communicator {
     MpiCommunicator* owner_;
   };
 
-  void run_worker() {
+  // The communication thread's queue, shared with the thread (see ~MpiCommunicator).
+  struct WorkQueue {
+    std::mutex mutex;
+    std::condition_variable ready;
+    std::deque<std::packaged_task<void()>> tasks;
+    bool stop = false;
+  };
+
+  static void run_worker(WorkQueue& work) {
     for (;;) {
       std::packaged_task<void()> task;
       {
-        std::unique_lock<std::mutex> lock(mutex_);
-        ready_.wait(lock, [this] { return stop_ || !queue_.empty(); });
-        if (queue_.empty()) return;
-        task = std::move(queue_.front());
-        queue_.pop_front();
+        std::unique_lock<std::mutex> lock(work.mutex);
+        work.ready.wait(lock, [&work] { return work.stop || !work.tasks.empty(); });
+        if (work.tasks.empty()) return;
+        task = std::move(work.tasks.front());
+        work.tasks.pop_front();
       }
       task();
     }
@@ -218,10 +249,7 @@ class MpiCommunicator : public Communicator {
   double timeout_s_;
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   std::thread worker_;
-  std::mutex mutex_;
-  std::condition_variable ready_;
-  std::deque<std::packaged_task<void()>> queue_;
-  bool stop_ = false;
+  std::shared_ptr<WorkQueue> work_ = std::make_shared<WorkQueue>();
   std::atomic<bool> stuck_{false};
 };
 

@@ -65,8 +65,8 @@ def main():
         kl = [steps(os.path.join(r, f"{kind}-{s}"))[-1].get("kl", float("nan")) for s in a.seeds]
         rows.append((kind.upper(), [x["gold"] for x in e], [x["correct"] for x in e], [x["proxy"] for x in e],
                      [x["length"] for x in e], kl))
-    print(f"Held-out prompts: {sft['n']}; responses sampled at temperature {sft.get('temperature', 0)}; proxy = reward-model score in standard deviations "
-          f"of its reference samples; seeds {' '.join(a.seeds)}.\n")
+    print(f"Held-out prompts: {sft['n']}; responses sampled at temperature {sft.get('temperature', 0)}; proxy = reward-model score, normalised by "
+          f"its reference samples (the SFT policy's own responses: it scores 0, and 1 is one of its standard deviations); seeds {' '.join(a.seeds)}.\n")
     rm_acc = last_val(os.path.join(r, "reward"), "val_accuracy")
     rm_len_acc = last_val(os.path.join(r, "reward-length"), "val_accuracy")
     print(f"Reward model accuracy on held-out gold-ranked pairs: {rm_acc:.3f} "

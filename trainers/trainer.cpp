@@ -104,7 +104,8 @@ void check_same_architecture(const GptShape& hf, const GptShape& run, const std:
 
 // A test hook for failure handling (docs/parallel.md): KILN_FAULT=KIND:RANK:STEP (STEP+ : that
 // step and every later one). kill: the rank dies (SIGKILL) and hang: it stops responding, at the
-// start of the step; nangrad: one gradient becomes NaN after the step's backward passes.
+// start of the step; nangrad: one gradient becomes NaN after the step's backward passes;
+// slowsave: rank 0 takes 2 x parallel.timeout_s + 1 s to write the step's checkpoint.
 bool fault_now(const char* wanted, int rank, std::int64_t step) {
   static const char* fault = std::getenv("KILN_FAULT");
   if (fault == nullptr) return false;
@@ -228,7 +229,7 @@ ExperimentConfig Trainer::with_corpus_shards(const ExperimentConfig& config) con
     else
       say("data.corpus: using the shards in " + shards.dir);
   }
-  parallel_.world->barrier();
+  parallel_.world->barrier_untimed();  // tokenizing a large corpus may take longer than parallel.timeout_s
   ExperimentConfig staged = config;
   staged.data.train = shards.train;
   staged.data.val = shards.val;
@@ -426,7 +427,7 @@ void Trainer::start_or_resume() {
   if (!checkpoint) {
     // train.resume=auto with nothing to resume from starts afresh, replacing what an early crash left.
     if (parallel_.is_main()) prepare_run_dir(run_dir, options_.overwrite || options_.resume == "auto");
-    parallel_.world->barrier();
+    parallel_.world->barrier_untimed();
     if (!options_.init_from.empty()) {
       init_from(options_.init_from);
     } else if (!config_.train.init_from.empty()) {
@@ -517,9 +518,13 @@ void Trainer::save_checkpoint(std::int64_t step) {
     whole.tp_size = 1;
     whole.tp_rank = 0;
     write_hf_config(tmp, whole, stage_->eot());
+    if (fault_now("slowsave", parallel_.rank, step))  // a test of a write longer than the timeout
+      std::this_thread::sleep_for(std::chrono::duration<double>(2 * config_.parallel.timeout_s + 1));
     commit_checkpoint(config_.train.run_dir, step, tmp, config_.checkpoint.keep);
   }
-  parallel_.world->barrier();  // nobody runs ahead of a checkpoint that is not on disk yet
+  // Nobody runs ahead of a checkpoint that is not on disk yet. Writing a large one may take longer
+  // than parallel.timeout_s, and the other ranks know rank 0 is writing: no deadline here.
+  parallel_.world->barrier_untimed();
 }
 
 namespace {
@@ -827,6 +832,7 @@ TrainResult Trainer::run() {
     result.tokens_per_s = timed_tokens / timed_seconds;
     result.mfu = flops_per_token * result.tokens_per_s / peak;
   }
+  run_lock_.reset();  // the folder is free for the next run as soon as this one has ended
   return result;
 }
 

@@ -282,6 +282,14 @@ TEST_F(CliTest, AStuckRankAbortsTheJobWithinTheTimeout) {
   EXPECT_LT(seconds, 60.0);
   EXPECT_NE(r.output.find("rank 0 of the data-parallel group"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("did not finish within parallel.timeout_s=5"), std::string::npos) << r.output;
+  // Tensor parallelism: the same clear message, and no crash report from MPI after it that would
+  // point at the wrong problem.
+  const CliRun tp = run_shell(mpirun(2, "KILN_FAULT=hang:1:3") + KILN_BINARY + " train " + tiny_config() +
+                              " parallel.timeout_s=5 parallel.tp=2 --overwrite");
+  EXPECT_NE(tp.code, 0) << tp.output;
+  EXPECT_NE(tp.output.find("did not finish within parallel.timeout_s=5"), std::string::npos) << tp.output;
+  for (const char* crash : {"Segmentation fault", "signal 11", "SIGSEGV", "Signal: Segmentation"})
+    EXPECT_EQ(tp.output.find(crash), std::string::npos) << crash << "\n" << tp.output;
 }
 
 // Whose run folder, and which start: --resume needs a checkpoint, --resume and --overwrite
@@ -476,6 +484,16 @@ TEST_F(CliTest, NonFiniteStepsStopOrAreSkipped) {
                                     " train.on_nonfinite=skip train.skip_limit=3 --overwrite");
   EXPECT_EQ(diverged.code, 1) << diverged.output;
   EXPECT_NE(diverged.output.find("4 steps in a row (up to step 8)"), std::string::npos) << diverged.output;
+}
+
+// Rank 0's known long work (here, a checkpoint that takes longer than parallel.timeout_s to
+// write) is waited for, not mistaken for a stuck rank.
+TEST_F(CliTest, ALongCheckpointWriteIsNotAHang) {
+  ASSERT_EQ(tokenize().code, 0);
+  const CliRun r = run_shell(mpirun(2, "KILN_FAULT=slowsave:0:10") + KILN_BINARY + " train " + tiny_config() +
+                             " parallel.timeout_s=3 train.max_steps=12");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "checkpoints" / "step_00000012")) << r.output;
 }
 
 TEST_F(CliTest, AKilledRankEndsTheJob) {
