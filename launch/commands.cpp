@@ -321,10 +321,7 @@ int layout(const LayoutArgs& args) {
                      "\" height=\"", cell, "\" fill=\"", on ? "#1f4e9c" : "#e4e8ee", "\"/>\n");
     }
   svg += "</svg>\n";
-  std::FILE* f = std::fopen(args.out.c_str(), "w");
-  KILN_CHECK(f != nullptr, "cannot write ", args.out);
-  std::fwrite(svg.data(), 1, svg.size(), f);
-  std::fclose(f);
+  write_file_atomic(args.out, svg);
   std::printf("%s: %d x %d blocks of %d tokens, %zu active, density %.4f of causal -> %s\n",
               args.pattern.describe().c_str(), n, n, layout.block, layout.cols.size(), layout.density(),
               args.out.c_str());
