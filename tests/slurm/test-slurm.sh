@@ -76,7 +76,7 @@ check "the job ran 2 ranks over srun --mpi=pmix" grep -q "communicator: mpi, 2 r
 check "the job trained to the end" test -d "$work/done/checkpoints/step_00000020"
 
 # The reference: the same 2 ranks, never stopped.
-steps=2400
+steps=1600
 OMP_NUM_THREADS=1 mpirun --allow-run-as-root --oversubscribe --bind-to none --mca btl self,vader -np 2 "$kiln" train "$work/tiny.yaml" \
   train.run_dir="$work/reference" train.max_steps=$steps >/dev/null 2>&1
 check "the reference run finished" test "$(losses "$work/reference" | wc -l)" = "$steps"
