@@ -297,8 +297,10 @@ TokenizeReport tokenize_corpus(const TokenizeOptions& options) {
   // kiln's files.
   static const std::regex kOurs(R"((train|val)_[0-9]+\.bin|manifest\.json(\.tmp)?|sources\.json)");
   std::error_code ec;
+  KILN_CHECK(!fs::exists(out, ec) || fs::is_directory(out, ec), "tokenize: --out ", out.string(),
+             " is a file; the output is a folder: choose a new or empty folder for --out");
   if (fs::is_directory(out, ec))
-    for (const fs::directory_entry& entry : fs::directory_iterator(out)) {
+    for (const fs::directory_entry& entry : fs::directory_iterator(out, ec)) {
       const std::string name = entry.path().filename().string();
       KILN_CHECK(std::regex_match(name, kOurs), "tokenize: --out ", out.string(), " holds ", name, ", which kiln "
                  "tokenize did not write; the output folder is replaced whole when tokenizing ends: choose a new "
