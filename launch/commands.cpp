@@ -19,6 +19,7 @@
 #include "core/eval/evaluator.h"
 #include "core/eval/suite.h"
 #include "kernels/device.h"
+#include "parallel/communicator.h"
 #include "parallel/layout.h"
 #include "trainers/preemption.h"
 #include "trainers/rollout.h"
@@ -52,6 +53,7 @@ void report_stop(const TrainResult& result, const std::string& run_dir) {
 }  // namespace
 
 int train(const TrainArgs& args) {
+  install_stop_handlers();  // first: a stop asked while starting up is honoured after step 1
   ExperimentConfig config = load_config(args.config, args.overrides);
   TrainOptions options;
   // train.resume=auto continues when there is a checkpoint (unless --overwrite asks for a fresh start).
@@ -62,7 +64,8 @@ int train(const TrainArgs& args) {
   ParallelContext parallel =
       make_parallel_context(make_world_communicator(config.parallel.timeout_s, true), config);
   const std::string run_dir = config.train.run_dir;
-  install_stop_handlers();
+  if (config.train.resume == "auto" && args.overwrite && launcher_rank() == 0)
+    std::printf("--overwrite: starting afresh in %s; train.resume=auto does not apply\n", run_dir.c_str());
   Trainer trainer(std::move(config), options, parallel);
   const TrainResult result = trainer.run();
   if (result.stop_signal != 0) {

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "core/checkpoint/atomic_file.h"
@@ -41,7 +42,10 @@ std::string quoted(const std::vector<std::string>& words) {
 
 // --array FILE: one point per non-empty line that is not a comment, its overrides separated by
 // spaces; a point without train.run_dir= gets base_run_dir/point_<i>.
-std::vector<std::vector<std::string>> read_points(const std::string& path, const std::string& base_run_dir) {
+std::vector<std::vector<std::string>> read_points(const std::string& path, const std::string& base_run_dir,
+                                                  std::vector<int>& lines) {
+  KILN_CHECK(!fs::is_directory(path), "--array ", path, " is a folder; it must be a file of override lines, one "
+             "point per line");
   std::ifstream in(path);
   KILN_CHECK(in.good(), "--array ", path, ": cannot read it; it lists one point per line (its overrides, "
              "section.key=value separated by spaces)");
@@ -52,14 +56,17 @@ std::vector<std::vector<std::string>> read_points(const std::string& path, const
     std::istringstream words(line);
     std::vector<std::string> point;
     bool has_run_dir = false;
+    if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF files
     for (std::string w; words >> w;) {
+      if (w.back() == '\r') w.pop_back();
       KILN_CHECK(w.find('=') != std::string::npos && w.find('.') < w.find('='), path, ":", number, ": '", w,
-                 "' is not an override (section.key=value)");
+                 "' is not an override (section.key=value; values cannot hold spaces or quotes here)");
       has_run_dir = has_run_dir || w.rfind("train.run_dir=", 0) == 0;
       point.push_back(w);
     }
     if (!has_run_dir) point.push_back("train.run_dir=" + base_run_dir + "/point_" + std::to_string(points.size()));
     points.push_back(point);
+    lines.push_back(number);
   }
   KILN_CHECK(!points.empty(), "--array ", path, " lists no point; write one line of overrides per point");
   return points;
@@ -75,8 +82,21 @@ std::string sbatch_script(const SubmitArgs& a) {
              "--ranks-per-node ", a.ranks_per_node, " with --gpus-per-node ", a.gpus_per_node,
              ": kiln runs one rank per GPU; leave --ranks-per-node out");
   KILN_CHECK(a.signal_seconds >= 1, "--signal-seconds must be at least 1 (the warning before a time limit)");
-  // The config is read now, so a bad one fails here and not in the queue hours later.
-  const ExperimentConfig config = load_config(a.config, a.overrides);
+  // A newline or another control character would end the #SBATCH block or the command early.
+  auto check_text = [](const std::string& what, const std::string& text) {
+    for (unsigned char c : text)
+      KILN_CHECK(c >= 0x20 && c != 0x7f, what, " '", text, "' holds a control character (a newline?); the job "
+                 "script cannot carry it: remove it");
+  };
+  for (const std::string& o : a.overrides) check_text("the override", o);
+  for (const std::string& o : a.sbatch_args) check_text("--sbatch-arg", o);
+  for (const std::string* t : {&a.config, &a.time, &a.partition, &a.account, &a.job_name, &a.kiln})
+    check_text("the argument", *t);
+  // The config is read now, so a bad one fails here and not in the queue hours later; with
+  // --cpus-per-task, as the ranks will read it (train.threads).
+  std::vector<std::string> checked = a.overrides;
+  if (a.cpus_per_task > 0) checked.push_back("train.threads=" + std::to_string(a.cpus_per_task));
+  const ExperimentConfig config = load_config(a.config, checked);
   const bool gpu = config.train.device == "cuda";
   KILN_CHECK(!gpu || a.gpus_per_node > 0, a.config, ": train.device=cuda; say how many GPUs each node has "
              "(--gpus-per-node G: one rank each)");
@@ -89,15 +109,23 @@ std::string sbatch_script(const SubmitArgs& a) {
   const fs::path run_dir = fs::absolute(config.train.run_dir).lexically_normal();
   std::vector<std::vector<std::string>> points;
   if (!a.array.empty()) {
-    points = read_points(a.array, run_dir.string());
+    std::vector<int> lines;
+    points = read_points(a.array, run_dir.string(), lines);
+    std::map<std::string, std::size_t> run_dirs;  // each point's own folder
     for (std::size_t i = 0; i < points.size(); ++i) {
-      std::vector<std::string> all = a.overrides;
+      std::vector<std::string> all = checked;
       all.insert(all.end(), points[i].begin(), points[i].end());
+      ExperimentConfig point;
       try {
-        load_config(a.config, all);
+        point = load_config(a.config, all);
       } catch (const Error& e) {
-        throw Error(message("--array ", a.array, ", point ", i, ": ", e.what()));
+        throw Error(message(a.array, ":", lines[i], " (point ", i, "): ", e.what()));
       }
+      const std::string dir = fs::absolute(point.train.run_dir).lexically_normal().string();
+      const auto [it, fresh] = run_dirs.emplace(dir, i);
+      KILN_CHECK(fresh, a.array, ":", lines[i], ": points ", it->second, " (line ", lines[it->second], ") and ", i,
+                 " both train in ", dir,
+                 "; each point needs its own train.run_dir (a point without one gets run_dir/point_<i>)");
     }
   }
   std::string kiln = a.kiln;

@@ -13,6 +13,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <limits>
 #include <thread>
 
 #include "core/checkpoint/atomic_file.h"
@@ -420,7 +422,15 @@ void Trainer::start_or_resume() {
                "checkpoint to continue from (", run_dir, "/checkpoints); start afresh without --resume (with "
                "--overwrite if the folder keeps the metrics of a run that saved none), or set train.resume=auto to "
                "continue when there is a checkpoint and start afresh when there is none");
-    if (!checkpoint) say("train.resume=auto: no checkpoint in " + run_dir + "; starting afresh");
+    if (!checkpoint) {
+      std::int64_t records = 0;
+      if (std::ifstream old(run_dir + "/metrics.jsonl"); old)
+        for (std::string line; std::getline(old, line);) ++records;
+      say(message("train.resume=auto: no checkpoint in ", run_dir, "; starting afresh",
+                  records > 0 ? message(" (the ", records, " records of metrics.jsonl left by a run that saved no "
+                                        "checkpoint are replaced)")
+                              : std::string()));
+    }
   } else if (!options_.resume.empty()) {
     checkpoint = resolve_checkpoint(options_.resume);
   }
@@ -647,7 +657,12 @@ AdamW::StepStats Trainer::optimizer_step(ModelRole& role, float lr) {
     comm_wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     comm_bytes_ += static_cast<double>(grads.numel()) * sizeof(float);
   }
-  const double norm = std::sqrt(parallel_.tp->sum(grad_sum_squares(model, grads.f32(), 0, grads.numel())));
+  double norm = std::sqrt(parallel_.tp->sum(grad_sum_squares(model, grads.f32(), 0, grads.numel())));
+  // The replicas hold the same summed gradients, so their norms agree; one more collective makes
+  // sure they skip together even if one replica's gradients went bad after the sum.
+  if (config_.train.on_nonfinite == "skip" && parallel_.dims.dp > 1 &&
+      parallel_.dp->sum(std::isfinite(norm) ? 0.0 : 1.0) > 0)
+    norm = std::numeric_limits<double>::quiet_NaN();
   if (skip_nonfinite(norm)) return {norm, 0.0f};
   return optimizer.step(lr, grads.f32(), norm);
 }

@@ -455,8 +455,20 @@ TEST_F(CliTest, SubmitWritesAnSbatchScriptThatRequeuesAndResumes) {
   const std::string bad = write("bad.txt", "model.n_layer=2\nmodel.n_layer=zero\n");
   const CliRun rejected = kiln("submit " + cfg + " --array " + bad + " --dry-run");
   EXPECT_EQ(rejected.code, 1);
-  EXPECT_NE(rejected.output.find("point 1"), std::string::npos) << rejected.output;
+  EXPECT_NE(rejected.output.find("bad.txt:2 (point 1)"), std::string::npos) << rejected.output;
   EXPECT_NE(rejected.output.find("model.n_layer"), std::string::npos) << rejected.output;
+  // Two points in one folder, a newline in an override, and more threads than a rank may have.
+  const std::string twice = write("twice.txt", "train.run_dir=" + (dir_ / "x").string() + "\nmodel.n_layer=1 train.run_dir=" +
+                                                   (dir_ / "x").string() + "\n");
+  const CliRun same = kiln("submit " + cfg + " --array " + twice + " --dry-run");
+  EXPECT_EQ(same.code, 1);
+  EXPECT_NE(same.output.find("points 0 (line 1) and 1 both train in"), std::string::npos) << same.output;
+  const CliRun newline = kiln("submit " + cfg + " \"$(printf 'train.run_dir=/tmp/a\\nb')\" --dry-run");
+  EXPECT_EQ(newline.code, 1);
+  EXPECT_NE(newline.output.find("control character"), std::string::npos) << newline.output;
+  const CliRun threads = kiln("submit " + cfg + " --cpus-per-task 5000 --dry-run");
+  EXPECT_EQ(threads.code, 1);
+  EXPECT_NE(threads.output.find("train.threads"), std::string::npos) << threads.output;
 }
 
 // A NaN gradient: train.on_nonfinite=stop ends the run naming the choice; skip leaves the weights,
@@ -484,6 +496,17 @@ TEST_F(CliTest, NonFiniteStepsStopOrAreSkipped) {
                                     " train.on_nonfinite=skip train.skip_limit=3 --overwrite");
   EXPECT_EQ(diverged.code, 1) << diverged.output;
   EXPECT_NE(diverged.output.find("4 steps in a row (up to step 8)"), std::string::npos) << diverged.output;
+  // Two replicas skip together even when only one's gradients went bad (after their sum).
+  const CliRun two = run_shell(mpirun(2, "KILN_FAULT=nangrad:1:5") + KILN_BINARY + " train " + cfg +
+                               " train.on_nonfinite=skip parallel.rank_logs=1 --overwrite");
+  ASSERT_EQ(two.code, 0) << two.output;
+  for (const char* file : {"metrics.jsonl", "rank_1.jsonl"}) {
+    std::ifstream log(dir_ / "run" / file);
+    int skips = 0;
+    for (std::string line; std::getline(log, line);)
+      if (line.find("\"skipped\":1") != std::string::npos) ++skips;
+    EXPECT_EQ(skips, 1) << file;
+  }
 }
 
 // Rank 0's known long work (here, a checkpoint that takes longer than parallel.timeout_s to
