@@ -21,6 +21,7 @@
 
 #include "core/data/bpe_train.h"
 #include "core/data/gpt2_bpe.h"
+#include "error_of.h"
 #include "kernels/error.h"
 
 namespace kiln {
@@ -28,14 +29,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using kiln::testing::error_of;
 
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);

@@ -20,6 +20,7 @@
 
 #include "core/data/gpt2_bpe.h"
 #include "core/data/tokenizer.h"
+#include "error_of.h"
 #include "kernels/error.h"
 
 namespace kiln {
@@ -54,14 +55,7 @@ std::vector<std::uint32_t> ids_of(const nlohmann::json& j) {
   return j.get<std::vector<std::uint32_t>>();
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using kiln::testing::error_of;
 
 // A scratch folder holding copies (or damaged versions) of the vocabulary files.
 struct ScratchDir {

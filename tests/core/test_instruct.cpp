@@ -10,6 +10,7 @@
 
 #include "core/data/instruct.h"
 #include "core/data/jsonl.h"
+#include "error_of.h"
 #include "core/data/packing.h"
 #include "core/data/tokenizer.h"
 #include "kernels/error.h"
@@ -35,14 +36,7 @@ std::string write_temp(const std::string& name, const std::string& text) {
   return path.string();
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const kiln::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using kiln::testing::error_of;
 
 kiln::InstructRenderer renderer(const kiln::Tokenizer& tok, kiln::TemplateSet set, int k_shot = 0,
                                 std::uint64_t seed = 1) {

@@ -23,11 +23,13 @@
 #include "core/data/shard.h"
 #include "core/data/tokenize.h"
 #include "core/eval/task.h"
+#include "error_of.h"
 #include "kernels/error.h"
 #include "trainers/metrics.h"
 #include "trainers/trainer.h"
 
 namespace fs = std::filesystem;
+using kiln::testing::error_of;
 
 namespace {
 
@@ -41,14 +43,6 @@ class FaultTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(dir_); }
 
-  static std::string error_of(const std::function<void()>& f) {
-    try {
-      f();
-    } catch (const kiln::Error& e) {
-      return e.what();
-    }
-    return "(no error)";
-  }
   std::string write(const std::string& name, const std::string& text) const {
     const std::string path = (dir_ / name).string();
     std::ofstream(path, std::ios::binary) << text;

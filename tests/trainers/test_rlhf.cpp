@@ -18,6 +18,7 @@
 #include "core/checkpoint/safetensors.h"
 #include "core/data/tokenizer.h"
 #include "core/model/heads.h"
+#include "error_of.h"
 #include "kernels/error.h"
 #include "rlhf_fixture.h"
 #include "trainers/dpo.h"
@@ -27,6 +28,7 @@
 #include "trainers/rollout.h"
 
 namespace fs = std::filesystem;
+using kiln::testing::error_of;
 
 // ---- the losses --------------------------------------------------------------------------------
 
@@ -205,14 +207,6 @@ class RlhfTest : public ::testing::Test {
     model->init_weights(c.train.seed);
     load_model(*model, kiln::resolve_checkpoint(run) + "/model.safetensors", {"score.weight"});
     return model;
-  }
-  static std::string error_of(const std::function<void()>& f) {
-    try {
-      f();
-    } catch (const kiln::Error& e) {
-      return e.what();
-    }
-    return "(no error)";
   }
 
   static kiln::testing::RlhfFixture* fixture_;
