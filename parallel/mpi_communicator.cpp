@@ -146,14 +146,7 @@ class MpiCommunicator : public Communicator {
   }
 
   void barrier_untimed() override {
-    std::packaged_task<void()> task([this] { mpi_check(MPI_Barrier(comm_), "Barrier"); });
-    std::future<void> done = task.get_future();
-    {
-      std::lock_guard<std::mutex> lock(work_->mutex);
-      work_->tasks.push_back(std::move(task));
-    }
-    work_->ready.notify_one();
-    done.get();
+    enqueue([this] { mpi_check(MPI_Barrier(comm_), "Barrier"); }).get();  // no deadline
   }
   std::unique_ptr<CommHandle> barrier_async() override {
     return submit(describe("barrier", 0), [this] { mpi_check(MPI_Barrier(comm_), "Barrier"); });
@@ -192,7 +185,8 @@ class MpiCommunicator : public Communicator {
                kMaxCount, "); use more ranks or a smaller model per rank");
   }
 
-  std::unique_ptr<CommHandle> submit(std::string what, std::function<void()> work) {
+  // Hands `work` to the communication thread; the future is ready when it has run.
+  std::future<void> enqueue(std::function<void()> work) {
     std::packaged_task<void()> task(std::move(work));
     std::future<void> done = task.get_future();
     {
@@ -200,7 +194,11 @@ class MpiCommunicator : public Communicator {
       work_->tasks.push_back(std::move(task));
     }
     work_->ready.notify_one();
-    return std::make_unique<TimedHandle>(std::move(done), std::move(what), timeout_s_, this);
+    return done;
+  }
+
+  std::unique_ptr<CommHandle> submit(std::string what, std::function<void()> work) {
+    return std::make_unique<TimedHandle>(enqueue(std::move(work)), std::move(what), timeout_s_, this);
   }
 
   // A FutureHandle that marks the worker stuck when it times out.
