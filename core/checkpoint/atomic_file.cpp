@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <stdio.h>
+
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -113,6 +115,26 @@ std::string read_file(const std::string& path) {
   }
   ::close(fd);
   return bytes;
+}
+
+void replace_folder(const std::string& from, const std::string& to) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(to, ec)) {
+    fs::rename(from, to, ec);
+    KILN_CHECK(!ec, "cannot move ", from, " to ", to, ": ", ec.message());
+    return;
+  }
+  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
+    fs::remove_all(from, ec);  // now the previous folder
+    return;
+  }
+  const std::string old = to + ".old-" + std::to_string(::getpid());
+  fs::rename(to, old, ec);
+  KILN_CHECK(!ec, "cannot move the previous ", to, " aside: ", ec.message());
+  fs::rename(from, to, ec);
+  KILN_CHECK(!ec, "cannot move ", from, " to ", to, ": ", ec.message(), "; the previous one is in ", old);
+  fs::remove_all(old, ec);
 }
 
 void fsync_directory(const std::string& dir) {

@@ -24,6 +24,11 @@ void write_file_atomic(const std::string& path, const std::function<void(std::FI
 // The whole file as bytes. Throws kiln::Error naming the path if it is missing or unreadable.
 std::string read_file(const std::string& path);
 
+// Replaces folder `to` with the complete folder `from` beside it (same parent): atomically where
+// the filesystem can exchange two names (renameat2 RENAME_EXCHANGE), else by two renames; the
+// old folder is deleted. A reader sees the old folder or the new one, never a mix of their files.
+void replace_folder(const std::string& from, const std::string& to);
+
 // fsyncs a folder so that renames and new entries in it are durable. Filesystems that do not
 // support fsync on folders (EINVAL) are accepted silently.
 void fsync_directory(const std::string& dir);

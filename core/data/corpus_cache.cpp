@@ -112,9 +112,7 @@ bool prepare_corpus_shards(const DataConfig& data, const CorpusShards& where) {
     fs::remove_all(tmp, ec);
     throw Error(message("data.corpus=", data.corpus, ": ", e.what()));
   }
-  fs::remove_all(where.dir, ec);
-  fs::rename(tmp, where.dir, ec);
-  KILN_CHECK(!ec, "cannot move the tokenized corpus into ", where.dir, ": ", ec.message());
+  replace_folder(tmp, where.dir);
   return true;
 }
 

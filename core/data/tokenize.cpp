@@ -7,7 +7,6 @@
 // `kiln tokenizer train`.
 #include "core/data/tokenize.h"
 
-#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -25,6 +24,7 @@
 #include <regex>
 #include <string_view>
 
+#include "core/checkpoint/atomic_file.h"
 #include "core/data/corpus.h"
 #include "core/data/shard.h"
 #include "core/data/tokenizer.h"
@@ -128,27 +128,6 @@ SplitPlan plan_split(const TokenizeOptions& options, std::uint64_t documents) {
 
 // Deletes train_NNN.bin / val_NNN.bin files left in out_dir by an earlier, larger run, so a
 // glob such as out_dir/train_*.bin sees exactly this run's shards.
-// Replaces folder `to` with folder `from` (same parent): atomically where the filesystem can
-// exchange two names (renameat2 RENAME_EXCHANGE), else by two renames; the old folder is deleted.
-void swap_in_folder(const std::string& from, const std::string& to) {
-  std::error_code ec;
-  if (!fs::exists(to, ec)) {
-    fs::rename(from, to, ec);
-    KILN_CHECK(!ec, "tokenize: cannot move ", from, " to ", to, ": ", ec.message());
-    return;
-  }
-  if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_EXCHANGE) == 0) {
-    fs::remove_all(from, ec);  // now the previous output
-    return;
-  }
-  const std::string old = to + ".old-" + std::to_string(::getpid());
-  fs::rename(to, old, ec);
-  KILN_CHECK(!ec, "tokenize: cannot move the previous output ", to, " aside: ", ec.message());
-  fs::rename(from, to, ec);
-  KILN_CHECK(!ec, "tokenize: cannot move ", from, " to ", to, ": ", ec.message(), "; the previous output is in ", old);
-  fs::remove_all(old, ec);
-}
-
 void remove_stale_shards(const std::string& out_dir, const std::vector<std::string>& keep) {
   static const std::regex kShardName(R"((train|val)_[0-9]+\.bin)");
   for (const fs::directory_entry& entry : fs::directory_iterator(out_dir)) {
@@ -329,7 +308,7 @@ TokenizeReport tokenize_corpus(const TokenizeOptions& options) {
     fs::remove_all(aside.out_dir, ec);
     throw;
   }
-  swap_in_folder(aside.out_dir, out.string());
+  replace_folder(aside.out_dir, out.string());
   for (std::string& shard : report.shards) shard = (out / fs::path(shard).filename()).string();
   return report;
 }
