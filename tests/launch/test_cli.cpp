@@ -369,7 +369,7 @@ std::vector<std::string> logged_losses(const fs::path& run) {
 TEST_F(CliTest, ASignalCheckpointsAndAutoResumeContinuesBitForBit) {
   ASSERT_EQ(tokenize().code, 0);
   const std::string cfg = tiny_config();
-  const std::string common = " train.max_steps=150 checkpoint.every=1000 train.eval_every=0 log.every=1";
+  const std::string common = " train.max_steps=600 checkpoint.every=1000 train.eval_every=0 log.every=1";
   for (const auto& [ranks, signal] : {std::pair{1, SIGTERM}, std::pair{2, SIGUSR1}}) {
     const std::string launch = ranks == 1 ? std::string() : mpirun(ranks);
     const fs::path whole = dir_ / ("whole_" + std::to_string(ranks));
@@ -377,7 +377,7 @@ TEST_F(CliTest, ASignalCheckpointsAndAutoResumeContinuesBitForBit) {
                                            whole.string());
     ASSERT_EQ(never_stopped.code, 0) << never_stopped.output;
     const std::vector<std::string> reference = logged_losses(whole);
-    ASSERT_EQ(reference.size(), 150u);
+    ASSERT_EQ(reference.size(), 600u);
     const fs::path run = dir_ / ("stopped_" + std::to_string(ranks));
     const std::string command = launch + KILN_BINARY + " train " + cfg + common + " train.resume=auto train.run_dir=" +
                                 run.string();
@@ -396,7 +396,7 @@ TEST_F(CliTest, ASignalCheckpointsAndAutoResumeContinuesBitForBit) {
     EXPECT_NE(log.find("stopped by"), std::string::npos) << log;
     const int stopped_at = static_cast<int>(logged_losses(run).size());
     EXPECT_GE(stopped_at, 10);
-    ASSERT_LT(stopped_at, 150) << "the run ended before the signal; make it longer";
+    ASSERT_LT(stopped_at, 600) << "the run ended before the signal; make it longer";
     EXPECT_TRUE(fs::exists(run / "checkpoints" / ("step_" + std::string(8 - std::to_string(stopped_at).size(), '0') +
                                                   std::to_string(stopped_at))));
     // The requeued job: the same command, which continues from that checkpoint.

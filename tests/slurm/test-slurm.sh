@@ -29,15 +29,21 @@ check() {  # check CONDITION-MESSAGE COMMAND...
   if "$@"; then echo "ok: $what"; else echo "FAILED: $what"; fail=1; fi
 }
 
-# Waits for job $1 to leave the queue, releasing it whenever it waits for its BeginTime after a
-# requeue; fails after $2 seconds.
+# Waits for job $1 to leave the queue, releasing it when it has waited 3 s for its BeginTime after
+# a requeue (released at once, it can be allocated while its previous run is still ending, and
+# Slurm then kills it: "Job credential revoked"); fails after $2 seconds.
 wait_job() {
-  local job=$1 limit=$2 start=$SECONDS
+  local job=$1 limit=$2 start=$SECONDS held=""
   while [ $((SECONDS - start)) -lt "$limit" ]; do
     local line
     line=$(squeue -h -j "$job" -o "%T %r" 2>/dev/null)
     [ -z "$line" ] && return 0
-    case "$line" in *BeginTime*) scontrol update JobId="$job" StartTime=now 2>/dev/null ;; esac
+    case "$line" in
+      *BeginTime*)
+        if [ -z "$held" ]; then held=$SECONDS
+        elif [ $((SECONDS - held)) -ge 3 ]; then scontrol update JobId="$job" StartTime=now 2>/dev/null; held=""; fi ;;
+      *) held="" ;;
+    esac
     sleep 1
   done
   echo "job $job still queued after $limit s: $(squeue -h -j "$job")"
