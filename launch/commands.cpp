@@ -41,7 +41,7 @@ void report_stop(const TrainResult& result, const std::string& run_dir) {
   const char* job = std::getenv("SLURM_JOB_ID");
   if (job == nullptr || std::getenv("KILN_NO_REQUEUE") != nullptr) return;
   const std::string command = message("scontrol requeue ", job, " 2>&1");
-  const int status = std::system(command.c_str());
+  const int status = run_shell_command(command);
   if (status == 0)
     std::printf("requeued Slurm job %s: it continues from the checkpoint when it starts again\n", job);
   else
