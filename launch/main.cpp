@@ -9,6 +9,7 @@
 
 #include "kernels/error.h"
 #include "launch/commands.h"
+#include "launch/scaling.h"
 #include "launch/submit.h"
 #include "parallel/communicator.h"
 
@@ -28,6 +29,8 @@ Examples:
   kiln config                                              # every config key with its help
   kiln import path/to/hf-llama runs/llama-imported         # a Hugging Face model as a kiln checkpoint
   kiln export runs/quickstart exported/quickstart          # a run as a Hugging Face model folder
+  kiln scaling fit runs/scaling/results.jsonl             # scaling laws with 95% intervals
+  kiln scaling plan --fit runs/scaling/fit.json --flops 1e15 --base configs/quickstart.yaml
   kiln layout --pattern strided --seq 1024 --block 32 --window 4 --stride 4 --out strided.svg
 )";
 
@@ -231,6 +234,25 @@ int main(int argc, char** argv) {
   submit->add_option("--kiln", submit_args.kiln, "The kiln binary the job runs (default: this one)");
   submit->add_flag("--dry-run", submit_args.dry_run, "Print the sbatch script instead of submitting it");
 
+  auto* scaling = app.add_subcommand("scaling", "Scaling laws from a sweep's results: fit, plan (docs/scaling.md)");
+  scaling->require_subcommand(1);
+  kiln::cli::ScalingFitArgs fit_args;
+  auto* scaling_fit = scaling->add_subcommand("fit", "Fit Kaplan's and Chinchilla's laws (Approaches 2 and 3) with intervals");
+  scaling_fit->add_option("results", fit_args.results, "results.jsonl of kiln sweep")->required();
+  scaling_fit->add_option("--out", fit_args.out, "Write the fit here (default: fit.json beside the results)");
+  scaling_fit->add_option("--bootstrap", fit_args.bootstrap, "Resamples of the runs for 95% intervals (0: none)")
+      ->capture_default_str();
+  scaling_fit->add_option("--seed", fit_args.seed, "Seed of the resampling")->capture_default_str();
+  scaling_fit->add_option("--delta", fit_args.delta, "Huber's delta on log-loss")->capture_default_str();
+  kiln::cli::ScalingPlanArgs plan_args;
+  auto* scaling_plan = scaling->add_subcommand("plan", "The compute-optimal model size and tokens, and a config for them");
+  scaling_plan->add_option("--fit", plan_args.fit, "fit.json of kiln scaling fit")->required();
+  scaling_plan->add_option("--flops", plan_args.flops, "Training compute in FLOPs (C = 6 N D)");
+  scaling_plan->add_option("--params", plan_args.params, "Non-embedding parameters N");
+  scaling_plan->add_option("--tokens", plan_args.tokens, "Training tokens D");
+  scaling_plan->add_option("--base", plan_args.base, "A config to fill in with the planned shape and steps");
+  scaling_plan->add_option("--out", plan_args.out, "Write the planned config here (beside --base)");
+
   auto* config = app.add_subcommand("config", "Print a resolved config, or every key with no file");
   config->add_option("config", config_path, "Experiment YAML");
   config->add_option("overrides", config_overrides, "Overrides: section.key=value ...");
@@ -270,6 +292,8 @@ int main(int argc, char** argv) {
       code = kiln::cli::sample(sample_args);
     }
     if (*config) code = kiln::cli::show_config(config_path, config_overrides);
+    if (*scaling_fit) code = kiln::cli::scaling_fit(fit_args);
+    if (*scaling_plan) code = kiln::cli::scaling_plan(plan_args);
     if (*submit) code = kiln::cli::submit(submit_args);
     if (*eval) code = kiln::cli::eval(eval_args);
     if (*tasks) code = kiln::cli::tasks(tasks_args);

@@ -8,11 +8,12 @@
 # ocl-icd-opencl-dev because libdnnl-dev's CMake package requires OpenCL (Debian only recommends
 # it); libopenblas0-pthread because python3-torch otherwise calls the reference BLAS through
 # Debian's alternatives and trains about 15x slower. slurm-wlm and munge: the tests start a
-# single-node Slurm (tests/slurm) to test kiln submit, preemption and requeue.
+# single-node Slurm (tests/slurm) to test kiln submit, preemption and requeue. liblbfgs-dev:
+# the L-BFGS of the scaling-law fit (kiln scaling fit).
 set -euo pipefail
 pkgs=(cmake g++ make pkg-config libyaml-cpp-dev libdnnl-dev ocl-icd-opencl-dev libpcre2-dev
       nlohmann-json3-dev libcli11-dev libgtest-dev libbenchmark-dev fortunes openmpi-bin
-      libopenmpi-dev python3 slurm-wlm munge)
+      libopenmpi-dev python3 slurm-wlm munge liblbfgs-dev)
 if [ "${KILN_WITH_TORCH:-0}" = 1 ]; then pkgs+=(python3-torch python3-numpy libopenblas0-pthread); fi
 if [ "${KILN_WITH_PLOT:-0}" = 1 ]; then pkgs+=(python3-matplotlib); fi
 missing=()

@@ -98,6 +98,14 @@ std::int64_t GptShape::num_params() const {
   return total;
 }
 
+std::int64_t GptShape::non_embedding_params() const {
+  std::int64_t total = 0;
+  for (const ParamSpec& p : declare_parameters(*this))
+    if (p.role != Role::token_embedding && p.role != Role::position_embedding && p.role != Role::lm_head)
+      total += shape_numel(p.full_shape);
+  return total;
+}
+
 double GptShape::flops_per_token(int seq_len) const {
   const double c = n_embd;
   // The matmul weights (the decayed ones) and the LM head (tied or not) over the real vocabulary.

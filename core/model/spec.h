@@ -50,6 +50,9 @@ struct GptShape {
   // heads and the MLP width divide.
   static GptShape from_config(const ModelConfig& config, int vocab_size, int tp_size = 1, int tp_rank = 0);
   std::int64_t num_params() const;  // of the whole (unsharded) model
+  // Without the token and position embeddings and an untied LM head: Kaplan et al.'s N, what
+  // scaling laws are fitted on (docs/scaling.md).
+  std::int64_t non_embedding_params() const;
   // The block in words: "pre-LN" for GPT-2; the LLaMA family's parts named, e.g. "pre-norm
   // RMSNorm, RoPE, SwiGLU 512, no biases, untied head".
   std::string describe() const;
