@@ -10,6 +10,7 @@
 #include "kernels/error.h"
 #include "launch/commands.h"
 #include "launch/scaling.h"
+#include "launch/sweep.h"
 #include "launch/submit.h"
 #include "parallel/communicator.h"
 
@@ -234,6 +235,14 @@ int main(int argc, char** argv) {
   submit->add_option("--kiln", submit_args.kiln, "The kiln binary the job runs (default: this one)");
   submit->add_flag("--dry-run", submit_args.dry_run, "Print the sbatch script instead of submitting it");
 
+  kiln::cli::SweepArgs sweep_args;
+  auto* sweep = app.add_subcommand("sweep", "Train a grid of model sizes x token (or compute) budgets; record each run");
+  sweep->add_option("sweep", sweep_args.sweep, "Sweep YAML (configs/scaling/sweep.yaml)")->required();
+  sweep->add_flag("--dry-run", sweep_args.dry_run, "List the points and their compute; train nothing");
+  sweep->add_option("--array-out", sweep_args.array_out,
+                    "Write the unfinished points as a kiln submit --array file instead of training them");
+  sweep->add_option("--launcher", sweep_args.launcher, "Prefix of each training command, e.g. \"mpirun -np 2\"");
+
   auto* scaling = app.add_subcommand("scaling", "Scaling laws from a sweep's results: fit, plan (docs/scaling.md)");
   scaling->require_subcommand(1);
   kiln::cli::ScalingFitArgs fit_args;
@@ -292,6 +301,7 @@ int main(int argc, char** argv) {
       code = kiln::cli::sample(sample_args);
     }
     if (*config) code = kiln::cli::show_config(config_path, config_overrides);
+    if (*sweep) code = kiln::cli::sweep(sweep_args);
     if (*scaling_fit) code = kiln::cli::scaling_fit(fit_args);
     if (*scaling_plan) code = kiln::cli::scaling_plan(plan_args);
     if (*submit) code = kiln::cli::submit(submit_args);

@@ -127,6 +127,10 @@ int scaling_fit(const ScalingFitArgs& args) {
                 range(boot.A).c_str(), range(boot.B).c_str(), range(boot.alpha).c_str(), range(boot.beta).c_str(),
                 range(boot.a).c_str(), range(boot.b).c_str());
   }
+  if (huber.alpha <= 0 || huber.beta <= 0)
+    std::printf("  warning: alpha %.4g, beta %.4g: a larger model (or more data) did no better in these runs; they are "
+                "too short or too few to separate size from data, and no plan can be made from them\n",
+                huber.alpha, huber.beta);
   std::printf("  the two fits differ by %.4f in alpha and %.4f in beta\n", std::fabs(huber.alpha - varpro.alpha),
               std::fabs(huber.beta - varpro.beta));
   if (two.fitted) {
@@ -207,9 +211,19 @@ int scaling_plan(const ScalingPlanArgs& args) {
   KILN_CHECK(!fit.is_discarded() && fit.contains("approach3"), "'", args.fit,
              "' is not a fit of kiln scaling fit (no 'approach3'); run kiln scaling fit RESULTS first");
   const Chinchilla law = chinchilla_of(fit["approach3"]);
+  const auto usable = [](const Chinchilla& c) {
+    return c.alpha > 1e-6 && c.beta > 1e-6 && c.A > 0 && c.B > 0 && std::isfinite(c.A) && std::isfinite(c.B) &&
+           std::isfinite(c.alpha) && std::isfinite(c.beta);
+  };
+  KILN_CHECK(usable(law), "the fit in '", args.fit, "' has alpha ", law.alpha, ", beta ", law.beta, ", A ", law.A, ", B ",
+             law.B, ": a compute-optimal plan needs both terms (A, B > 0, alpha, beta > 0). The runs do not separate "
+             "the effects of size and data: add sizes or token budgets to the sweep");
   std::vector<Chinchilla> resamples;
   if (fit.contains("bootstrap"))
-    for (const json& f : fit["bootstrap"]["fits"]) resamples.push_back({f[0], f[1], f[2], f[3], f[4], 0});
+    for (const json& f : fit["bootstrap"]["fits"]) {
+      const Chinchilla c{f[0], f[1], f[2], f[3], f[4], 0};
+      if (usable(c)) resamples.push_back(c);  // the intervals come from the resamples that can plan
+    }
   // For one given quantity, the compute-optimal other two (under C = 6 N D): N_opt(C) inverts to
   // C(N) and D_opt(C) to C(D), both monotone, found by bisection in log C.
   const auto plan_of = [&](const Chinchilla& c) -> std::array<double, 3> {
