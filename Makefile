@@ -7,7 +7,7 @@ DEMO_DIR ?= runs/quickstart
 # Extra config overrides for the demo run, e.g. make demo DEMO_ARGS=data.tokenizer=gpt2
 DEMO_ARGS ?=
 
-.PHONY: deps configure build build-kiln test test-fast demo flan rlhf bench clean
+.PHONY: deps configure build build-kiln test test-fast demo flan rlhf scaling bench clean
 
 deps:
 	./scripts/install-deps.sh
@@ -44,6 +44,12 @@ flan: build-kiln
 rlhf: build-kiln
 	KILN_WITH_PLOT=1 ./scripts/install-deps.sh
 	./scripts/rlhf-experiment $(BUILD)/kiln runs/rlhf
+
+# Scaling laws in miniature (docs/scaling.md): a sweep of 6 sizes x 3 compute budgets, the fits,
+# and the planned run at 10x the largest budget against its prediction; about 35 minutes on 2 cores.
+scaling: build-kiln
+	KILN_WITH_PLOT=1 ./scripts/install-deps.sh
+	./scripts/scaling-experiment $(BUILD)/kiln
 
 bench: configure
 	KILN_WITH_TORCH=1 ./scripts/install-deps.sh

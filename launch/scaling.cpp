@@ -264,12 +264,18 @@ int scaling_plan(const ScalingPlanArgs& args) {
   const GptShape shape = shape_near(best[1], base, args.head_size);
   const std::int64_t tokens_per_step = static_cast<std::int64_t>(base.train.micro_batch) * base.train.seq_len *
                                        base.train.grad_accum;
-  const auto steps = static_cast<std::int64_t>(std::ceil(best[2] / static_cast<double>(tokens_per_step)));
+  // The shape's N is near N_opt, not equal to it: with --flops the tokens keep the compute at the
+  // budget (D = C / 6N); otherwise they are D_opt.
+  const double tokens = args.flops > 0 ? args.flops / (6.0 * static_cast<double>(shape.non_embedding_params())) : best[2];
+  const auto steps = static_cast<std::int64_t>(std::llround(tokens / static_cast<double>(tokens_per_step)));
   const std::string overrides = message("model.n_layer=", shape.n_layer, " model.n_embd=", shape.n_embd, " model.n_head=",
                                         shape.n_head, " train.max_steps=", steps);
-  std::printf("  shape: %d layers, width %d, %d heads: %lld non-embedding parameters; %lld steps of %lld tokens\n",
-              shape.n_layer, shape.n_embd, shape.n_head, static_cast<long long>(shape.non_embedding_params()),
-              static_cast<long long>(steps), static_cast<long long>(tokens_per_step));
+  const double planned_n = static_cast<double>(shape.non_embedding_params());
+  const double planned_d = static_cast<double>(steps * tokens_per_step);
+  std::printf("  shape: %d layers, width %d, %d heads: %lld non-embedding parameters; %lld steps of %lld tokens "
+              "(%.4g tokens, %.4g FLOPs); predicted loss of this run %.4f\n", shape.n_layer, shape.n_embd, shape.n_head,
+              static_cast<long long>(planned_n), static_cast<long long>(steps), static_cast<long long>(tokens_per_step),
+              planned_d, 6 * planned_n * planned_d, law.loss(planned_n, planned_d));
   std::printf("  kiln train %s %s\n", args.base.c_str(), overrides.c_str());
   if (args.out.empty()) return 0;
   KILN_CHECK(fs::absolute(args.out).parent_path() == fs::absolute(args.base).parent_path(), "--out ", args.out,
