@@ -139,6 +139,9 @@ int scaling_fit(const ScalingFitArgs& args) {
     for (const scaling::IsoFlopGroup& g : two.groups)
       std::printf("  %-14s C %.3g: N_opt %.4g, D_opt %.4g, loss %.4f%s\n", g.name.c_str(), g.flops, g.n_opt, g.d_opt,
                   g.loss_min, g.inside ? "" : " (outside the group's sizes: an extrapolation)");
+    for (const std::string& name : two.without_minimum)
+      std::printf("  %-14s no minimum: the parabola in log N opens downward (add sizes below the best one)\n",
+                  name.c_str());
   } else {
     std::printf("\nApproach 2: needs 2 or more IsoFLOP groups of 3 or more sizes (a sweep with `flops:`); %zu found\n",
                 two.groups.size());

@@ -356,7 +356,10 @@ Approach2 fit_approach2(const std::vector<RunPoint>& runs) {
       t_max = std::max(t_max, t);
     }
     std::array<double, 3> c{};
-    if (!least_squares<3>(x, y, {true, true, true}, c) || c[2] <= 0) continue;  // no minimum
+    if (!least_squares<3>(x, y, {true, true, true}, c) || c[2] <= 0) {  // no minimum
+      out.without_minimum.push_back(names[g]);
+      continue;
+    }
     IsoFlopGroup group;
     group.name = names[g];
     group.flops = flops;

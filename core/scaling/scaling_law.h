@@ -82,6 +82,7 @@ struct Approach2 {
   std::vector<IsoFlopGroup> groups;
   double a = 0, b = 0, log_kn = 0, log_kd = 0;  // N_opt = exp(log_kn) C^a, D_opt = exp(log_kd) C^b
   bool fitted = false;    // at least 2 groups with a minimum
+  std::vector<std::string> without_minimum;  // groups of 3+ sizes whose parabola opens downward
 };
 Approach2 fit_approach2(const std::vector<RunPoint>& runs);
 
