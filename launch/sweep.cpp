@@ -232,6 +232,8 @@ int sweep(const SweepArgs& args) {
   const std::string kiln = fs::read_symlink("/proc/self/exe").string();
   fs::create_directories(fs::path(sweep.run_dir) / "logs");
   int failed = 0;
+  bool stopped = false;
+  std::size_t recorded = sweep.points.size() - todo.size();
   for (const SweepPoint* p : todo) {
     const fs::path run = fs::path(sweep.run_dir) / p->name;
     const fs::path log = fs::path(sweep.run_dir) / "logs" / (p->name + ".log");
@@ -248,7 +250,10 @@ int sweep(const SweepArgs& args) {
       ++failed;
       std::printf("%s: did not finish (status %d, step %lld of %lld); see %s\n", p->name.c_str(), status,
                   static_cast<long long>(outcome.last_step), static_cast<long long>(p->steps), log.c_str());
-      if (WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 75)) break;  // stopped: go no further
+      if (WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == kStopExitStatus)) {
+        stopped = true;  // asked to stop (preemption): go no further, and say so to the caller
+        break;
+      }
       continue;
     }
     double total_params = 0;
@@ -268,12 +273,13 @@ int sweep(const SweepArgs& args) {
     if (!p->group.empty()) record["group"] = p->group;
     existing += record.dump() + "\n";
     write_file_atomic(sweep.results, existing);
+    ++recorded;
     std::printf("%s: validation loss %.4f after %.4g tokens, %.0f s\n", p->name.c_str(), outcome.final_val,
                 outcome.tokens, wall);
   }
-  std::printf("%zu of %zu points recorded in %s%s\n", sweep.points.size() - todo.size() + (todo.size() - failed),
-              sweep.points.size(), sweep.results.c_str(), failed > 0 ? "; run kiln sweep again for the rest" : "");
-  return failed > 0 ? 1 : 0;
+  std::printf("%zu of %zu points recorded in %s%s\n", recorded, sweep.points.size(), sweep.results.c_str(),
+              recorded < sweep.points.size() ? "; run kiln sweep again for the rest" : "");
+  return stopped ? kStopExitStatus : failed > 0 ? 1 : 0;
 }
 
 }  // namespace kiln::cli
