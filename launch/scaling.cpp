@@ -55,10 +55,11 @@ std::vector<RunPoint> read_results(const std::string& path) {
     r.flops = record.contains("flops") ? number_of("flops") : 6 * r.params * r.tokens;
     r.loss = number_of("final_val_loss");
     r.group = record.value("group", "");
-    const auto bad = [](double v) { return !std::isfinite(v) || v <= 0; };
-    KILN_CHECK(!bad(r.params) && !bad(r.tokens) && !bad(r.flops) && !bad(r.loss), path, ":", number, ": run '", r.name,
-               "' has a non-positive or non-finite size, token count, compute or loss (params ", r.params, ", tokens ",
-               r.tokens, ", flops ", r.flops, ", final_val_loss ", r.loss, ")");
+    try {
+      scaling::check_run(r);
+    } catch (const Error& e) {
+      throw Error(message(path, ":", number, ": ", e.what()));
+    }
     runs.push_back(r);
   }
   return runs;

@@ -17,6 +17,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def finish(a, xlabel, ylabel, title, legend=True):
+    """Log-scaled x axis, labels, title and a small legend: what every panel ends with."""
+    a.set_xscale("log")
+    a.set_xlabel(xlabel)
+    a.set_ylabel(ylabel)
+    a.set_title(title)
+    if legend:
+        a.legend(fontsize=7)
+
+
 def main(results_path, fit_path, out_path, extra_path=None):
     runs = [json.loads(line) for line in open(results_path) if line.strip()]
     runs = [r for r in runs if r.get("finished")]
@@ -49,11 +59,7 @@ def main(results_path, fit_path, out_path, extra_path=None):
     for r in extra:
         a.plot(r["flops"], r["final_val_loss"], "r*", ms=14, label=f"{r['name']} (measured)")
         a.plot(r["flops"], loss(r["params"], r["tokens"]), "rx", ms=12, mew=2, label=f"{r['name']} (predicted)")
-    a.set_xscale("log")
-    a.set_xlabel("training compute C = 6ND (FLOPs)")
-    a.set_ylabel("final validation loss")
-    a.set_title("Loss against compute")
-    a.legend(fontsize=7)
+    finish(a, "training compute C = 6ND (FLOPs)", "final validation loss", "Loss against compute")
 
     # 2. IsoFLOP curves of the fitted law, with their minima; Approach 2's groups when present.
     a = ax[0][1]
@@ -69,11 +75,7 @@ def main(results_path, fit_path, out_path, extra_path=None):
         a.plot(g["n_opt"], g["loss_min"], "kD")
     losses = [r["final_val_loss"] for r in runs]
     a.set_ylim(min(losses) * 0.9, max(losses) * 1.15)
-    a.set_xscale("log")
-    a.set_xlabel("parameters N (non-embedding)")
-    a.set_ylabel("loss")
-    a.set_title("IsoFLOP curves of the fit (dots: their minima)")
-    a.legend(fontsize=7)
+    finish(a, "parameters N (non-embedding)", "loss", "IsoFLOP curves of the fit (dots: their minima)")
 
     # 3. The fitted L(N, D) as contours, with the runs.
     a = ax[1][0]
@@ -88,24 +90,17 @@ def main(results_path, fit_path, out_path, extra_path=None):
     c_line = np.logspace(math.log10(min(r["flops"] for r in runs)) - 1, math.log10(max(r["flops"] for r in runs)) + 1.5, 50)
     opt = [optimal(c) for c in c_line]
     a.plot([o[0] for o in opt], [o[1] for o in opt], "r--", label="compute-optimal N, D")
-    a.set_xscale("log")
     a.set_yscale("log")
     a.set_xlim(n_grid[0], n_grid[-1])
     a.set_ylim(d_grid[0], d_grid[-1])
-    a.set_xlabel("parameters N")
-    a.set_ylabel("tokens D")
-    a.set_title(f"L(N, D) = {E:.3g} + {A:.3g}/N^{al:.3f} + {B:.3g}/D^{be:.3f}")
-    a.legend(fontsize=7)
+    finish(a, "parameters N", "tokens D", f"L(N, D) = {E:.3g} + {A:.3g}/N^{al:.3f} + {B:.3g}/D^{be:.3f}")
 
     # 4. Residuals: log of measured over fitted loss, per run.
     a = ax[1][1]
     for r in runs:
         a.plot(r["params"], math.log(r["final_val_loss"] / loss(r["params"], r["tokens"])), "o", color=color[r["params"]])
     a.axhline(0, color="k", lw=0.8)
-    a.set_xscale("log")
-    a.set_xlabel("parameters N")
-    a.set_ylabel("log(measured / fitted loss)")
-    a.set_title("Residuals")
+    finish(a, "parameters N", "log(measured / fitted loss)", "Residuals", legend=False)
 
     fig.tight_layout()
     fig.savefig(out_path, dpi=110)

@@ -213,14 +213,16 @@ std::pair<double, double> Chinchilla::optimal(double flops) const {
   return {n, flops / 6.0 / n};
 }
 
+void check_run(const RunPoint& r) {
+  const auto bad = [](double v) { return !std::isfinite(v) || v <= 0; };
+  KILN_CHECK(!bad(r.params), "run '", r.name, "': parameters ", r.params, " must be a positive number");
+  KILN_CHECK(!bad(r.tokens), "run '", r.name, "': tokens ", r.tokens, " must be a positive number");
+  KILN_CHECK(!bad(r.flops), "run '", r.name, "': flops ", r.flops, " must be a positive number");
+  KILN_CHECK(!bad(r.loss), "run '", r.name, "': loss ", r.loss, " must be a positive, finite number");
+}
+
 void check_runs(const std::vector<RunPoint>& runs) {
-  for (const RunPoint& r : runs) {
-    const auto bad = [](double v) { return !std::isfinite(v) || v <= 0; };
-    KILN_CHECK(!bad(r.params), "run '", r.name, "': parameters ", r.params, " must be a positive number");
-    KILN_CHECK(!bad(r.tokens), "run '", r.name, "': tokens ", r.tokens, " must be a positive number");
-    KILN_CHECK(!bad(r.flops), "run '", r.name, "': flops ", r.flops, " must be a positive number");
-    KILN_CHECK(!bad(r.loss), "run '", r.name, "': loss ", r.loss, " must be a positive, finite number");
-  }
+  for (const RunPoint& r : runs) check_run(r);
   std::vector<double> ns, ds;
   for (const RunPoint& r : runs) {
     if (std::none_of(ns.begin(), ns.end(), [&](double v) { return same(v, r.params); })) ns.push_back(r.params);

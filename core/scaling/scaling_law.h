@@ -110,9 +110,10 @@ Interval Bootstrap::of(F f, double level) const {
   return percentile_interval(std::move(values), level);
 }
 
-// Checks runs before a fit: every size, token count, compute and loss positive and finite
-// (errors name the run); the Chinchilla fit needs at least 5 runs with 2 distinct N and 2
-// distinct D.
+// Every size, token count, compute and loss of a run positive and finite (errors name the run).
+void check_run(const RunPoint& run);
+// Checks runs before a fit: each by check_run; the Chinchilla fit needs at least 5 runs with 2
+// distinct N and 2 distinct D.
 void check_runs(const std::vector<RunPoint>& runs);
 
 }  // namespace kiln::scaling
