@@ -45,8 +45,9 @@ rlhf: build-kiln
 	KILN_WITH_PLOT=1 ./scripts/install-deps.sh
 	./scripts/rlhf-experiment $(BUILD)/kiln runs/rlhf
 
-# Scaling laws in miniature (docs/scaling.md): a sweep of 6 sizes x 3 compute budgets, the fits,
-# and the planned run at 10x the largest budget against its prediction; about 35 minutes on 2 cores.
+# Scaling laws in miniature (docs/scaling.md): sweeps of 6 sizes x 3 compute budgets and 5 x 3 token budgets, the fits,
+# in-context probes of every run, and the planned run at 10x the largest budget against its prediction;
+# about 45 minutes on 2 cores.
 scaling: build-kiln
 	KILN_WITH_PLOT=1 ./scripts/install-deps.sh
 	./scripts/scaling-experiment $(BUILD)/kiln

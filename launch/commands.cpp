@@ -16,6 +16,7 @@
 #include "core/checkpoint/safetensors.h"
 #include "core/data/bpe_train.h"
 #include "core/data/tokenizer.h"
+#include "core/eval/corpus_tasks.h"
 #include "core/eval/evaluator.h"
 #include "core/eval/suite.h"
 #include "kernels/device.h"
@@ -261,6 +262,20 @@ int eval(const EvalArgs& args) {
 }
 
 int tasks(const TasksArgs& args) {
+  if (!args.corpus_config.empty()) {
+    const ExperimentConfig config = load_config(args.corpus_config, {});
+    CorpusTaskOptions options;
+    options.inputs = {config.data.corpus};
+    options.separator = config.data.separator;
+    options.jsonl_field = config.data.jsonl_field;
+    options.seed = args.seed;
+    options.train = args.train;
+    options.test = args.test;
+    const auto files = write_corpus_tasks(args.dir, options);
+    std::printf("wrote %zu files to %s: word_end and next_word from %s (%d exemplar and %d scored records each; "
+                "k = 0, 1, 2, 4, 8)\n", files.size(), args.dir.c_str(), config.data.corpus.c_str(), args.train, args.test);
+    return 0;
+  }
   const auto files = write_task_suite(args.dir, args.seed, {args.train, args.val, args.test});
   std::printf("wrote %zu files to %s: 12 tasks in the clusters", files.size(), args.dir.c_str());
   for (const std::string& c : suite_clusters()) std::printf(" %s", c.c_str());

@@ -63,6 +63,7 @@ struct TasksArgs {
   std::string dir;
   std::uint64_t seed = 1234;
   int train = 400, val = 50, test = 100;  // records per task and split
+  std::string corpus_config;  // --corpus CONFIG: the in-context probes from its corpus (core/eval/corpus_tasks.h)
 };
 int tasks(const TasksArgs& args);
 

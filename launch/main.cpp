@@ -7,6 +7,7 @@
 #include <exception>
 #include <string>
 
+#include "core/eval/corpus_tasks.h"
 #include "kernels/error.h"
 #include "launch/commands.h"
 #include "launch/scaling.h"
@@ -147,6 +148,8 @@ int main(int argc, char** argv) {
   tasks->add_option("--train", tasks_args.train, "Training records per task")->capture_default_str();
   tasks->add_option("--val", tasks_args.val, "Validation records per task")->capture_default_str();
   tasks->add_option("--test", tasks_args.test, "Test records per task")->capture_default_str();
+  tasks->add_option("--corpus", tasks_args.corpus_config,
+                    "Instead of the suite, write in-context probes (word_end, next_word) from this config's corpus");
 
   kiln::cli::PrefsArgs prefs_args;
   auto* prefs = app.add_subcommand("prefs", "Write the preference world: SFT data, gold-ranked pairs and prompts (docs/rlhf.md)");
@@ -306,7 +309,11 @@ int main(int argc, char** argv) {
     if (*scaling_plan) code = kiln::cli::scaling_plan(plan_args);
     if (*submit) code = kiln::cli::submit(submit_args);
     if (*eval) code = kiln::cli::eval(eval_args);
-    if (*tasks) code = kiln::cli::tasks(tasks_args);
+    if (*tasks) {
+      if (!tasks_args.corpus_config.empty() && tasks->count("--test") == 0)
+        tasks_args.test = kiln::CorpusTaskOptions{}.test;  // the probes score 200 records per task
+      code = kiln::cli::tasks(tasks_args);
+    }
     if (*prefs) code = kiln::cli::prefs(prefs_args);
     if (*policy_eval) code = kiln::cli::policy_eval(policy_eval_args);
     if (*import) code = kiln::cli::import_hf(import_from, import_to);

@@ -112,7 +112,8 @@ int scaling_fit(const ScalingFitArgs& args) {
     }
     std::printf("  %s = (%.4g / %s)^%.4f   (%d points, R^2 %.4f)\n", what, law->x_c, x, law->alpha, law->points, law->r2);
   };
-  kaplan_line("L(N)", "N", kaplan.of_params);
+  kaplan_line(kaplan.of_params_tokens > 0 ? message("L(N) at D = ", kaplan.of_params_tokens).c_str()
+                                          : "L(N) over each size's most tokens", "N", kaplan.of_params);
   kaplan_line("L(D)", "D", kaplan.of_tokens);
   kaplan_line("L(C)", "C", kaplan.of_compute);
   std::printf("\nChinchilla L(N, D) = E + A/N^alpha + B/D^beta\n");
@@ -157,7 +158,7 @@ int scaling_fit(const ScalingFitArgs& args) {
   const auto law_json = [](const std::optional<scaling::PowerLaw>& law) {
     return law ? json{{"alpha", law->alpha}, {"x_c", law->x_c}, {"r2", law->r2}, {"points", law->points}} : json();
   };
-  out["kaplan"] = {{"L_N", law_json(kaplan.of_params)}, {"L_D", law_json(kaplan.of_tokens)},
+  out["kaplan"] = {{"L_N", law_json(kaplan.of_params)}, {"L_N_tokens", kaplan.of_params_tokens}, {"L_D", law_json(kaplan.of_tokens)},
                    {"L_C", law_json(kaplan.of_compute)}, {"frontier", kaplan.frontier}};
   if (two.fitted) {
     json groups = json::array();

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -16,6 +17,8 @@
 
 #include "core/checkpoint/atomic_file.h"
 #include "core/config.h"
+#include "core/eval/corpus_tasks.h"
+#include "core/eval/task.h"
 #include "core/model/spec.h"
 #include "kernels/error.h"
 #include "trainers/preemption.h"
@@ -39,9 +42,17 @@ std::string hex(std::uint64_t v) {
   return buf;
 }
 
-std::string shortest(double v) {  // 4e+06 -> "4e6", 2.5e+07 -> "2.5e7"
+std::string shortest(double v) {  // 4e+06 -> "4e6", 2.5e+07 -> "2.5e7", 250000 -> "2.5e5", 5120 -> "5120"
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", v);
+  std::snprintf(buf, sizeof buf, v >= 1e5 && v < 1e6 ? "%.5e" : "%g", v);
+  if (v >= 1e5 && v < 1e6) {  // %g keeps 6 digits here: the exponent form, trailing zeros cut
+    std::string t = buf;
+    const auto e = t.find('e');
+    std::string mantissa = t.substr(0, e);
+    while (mantissa.back() == '0') mantissa.pop_back();
+    if (mantissa.back() == '.') mantissa.pop_back();
+    std::snprintf(buf, sizeof buf, "%se%s", mantissa.c_str(), t.c_str() + e + 1);
+  }
   std::string t = buf;
   const auto e = t.find("e+");
   if (e != std::string::npos) {
@@ -104,12 +115,12 @@ Sweep load_sweep(const std::string& path) {
   }
   KILN_CHECK(root.IsMap(), path, ": a sweep is a map with base, models and tokens (or flops)");
   const std::set<std::string> known{"base", "run_dir", "results", "models", "tokens", "flops", "overrides",
-                                    "max_flops", "head_size", "data_parallel"};
+                                    "max_flops", "head_size", "data_parallel", "eval"};
   for (const auto& kv : root) {
     const std::string key = kv.first.as<std::string>();
     KILN_CHECK(known.count(key) == 1, path, ":", kv.first.Mark().line + 1, ": unknown key '", key,
-               "'; a sweep has base, run_dir, results, models, tokens or flops, overrides, max_flops, head_size, "
-               "data_parallel");
+               "'; a sweep has base, run_dir, results, models, tokens and/or flops, overrides, max_flops, head_size, "
+               "data_parallel, eval");
   }
   Sweep sweep;
   KILN_CHECK(root["base"] && root["base"].IsScalar(), path, ": 'base' (the config every point starts from) is missing");
@@ -122,13 +133,14 @@ Sweep load_sweep(const std::string& path) {
   const int head_size = root["head_size"] ? root["head_size"].as<int>() : 32;
   const int dp = root["data_parallel"] ? root["data_parallel"].as<int>() : 1;
   KILN_CHECK(head_size > 0 && dp > 0, path, ": head_size and data_parallel must be positive");
-  KILN_CHECK(!root["tokens"] != !root["flops"], path, ": give exactly one of 'tokens' (a grid of token budgets) and "
-             "'flops' (compute budgets, each model at tokens = C / 6N)");
+  KILN_CHECK(root["tokens"] || root["flops"], path, ": give 'tokens' (a grid of token budgets), 'flops' (compute "
+             "budgets, each model at tokens = C / 6N), or both");
   std::vector<std::string> common;
   if (root["overrides"]) {
     KILN_CHECK(root["overrides"].IsSequence(), path, ": 'overrides' is a list of section.key=value strings");
     for (const YAML::Node& o : root["overrides"]) common.push_back(o.as<std::string>());
   }
+  sweep.overrides = common;
   const ExperimentConfig base = load_config(sweep.base, common);
   const std::string base_text = read_file(sweep.base);
   const std::int64_t tokens_per_step =
@@ -154,10 +166,13 @@ Sweep load_sweep(const std::string& path) {
     s.params = static_cast<double>(GptShape::from_config(mc, 257).non_embedding_params());
     shapes.push_back(s);
   }
-  const bool by_flops = static_cast<bool>(root["flops"]);
-  const std::vector<double> budgets = numbers(by_flops ? root["flops"] : root["tokens"], path, by_flops ? "flops" : "tokens");
+  // Token budgets first, then compute budgets; each budget over every shape.
+  std::vector<std::pair<bool, double>> budgets;  // (by compute, the budget)
+  for (const bool by_flops : {false, true})
+    if (const YAML::Node list = root[by_flops ? "flops" : "tokens"])
+      for (double b : numbers(list, path, by_flops ? "flops" : "tokens")) budgets.emplace_back(by_flops, b);
   std::set<std::string> names;
-  for (double budget : budgets)
+  for (const auto& [by_flops, budget] : budgets)
     for (const Shape& s : shapes) {
       SweepPoint p;
       p.n_layer = s.layers;
@@ -168,6 +183,7 @@ Sweep load_sweep(const std::string& path) {
       p.steps = std::max<std::int64_t>(1, std::llround(p.tokens / static_cast<double>(tokens_per_step)));
       p.flops = 6 * p.params * static_cast<double>(p.steps * tokens_per_step);
       p.group = by_flops ? "C=" + shortest(budget) : "";
+      p.token_budget = by_flops ? 0.0 : budget;
       p.name = message("L", s.layers, "_W", s.width, "_", by_flops ? "C" + shortest(budget) : "D" + shortest(budget));
       KILN_CHECK(names.insert(p.name).second, path, ": two points are both named ", p.name, "; list each shape once");
       // The schedule ends at the budget: max_steps is the point's, and the warmup at most a fifth of it.
@@ -184,8 +200,107 @@ Sweep load_sweep(const std::string& path) {
       p.hash = hex(fnv1a(joined));
       sweep.points.push_back(p);
     }
+  if (const YAML::Node e = root["eval"]) {
+    const int line = e.Mark().line + 1;
+    KILN_CHECK(e.IsMap(), path, ":", line, ": 'eval' is a map, e.g. {corpus_probes: true, num_fewshot: [0, 1, 2, 4, 8]}");
+    for (const auto& kv : e) {
+      const std::string key = kv.first.as<std::string>();
+      KILN_CHECK(key == "tasks" || key == "corpus_probes" || key == "num_fewshot" || key == "limit" || key == "batch", path,
+                 ":", kv.first.Mark().line + 1, ": unknown key 'eval.", key,
+                 "'; eval has tasks, corpus_probes, num_fewshot, limit, batch");
+    }
+    try {
+      if (e["tasks"]) {
+        KILN_CHECK(e["tasks"].IsSequence(), path, ":", line, ": 'eval.tasks' is a list of task files");
+        for (const YAML::Node& t : e["tasks"]) {
+          const std::string file = (here / t.as<std::string>()).lexically_normal().string();
+          KILN_CHECK(fs::is_regular_file(file), path, ":", t.Mark().line + 1, ": task file '", file, "' does not exist");
+          sweep.eval.tasks.push_back(file);
+        }
+      }
+      sweep.eval.corpus_probes = e["corpus_probes"] && e["corpus_probes"].as<bool>();
+      if (e["num_fewshot"])
+        for (const YAML::Node& k : e["num_fewshot"]) sweep.eval.num_fewshot.push_back(k.as<int>());
+      sweep.eval.limit = e["limit"] ? e["limit"].as<int>() : 0;
+      sweep.eval.batch = e["batch"] ? e["batch"].as<int>() : 16;
+    } catch (const YAML::Exception& x) {
+      throw Error(message(path, ":", x.mark.line + 1, ": 'eval' holds a value of the wrong kind (", x.msg, ")"));
+    }
+    for (int k : sweep.eval.num_fewshot) KILN_CHECK(k >= 0, path, ":", line, ": eval.num_fewshot values must be 0 or more");
+    KILN_CHECK(sweep.eval.limit >= 0 && sweep.eval.batch >= 1, path, ":", line, ": eval.limit must be 0 or more and "
+               "eval.batch 1 or more");
+    KILN_CHECK(sweep.eval.enabled(), path, ":", line, ": 'eval' names no tasks: give tasks, corpus_probes: true, or both");
+  }
   return sweep;
 }
+
+namespace {
+
+// What each point is evaluated on, and a hash of everything that decides its scores.
+struct EvalPlan {
+  std::vector<std::string> files;
+  std::string hash;
+};
+
+EvalPlan plan_eval(const Sweep& sweep) {
+  EvalPlan plan;
+  if (!sweep.eval.enabled()) return plan;
+  plan.files = sweep.eval.tasks;
+  if (sweep.eval.corpus_probes) {
+    const ExperimentConfig base = load_config(sweep.base, sweep.overrides);
+    CorpusTaskOptions probes;
+    probes.inputs = {base.data.corpus};
+    probes.separator = base.data.separator;
+    probes.jsonl_field = base.data.jsonl_field;
+    for (const std::string& f : write_corpus_tasks(sweep.run_dir + "/icl-tasks", probes))
+      if (f.size() > 10 && f.compare(f.size() - 10, 10, ".eval.yaml") == 0) plan.files.push_back(f);
+  }
+  std::string joined;
+  for (const std::string& file : plan.files) {
+    joined += read_file(file);
+    for (const EvalTask& task : load_eval_tasks(file)) {  // checks every task before any training
+      for (const EvalDoc& d : task.docs) joined += d.record.dump();
+      for (const EvalDoc& d : task.fewshot) joined += d.record.dump();
+    }
+  }
+  for (int k : sweep.eval.num_fewshot) joined += message(" k", k);
+  joined += message(" limit", sweep.eval.limit);
+  plan.hash = hex(fnv1a(joined));
+  return plan;
+}
+
+// kiln eval of a point's last checkpoint into run/icl.json; the record gets its spreads over
+// templates. Returns the command's status.
+int evaluate_point(const Sweep& sweep, const EvalPlan& plan, const SweepPoint& p, const std::string& kiln,
+                   const std::string& launcher, json& record) {
+  const fs::path run = fs::path(sweep.run_dir) / p.name;
+  const fs::path out = run / "icl.json";
+  const fs::path log = fs::path(sweep.run_dir) / "logs" / (p.name + ".eval.log");
+  std::string command = (launcher.empty() ? "" : launcher + " ") + kiln + " eval '" + run.string() + "'";
+  for (const std::string& f : plan.files) command += " '" + f + "'";
+  command += message(" --batch ", sweep.eval.batch, " --limit ", sweep.eval.limit);
+  if (!sweep.eval.num_fewshot.empty()) {
+    command += " --num-fewshot";
+    for (int k : sweep.eval.num_fewshot) command += message(" ", k);
+  }
+  command += " --out '" + out.string() + "' > '" + log.string() + "' 2>&1";
+  std::printf("%s: evaluating (log %s)\n", p.name.c_str(), log.c_str());
+  std::fflush(stdout);
+  const int status = run_shell_command(command);
+  if (status != 0) {
+    std::printf("%s: evaluation failed (status %d); see %s\n", p.name.c_str(), status, log.c_str());
+    return status;
+  }
+  const json report = json::parse(read_file(out.string()));
+  record["eval"] = {{"hash", plan.hash}, {"file", out.string()}, {"spreads", report.at("spreads")}};
+  return 0;
+}
+
+bool stop_status(int status) {
+  return WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == kStopExitStatus);
+}
+
+}  // namespace
 
 int sweep(const SweepArgs& args) {
   const Sweep sweep = load_sweep(args.sweep);
@@ -195,27 +310,39 @@ int sweep(const SweepArgs& args) {
               sweep.points.size(), sweep.base.c_str(), total);
   KILN_CHECK(sweep.max_flops <= 0 || total <= sweep.max_flops, args.sweep, ": the sweep needs ", total,
              " FLOPs, over its max_flops of ", sweep.max_flops, "; remove points or raise max_flops");
-  // Finished points: a record of the same name and hash.
-  std::set<std::string> done;
-  std::string existing;
+  // The records so far; a point is finished when one has its name and hash.
+  std::vector<json> records;
+  std::map<std::string, std::size_t> done;
   if (fs::exists(sweep.results)) {
-    existing = read_file(sweep.results);
-    std::istringstream in(existing);
+    std::istringstream in(read_file(sweep.results));
     int line = 0;
     for (std::string text; std::getline(in, text);) {
       ++line;
-      const json r = json::parse(text, nullptr, false);
+      json r = json::parse(text, nullptr, false);
       KILN_CHECK(!r.is_discarded() && r.is_object(), sweep.results, ":", line, ": not a JSON record; fix or remove the line");
-      if (r.value("finished", false)) done.insert(r.value("name", "") + "/" + r.value("config_hash", ""));
+      if (r.value("finished", false)) done[r.value("name", "") + "/" + r.value("config_hash", "")] = records.size();
+      records.push_back(std::move(r));
     }
   }
+  auto save = [&] {
+    std::string text;
+    for (const json& r : records) text += r.dump() + "\n";
+    write_file_atomic(sweep.results, text);
+  };
+  const EvalPlan plan = args.array_out.empty() ? plan_eval(sweep) : EvalPlan{};
+  // Each point: trained and evaluated, trained and to evaluate (evaluation added or changed), or to run.
+  auto recorded = [&](const SweepPoint& p) -> json* {
+    const auto it = done.find(p.name + "/" + p.hash);
+    return it == done.end() ? nullptr : &records[it->second];
+  };
+  auto evaluated = [&](const json& r) { return plan.files.empty() || (r.contains("eval") && r["eval"].value("hash", "") == plan.hash); };
   std::printf("%-22s %12s %12s %12s %8s  %s\n", "point", "N", "D", "C", "steps", "state");
   std::vector<const SweepPoint*> todo;
   for (const SweepPoint& p : sweep.points) {
-    const bool finished = done.count(p.name + "/" + p.hash) == 1;
+    const json* r = recorded(p);
     std::printf("%-22s %12.4g %12.4g %12.4g %8lld  %s\n", p.name.c_str(), p.params, p.tokens, p.flops,
-                static_cast<long long>(p.steps), finished ? "recorded" : "to run");
-    if (!finished) todo.push_back(&p);
+                static_cast<long long>(p.steps), !r ? "to run" : evaluated(*r) ? "recorded" : "to evaluate");
+    if (!r) todo.push_back(&p);
   }
   if (args.dry_run) return 0;
   if (!args.array_out.empty()) {
@@ -233,8 +360,16 @@ int sweep(const SweepArgs& args) {
   fs::create_directories(fs::path(sweep.run_dir) / "logs");
   int failed = 0;
   bool stopped = false;
-  std::size_t recorded = sweep.points.size() - todo.size();
-  for (const SweepPoint* p : todo) {
+  for (const SweepPoint& point : sweep.points) {
+    const SweepPoint* p = &point;
+    if (json* r = recorded(*p)) {
+      if (evaluated(*r)) continue;
+      const int status = evaluate_point(sweep, plan, *p, kiln, args.launcher, *r);
+      if (status == 0) save();
+      failed += status != 0;
+      if ((stopped = stop_status(status))) break;
+      continue;
+    }
     const fs::path run = fs::path(sweep.run_dir) / p->name;
     const fs::path log = fs::path(sweep.run_dir) / "logs" / (p->name + ".log");
     std::string command = (args.launcher.empty() ? "" : args.launcher + " ") + kiln + " train '" + sweep.base + "'";
@@ -250,10 +385,7 @@ int sweep(const SweepArgs& args) {
       ++failed;
       std::printf("%s: did not finish (status %d, step %lld of %lld); see %s\n", p->name.c_str(), status,
                   static_cast<long long>(outcome.last_step), static_cast<long long>(p->steps), log.c_str());
-      if (WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == kStopExitStatus)) {
-        stopped = true;  // asked to stop (preemption): go no further, and say so to the caller
-        break;
-      }
+      if ((stopped = stop_status(status))) break;  // asked to stop (preemption): go no further, and say so
       continue;
     }
     double total_params = 0;
@@ -271,14 +403,26 @@ int sweep(const SweepArgs& args) {
                    {"n_layer", p->n_layer}, {"n_embd", p->n_embd}, {"n_head", p->n_head}, {"steps", p->steps},
                    {"finished", true}};
     if (!p->group.empty()) record["group"] = p->group;
-    existing += record.dump() + "\n";
-    write_file_atomic(sweep.results, existing);
-    ++recorded;
+    if (p->token_budget > 0) record["token_budget"] = p->token_budget;
     std::printf("%s: validation loss %.4f after %.4g tokens, %.0f s\n", p->name.c_str(), outcome.final_val,
                 outcome.tokens, wall);
+    // Recorded before it is evaluated: a failed evaluation does not lose the run.
+    done[p->name + "/" + p->hash] = records.size();
+    records.push_back(std::move(record));
+    save();
+    if (!plan.files.empty()) {
+      const int eval_status = evaluate_point(sweep, plan, *p, kiln, args.launcher, records.back());
+      if (eval_status == 0) save();
+      failed += eval_status != 0;
+      if ((stopped = stop_status(eval_status))) break;
+    }
   }
-  std::printf("%zu of %zu points recorded in %s%s\n", recorded, sweep.points.size(), sweep.results.c_str(),
-              recorded < sweep.points.size() ? "; run kiln sweep again for the rest" : "");
+  std::size_t complete = 0;
+  for (const SweepPoint& p : sweep.points)
+    if (const json* r = recorded(p)) complete += evaluated(*r);
+  std::printf("%zu of %zu points recorded%s in %s%s\n", complete, sweep.points.size(),
+              plan.files.empty() ? "" : " and evaluated", sweep.results.c_str(),
+              complete < sweep.points.size() ? "; run kiln sweep again for the rest" : "");
   return stopped ? kStopExitStatus : failed > 0 ? 1 : 0;
 }
 

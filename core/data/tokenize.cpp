@@ -313,4 +313,15 @@ TokenizeReport tokenize_corpus(const TokenizeOptions& options) {
   return report;
 }
 
+std::vector<bool> validation_documents(const TokenizeOptions& options, std::uint64_t documents) {
+  KILN_CHECK(options.val_fraction >= 0.0 && options.val_fraction < 1.0, "val_fraction is ", options.val_fraction,
+             " but must be in [0, 1)");
+  KILN_CHECK(documents >= 2, "the corpus has ", documents, " document(s); a split into training and validation "
+             "documents needs 2 or more (set data.separator to cut a file into documents)");
+  const SplitPlan plan = plan_split(options, documents);
+  std::vector<bool> out(documents);
+  for (std::uint64_t d = 0; d < documents; ++d) out[d] = plan.is_val(d);
+  return out;
+}
+
 }  // namespace kiln

@@ -48,4 +48,9 @@ inline constexpr std::uint64_t kTokenizeSplitStream = 0x6B696C6E73706C74ull;  //
 
 TokenizeReport tokenize_corpus(const TokenizeOptions& options);
 
+// Which of `documents` documents go to validation under options.val_fraction and options.seed,
+// exactly as tokenize_corpus splits them (the fix-ups that keep both splits non-empty included).
+// A single document is split by tokens, not whole, so it is an Error here.
+std::vector<bool> validation_documents(const TokenizeOptions& options, std::uint64_t documents);
+
 }  // namespace kiln

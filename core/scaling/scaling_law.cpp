@@ -235,7 +235,20 @@ void check_runs(const std::vector<RunPoint>& runs) {
 
 KaplanFits fit_kaplan(const std::vector<RunPoint>& runs) {
   KaplanFits out;
-  out.of_params = law_over(runs, best_per(runs, &RunPoint::params, &RunPoint::tokens), &RunPoint::params);
+  // L(N): the largest token count shared by 3 or more sizes, else the most tokens of each size.
+  for (const RunPoint& r : runs) {
+    std::vector<int> shared;
+    for (int i = 0; i < static_cast<int>(runs.size()); ++i)
+      if (same(runs[i].tokens, r.tokens) &&
+          std::none_of(shared.begin(), shared.end(), [&](int j) { return same(runs[j].params, runs[i].params); }))
+        shared.push_back(i);
+    if (shared.size() >= 3 && r.tokens > out.of_params_tokens) {
+      out.of_params_tokens = r.tokens;
+      out.of_params = law_over(runs, shared, &RunPoint::params);
+    }
+  }
+  if (out.of_params_tokens == 0)
+    out.of_params = law_over(runs, best_per(runs, &RunPoint::params, &RunPoint::tokens), &RunPoint::params);
   out.of_tokens = law_over(runs, best_per(runs, &RunPoint::tokens, &RunPoint::params), &RunPoint::tokens);
   std::vector<int> order(runs.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
@@ -311,12 +324,16 @@ Chinchilla fit_chinchilla_varpro(const std::vector<RunPoint>& runs) {
 }
 
 Approach2 fit_approach2(const std::vector<RunPoint>& runs) {
-  // Groups: the runs' own labels; runs without one are grouped by compute within 10%.
+  // Groups: the runs' own labels; runs without one are grouped by compute within 10%, unless
+  // some runs have labels (a sweep of compute budgets beside token budgets: the token-budget runs
+  // share a compute only by chance, so they form no IsoFLOP group).
   std::vector<std::vector<int>> groups;
   std::vector<std::string> names;
   std::map<std::string, int> by_label;
+  const bool labelled = std::any_of(runs.begin(), runs.end(), [](const RunPoint& r) { return !r.group.empty(); });
   for (int i = 0; i < static_cast<int>(runs.size()); ++i) {
     const RunPoint& r = runs[i];
+    if (labelled && r.group.empty()) continue;
     if (!r.group.empty()) {
       auto [it, fresh] = by_label.emplace(r.group, static_cast<int>(groups.size()));
       if (fresh) {

@@ -42,11 +42,14 @@ struct Chinchilla {
   std::pair<double, double> optimal(double flops) const;
 };
 
-// The Kaplan et al. laws: L(N) over the runs with the most tokens for each N, L(D) over the runs
-// with the most parameters for each D, and L(C) over the compute frontier (runs no run with less
-// compute beats). A law needs at least 2 distinct points; absent otherwise.
+// The Kaplan et al. laws: L(N) over every size trained on the same data (the largest token count
+// that 3 or more sizes share: a token-budget sweep), else over the runs with the most tokens for
+// each N; L(D) over the runs with the most parameters for each D; and L(C) over the compute
+// frontier (runs no run with less compute beats). A law needs at least 2 distinct points; absent
+// otherwise.
 struct KaplanFits {
   std::optional<PowerLaw> of_params, of_tokens, of_compute;
+  double of_params_tokens = 0;  // the token count L(N)'s runs share; 0: the most tokens of each size
   std::vector<int> frontier;  // indices into the runs
 };
 KaplanFits fit_kaplan(const std::vector<RunPoint>& runs);
@@ -70,7 +73,9 @@ Chinchilla fit_chinchilla_huber(const std::vector<RunPoint>& runs, const HuberOp
 Chinchilla fit_chinchilla_varpro(const std::vector<RunPoint>& runs);
 
 // Approach 2: in each IsoFLOP group (3 or more sizes), a parabola of loss against log N gives
-// the loss-minimising N; then N_opt = k_n C^a and D_opt = k_d C^b are lines in log space.
+// the loss-minimising N; then N_opt = k_n C^a and D_opt = k_d C^b are lines in log space. The
+// groups are the runs' labels; without labels, runs within 10% in compute. When some runs have a
+// label, the runs without one (a token-budget grid beside the compute budgets) are left out.
 struct IsoFlopGroup {
   std::string name;
   double flops = 0;       // the group's mean compute

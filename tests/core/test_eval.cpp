@@ -10,7 +10,11 @@
 #include <iterator>
 #include <set>
 
+#include "core/data/tokenize.h"
 #include "core/data/tokenizer.h"
+#include "core/eval/corpus_tasks.h"
+#include "core/rng.h"
+#include "kernels/error.h"
 #include "core/eval/evaluator.h"
 #include "core/eval/suite.h"
 #include "core/data/instruct.h"
@@ -301,4 +305,95 @@ TEST_F(EvalTest, RollingLoglikelihoodCoversEveryTokenOnce) {
   EXPECT_NEAR(report.scores[0].metrics.at("perplexity"), std::exp(-sum / tokens), 1e-9 * std::exp(-sum / tokens));
   EXPECT_NEAR(report.scores[0].metrics.at("bits_per_byte"), -sum / (tokens * std::log(2.0)), 1e-9);
   EXPECT_EQ(report.scores[0].truncated, 0);
+}
+
+// A corpus of 400 documents of 12 words each from a 30-word vocabulary ("%" between documents).
+static std::vector<std::string> probe_corpus(const fs::path& file) {
+  const std::vector<std::string> vocab = {
+      "anchor", "balloon", "candle", "dragon", "empire", "forest", "garden", "harbor", "island", "jungle",
+      "kettle", "lantern", "meadow", "needle", "orange", "pepper", "quartz", "ribbon", "saddle", "tunnel",
+      "valley", "walnut", "window", "yellow", "zipper", "the", "and", "was", "for", "its"};
+  std::vector<std::string> docs;
+  std::string text;
+  kiln::Rng rng(5, 5);
+  for (int d = 0; d < 400; ++d) {
+    std::string doc;
+    for (int w = 0; w < 12; ++w) doc += (w ? " " : "") + vocab[rng.u64(d * 12 + w) % vocab.size()];
+    docs.push_back(doc);
+    text += doc + "\n%\n";
+  }
+  std::ofstream(file) << text;
+  return docs;
+}
+
+// kiln tasks --corpus: both probes load with 4 templates and k = 0, 1, 2, 4, 8; every record has
+// 4 distinct options with the gold among them; word_end completes a word of the scored half and
+// its exemplars use the other half; next_word's scored fragments come from validation documents
+// and its exemplars from training documents, as the training split draws them; seeded.
+TEST_F(EvalTest, CorpusProbesFollowTheTrainingSplit) {
+  const fs::path corpus = dir_ / "corpus.txt";
+  const std::vector<std::string> docs = probe_corpus(corpus);
+  kiln::CorpusTaskOptions o;
+  o.inputs = {corpus.string()};
+  o.separator = "%";
+  o.train = 50;
+  o.test = 40;
+  const auto files = kiln::write_corpus_tasks((dir_ / "a").string(), o);
+  EXPECT_EQ(files.size(), 6u);
+  kiln::write_corpus_tasks((dir_ / "b").string(), o);
+  o.seed = 99;
+  kiln::write_corpus_tasks((dir_ / "c").string(), o);
+  auto read = [](const fs::path& p) {
+    std::ifstream in(p);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  for (const std::string& f : files) {
+    EXPECT_EQ(read(f), read(dir_ / "b" / fs::path(f).filename())) << f;
+    if (f.find(".yaml") == std::string::npos) EXPECT_NE(read(f), read(dir_ / "c" / fs::path(f).filename())) << f;
+  }
+  kiln::TokenizeOptions split;
+  const std::vector<bool> is_val = kiln::validation_documents(split, docs.size());
+  auto in_split = [&](const std::string& fragment, bool val) {
+    for (std::size_t i = 0; i < docs.size(); ++i)
+      if (is_val[i] == val && docs[i].find(fragment) != std::string::npos) return true;
+    return false;
+  };
+  std::set<std::string> scored_words, exemplar_words;
+  for (const char* name : {"word_end", "next_word"}) {
+    const std::vector<kiln::EvalTask> tasks = kiln::load_eval_tasks((dir_ / "a" / (std::string(name) + ".eval.yaml")).string());
+    ASSERT_EQ(tasks.size(), 1u);
+    const kiln::EvalTask& t = tasks[0];
+    EXPECT_TRUE(t.multiple_choice());
+    EXPECT_EQ(t.templates.size(), 4u);
+    EXPECT_EQ(t.num_fewshot, (std::vector<int>{0, 1, 2, 4, 8}));
+    EXPECT_EQ(t.docs.size(), 40u);
+    EXPECT_EQ(t.fewshot.size(), 50u);
+    for (int split_index = 0; split_index < 2; ++split_index)
+      for (const kiln::EvalDoc& d : split_index ? t.fewshot : t.docs) {
+        const auto options = d.record["options"].get<std::vector<std::string>>();
+        const std::string x = d.record["x"], gold = d.record["output"];
+        ASSERT_EQ(options.size(), 4u) << d.where;
+        EXPECT_EQ(std::set<std::string>(options.begin(), options.end()).size(), 4u) << d.where;
+        EXPECT_EQ(options[d.record["label"].get<int>()], gold) << d.where;
+        if (std::string(name) == "word_end") {
+          (split_index ? exemplar_words : scored_words).insert(x + gold);
+          EXPECT_GE(x.size(), 3u);
+          EXPECT_GE(gold.size(), 3u);
+          for (const std::string& option : options) EXPECT_EQ(option.size(), gold.size()) << d.where;
+        } else {
+          EXPECT_TRUE(in_split(x + " " + gold, split_index == 0)) << d.where << ": " << x << " " << gold;
+        }
+      }
+  }
+  for (const std::string& w : scored_words) EXPECT_EQ(exemplar_words.count(w), 0u) << w;
+  EXPECT_GE(scored_words.size(), 5u);
+  // Too small a corpus is refused, naming it and the need.
+  std::ofstream(dir_ / "small.txt") << "one small document\n%\nand another\n";
+  o.inputs = {(dir_ / "small.txt").string()};
+  try {
+    kiln::write_corpus_tasks((dir_ / "d").string(), o);
+    FAIL() << "a corpus without common words was accepted";
+  } catch (const kiln::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("small.txt: 0 common words"), std::string::npos) << e.what();
+  }
 }

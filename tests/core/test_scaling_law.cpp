@@ -132,8 +132,16 @@ TEST(ScalingLaw, KaplanLawsAndTheComputeFrontier) {
   worse.flops = 1e15;
   worse.loss = 5.0;  // above the smallest model's 4.79 with less compute
   runs.push_back(worse);
+  RunPoint other = runs[2];  // a size trained on other data only (an IsoFLOP point): not in L(N)
+  other.params = 3e7;
+  other.tokens = 2e9;
+  other.flops = 6 * 3e7 * 2e9;
+  other.loss = 4.0;
+  runs.push_back(other);
   const KaplanFits k = fit_kaplan(runs);
   ASSERT_TRUE(k.of_params.has_value());
+  EXPECT_EQ(k.of_params_tokens, 1e9);  // every size on the same data, as Kaplan et al. fit L(N)
+  EXPECT_EQ(k.of_params->points, 3);
   EXPECT_NEAR(k.of_params->alpha, 0.076, 1e-9);
   EXPECT_NEAR(k.of_params->x_c / 8.8e13, 1.0, 1e-6);
   EXPECT_NEAR(k.of_params->r2, 1.0, 1e-12);

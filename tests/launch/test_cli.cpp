@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -543,6 +544,79 @@ TEST_F(CliTest, MpirunTensorParallelTrainsOneJob) {
   // The checkpoint holds whole tensors: one process samples from it.
   const CliRun sample = kiln("sample --checkpoint " + (dir_ / "run").string() + " --prompt 'the ' --max-tokens 10");
   EXPECT_EQ(sample.code, 0) << sample.output;
+}
+
+// kiln tasks --corpus writes the in-context probes of a config's corpus; a sweep with `eval:`
+// scores each run on them at every k after it trains, token and compute budgets side by side; a
+// changed evaluation re-scores the recorded runs without training them again.
+TEST_F(CliTest, SweepEvaluatesEachRunOnInContextProbes) {
+  const std::vector<std::string> vocab = {"anchor", "balloon", "candle", "dragon", "empire", "forest", "garden",
+                                          "harbor", "island", "jungle", "kettle", "lantern", "meadow", "needle",
+                                          "orange", "pepper", "quartz", "ribbon", "saddle", "tunnel", "the", "and"};
+  std::string text;
+  for (int d = 0; d < 400; ++d) {
+    for (int w = 0; w < 12; ++w) text += (w ? " " : "") + vocab[(d * 7 + w * w * 3 + w * d) % vocab.size()];
+    text += "\n%\n";
+  }
+  const std::string corpus = write("probes.txt", text);
+  const std::string base = write("probe.yaml", "model:\n  n_layer: 1\n  n_head: 1\n  n_embd: 32\n  context: 64\n"
+                                               "data:\n  corpus: " + corpus + "\n  separator: \"%\"\n  cache_dir: " +
+                                               (dir_ / "cache").string() + "\noptim:\n  lr: 1e-2\n  warmup_steps: 5\n"
+                                               "train:\n  micro_batch: 4\n  seq_len: 64\n  max_steps: 10\n"
+                                               "  eval_batches: 2\n  threads: 1\ncheckpoint:\n  every: 0\n");
+  const CliRun tasks = kiln("tasks " + (dir_ / "probes").string() + " --corpus " + base + " --train 20 --test 10");
+  ASSERT_EQ(tasks.code, 0) << tasks.output;
+  EXPECT_NE(tasks.output.find("word_end and next_word"), std::string::npos) << tasks.output;
+  EXPECT_TRUE(fs::exists(dir_ / "probes" / "next_word.eval.yaml"));
+  const std::string sweep_text = "base: probe.yaml\nrun_dir: " + (dir_ / "sweep").string() +
+                                 "\nmodels:\n  - {n_layer: 1, n_embd: 32}\n  - {n_layer: 2, n_embd: 32}\n"
+                                 "tokens: [2560]\nflops: [4e8]\n";
+  const std::string sweep = write("sweep.yaml", sweep_text + "eval: {corpus_probes: true, num_fewshot: [0, 2], limit: 6}\n");
+  const CliRun first = kiln("sweep " + sweep);
+  ASSERT_EQ(first.code, 0) << first.output;
+  EXPECT_NE(first.output.find("4 of 4 points recorded and evaluated"), std::string::npos) << first.output;
+  auto records = [&] {
+    std::vector<nlohmann::json> out;
+    std::ifstream in(dir_ / "sweep" / "results.jsonl");
+    for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+    return out;
+  };
+  std::set<std::string> hashes;
+  int with_group = 0, with_token_budget = 0;
+  for (const nlohmann::json& r : records()) {
+    with_group += r.contains("group");
+    with_token_budget += r.contains("token_budget");
+    ASSERT_TRUE(r.contains("eval")) << r.dump();
+    hashes.insert(r["eval"]["hash"].get<std::string>());
+    EXPECT_TRUE(fs::exists(r["eval"]["file"].get<std::string>()));
+    std::set<std::string> seen;  // task/k of the accuracy spreads over 4 templates
+    for (const nlohmann::json& s : r["eval"]["spreads"])
+      if (s["metric"] == "acc") {
+        EXPECT_EQ(s["templates"].get<int>(), 4);
+        EXPECT_GE(s["mean"].get<double>(), 0.0);
+        EXPECT_LE(s["mean"].get<double>(), 1.0);
+        seen.insert(s["task"].get<std::string>() + "/" + std::to_string(s["k"].get<int>()));
+      }
+    EXPECT_EQ(seen, (std::set<std::string>{"next_word/0", "next_word/2", "word_end/0", "word_end/2"})) << r.dump();
+  }
+  EXPECT_EQ(with_group, 2);
+  EXPECT_EQ(with_token_budget, 2);
+  EXPECT_EQ(hashes.size(), 1u);
+  // Another evaluation: the runs are scored again, not trained again, and not recorded twice.
+  write("sweep.yaml", sweep_text + "eval: {corpus_probes: true, num_fewshot: [0, 2], limit: 3}\n");
+  const CliRun again = kiln("sweep " + sweep);
+  ASSERT_EQ(again.code, 0) << again.output;
+  EXPECT_EQ(again.output.find(": training ("), std::string::npos) << again.output;
+  EXPECT_NE(again.output.find("L2_W32_C4e8: evaluating"), std::string::npos) << again.output;
+  ASSERT_EQ(records().size(), 4u);
+  for (const nlohmann::json& r : records()) EXPECT_EQ(hashes.count(r["eval"]["hash"].get<std::string>()), 0u) << r.dump();
+  // Mistakes in `eval` are named.
+  const CliRun bad = kiln("sweep " + write("bad.yaml", sweep_text + "eval: {task: [a.yaml]}\n") + " --dry-run");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.output.find("unknown key 'eval.task'"), std::string::npos) << bad.output;
+  const CliRun missing = kiln("sweep " + write("missing.yaml", sweep_text + "eval: {tasks: [nowhere.yaml]}\n") + " --dry-run");
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_NE(missing.output.find("nowhere.yaml' does not exist"), std::string::npos) << missing.output;
 }
 
 // kiln sweep trains each point to its budget and records it; a second sweep skips what is
