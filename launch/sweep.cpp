@@ -1,9 +1,12 @@
 // kiln sweep (sweep.h).
 #include "launch/sweep.h"
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -11,6 +14,7 @@
 #include <sstream>
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
@@ -242,17 +246,28 @@ struct EvalPlan {
   std::string hash;
 };
 
-EvalPlan plan_eval(const Sweep& sweep) {
+// The corpus probes are written to run_dir/icl-tasks, or with dry_run to a folder removed again
+// (a dry run writes nothing), and the plan then names files that are gone: it is for the hash.
+EvalPlan plan_eval(const Sweep& sweep, bool dry_run) {
   EvalPlan plan;
   if (!sweep.eval.enabled()) return plan;
   plan.files = sweep.eval.tasks;
+  std::string scratch;
   if (sweep.eval.corpus_probes) {
     const ExperimentConfig base = load_config(sweep.base, sweep.overrides);
     CorpusTaskOptions probes;
     probes.inputs = {base.data.corpus};
     probes.separator = base.data.separator;
     probes.jsonl_field = base.data.jsonl_field;
-    for (const std::string& f : write_corpus_tasks(sweep.run_dir + "/icl-tasks", probes))
+    KILN_CHECK(!base.data.corpus.empty(), sweep.base, ": eval.corpus_probes needs data.corpus (the text the probes are "
+               "made from); this config reads token shards");
+    std::string dir = sweep.run_dir + "/icl-tasks";
+    if (dry_run) {
+      char templ[] = "/tmp/kiln-sweep-XXXXXX";
+      KILN_CHECK(::mkdtemp(templ) != nullptr, "cannot create a scratch folder in /tmp: ", std::strerror(errno));
+      dir = scratch = templ;
+    }
+    for (const std::string& f : write_corpus_tasks(dir, probes))
       if (f.size() > 10 && f.compare(f.size() - 10, 10, ".eval.yaml") == 0) plan.files.push_back(f);
   }
   std::string joined;
@@ -266,6 +281,7 @@ EvalPlan plan_eval(const Sweep& sweep) {
   for (int k : sweep.eval.num_fewshot) joined += message(" k", k);
   joined += message(" limit", sweep.eval.limit);
   plan.hash = hex(fnv1a(joined));
+  if (!scratch.empty()) fs::remove_all(scratch);
   return plan;
 }
 
@@ -291,8 +307,12 @@ int evaluate_point(const Sweep& sweep, const EvalPlan& plan, const SweepPoint& p
     std::printf("%s: evaluation failed (status %d); see %s\n", p.name.c_str(), status, log.c_str());
     return status;
   }
-  const json report = json::parse(read_file(out.string()));
-  record["eval"] = {{"hash", plan.hash}, {"file", out.string()}, {"spreads", report.at("spreads")}};
+  const json report = json::parse(read_file(out.string()), nullptr, false);
+  if (report.is_discarded() || !report.contains("spreads")) {
+    std::printf("%s: %s holds no scores; see %s\n", p.name.c_str(), out.c_str(), log.c_str());
+    return 1;
+  }
+  record["eval"] = {{"hash", plan.hash}, {"file", out.string()}, {"spreads", report["spreads"]}};
   return 0;
 }
 
@@ -329,7 +349,7 @@ int sweep(const SweepArgs& args) {
     for (const json& r : records) text += r.dump() + "\n";
     write_file_atomic(sweep.results, text);
   };
-  const EvalPlan plan = args.array_out.empty() ? plan_eval(sweep) : EvalPlan{};
+  const EvalPlan plan = args.array_out.empty() ? plan_eval(sweep, args.dry_run) : EvalPlan{};
   // Each point: trained and evaluated, trained and to evaluate (evaluation added or changed), or to run.
   auto recorded = [&](const SweepPoint& p) -> json* {
     const auto it = done.find(p.name + "/" + p.hash);

@@ -572,6 +572,9 @@ TEST_F(CliTest, SweepEvaluatesEachRunOnInContextProbes) {
                                  "\nmodels:\n  - {n_layer: 1, n_embd: 32}\n  - {n_layer: 2, n_embd: 32}\n"
                                  "tokens: [2560]\nflops: [4e8]\n";
   const std::string sweep = write("sweep.yaml", sweep_text + "eval: {corpus_probes: true, num_fewshot: [0, 2], limit: 6}\n");
+  const CliRun dry = kiln("sweep " + sweep + " --dry-run");
+  ASSERT_EQ(dry.code, 0) << dry.output;
+  EXPECT_FALSE(fs::exists(dir_ / "sweep")) << "a dry run wrote files";
   const CliRun first = kiln("sweep " + sweep);
   ASSERT_EQ(first.code, 0) << first.output;
   EXPECT_NE(first.output.find("4 of 4 points recorded and evaluated"), std::string::npos) << first.output;

@@ -5,7 +5,10 @@
 #   2. scancel --signal=TERM: the job checkpoints, requeues itself (exit 75) and, started again,
 #      resumes from the checkpoint to the same losses, bit for bit, as a run never stopped;
 #   3. a job that reaches its time limit (--time=1, warned by SIGUSR1) does the same, as often as
-#      it takes, and the requeue loop ends when the run is finished.
+#      it takes, and the requeue loop ends when the run is finished;
+#   4. kiln sweep --array-out, then kiln submit --array: one array task per point; kiln sweep then
+#      records each finished point (resuming it at its last step) with the losses of a sweep run
+#      point by point.
 # A requeued job waits for its BeginTime (Slurm holds it back a while); the test releases it at
 # once with scontrol update StartTime=now.
 set -uo pipefail
@@ -107,4 +110,31 @@ check "the run finished after its requeues" grep -q "^done: " "$work"/limited/sl
 check "its losses equal the uninterrupted run's" cmp -s <(losses "$work/limited") <(losses "$work/reference")
 restarts=$(scontrol show job "$job" 2>/dev/null | grep -o "Restarts=[0-9]*")
 echo "time-limited job $job: ${restarts:-Restarts unknown}"
+
+# 4. A sweep as a job array, recorded afterwards; the reference is the same sweep run point by point.
+for dir in array serial; do
+  cat > "$work/sweep-$dir.yaml" <<SWEEP
+base: tiny.yaml
+run_dir: $work/sweep-$dir
+overrides: ["train.eval_batches=2"]
+models:
+  - {n_layer: 1, n_embd: 16, n_head: 2}
+  - {n_layer: 2, n_embd: 16, n_head: 2}
+tokens: [1280]
+SWEEP
+done
+"$kiln" sweep "$work/sweep-array.yaml" --array-out "$work/points.txt" >/dev/null
+check "kiln sweep --array-out listed the 2 points" test "$(grep -vc '^#' "$work/points.txt")" = 2
+job=$("$kiln" submit "$work/tiny.yaml" train.run_dir="$work/sweep-array" --array "$work/points.txt" --ranks-per-node 1 \
+      --cpus-per-task 1 | awk '/Submitted batch job/ {print $4}')
+check "kiln submit --array queued the sweep ($job)" test -n "$job"
+wait_job "$job" 180
+"$kiln" sweep "$work/sweep-array.yaml" > "$work/sweep-array.out" 2>&1
+check "kiln sweep recorded both array points" grep -q "2 of 2 points recorded" "$work/sweep-array.out"
+check "each point was resumed at its end, not trained again" \
+  test "$(grep -l "train.resume=auto: resumed from" "$work"/sweep-array/logs/*.log | wc -l)" = 2
+"$kiln" sweep "$work/sweep-serial.yaml" >/dev/null 2>&1
+records() { python3 -c 'import json,sys; [print(r["name"], r["final_val_loss"], r["tokens"]) for r in map(json.loads, open(sys.argv[1]))]' "$1"; }
+check "the array's records equal a sweep run point by point" \
+  cmp -s <(records "$work/sweep-array/results.jsonl") <(records "$work/sweep-serial/results.jsonl")
 exit $fail
