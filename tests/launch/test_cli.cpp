@@ -568,6 +568,9 @@ TEST_F(CliTest, SweepEvaluatesEachRunOnInContextProbes) {
   ASSERT_EQ(tasks.code, 0) << tasks.output;
   EXPECT_NE(tasks.output.find("word_end and next_word"), std::string::npos) << tasks.output;
   EXPECT_TRUE(fs::exists(dir_ / "probes" / "next_word.eval.yaml"));
+  const CliRun shards = kiln("tasks " + (dir_ / "none").string() + " --corpus " + tiny_config());
+  EXPECT_EQ(shards.code, 1);
+  EXPECT_NE(shards.output.find("data.corpus is not set"), std::string::npos) << shards.output;
   const std::string sweep_text = "base: probe.yaml\nrun_dir: " + (dir_ / "sweep").string() +
                                  "\nmodels:\n  - {n_layer: 1, n_embd: 32}\n  - {n_layer: 2, n_embd: 32}\n"
                                  "tokens: [2560]\nflops: [4e8]\n";

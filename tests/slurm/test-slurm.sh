@@ -135,6 +135,7 @@ check "each point was resumed at its end, not trained again" \
   test "$(grep -l "train.resume=auto: resumed from" "$work"/sweep-array/logs/*.log | wc -l)" = 2
 "$kiln" sweep "$work/sweep-serial.yaml" >/dev/null 2>&1
 records() { python3 -c 'import json,sys; [print(r["name"], r["final_val_loss"], r["tokens"]) for r in map(json.loads, open(sys.argv[1]))]' "$1"; }
+check "the point-by-point sweep recorded both points" test "$(records "$work/sweep-serial/results.jsonl" | wc -l)" = 2
 check "the array's records equal a sweep run point by point" \
   cmp -s <(records "$work/sweep-array/results.jsonl") <(records "$work/sweep-serial/results.jsonl")
 exit $fail
