@@ -264,6 +264,8 @@ int eval(const EvalArgs& args) {
 int tasks(const TasksArgs& args) {
   if (!args.corpus_config.empty()) {
     const ExperimentConfig config = load_config(args.corpus_config, {});
+    KILN_CHECK(!config.data.corpus.empty(), args.corpus_config, ": data.corpus is not set; --corpus makes the probes "
+               "from the text a config trains on (a config reading token shards has none)");
     CorpusTaskOptions options;
     options.inputs = {config.data.corpus};
     options.separator = config.data.separator;
