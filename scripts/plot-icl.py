@@ -56,16 +56,20 @@ def main(results_path, out_path, metric="acc"):
     ncolor = {n: plt.get_cmap("viridis")(i / max(1, len(ns) - 1)) for i, n in enumerate(ns)}
     for row, task in enumerate(tasks):
         # Chance: one over the options of a record (the task's files hold 4 options each).
-        a = ax[row][0]
-        for k in ks:
-            pts = [(n, spread[(task, k, n)]["mean"]) for n in ns if (task, k, n) in spread]
-            a.plot(*zip(*pts), "o-", color=kcolor[k], label=f"k = {k}")
-        a.axhline(0.25, color="gray", ls=":", label="chance (4 options)")
-        a.set_xscale("log")
-        a.set_xlabel("parameters N (non-embedding)")
-        a.set_ylabel(f"{metric} (mean over templates)")
-        a.set_title(f"{task}: accuracy against size")
-        a.legend(fontsize=7)
+        def against_size(a, field, ylabel, title, chance=False):
+            """One line per k of a spread field against model size."""
+            for k in ks:
+                pts = [(n, spread[(task, k, n)][field]) for n in ns if (task, k, n) in spread]
+                a.plot(*zip(*pts), "o-", color=kcolor[k], label=f"k = {k}")
+            if chance:
+                a.axhline(0.25, color="gray", ls=":", label="chance (4 options)")
+            a.set_xscale("log")
+            a.set_xlabel("parameters N (non-embedding)")
+            a.set_ylabel(ylabel)
+            a.set_title(f"{task}: {title}")
+            a.legend(fontsize=7)
+
+        against_size(ax[row][0], "mean", f"{metric} (mean over templates)", "accuracy against size", chance=True)
         a = ax[row][1]
         for n in ns:
             pts = [(k, spread[(task, k, n)]["mean"]) for k in ks if (task, k, n) in spread]
@@ -81,15 +85,7 @@ def main(results_path, out_path, metric="acc"):
         a.set_ylabel(metric)
         a.set_title(f"{task}: accuracy against k (band: min-max over templates)")
         a.legend(fontsize=7)
-        a = ax[row][2]
-        for k in ks:
-            pts = [(n, spread[(task, k, n)]["std"]) for n in ns if (task, k, n) in spread]
-            a.plot(*zip(*pts), "o-", color=kcolor[k], label=f"k = {k}")
-        a.set_xscale("log")
-        a.set_xlabel("parameters N (non-embedding)")
-        a.set_ylabel(f"std of {metric} over templates")
-        a.set_title(f"{task}: prompt sensitivity")
-        a.legend(fontsize=7)
+        against_size(ax[row][2], "std", f"std of {metric} over templates", "prompt sensitivity")
         a = ax[row][3]
         for k in (ks[0], ks[-1]):
             pts = [(r["final_val_loss"], s["mean"]) for r in every_run for s in r["eval"]["spreads"]

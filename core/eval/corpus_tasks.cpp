@@ -2,15 +2,14 @@
 #include "core/eval/corpus_tasks.h"
 
 #include <algorithm>
-#include <filesystem>
 #include <map>
 #include <set>
 
 #include <nlohmann/json.hpp>
 
-#include "core/checkpoint/atomic_file.h"
 #include "core/data/corpus.h"
 #include "core/data/tokenize.h"
+#include "core/eval/generated_files.h"
 #include "core/rng.h"
 #include "kernels/error.h"
 
@@ -48,8 +47,6 @@ struct Draw {
   std::uint64_t next = 0;
   std::uint64_t u(std::uint64_t n) { return rng.u64(next++) % n; }
 };
-
-std::string yaml_quoted(const std::string& s) { return nlohmann::json(s).dump(); }  // JSON strings are YAML
 
 // 4 options, the gold at a drawn place.
 nlohmann::json record(const std::string& x, const std::string& gold, const std::vector<std::string>& distractors,
@@ -133,15 +130,7 @@ std::vector<std::string> write_corpus_tasks(const std::string& dir, const Corpus
              fragments[1].size(), " in the validation documents; it needs ", options.train, " and ", options.test,
              ": use a larger corpus or fewer records (--train, --test)");
 
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  KILN_CHECK(!ec, "cannot create ", dir, ": ", ec.message());
-  const std::filesystem::path base(dir);
-  std::vector<std::string> written;
-  auto write = [&](const std::string& name, const std::string& text) {
-    write_file_atomic((base / name).string(), text);
-    written.push_back((base / name).string());
-  };
+  GeneratedFiles out(dir);
 
   const char* splits[2] = {"train", "test"};
   const int sizes[2] = {options.train, options.test};
@@ -182,7 +171,7 @@ std::vector<std::string> write_corpus_tasks(const std::string& dir, const Corpus
                  ending.size(), " letters; use a larger corpus");
       lines += record(stem, ending, others, d).dump() + "\n";
     }
-    write(std::string("word_end_") + splits[s] + ".jsonl", lines);
+    out.write(std::string("word_end_") + splits[s] + ".jsonl", lines);
   }
   // next_word: fragments drawn without replacement; distractors from the running words, of a
   // length within one letter of the gold's.
@@ -214,7 +203,7 @@ std::vector<std::string> write_corpus_tasks(const std::string& dir, const Corpus
                  "near the length of '", f.next, "'; use a larger corpus");
       lines += record(f.context, f.next, others, d).dump() + "\n";
     }
-    write(std::string("next_word_") + splits[s] + ".jsonl", lines);
+    out.write(std::string("next_word_") + splits[s] + ".jsonl", lines);
   }
   // The task files: 4 templates each, every k of num_fewshot.
   std::string shots;
@@ -229,9 +218,9 @@ std::vector<std::string> write_corpus_tasks(const std::string& dir, const Corpus
                        "\nfewshot_delimiter: \"\\n\"\ndoc_to_choice: options\ndoc_to_target: label\ntemplates:\n";
     for (const auto& [name, pattern] : templates)
       text += "  - {name: " + name + ", doc_to_text: " + yaml_quoted(pattern) + "}\n";
-    write(task + ".eval.yaml", text);
+    out.write(task + ".eval.yaml", text);
   }
-  return written;
+  return out.written();
 }
 
 }  // namespace kiln

@@ -4,11 +4,10 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
-#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
-#include "core/checkpoint/atomic_file.h"
+#include "core/eval/generated_files.h"
 #include "core/eval/suite.h"
 #include "core/rng.h"
 #include "kernels/error.h"
@@ -137,15 +136,8 @@ std::vector<std::string> write_preference_world(const std::string& dir, const Wo
   for (const std::string& t : o.tasks)
     KILN_CHECK(std::find(known.begin(), known.end(), t) != known.end(), "the preference world draws from the suite's "
                "generation tasks; '", t, "' is not one of them");
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  KILN_CHECK(!ec, "cannot create ", dir, ": ", ec.message());
-  std::vector<std::string> written;
-  auto write = [&](const std::string& name, const std::string& text) {
-    const std::string path = (std::filesystem::path(dir) / name).string();
-    write_file_atomic(path, text);
-    written.push_back(path);
-  };
+  GeneratedFiles out(dir);
+  auto write = [&](const std::string& name, const std::string& text) { out.write(name, text); };
   write("sft_train.jsonl", sft_lines(o, 100, o.sft));
   write("sft_val.jsonl", sft_lines(o, 101, std::max(1, o.sft / 10)));
   const std::string seed = std::to_string(o.seed);
@@ -156,7 +148,7 @@ std::vector<std::string> write_preference_world(const std::string& dir, const Wo
   write("prefs_length_train.jsonl", pair_lines(o, 102, o.pairs, 0.0, true, 0.0));
   write("prompts_train.jsonl", prompt_lines(o, 104, o.prompts));
   write("prompts_val.jsonl", prompt_lines(o, 105, o.val_prompts));
-  return written;
+  return out.written();
 }
 
 }  // namespace kiln

@@ -2,12 +2,11 @@
 #include "core/eval/suite.h"
 
 #include <algorithm>
-#include <filesystem>
 #include <functional>
 
 #include <nlohmann/json.hpp>
 
-#include "core/checkpoint/atomic_file.h"
+#include "core/eval/generated_files.h"
 #include "core/rng.h"
 #include "kernels/error.h"
 
@@ -118,8 +117,6 @@ std::vector<SuiteTask> suite() {
   return t;
 }
 
-std::string yaml_quoted(const std::string& s) { return nlohmann::json(s).dump(); }  // JSON strings are YAML
-
 }  // namespace
 
 std::vector<std::string> suite_clusters() { return {"strings", "arithmetic", "rules", "extraction"}; }
@@ -153,15 +150,8 @@ SuiteItem suite_item(const std::string& task, std::uint64_t seed, std::uint64_t 
 std::vector<std::string> write_task_suite(const std::string& dir, std::uint64_t seed, const SuiteSizes& sizes) {
   KILN_CHECK(sizes.train >= 8 && sizes.val >= 1 && sizes.test >= 1, "the task suite needs at least 8 training, 1 "
              "validation and 1 test record per task");
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  KILN_CHECK(!ec, "cannot create ", dir, ": ", ec.message());
-  const std::filesystem::path base(dir);
-  std::vector<std::string> written;
-  auto write = [&](const std::string& name, const std::string& text) {
-    write_file_atomic((base / name).string(), text);
-    written.push_back((base / name).string());
-  };
+  GeneratedFiles out(dir);
+  auto write = [&](const std::string& name, const std::string& text) { out.write(name, text); };
   const std::vector<SuiteTask> tasks = suite();
   for (std::size_t ti = 0; ti < tasks.size(); ++ti) {
     const SuiteTask& task = tasks[ti];
@@ -232,7 +222,7 @@ std::vector<std::string> write_task_suite(const std::string& dir, std::uint64_t 
   write("mixture_train.yaml", mixture("train", ""));
   write("mixture_val.yaml", mixture("val", ""));
   for (const std::string& c : suite_clusters()) write("mixture_train_without_" + c + ".yaml", mixture("train", c));
-  return written;
+  return out.written();
 }
 
 }  // namespace kiln
